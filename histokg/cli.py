@@ -1,0 +1,249 @@
+"""The ``histokg`` command line. Thin: each subcommand parses options and calls the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from histokg.errors import HistokgError
+
+log = logging.getLogger("histokg")
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML config file."
+)
+SET_OPTION = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key (dotted path); repeatable.",
+)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    for noisy in ("PIL", "matplotlib", "numba", "fsspec", "h5py", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="histokg")
+def cli(verbose: int, quiet: bool) -> None:
+    """histokg: align H&E whole-slide images with spatial transcriptomics, guided by a knowledge graph."""
+    _setup_logging(verbose, quiet)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@CONFIG_OPTION
+@SET_OPTION
+def synth(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Write a synthetic Visium-like study with planted truth to OUT_DIR."""
+    from histokg.config import load_config
+    from histokg.synth import SynthConfig, generate_study
+
+    cfg = load_config(SynthConfig, config_path, overrides)
+    manifest = generate_study(out_dir, cfg)
+    click.echo(f"synthetic study: {manifest}")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mpp", type=float, help="Microns per pixel of SRC (required for plain images).")
+@click.option("--tile", type=int, default=256, show_default=True, help="Tile size in pixels.")
+@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality of the tiles.")
+def convert(src: Path, dst: Path, mpp: float | None, tile: int, quality: int) -> None:
+    """Write SRC (a plain image or any slide) as a pyramidal tiled TIFF with MPP that OpenSlide reads."""
+    from histokg.wsi import convert as convert_image
+
+    out = convert_image(src, dst, mpp=mpp, tile=tile, quality=quality)
+    click.echo(f"pyramid: {out}")
+
+
+@cli.command()
+@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--mpp", type=float, help="Override or supply the slide's microns per pixel.")
+@CONFIG_OPTION
+@SET_OPTION
+def tile(
+    slide: Path, out_dir: Path, mpp: float | None, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Tissue mask and grid tiling of SLIDE: CLAM-style coordinates .h5 and an overlay PNG in OUT_DIR."""
+    from histokg.config import load_config, save_config
+    from histokg.wsi import (
+        TilingConfig,
+        detect_tissue,
+        open_slide,
+        save_png,
+        save_tiles_h5,
+        tile_slide,
+        tiles_overlay,
+    )
+
+    cfg = load_config(TilingConfig, config_path, overrides)
+    with open_slide(slide, mpp=mpp) as s:
+        mask = detect_tissue(s, cfg.mask)
+        tiles = tile_slide(s, cfg, mask)
+        h5 = save_tiles_h5(tiles, out_dir / f"{slide.stem}.h5")
+        png = save_png(tiles_overlay(tiles, mask), out_dir / f"{slide.stem}_tiles.png")
+    save_config(cfg, out_dir / "tiling_config.yaml")
+    click.echo(f"{len(tiles)} tiles -> {h5}\noverlay -> {png}")
+
+
+@cli.group()
+def read() -> None:
+    """Read spatial transcriptomics into an .h5ad following the AnnData contract."""
+
+
+@read.command("visium")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--slide", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Full-resolution image."
+)
+@click.option("--library-id", help="Slide id (default: folder name).")
+@click.option("--mpp", type=float, help="Microns per pixel, when the slide has none.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def read_visium_cmd(
+    path: Path, slide: Path | None, library_id: str | None, mpp: float | None, out: Path
+) -> None:
+    """Read a Space Ranger outs folder PATH."""
+    from histokg.st import read_visium
+    from histokg.st.contract import write_h5ad
+
+    adata = read_visium(path, slide=slide, library_id=library_id, mpp=mpp)
+    click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
+
+
+@read.command("legacy")
+@click.argument("counts", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spots", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--library-id", help="Slide id (default: counts file name).")
+@click.option("--mpp", type=float, help="Microns per pixel (default: from the 200 um spot pitch).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def read_legacy_cmd(
+    counts: Path, spots: Path, image: Path, library_id: str | None, mpp: float | None, out: Path
+) -> None:
+    """Read a legacy-ST section: COUNTS tsv, SPOTS table, full-resolution IMAGE."""
+    from histokg.st.contract import write_h5ad
+    from histokg.st.legacy import read_legacy_st
+
+    adata = read_legacy_st(counts, spots, image, library_id=library_id, mpp=mpp)
+    click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
+
+
+@read.command("hest")
+@click.argument("h5ad", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--library-id", help="Slide id (default: h5ad file name).")
+@click.option("--mpp", type=float, help="Microns per pixel, when the slide has none.")
+@click.option(
+    "--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="HEST metadata JSON."
+)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def read_hest_cmd(
+    h5ad: Path, slide: Path, library_id: str | None, mpp: float | None, metadata: Path | None, out: Path
+) -> None:
+    """Read a HEST-1k style H5AD + pyramidal SLIDE pair."""
+    from histokg.st.contract import write_h5ad
+    from histokg.st.hest import read_hest
+
+    adata = read_hest(h5ad, slide, library_id=library_id, mpp=mpp, metadata_json=metadata)
+    click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
+
+
+@cli.command()
+@click.argument("h5ad", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Paired .h5ad."
+)
+@click.option(
+    "--overlay-dir", type=click.Path(file_okay=False, path_type=Path), help="Write spot overlays here."
+)
+@CONFIG_OPTION
+@SET_OPTION
+def pair(
+    h5ad: Path, out: Path, overlay_dir: Path | None, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Pair each spot of H5AD with its patch: flags edge and off-tissue spots, records the geometry."""
+    import anndata as ad
+
+    from histokg.config import load_config
+    from histokg.st.contract import write_h5ad
+    from histokg.st.pairing import PairingConfig, pair_spots, spots_overlay
+    from histokg.wsi import save_png
+
+    cfg = load_config(PairingConfig, config_path, overrides)
+    adata = pair_spots(ad.read_h5ad(h5ad), cfg)
+    write_h5ad(adata, out)
+    if overlay_dir is not None:
+        for lib in adata.obs["library_id"].astype(str).unique():
+            save_png(spots_overlay(adata, lib), overlay_dir / f"{lib}_spots.png")
+    click.echo(f"paired {adata.n_obs} spots -> {out}")
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+)
+@CONFIG_OPTION
+@SET_OPTION
+def demo(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Run the whole pipeline on the embedded synthetic study."""
+    from histokg.config import load_config
+    from histokg.pipeline import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, config_path, overrides)
+    click.echo(run_demo(out_dir, cfg))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors print one line and exit with status 2."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _is_user_error(exc):
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        raise
+
+
+def _is_user_error(exc: Exception) -> bool:
+    if isinstance(exc, HistokgError):
+        return True
+    try:
+        from pathways_kg.errors import KGError
+    except ImportError:
+        return False
+    return isinstance(exc, KGError)
+
+
+if __name__ == "__main__":
+    main()

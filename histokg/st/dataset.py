@@ -1,0 +1,125 @@
+"""A torch Dataset of (spot patch, spot expression) pairs for training and embedding.
+
+Slides are opened lazily in each process (DataLoader workers each get their own OpenSlide handle;
+a handle is never shared across a fork). Expression is computed once up front: library-size
+normalised to 10,000 and log1p-transformed, for a chosen gene panel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+
+from histokg.errors import InputError
+from histokg.st.pairing import PairingConfig, open_library_slide, slide_paths
+from histokg.wsi.slide import Slide
+
+
+def log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float = 1e4) -> np.ndarray:
+    """Dense float32 ``log1p(counts / total * target_sum)`` per spot."""
+    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    counts = counts.astype(np.float32, copy=False)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.log1p(counts / np.maximum(totals, 1.0) * np.float32(target_sum))
+
+
+def panel_expression(
+    adata: ad.AnnData, genes: Sequence[str] | None = None, layer: str = "counts"
+) -> np.ndarray:
+    """Log-normalised expression of ``genes`` (all genes if None), normalised over all genes of the spot."""
+    counts = adata.layers[layer] if layer in adata.layers else adata.X
+    full = log_normalize(counts)
+    if genes is None:
+        return full
+    index = {g: i for i, g in enumerate(adata.var_names)}
+    missing = [g for g in genes if g not in index]
+    if missing:
+        raise InputError(
+            f"gene panel does not match the data: {len(missing)} of {len(genes)} panel genes are absent "
+            f"(e.g. {missing[:5]}); the data has {adata.n_vars} genes (e.g. {list(adata.var_names[:3])})"
+        )
+    return full[:, [index[g] for g in genes]]
+
+
+class SpotPatchDataset(Dataset):
+    """Yields dicts ``{"image": (3, H, W) float in [0, 1], "expr", "spot_id", "slide_id", "index"}``."""
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        cfg: PairingConfig = PairingConfig(),
+        *,
+        expression: np.ndarray | None = None,
+        genes: Sequence[str] | None = None,
+        transform: Callable[[dict], dict] | None = None,
+        slides: Mapping[str, str | Path] | None = None,
+        extra: Mapping[str, np.ndarray] | None = None,
+    ):
+        self.adata = adata
+        self.cfg = cfg
+        self.transform = transform
+        self.paths = slide_paths(adata, slides)
+        self.spot_ids = np.asarray(adata.obs_names, dtype=object)
+        self.libraries = adata.obs["library_id"].astype(str).to_numpy()
+        self.xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        if expression is None:
+            expression = panel_expression(adata, genes)
+        if len(expression) != adata.n_obs:
+            raise InputError(f"expression has {len(expression)} rows for {adata.n_obs} spots")
+        self.expression = np.ascontiguousarray(expression, dtype=np.float32)
+        self.extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
+        self._handles: dict[str, Slide] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.spot_ids)
+
+    def slide(self, lib: str) -> Slide:
+        """This process's handle on a library's slide."""
+        if os.getpid() != self._pid:  # forked into a worker: never reuse the parent's handles
+            self._handles = {}
+            self._pid = os.getpid()
+        if lib not in self._handles:
+            self._handles[lib] = open_library_slide(self.adata, lib, self.paths[lib])
+        return self._handles[lib]
+
+    def read_image(self, index: int) -> np.ndarray:
+        lib = self.libraries[index]
+        patch, _ = self.slide(lib).read_physical(tuple(self.xy[index]), self.cfg.patch_um, self.cfg.patch_px)
+        return patch
+
+    def __getitem__(self, index: int) -> dict:
+        patch = self.read_image(index)
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).float().div_(255.0),
+            "expr": torch.from_numpy(self.expression[index]),
+            "spot_id": str(self.spot_ids[index]),
+            "slide_id": str(self.libraries[index]),
+            "index": index,
+        }
+        for key, values in self.extra.items():
+            item[key] = torch.as_tensor(values[index])
+        if self.transform is not None:
+            item = self.transform(item)
+            image = item["image"]
+            item["image"] = (
+                image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+            ).float()
+        return item
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # handles never travel to spawned workers
+        return state

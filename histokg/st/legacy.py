@@ -1,0 +1,156 @@
+"""Legacy Spatial Transcriptomics (Stahl et al. 2016 arrays): counts TSV + spot table + H&E image.
+
+The layout of e.g. the HER2+ breast cancer (Andersson et al. 2021) and mouse olfactory bulb data:
+- counts: spots x genes TSV (optionally gzipped), first column the spot id ``"<x>x<y>"`` (array coords);
+- spot table: columns ``x y new_x new_y pixel_x pixel_y selected`` (ST Spot Detector output), where
+  ``pixel_x``/``pixel_y`` are full-resolution image pixels and ``selected == 1`` marks spots under tissue;
+- image: the full-resolution H&E (usually a plain JPEG without MPP).
+Legacy ST spots are 100 um wide on a 200 um centre-to-centre grid; the MPP is derived from the
+measured spot pitch unless given.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from histokg.errors import InputError
+from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
+from histokg.wsi.slide import open_slide
+
+log = logging.getLogger(__name__)
+
+LEGACY_PITCH_UM = 200.0
+LEGACY_SPOT_DIAMETER_UM = 100.0
+SPOT_TABLE_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
+
+
+def read_counts_table(path: str | Path) -> pd.DataFrame:
+    """Spots x genes count table with spot ids as index; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"counts file {path} does not exist")
+    try:
+        table = pd.read_csv(path, sep="\t", index_col=0)
+    except (ValueError, OSError, pd.errors.ParserError, EOFError) as exc:
+        raise InputError(f"counts file {path}: cannot be parsed as a tab-separated table ({exc})") from None
+    if table.shape[1] == 0 or table.shape[0] == 0:
+        raise InputError(f"counts file {path}: no genes or no spots (shape {table.shape})")
+    table.index = table.index.astype(str)
+    if not table.index.is_unique:
+        raise InputError(
+            f"counts file {path}: duplicate spot ids, e.g. {table.index[table.index.duplicated()][0]!r}"
+        )
+    non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise InputError(f"counts file {path}: non-numeric values in gene column(s) {non_numeric[:3]}")
+    values = table.to_numpy()
+    if (values < 0).any() or not np.isfinite(values).all():
+        raise InputError(f"counts file {path}: counts must be finite and non-negative")
+    return table
+
+
+def read_spot_table(path: str | Path) -> pd.DataFrame:
+    """ST Spot Detector table indexed by ``"<x>x<y>"``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"spot table {path} does not exist")
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise InputError(f"spot table {path}: cannot be parsed as a tab-separated table ({exc})") from None
+    missing = [c for c in SPOT_TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"spot table {path}: missing columns {missing}; found {list(table.columns)}")
+    for col in SPOT_TABLE_COLUMNS:
+        if not pd.api.types.is_numeric_dtype(table[col]):
+            raise InputError(f"spot table {path}: column {col!r} must be numeric")
+    ids = table["x"].round().astype(int).astype(str) + "x" + table["y"].round().astype(int).astype(str)
+    table.index = pd.Index(ids, name="spot")
+    if not table.index.is_unique:
+        raise InputError(
+            f"spot table {path}: duplicate spot ids, e.g. {table.index[table.index.duplicated()][0]!r}"
+        )
+    if "selected" not in table.columns:
+        table["selected"] = 1
+    return table
+
+
+def pitch_pixels(xy: np.ndarray) -> float:
+    """Median nearest-neighbour distance between spot centres, in pixels."""
+    if len(xy) < 2:
+        raise InputError("cannot measure the spot pitch from fewer than two spots")
+    dist, _ = cKDTree(xy).query(xy, k=2)
+    return float(np.median(dist[:, 1]))
+
+
+def read_legacy_st(
+    counts: str | Path,
+    spots: str | Path,
+    image: str | Path,
+    *,
+    library_id: str | None = None,
+    mpp: float | None = None,
+    pitch_um: float = LEGACY_PITCH_UM,
+    spot_diameter_um: float = LEGACY_SPOT_DIAMETER_UM,
+    min_match: float = 0.9,
+    hires_max_px: int = 2000,
+) -> ad.AnnData:
+    """Read a legacy-ST section into the AnnData contract.
+
+    ``image`` is the full-resolution H&E (plain JPEG/PNG or any slide OpenSlide reads). Its MPP is
+    taken, in order, from ``mpp``, from the slide's metadata, or from the spot pitch (``pitch_um``).
+    """
+    counts_path, spots_path = Path(counts), Path(spots)
+    library_id = library_id or counts_path.name.split(".")[0]
+    table = read_counts_table(counts_path)
+    spot_table = read_spot_table(spots_path)
+    found = match_ids(
+        table.index,
+        spot_table.index,
+        counts_name=str(counts_path),
+        table_name=str(spots_path),
+        min_match=min_match,
+    )
+    table = table.loc[found]
+    spot_rows = spot_table.loc[table.index]
+    xy = spot_rows[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+
+    measured_pitch = pitch_pixels(spot_table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64))
+    if mpp is None and Path(image).suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"}:
+        mpp, mpp_source = pitch_um / measured_pitch, f"spot pitch ({pitch_um:g} um = {measured_pitch:.1f} px)"
+        log.info("%s: MPP %.4f derived from the spot pitch", library_id, mpp)
+    else:
+        mpp_source = "given" if mpp is not None else "slide"
+    with open_slide(image, mpp=mpp) as slide:
+        width, height = slide.dimensions
+        check_spots_in_image(xy, width, height, list(table.index), f"{spots_path} vs image {image}")
+        hires, scale = slide.thumbnail(hires_max_px)
+        mpp_value = slide.mpp
+
+    spatial = spatial_uns(
+        hires,
+        scale,
+        spot_diameter_um / mpp_value,
+        Path(image),
+        mpp_value,
+        extra_metadata={"mpp_source": mpp_source, "reader": "legacy_st", "pitch_px": measured_pitch},
+    )
+    obs_extra = pd.DataFrame({"array_x": spot_rows["x"].to_numpy(), "array_y": spot_rows["y"].to_numpy()})
+    return build_anndata(
+        sp.csr_matrix(table.to_numpy(dtype=np.float32)),
+        table.index,
+        table.columns,
+        xy,
+        library_id,
+        spatial,
+        in_tissue=spot_rows["selected"].to_numpy() == 1,
+        obs_extra=obs_extra,
+        source=str(counts_path),
+    )

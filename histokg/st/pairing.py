@@ -1,0 +1,150 @@
+"""Spot-patch pairing: one patch per spot, centred on it, of a fixed physical size.
+
+The default patch is 112 um wide, read at 0.5 um/px (224 px), from the pyramid level closest to
+that resolution without upsampling. Spots whose patch reaches past the image edge are padded with
+white and flagged (``obs["patch_partial"]``); spots off the tissue mask are flagged too
+(``obs["on_tissue_mask"]``, next to the reader's ``obs["in_tissue"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from histokg.errors import InputError
+from histokg.st.contract import check_spots_in_image
+from histokg.wsi.mask import MaskConfig, detect_tissue
+from histokg.wsi.slide import Slide, open_slide
+from histokg.wsi.tiling import draw_overlay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    """Physical patch geometry."""
+
+    patch_um: float = 112.0
+    patch_px: int = 224
+    mask: MaskConfig = field(default_factory=MaskConfig)
+
+    @property
+    def target_mpp(self) -> float:
+        return self.patch_um / self.patch_px
+
+
+def slide_paths(adata: ad.AnnData, slides: Mapping[str, str | Path] | None = None) -> dict[str, Path]:
+    """Slide file per library: ``slides`` where given, else ``uns["spatial"][lib]["metadata"]["source_image_path"]``."""
+    out: dict[str, Path] = {}
+    for lib in adata.obs["library_id"].astype(str).unique():
+        if slides and lib in slides:
+            out[lib] = Path(slides[lib])
+            continue
+        meta = adata.uns.get("spatial", {}).get(lib, {}).get("metadata", {})
+        path = meta.get("source_image_path")
+        if not path:
+            raise InputError(
+                f"library {lib!r}: no slide given and uns['spatial'][{lib!r}]['metadata']['source_image_path'] is empty"
+            )
+        out[lib] = Path(path)
+    return out
+
+
+def library_mpp(adata: ad.AnnData, lib: str) -> float:
+    """MPP recorded by the reader for a library (used for plain images without their own MPP)."""
+    return float(adata.uns["spatial"][lib]["metadata"]["mpp"])
+
+
+def open_library_slide(adata: ad.AnnData, lib: str, path: Path) -> Slide:
+    """Open a library's slide with the MPP the reader recorded (the slide's own MPP, when it has one, agrees)."""
+    return open_slide(path, mpp=library_mpp(adata, lib))
+
+
+def pair_spots(
+    adata: ad.AnnData, cfg: PairingConfig = PairingConfig(), slides: Mapping[str, str | Path] | None = None
+) -> ad.AnnData:
+    """Flag each spot's patch geometry in ``adata.obs`` and record the pairing in ``uns["histokg"]``.
+
+    Adds ``patch_partial`` (patch crosses the image edge), ``on_tissue_mask`` (spot centre on the
+    tissue mask) and ``patch_tissue_fraction``. Raises if a spot centre lies outside its image.
+    """
+    paths = slide_paths(adata, slides)
+    partial = np.zeros(adata.n_obs, dtype=bool)
+    on_mask = np.zeros(adata.n_obs, dtype=bool)
+    fraction = np.zeros(adata.n_obs, dtype=np.float32)
+    libs = adata.obs["library_id"].astype(str).to_numpy()
+    xy_all = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    for lib, path in paths.items():
+        idx = np.flatnonzero(libs == lib)
+        xy = xy_all[idx]
+        with open_library_slide(adata, lib, path) as slide:
+            width, height = slide.dimensions
+            check_spots_in_image(
+                xy, width, height, list(adata.obs_names[idx]), f"library {lib!r} vs slide {path}"
+            )
+            half = cfg.patch_um / slide.mpp / 2
+            boxes = np.concatenate([xy - half, xy + half], axis=1)
+            partial[idx] = (
+                (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
+            )
+            mask = detect_tissue(slide, cfg.mask, allow_empty=True)
+            on_mask[idx] = mask.contains(xy)
+            fraction[idx] = mask.fraction_in_boxes(boxes)
+        log.info(
+            "%s: %d spots paired, %d patches padded at the image edge, %d spots off the tissue mask",
+            lib,
+            len(idx),
+            int(partial[idx].sum()),
+            int((~on_mask[idx]).sum()),
+        )
+    adata.obs["patch_partial"] = partial
+    adata.obs["on_tissue_mask"] = on_mask
+    adata.obs["patch_tissue_fraction"] = fraction
+    params = adata.uns.setdefault("histokg", {})
+    params["pairing"] = {
+        **asdict(cfg),
+        "mask": asdict(cfg.mask),
+        "target_mpp": cfg.target_mpp,
+        "slides": {k: str(v) for k, v in paths.items()},
+    }
+    return adata
+
+
+def read_spot_patch(
+    slide: Slide, xy: tuple[float, float], cfg: PairingConfig = PairingConfig()
+) -> tuple[np.ndarray, bool]:
+    """The RGB patch of one spot and whether it was padded at the edge."""
+    return slide.read_physical(xy, cfg.patch_um, cfg.patch_px)
+
+
+SPOT_COLOURS = {"ok": (20, 170, 60), "partial": (240, 140, 0), "off_tissue": (220, 30, 30)}
+
+
+def spots_overlay(
+    adata: ad.AnnData, lib: str, max_side: int = 1600, slides: Mapping[str, str | Path] | None = None
+) -> np.ndarray:
+    """Thumbnail of a library's slide with its spots drawn at their true size.
+
+    Green: full patch on tissue; orange: patch padded at the image edge; red: spot off the tissue
+    mask or not under tissue according to the reader.
+    """
+    path = slide_paths(adata, slides)[lib]
+    sel = (adata.obs["library_id"].astype(str) == lib).to_numpy()
+    obs = adata.obs.loc[sel]
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[sel]
+    colours = np.tile(np.array(SPOT_COLOURS["ok"]), (len(xy), 1))
+    if "patch_partial" in obs:
+        colours[obs["patch_partial"].to_numpy(bool)] = SPOT_COLOURS["partial"]
+    off = ~obs["in_tissue"].to_numpy(bool)
+    if "on_tissue_mask" in obs:
+        off |= ~obs["on_tissue_mask"].to_numpy(bool)
+    colours[off] = SPOT_COLOURS["off_tissue"]
+    radius = float(adata.uns["spatial"][lib]["scalefactors"]["spot_diameter_fullres"]) / 2
+    with open_library_slide(adata, lib, path) as slide:
+        thumb, scale = slide.thumbnail(max_side)
+    return draw_overlay(thumb, scale, circles=xy, radius0=radius, colors=colours)

@@ -1,0 +1,288 @@
+"""10x Visium / Space Ranger outputs: reader into the AnnData contract, and a writer for synthetic data.
+
+Reads the ``outs`` folder of Space Ranger 1.x-3.x:
+``filtered_feature_bc_matrix.h5`` (or the ``filtered_feature_bc_matrix/`` mtx folder),
+``spatial/tissue_positions_list.csv`` (v1, no header), ``spatial/tissue_positions.csv`` (v2, header)
+or ``spatial/tissue_positions.parquet`` (v3), ``spatial/scalefactors_json.json`` and the hires/lowres
+PNGs. The full-resolution image, when given, is opened as a slide; its MPP wins, otherwise the MPP is
+derived from the spot diameter (Visium spots are 55 um across).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from PIL import Image
+
+from histokg.errors import InputError
+from histokg.io import atomic_open, atomic_path, write_json
+from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
+from histokg.wsi.slide import open_slide
+
+log = logging.getLogger(__name__)
+
+VISIUM_SPOT_DIAMETER_UM = 55.0
+POSITION_COLUMNS = [
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+]
+
+
+def read_visium(
+    path: str | Path,
+    *,
+    slide: str | Path | None = None,
+    library_id: str | None = None,
+    mpp: float | None = None,
+    min_match: float = 1.0,
+) -> ad.AnnData:
+    """Read a Space Ranger ``outs`` folder into the AnnData contract.
+
+    ``slide`` is the full-resolution image the spot pixel coordinates refer to (pyramidal TIFF, SVS,
+    or a plain .jpg/.png with ``mpp``). ``library_id`` defaults to the folder name.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"Visium folder {path} does not exist or is not a folder")
+    library_id = library_id or (path.parent.name if path.name == "outs" else path.name)
+    adata_counts, counts_file = _read_counts(path)
+    positions, positions_file = read_positions(path / "spatial")
+    scalefactors_file = path / "spatial" / "scalefactors_json.json"
+    scalefactors = _read_json(scalefactors_file)
+    if "spot_diameter_fullres" not in scalefactors:
+        raise InputError(f"{scalefactors_file}: field 'spot_diameter_fullres' is missing")
+
+    found = match_ids(
+        adata_counts.obs_names,
+        positions.index,
+        counts_name=str(counts_file),
+        table_name=str(positions_file),
+        min_match=min_match,
+    )
+    adata_counts = adata_counts[found].copy()
+    pos = positions.loc[adata_counts.obs_names]
+    xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+
+    hires, hires_scalef = _read_hires(path / "spatial", scalefactors)
+    source_image = None
+    if slide is not None:
+        with open_slide(slide, mpp=mpp) as s:
+            mpp_value, mpp_source = s.mpp, "slide"
+            source_image = Path(slide)
+            check_spots_in_image(
+                xy, *s.dimensions, list(adata_counts.obs_names), f"{positions_file} vs slide {slide}"
+            )
+            if hires is None:
+                hires, hires_scalef = s.thumbnail(2000)
+    else:
+        if hires is None:
+            raise InputError(
+                f"{path / 'spatial'}: no tissue_hires_image.png or tissue_lowres_image.png, and no slide given"
+            )
+        h, w = hires.shape[:2]
+        check_spots_in_image(
+            xy,
+            int(w / hires_scalef) + 1,
+            int(h / hires_scalef) + 1,
+            list(adata_counts.obs_names),
+            str(positions_file),
+        )
+        if mpp is not None:
+            mpp_value, mpp_source = float(mpp), "given"
+        else:
+            mpp_value = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
+            mpp_source = "spot diameter (55 um)"
+            log.info("%s: no slide given; MPP %.4f derived from spot_diameter_fullres", library_id, mpp_value)
+
+    spatial = spatial_uns(
+        hires,
+        hires_scalef,
+        float(scalefactors["spot_diameter_fullres"]),
+        source_image,
+        mpp_value,
+        extra_scalefactors={
+            k: v
+            for k, v in scalefactors.items()
+            if k not in ("tissue_hires_scalef", "spot_diameter_fullres") and _is_number(v)
+        },
+        extra_metadata={"mpp_source": mpp_source, "reader": "visium", "source_path": str(path)},
+    )
+    obs_extra = pd.DataFrame(
+        {"array_row": pos["array_row"].to_numpy(), "array_col": pos["array_col"].to_numpy()}
+    )
+    return build_anndata(
+        adata_counts.X,
+        adata_counts.obs_names,
+        adata_counts.var_names,
+        xy,
+        library_id,
+        spatial,
+        in_tissue=pos["in_tissue"].to_numpy().astype(bool),
+        gene_ids=adata_counts.var.get("gene_ids", pd.Series(adata_counts.var_names)).to_list(),
+        obs_extra=obs_extra,
+        source=str(path),
+    )
+
+
+def read_positions(spatial_dir: Path) -> tuple[pd.DataFrame, Path]:
+    """Spot table indexed by barcode, whichever Space Ranger version wrote it."""
+    v3, v2, v1 = (
+        spatial_dir / "tissue_positions.parquet",
+        spatial_dir / "tissue_positions.csv",
+        spatial_dir / "tissue_positions_list.csv",
+    )
+    try:
+        if v3.is_file():
+            table, file = pd.read_parquet(v3), v3
+        elif v2.is_file():
+            table, file = pd.read_csv(v2), v2
+        elif v1.is_file():
+            table, file = pd.read_csv(v1, header=None, names=POSITION_COLUMNS), v1
+        else:
+            raise InputError(
+                f"{spatial_dir}: no tissue_positions.parquet, tissue_positions.csv or tissue_positions_list.csv"
+            )
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise InputError(f"{spatial_dir}: spot positions cannot be parsed ({exc})") from None
+    missing = [c for c in POSITION_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"{file}: missing columns {missing}; found {list(table.columns)}")
+    table["barcode"] = table["barcode"].astype(str)
+    if table["barcode"].duplicated().any():
+        raise InputError(
+            f"{file}: duplicate barcodes, e.g. {table.loc[table['barcode'].duplicated(), 'barcode'].iloc[0]!r}"
+        )
+    for col in POSITION_COLUMNS[1:]:
+        if not pd.api.types.is_numeric_dtype(table[col]):
+            raise InputError(f"{file}: column {col!r} must be numeric")
+    return table.set_index("barcode"), file
+
+
+def _read_counts(path: Path) -> tuple[ad.AnnData, Path]:
+    h5 = path / "filtered_feature_bc_matrix.h5"
+    mtx = path / "filtered_feature_bc_matrix"
+    try:
+        if h5.is_file():
+            adata = sc.read_10x_h5(h5)
+            file = h5
+        elif mtx.is_dir():
+            adata = sc.read_10x_mtx(mtx, var_names="gene_symbols", make_unique=False)
+            file = mtx
+        else:
+            raise InputError(
+                f"{path}: no filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/ folder"
+            )
+    except InputError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(
+            f"{h5 if h5.exists() else mtx}: not a readable 10x feature-barcode matrix ({exc})"
+        ) from None
+    return adata, file
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_hires(spatial_dir: Path, scalefactors: dict) -> tuple[np.ndarray | None, float]:
+    for name, key in (
+        ("tissue_hires_image.png", "tissue_hires_scalef"),
+        ("tissue_lowres_image.png", "tissue_lowres_scalef"),
+    ):
+        file = spatial_dir / name
+        if file.is_file():
+            if key not in scalefactors:
+                raise InputError(f"{spatial_dir / 'scalefactors_json.json'}: {key!r} missing for {name}")
+            try:
+                with Image.open(file) as img:
+                    arr = np.asarray(img.convert("RGB"))
+            except OSError as exc:
+                raise InputError(f"{file}: cannot decode image ({exc})") from None
+            return arr, float(scalefactors[key])
+    return None, 1.0
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def write_10x_h5(
+    path: str | Path,
+    counts: np.ndarray | sp.spmatrix,
+    barcodes: Sequence[str],
+    gene_ids: Sequence[str],
+    gene_names: Sequence[str],
+    genome: str = "GRCh38",
+) -> Path:
+    """Write a Cell Ranger v3-style ``filtered_feature_bc_matrix.h5`` (spots x genes counts)."""
+    csr = sp.csr_matrix(counts)
+    n_spots, n_genes = csr.shape
+    if len(barcodes) != n_spots or len(gene_ids) != n_genes or len(gene_names) != n_genes:
+        raise InputError(
+            f"{path}: counts {csr.shape} do not match {len(barcodes)} barcodes / {len(gene_ids)} genes"
+        )
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        m = f.create_group("matrix")
+        m.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
+        m.create_dataset("data", data=csr.data.astype(np.int32), compression="gzip")
+        m.create_dataset("indices", data=csr.indices.astype(np.int64), compression="gzip")
+        m.create_dataset("indptr", data=csr.indptr.astype(np.int64))
+        m.create_dataset("shape", data=np.array([n_genes, n_spots], dtype=np.int32))
+        feats = m.create_group("features")
+        feats.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
+        feats.create_dataset("feature_type", data=np.array([b"Gene Expression"] * n_genes))
+        feats.create_dataset("genome", data=np.array([genome.encode()] * n_genes))
+        feats.create_dataset("id", data=np.array(gene_ids, dtype="S"))
+        feats.create_dataset("name", data=np.array(gene_names, dtype="S"))
+    return Path(path)
+
+
+def write_spaceranger_outs(
+    out: str | Path,
+    *,
+    positions: pd.DataFrame,
+    counts: np.ndarray,
+    barcodes: Sequence[str],
+    gene_ids: Sequence[str],
+    gene_names: Sequence[str],
+    scalefactors: dict,
+    hires: np.ndarray,
+    lowres: np.ndarray,
+) -> Path:
+    """Write the files of a Space Ranger ``outs`` folder that :func:`read_visium` reads."""
+    out = Path(out)
+    spatial = out / "spatial"
+    spatial.mkdir(parents=True, exist_ok=True)
+    write_10x_h5(out / "filtered_feature_bc_matrix.h5", counts, barcodes, gene_ids, gene_names)
+    with atomic_open(spatial / "tissue_positions.csv", "w", encoding="utf-8", newline="") as fh:
+        positions[POSITION_COLUMNS].to_csv(fh, index=False)
+    write_json(spatial / "scalefactors_json.json", scalefactors)
+    for name, img in (("tissue_hires_image.png", hires), ("tissue_lowres_image.png", lowres)):
+        with atomic_path(spatial / name) as tmp:
+            Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
+    return out

@@ -1,0 +1,275 @@
+"""One reader interface over whole-slide images.
+
+:func:`open_slide` returns a :class:`Slide` for any pyramid OpenSlide opens (.svs, .ndpi, .mrxs,
+.scn, generic tiled .tiff, ...) and for large plain images (.jpg, .png, e.g. legacy-ST H&E at full
+resolution), whose microns per pixel (MPP) the caller supplies. All coordinates are level-0 pixels,
+(x, y), as in OpenSlide. Reads return RGB ``uint8`` arrays; area outside the image is white.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from histokg.errors import SlideError
+
+log = logging.getLogger(__name__)
+
+PLAIN_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+OPENSLIDE_SUFFIXES = {
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+}
+# Plain images of a whole section are far larger than PIL's decompression-bomb guard allows.
+_MAX_PLAIN_PIXELS = 4 * 10**9
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a slide. ``mpp`` overrides (or, for plain images and TIFFs without it, supplies) level-0 um/px."""
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(f"slide {path} does not exist")
+    if not path.is_file():
+        raise SlideError(f"slide {path} is not a file")
+    if path.suffix.lower() in PLAIN_SUFFIXES:
+        return PlainImageSlide(path, mpp)
+    return OpenSlideSlide(path, mpp)
+
+
+class Slide:
+    """Common interface; see :class:`OpenSlideSlide` and :class:`PlainImageSlide`."""
+
+    path: Path
+    mpp: float
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level(self, target_mpp: float) -> int:
+        """The coarsest level that is still at least as fine as ``target_mpp`` (so reads only downscale)."""
+        wanted = target_mpp / self.mpp
+        best = 0
+        for level, down in enumerate(self.level_downsamples):
+            if down <= wanted * 1.01:
+                best = level
+        return best
+
+    # -- pixels -----------------------------------------------------------------------------
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB array of ``size`` (w, h) pixels at ``level``, top-left at level-0 ``location``."""
+        return np.asarray(self._read_pil(location, level, size))
+
+    def _read_pil(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """The same region as an RGB PIL image (lets resizing skip an array round trip)."""
+        raise NotImplementedError
+
+    def read_physical(
+        self, center: tuple[float, float], size_um: float, out_px: int
+    ) -> tuple[np.ndarray, bool]:
+        """A square of ``size_um`` microns centred on level-0 ``center``, resampled to ``out_px``.
+
+        Reads from the best pyramid level for the requested resolution and resizes the rest.
+        Returns the RGB array and whether the square reached past the image edge (padded white).
+        """
+        side0 = size_um / self.mpp
+        x0 = int(round(center[0] - side0 / 2))
+        y0 = int(round(center[1] - side0 / 2))
+        level = self.best_level(size_um / out_px)
+        down = self.level_downsamples[level]
+        side = max(1, int(round(side0 / down)))
+        region = self._read_pil((x0, y0), level, (side, side))
+        if side != out_px:
+            region = region.resize((out_px, out_px), Image.Resampling.BILINEAR)
+        width, height = self.dimensions
+        x1, y1 = x0 + int(round(side * down)), y0 + int(round(side * down))
+        partial = x0 < 0 or y0 < 0 or x1 > width or y1 > height
+        return np.asarray(region), partial
+
+    def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:
+        """Whole-slide RGB thumbnail with its longest side at most ``max_side``.
+
+        Returns the image and its scale factor (thumbnail px per level-0 px).
+        """
+        width, height = self.dimensions
+        scale = min(1.0, max_side / max(width, height))
+        out_w, out_h = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+        level = 0
+        for lv, (w, h) in enumerate(self.level_dimensions):
+            if w >= out_w and h >= out_h:
+                level = lv
+        lw, lh = self.level_dimensions[level]
+        img = self.read_region((0, 0), level, (lw, lh))
+        if (lw, lh) != (out_w, out_h):
+            img = np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.Resampling.BOX))
+        return img, out_w / width
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, dims={self.dimensions}, mpp={self.mpp:.4g}, levels={self.level_count})"
+
+
+class OpenSlideSlide(Slide):
+    """Any format OpenSlide reads."""
+
+    def __init__(self, path: Path, mpp: float | None = None):
+        self.path = path
+        fmt = openslide.OpenSlide.detect_format(str(path))
+        if fmt is None:
+            hint = ""
+            if path.suffix.lower() not in OPENSLIDE_SUFFIXES:
+                hint = f" (suffix {path.suffix!r}; plain images must be .jpg/.png)"
+            raise SlideError(
+                f"slide {path}: not a whole-slide format OpenSlide recognises{hint}, or the file is corrupt "
+                "or truncated; expected an .svs/.ndpi/.mrxs/.scn/.tiff pyramid or a plain .jpg/.png"
+            )
+        try:
+            self._osr = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(
+                f"slide {path} ({fmt}): cannot be opened, the file may be corrupt or truncated: {exc}"
+            ) from None
+        self.format = fmt
+        self.properties = dict(self._osr.properties)
+        self.mpp = _resolve_mpp(path, self.properties, mpp)
+        self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+
+    def _read_pil(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        try:
+            rgba = self._osr.read_region(
+                (int(location[0]), int(location[1])), level, (int(size[0]), int(size[1]))
+            )
+        except openslide.OpenSlideError as exc:
+            raise SlideError(
+                f"slide {self.path}: reading level {level} at {tuple(location)} size {tuple(size)} failed; "
+                f"the file may be truncated or corrupt: {exc}"
+            ) from None
+        return _rgba_over_white(rgba)
+
+    def associated_image(self, name: str) -> np.ndarray | None:
+        img = self._osr.associated_images.get(name)
+        return None if img is None else np.asarray(img.convert("RGB"))
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class PlainImageSlide(Slide):
+    """A single-level image file held in memory (e.g. a legacy-ST full-resolution JPEG)."""
+
+    def __init__(self, path: Path, mpp: float | None):
+        self.path = path
+        if mpp is None:
+            raise SlideError(
+                f"slide {path}: a plain image carries no microns-per-pixel; pass mpp "
+                "(--mpp) or let the ST reader derive it from the spot pitch"
+            )
+        self.mpp = _check_mpp(path, float(mpp))
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = _MAX_PLAIN_PIXELS
+        try:
+            with Image.open(path) as img:
+                self._array = np.asarray(img.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise SlideError(
+                f"slide {path}: cannot decode image, it may be corrupt or truncated: {exc}"
+            ) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+        height, width = self._array.shape[:2]
+        self.level_dimensions = ((width, height),)
+        self.level_downsamples = (1.0,)
+        self.properties: dict[str, str] = {}
+        self.format = "plain"
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._array
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        if level != 0:
+            raise SlideError(f"slide {self.path}: plain images have one level, level {level} requested")
+        return _crop_padded(self._array, int(location[0]), int(location[1]), int(size[0]), int(size[1]))
+
+    def _read_pil(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        return Image.fromarray(self.read_region(location, level, size))
+
+    def close(self) -> None:
+        self._array = np.empty((0, 0, 3), np.uint8)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _resolve_mpp(path: Path, props: dict[str, str], override: float | None) -> float:
+    if override is not None:
+        return _check_mpp(path, float(override))
+    raw = props.get(openslide.PROPERTY_NAME_MPP_X)
+    if raw is None:
+        raise SlideError(
+            f"slide {path}: no microns-per-pixel in its metadata (property {openslide.PROPERTY_NAME_MPP_X!r} "
+            "is missing); pass mpp (--mpp) for this slide"
+        )
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SlideError(f"slide {path}: {openslide.PROPERTY_NAME_MPP_X}={raw!r} is not a number") from None
+    return _check_mpp(path, value)
+
+
+def _check_mpp(path: Path, mpp: float) -> float:
+    if not math.isfinite(mpp) or mpp <= 0 or mpp > 1000:
+        raise SlideError(f"slide {path}: microns-per-pixel {mpp!r} is not a positive plausible value")
+    return mpp
+
+
+def _rgba_over_white(rgba: Image.Image) -> Image.Image:
+    """Composite OpenSlide's (non-premultiplied) RGBA image over white, as RGB."""
+    if rgba.getextrema()[3][0] == 255:  # fully opaque: the common case inside the slide
+        return rgba.convert("RGB")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _crop_padded(array: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """Crop ``array`` (H, W, 3) to the box, padding with white where it leaves the image."""
+    height, width = array.shape[:2]
+    out = np.full((h, w, 3), 255, dtype=np.uint8)
+    sx0, sy0 = max(x, 0), max(y, 0)
+    sx1, sy1 = min(x + w, width), min(y + h, height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = array[sy0:sy1, sx0:sx1]
+    return out

@@ -1,0 +1,61 @@
+"""Shared fixtures: a small generated synthetic study and the real data under ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from histokg.synth import SynthConfig, generate_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The read-only real data: $HISTOKG_SHARED_DATA, else ../shared/data beside the checkout."""
+    candidates = [
+        os.environ.get("HISTOKG_SHARED_DATA"),
+        REPO.parent / "shared" / "data",
+        Path("/work/shared/data"),
+    ]
+    for cand in candidates:
+        if cand and (Path(cand) / "wsi" / "CMU-1-Small-Region.svs").is_file():
+            return Path(cand)
+    raise RuntimeError(
+        "real test data not found: set HISTOKG_SHARED_DATA to the shared/data folder "
+        f"(looked in {[str(c) for c in candidates if c]})"
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def cmu_slide(shared_data: Path) -> Path:
+    return shared_data / "wsi" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def her2st(shared_data: Path) -> Path:
+    return shared_data / "her2st"
+
+
+SMALL_STUDY = SynthConfig(seed=7, n_sections=3, width_um=1500.0, height_um=1300.0)
+
+
+@pytest.fixture(scope="session")
+def synth_study(tmp_path_factory) -> Path:
+    """A small synthetic study (3 sections), generated once per test session."""
+    out = tmp_path_factory.mktemp("study")
+    generate_study(out, SMALL_STUDY)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_adata(synth_study: Path):
+    from histokg.synth.study import load_study
+
+    return load_study(synth_study)

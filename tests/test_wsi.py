@@ -1,0 +1,153 @@
+"""Slides: the real OpenSlide test slide, pyramids we write, tissue masks, tiling and bad input."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import openslide
+import pytest
+import tifffile
+from PIL import Image
+
+from histokg.errors import InputError, SlideError
+from histokg.wsi import (
+    TilingConfig,
+    convert,
+    detect_tissue,
+    load_tiles_h5,
+    open_slide,
+    save_png,
+    save_tiles_h5,
+    tile_slide,
+    tiles_overlay,
+    write_pyramid,
+)
+
+
+def smooth_image(h=1500, w=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [128 + 100 * np.sin(xx / 97.0), 128 + 100 * np.cos(yy / 61.0), 128 + 60 * np.sin((xx + yy) / 150.0)],
+        -1,
+    )
+    return np.clip(base + rng.normal(0, 1, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_cmu_slide_read_mask_tile(cmu_slide, tmp_path):
+    with open_slide(cmu_slide) as slide:
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+        region = slide.read_region((1000, 1000), 0, (64, 48))
+        assert region.shape == (48, 64, 3) and region.dtype == np.uint8
+        mask = detect_tissue(slide)
+        frac = mask.mask.mean()
+        assert 0.2 < frac < 0.95, frac
+        tiles = tile_slide(slide, TilingConfig(target_mpp=0.5, patch_px=224, min_tissue=0.5), mask)
+        assert len(tiles) > 20
+        assert tiles.level == 0 and tiles.level_size == round(224 * 0.5 / 0.499)
+        # Every kept tile is mostly tissue: its pixels are less bright than glass on average.
+        x, y = tiles.coords[len(tiles) // 2]
+        patch = slide.read_region((int(x), int(y)), tiles.level, (tiles.level_size, tiles.level_size))
+        assert patch.mean() < 225
+        h5 = save_tiles_h5(tiles, tmp_path / "cmu.h5")
+        png = save_png(tiles_overlay(tiles, mask), tmp_path / "cmu.png")
+    coords, attrs = load_tiles_h5(h5)
+    np.testing.assert_array_equal(coords, tiles.coords)
+    for key in (
+        "patch_size",
+        "patch_level",
+        "downsample",
+        "downsampled_level_dim",
+        "level_dim",
+        "name",
+        "save_path",
+    ):
+        assert key in attrs, key  # CLAM's attributes
+    assert attrs["target_mpp"] == 0.5 and attrs["name"] == "CMU-1-Small-Region"
+    with h5py.File(h5) as f:
+        assert f["tissue_fraction"][:].min() >= 0.5
+    assert Image.open(png).size[0] > 100
+
+
+def test_read_physical_matches_direct_read(cmu_slide):
+    with open_slide(cmu_slide) as slide:
+        patch, partial = slide.read_physical((1100.0, 1500.0), size_um=112 * 0.499, out_px=112)
+        assert not partial
+        direct = slide.read_region((1100 - 56, 1500 - 56), 0, (112, 112))
+        np.testing.assert_array_equal(patch, direct)
+        edge, partial = slide.read_physical((5.0, 5.0), size_um=56.0, out_px=112)
+        assert partial and (edge[:20, :20] == 255).all()  # padded white outside the image
+
+
+def test_pyramid_roundtrip_through_openslide(tmp_path):
+    img = smooth_image()
+    out = write_pyramid(img, tmp_path / "p.tiff", mpp=0.25, min_side=256)
+    assert openslide.OpenSlide.detect_format(str(out)) == "generic-tiff"
+    with open_slide(out) as slide:
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.level_count >= 3
+        assert slide.level_dimensions[1] == (1000, 750)
+        assert slide.level_downsamples[1] == pytest.approx(2.0)
+        back = slide.read_region((0, 0), 0, (2000, 1500)).astype(int)
+        assert np.abs(back - img).mean() < 3.0  # JPEG at quality 90
+        # best level for 1 um/px on a 0.25 um/px base is the 4x level
+        assert slide.best_level(1.0) == 2
+        patch, _ = slide.read_physical((1000, 750), size_um=100, out_px=100)
+        ref = np.asarray(
+            Image.fromarray(img[550:950, 800:1200]).resize((100, 100), Image.Resampling.BOX)
+        ).astype(int)
+        assert np.abs(patch.astype(int) - ref).mean() < 6
+
+
+def test_convert_plain_image(tmp_path):
+    src = tmp_path / "plain.png"
+    Image.fromarray(smooth_image(600, 900)).save(src)
+    with pytest.raises(SlideError, match="plain image carries no microns-per-pixel"):
+        open_slide(src)
+    out = convert(src, tmp_path / "plain.tiff", mpp=0.8)
+    with open_slide(out) as slide:
+        assert slide.mpp == pytest.approx(0.8) and slide.dimensions == (900, 600)
+
+
+def test_corrupt_slide_is_named(tmp_path):
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + np.random.default_rng(0).bytes(4000))
+    with pytest.raises(SlideError, match="broken.svs"):
+        open_slide(bad)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a slide")
+    with pytest.raises(SlideError, match="not a whole-slide format"):
+        open_slide(text)
+    with pytest.raises(SlideError, match="does not exist"):
+        open_slide(tmp_path / "missing.svs")
+
+
+def test_truncated_tiff_gives_clear_error(tmp_path):
+    good = write_pyramid(smooth_image(), tmp_path / "good.tiff", mpp=0.5)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(SlideError, match=r"cut\.tiff.*(truncated|corrupt)"), open_slide(cut) as slide:
+        w, h = slide.dimensions
+        slide.read_region((0, 0), 0, (w, h))
+
+
+def test_missing_mpp_needs_override(tmp_path):
+    path = tmp_path / "nompp.tiff"
+    tifffile.imwrite(
+        path, smooth_image(), tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None
+    )
+    with pytest.raises(SlideError, match=r"nompp\.tiff: no microns-per-pixel"):
+        open_slide(path)
+    with open_slide(path, mpp=0.5) as slide:
+        assert slide.mpp == 0.5
+
+
+def test_empty_tissue_mask(tmp_path):
+    blank = write_pyramid(np.full((800, 800, 3), 245, np.uint8), tmp_path / "blank.tiff", mpp=0.5)
+    with (
+        open_slide(blank) as slide,
+        pytest.raises(InputError, match=r"blank\.tiff: the tissue mask is empty"),
+    ):
+        detect_tissue(slide)
