@@ -196,6 +196,111 @@ def pair(
     click.echo(f"paired {adata.n_obs} spots -> {out}")
 
 
+# --------------------------------------------------------------------------- training
+
+
+@cli.command("train")
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--resume", is_flag=True, help="Continue from OUT_DIR/checkpoints/last.pt.")
+def train_cmd(config_path: Path | None, overrides: tuple[str, ...], resume: bool) -> None:
+    """Train the dual encoder (single process, or under torchrun for several GPUs/nodes)."""
+    from histokg.config import load_config
+    from histokg.train import TrainConfig, train
+
+    cfg = load_config(TrainConfig, config_path, overrides)
+    result = train(cfg, resume=resume)
+    last = result.history[-1] if result.history else {}
+    click.echo(
+        f"trained {result.steps} steps in {result.seconds:.0f} s; best {cfg.early_stopping.metric} = {result.best_metric:.4f}; "
+        f"last epoch: " + ", ".join(f"{k}={v:.3f}" for k, v in last.items() if k not in ("epoch", "step"))
+    )
+    click.echo(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
+
+
+@cli.command("embed")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .h5ad."
+)
+@click.option("--mpp", type=float, help="MPP for slides that lack it (whole-slide inputs).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--num-workers", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
+def embed_cmd(
+    checkpoint: Path,
+    inputs: tuple[Path, ...],
+    out: Path,
+    mpp: float | None,
+    batch_size: int,
+    num_workers: int,
+    device: str | None,
+) -> None:
+    """Embed INPUTS with a trained model: .h5ad files (spots), study folders, or slides (whole-slide tiles)."""
+    import anndata as ad
+
+    from histokg.st.contract import concat_sections, write_h5ad
+    from histokg.synth.study import load_study
+    from histokg.tl.embed import embed, embed_slide, load_model
+
+    model = load_model(checkpoint, device or "cpu")
+    parts = []
+    for path in inputs:
+        if path.is_dir():
+            adata = load_study(path)
+            embed(adata, model, batch_size=batch_size, num_workers=num_workers, device=device)
+        elif path.suffix == ".h5ad":
+            adata = ad.read_h5ad(path)
+            embed(adata, model, batch_size=batch_size, num_workers=num_workers, device=device)
+        else:
+            adata = embed_slide(
+                path, model, mpp=mpp, batch_size=batch_size, num_workers=num_workers, device=device
+            )
+        parts.append(adata)
+    adata = concat_sections(parts, join="outer") if len(parts) > 1 else parts[0]
+    adata.uns.setdefault("histokg", {})["params"] = model.params
+    write_h5ad(adata, out)
+    click.echo(
+        f"{adata.n_obs} observations embedded ({', '.join(k for k in adata.obsm if k.startswith('X_histokg'))}) -> {out}"
+    )
+
+
+@cli.command("evaluate")
+@click.argument("embedded", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Its training slides are the reference.",
+)
+@click.option(
+    "--reference", "reference_libs", multiple=True, help="Reference (training) library ids, if no checkpoint."
+)
+@click.option(
+    "--heldout", "heldout_libs", multiple=True, help="Held-out library ids (default: all non-reference)."
+)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours for retrieval prediction.")
+def evaluate_cmd(
+    embedded: Path,
+    checkpoint: Path | None,
+    reference_libs: tuple[str, ...],
+    heldout_libs: tuple[str, ...],
+    out_dir: Path,
+    k: int,
+) -> None:
+    """Evaluate embeddings of EMBEDDED (from `histokg embed`) on held-out slides; JSON + HTML report."""
+    import anndata as ad
+
+    from histokg.pipeline import evaluate_embedded
+
+    adata = ad.read_h5ad(embedded)
+    summary = evaluate_embedded(
+        adata, out_dir, checkpoint=checkpoint, reference_libs=reference_libs, heldout_libs=heldout_libs, k=k
+    )
+    click.echo(summary)
+
+
 # --------------------------------------------------------------------------- pipeline
 
 

@@ -233,6 +233,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return {k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

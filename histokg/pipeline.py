@@ -1,27 +1,70 @@
 """The end-to-end demo on the embedded synthetic study (``histokg demo`` / ``make demo``).
 
-Steps: generate the study, read it back through the Visium reader, pair spots with patches, write
-the paired AnnData and spot overlays.
+1. generate the study (4 sections: two train, one validates, one is held out for evaluation);
+2. read it back through the Visium reader, pair spots with patches (``paired.h5ad``, overlays);
+3. build the knowledge graph restricted to the study's genes and embed it with pykeen (bundle);
+4. train the dual encoder once per configured loss (the InfoNCE baseline and a KG loss);
+5. embed every section with each model, evaluate on the held-out section, write reports;
+6. print a summary table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from histokg.config import save_config
+import anndata as ad
+import numpy as np
+
+from histokg.config import Component, save_config
+from histokg.errors import InputError
+from histokg.models import ModelConfig
 from histokg.st.pairing import PairingConfig
 from histokg.synth.study import SynthConfig
+from histokg.train.config import DataConfig, EarlyStoppingConfig, OptimConfig, TrainConfig
+from pathways_kg.config import BuildConfig, EmbedConfig
+from pathways_kg.config import Component as KGComponent
+from pathways_kg.config import TrainingConfig as KGTrainingConfig
 
 log = logging.getLogger(__name__)
 
 
+def _demo_train() -> TrainConfig:
+    # CPU-sized: 112 um patches at 64 px and timm's tiny `test_efficientnet` (0.1 M parameters);
+    # configs/train/gpu_resnet50.yaml is the full-size setting.
+    return TrainConfig(
+        data=DataConfig(patch_px=64, n_genes=128),
+        model=ModelConfig(image_encoder="test_efficientnet", embed_dim=64, expr_hidden=(128,)),
+        optim=OptimConfig(epochs=20, batch_size=32, lr=3e-3, image_lr=3e-3, warmup_steps=5),
+        early_stopping=EarlyStoppingConfig(metric="recall@5", patience=6),
+        checkpoint_every=50,
+    )
+
+
+@dataclass(frozen=True)
+class KGDemoConfig:
+    build: BuildConfig = field(default_factory=BuildConfig)
+    embed: EmbedConfig = field(
+        default_factory=lambda: EmbedConfig(
+            model=KGComponent("transe", {"embedding_dim": 64}),
+            training=KGTrainingConfig(epochs=30, batch_size=1024),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    synth: SynthConfig = field(default_factory=lambda: SynthConfig(n_sections=4))
     pairing: PairingConfig = field(default_factory=PairingConfig)
+    kg: KGDemoConfig = field(default_factory=KGDemoConfig)
+    train: TrainConfig = field(default_factory=_demo_train)
+    losses: tuple[Component, ...] = (Component("infonce"), Component("kg_soft", {"lam": 0.3}))
+    val_slide: str = "S3"
+    test_slide: str = "S4"
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> str:
@@ -29,33 +72,175 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> str:
     from histokg.st.contract import write_h5ad
     from histokg.st.pairing import pair_spots, spots_overlay
     from histokg.synth.study import generate_study, load_study
+    from histokg.train import train
     from histokg.wsi import save_png
+    from pathways_kg.build import build_graph
+    from pathways_kg.embed import embed_graph
+    from pathways_kg.graph import write_graph
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "demo_config.yaml")
     timings: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    start = time.perf_counter()
-    generate_study(out_dir / "study", cfg.synth)
-    timings["synthesise study"] = time.perf_counter() - start
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name] = time.perf_counter() - clock
+        clock = time.perf_counter()
 
-    start = time.perf_counter()
-    adata = load_study(out_dir / "study")
+    study = out_dir / "study"
+    generate_study(study, cfg.synth)
+    lap("synthesise study")
+
+    adata = load_study(study)
+    libs = list(adata.obs["library_id"].cat.categories)
+    for name in (cfg.val_slide, cfg.test_slide):
+        if name not in libs:
+            raise InputError(f"demo: slide {name!r} is not in the study ({libs}); check synth.n_sections")
     pair_spots(adata, cfg.pairing)
-    paired = write_h5ad(adata, out_dir / "paired.h5ad")
-    overlays = [
+    write_h5ad(adata, out_dir / "paired.h5ad")
+    for lib in libs:
         save_png(spots_overlay(adata, lib), out_dir / "overlays" / f"{lib}_spots.png")
-        for lib in adata.obs["library_id"].cat.categories
-    ]
-    timings["read + pair"] = time.perf_counter() - start
+    lap("read + pair")
 
+    graph = build_graph(cfg.kg.build, universe=list(adata.var_names))
+    write_graph(graph, out_dir / "kg" / "graph")
+    bundle = embed_graph(out_dir / "kg" / "graph", cfg.kg.embed, out_dir / "kg" / "bundle")
+    lap("knowledge graph build + embed")
+
+    rows = []
+    for loss in cfg.losses:
+        tcfg = dataclasses.replace(
+            cfg.train,
+            out_dir=str(out_dir / "train" / loss.name),
+            loss=loss,
+            data=dataclasses.replace(
+                cfg.train.data,
+                study=str(study),
+                val_slides=(cfg.val_slide,),
+                exclude_slides=(cfg.test_slide,),
+            ),
+            prior=dataclasses.replace(cfg.train.prior, bundle=str(out_dir / "kg" / "bundle")),
+        )
+        result = train(tcfg)
+        lap(f"train {loss.name}")
+        summary = evaluate_checkpoint(
+            adata, result.best_checkpoint, out_dir / "eval" / loss.name, heldout_libs=(cfg.test_slide,)
+        )
+        rows.append((loss.name, summary))
+        lap(f"embed + evaluate {loss.name}")
+
+    kg_metrics = bundle.meta.get("metrics", {})
     lines = [
         f"histokg demo -> {out_dir}",
-        f"  study:    {out_dir / 'study'} ({adata.obs['library_id'].nunique()} sections, {adata.n_obs} spots, {adata.n_vars} genes)",
-        f"  paired:   {paired} ({int(adata.obs['patch_partial'].sum())} edge patches, "
-        f"{int((~adata.obs['on_tissue_mask']).sum())} spots off the tissue mask)",
-        f"  overlays: {', '.join(str(p) for p in overlays)}",
+        f"  study:   {study} ({len(libs)} sections, {adata.n_obs} spots, {adata.n_vars} genes); "
+        f"train {', '.join(lb for lb in libs if lb not in (cfg.val_slide, cfg.test_slide))}, "
+        f"validate {cfg.val_slide}, held out {cfg.test_slide}",
+        f"  paired:  {out_dir / 'paired.h5ad'}, overlays in {out_dir / 'overlays'}",
+        f"  KG:      {len(graph.entities)} entities, {len(graph.edges)} edges; {cfg.kg.embed.model.name} bundle "
+        f"{out_dir / 'kg' / 'bundle'}; test MRR {_fmt(kg_metrics, 'trained', 'mrr')} vs random {_fmt(kg_metrics, 'random', 'mrr')}",
+        "",
+        f"  held-out section {cfg.test_slide} (reports in {out_dir / 'eval'}/<loss>/report.html):",
+        summary_table(rows),
+        "",
     ]
     lines += [f"  {name}: {seconds:.1f} s" for name, seconds in timings.items()]
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    (out_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def _fmt(metrics: dict, which: str, key: str) -> str:
+    value = metrics.get(which, {}).get(key) if isinstance(metrics.get(which), dict) else None
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
+
+
+def summary_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """One line per model: retrieval recall@5 (both directions, chance), Pearson (HEG, HVG), ARI."""
+    header = f"  {'loss':14s} {'R@5 img->expr':>13s} {'R@5 expr->img':>13s} {'chance':>7s} {'Pearson HEG':>11s} {'Pearson HVG':>11s} {'ARI':>6s}"
+    out = [header]
+    for name, s in rows:
+        out.append(
+            f"  {name:14s} {s['recall@5_i2e']:13.3f} {s['recall@5_e2i']:13.3f} {s['chance@5']:7.3f} "
+            f"{s['pearson_heg']:11.3f} {s['pearson_hvg']:11.3f} {s['ari']:6.3f}"
+        )
+    return "\n".join(out)
+
+
+def evaluate_checkpoint(
+    adata: ad.AnnData, checkpoint: str | Path, out_dir: str | Path, *, heldout_libs: Sequence[str] = ()
+) -> dict:
+    """Embed ``adata`` with a checkpoint, evaluate on held-out slides, write ``embedded.h5ad`` and the report."""
+    from histokg.st.contract import write_h5ad
+    from histokg.tl.embed import embed, load_model
+
+    out_dir = Path(out_dir)
+    model = load_model(checkpoint)
+    embedded = adata.copy()
+    embed(embedded, model)
+    write_h5ad(embedded, out_dir / "embedded.h5ad")
+    results = evaluate_embedded(
+        embedded, out_dir, reference_libs=model.meta["train_slides"], heldout_libs=heldout_libs, as_text=False
+    )
+    return results
+
+
+def evaluate_embedded(
+    adata: ad.AnnData,
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    reference_libs: Sequence[str] = (),
+    heldout_libs: Sequence[str] = (),
+    k: int = 10,
+    as_text: bool = True,
+):
+    """Evaluate an embedded AnnData: reference = training slides, held out = the rest (or as given)."""
+    from histokg.evaluate import evaluate
+    from histokg.report import format_summary_table, write_report
+
+    libs = [str(x) for x in adata.obs["library_id"].astype("category").cat.categories]
+    if not reference_libs and checkpoint is not None:
+        from histokg.train.checkpoint import load_checkpoint
+
+        reference_libs = load_checkpoint(checkpoint)["meta"]["train_slides"]
+    if not reference_libs:
+        raise InputError(
+            "evaluate: name the reference (training) slides with --reference or give --checkpoint"
+        )
+    heldout_libs = list(heldout_libs) or [lb for lb in libs if lb not in reference_libs]
+    unknown = [lb for lb in (*reference_libs, *heldout_libs) if lb not in libs]
+    if unknown:
+        raise InputError(f"evaluate: libraries {unknown} are not in the data ({libs})")
+    lib = adata.obs["library_id"].astype(str).to_numpy()
+    reference = adata[np.isin(lib, list(reference_libs))].copy()
+    heldout = adata[np.isin(lib, heldout_libs)].copy()
+    label_key = "region" if "region" in adata.obs else None
+    results, panel = evaluate(reference, heldout, k=k, label_key=label_key, return_panel=True)
+    write_report(results, out_dir, heldout_panel_adata=panel, reference=reference)
+    if as_text:
+        return format_summary_table(results)
+    return _headline(results)
+
+
+def _headline(results: dict) -> dict:
+    """The few numbers the demo table shows, from :func:`histokg.evaluate.evaluate`'s summary."""
+    s = results["summary"]
+
+    def pick(*names: str) -> float:
+        node = s
+        for n in names:
+            if not isinstance(node, dict) or n not in node:
+                return float("nan")
+            node = node[n]
+        return float(node) if node is not None else float("nan")
+
+    return {
+        "recall@5_i2e": pick("retrieval", "image_to_expression", "R@5"),
+        "recall@5_e2i": pick("retrieval", "expression_to_image", "R@5"),
+        "chance@5": pick("retrieval", "chance", "R@5"),
+        "pearson_heg": pick("prediction", "knn", "pearson_heg"),
+        "pearson_hvg": pick("prediction", "knn", "pearson_hvg"),
+        "ari": pick("clustering", "image", "ari"),
+    }

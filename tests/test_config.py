@@ -80,3 +80,9 @@ def test_component_name_change_drops_default_kwargs():
 
     assert load_config(WithLoss, None, ["loss.kwargs.lam=0.1"]).loss == Component("kg_soft", {"lam": 0.1})
     assert load_config(WithLoss, None, ["loss.name=infonce"]).loss == Component("infonce", {})
+
+
+def test_exponent_without_dot_is_a_number():
+    assert load_config(Outer, None, ["inner.lr=3e-3"]).inner.lr == 0.003
+    with pytest.raises(ConfigError, match="expected a number, got 'fast'"):
+        load_config(Outer, None, ["inner.lr=fast"])

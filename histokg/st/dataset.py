@@ -61,6 +61,8 @@ class SpotPatchDataset(Dataset):
         transform: Callable[[dict], dict] | None = None,
         slides: Mapping[str, str | Path] | None = None,
         extra: Mapping[str, np.ndarray] | None = None,
+        load_images: bool = True,
+        aug_seed: int | None = None,
     ):
         self.adata = adata
         self.cfg = cfg
@@ -75,6 +77,10 @@ class SpotPatchDataset(Dataset):
             raise InputError(f"expression has {len(expression)} rows for {adata.n_obs} spots")
         self.expression = np.ascontiguousarray(expression, dtype=np.float32)
         self.extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
+        self.load_images = load_images
+        self.patches: np.ndarray | None = None  # optional in-memory cache of every spot's patch
+        self.aug_seed = aug_seed
+        self.epoch = 0
         self._handles: dict[str, Slide] = {}
         self._pid = os.getpid()
 
@@ -90,15 +96,19 @@ class SpotPatchDataset(Dataset):
             self._handles[lib] = open_library_slide(self.adata, lib, self.paths[lib])
         return self._handles[lib]
 
+    def set_epoch(self, epoch: int) -> None:
+        """With ``aug_seed``, augmentation depends only on (seed, epoch, index): resumable and worker-proof."""
+        self.epoch = epoch
+
     def read_image(self, index: int) -> np.ndarray:
+        if self.patches is not None:
+            return self.patches[index]
         lib = self.libraries[index]
         patch, _ = self.slide(lib).read_physical(tuple(self.xy[index]), self.cfg.patch_um, self.cfg.patch_px)
         return patch
 
     def __getitem__(self, index: int) -> dict:
-        patch = self.read_image(index)
         item = {
-            "image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).float().div_(255.0),
             "expr": torch.from_numpy(self.expression[index]),
             "spot_id": str(self.spot_ids[index]),
             "slide_id": str(self.libraries[index]),
@@ -106,7 +116,15 @@ class SpotPatchDataset(Dataset):
         }
         for key, values in self.extra.items():
             item[key] = torch.as_tensor(values[index])
+        if not self.load_images:
+            return item
+        patch = self.read_image(index)
+        item["image"] = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).float().div_(255.0)
         if self.transform is not None:
+            if self.aug_seed is not None and hasattr(self.transform, "set_random_state"):
+                self.transform.set_random_state(
+                    seed=(self.aug_seed * 1_000_003 + self.epoch * 10_007 + index) % 2**32
+                )
             item = self.transform(item)
             image = item["image"]
             item["image"] = (

@@ -8,11 +8,18 @@ deconvolution; Tellez et al. 2018 stain augmentation), which trains robustness t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+# Build class_resolver's torch resolvers (used by pykeen) before MONAI defines LR schedulers whose
+# names clash with torch's (LinearLR): importing pykeen after MONAI would otherwise fail with
+# RegistrationNameConflict in the same process. class_resolver comes with pykeen.
+with contextlib.suppress(ImportError):
+    import class_resolver.contrib.torch  # noqa: F401
 from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform, RandFlipd, RandomizableTransform, RandRotate90d
 

@@ -1,0 +1,146 @@
+"""Metrics shared by validation during training and by ``histokg evaluate``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def retrieval_recall(
+    query: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor, ks=(1, 5, 10)
+) -> dict[int, float]:
+    """Recall@k of cross-modal retrieval: query i's true match is candidate i.
+
+    Embeddings are L2-normalised rows; the whole candidate set is the pool (not a batch). Ties
+    count against the query (rank = number of candidates scoring at least as high as the match).
+    """
+    q = torch.as_tensor(query, dtype=torch.float32)
+    c = torch.as_tensor(candidates, dtype=torch.float32)
+    if q.shape != c.shape:
+        raise ValueError(f"query {tuple(q.shape)} and candidates {tuple(c.shape)} must pair row by row")
+    sims = q @ c.T
+    true = sims.diagonal().unsqueeze(1)
+    rank = (sims > true).sum(dim=1) + 1  # 1 = best
+    return {k: float((rank <= k).float().mean()) for k in ks}
+
+
+def chance_recall(n: int, k: int) -> float:
+    """Recall@k of a random ranking over ``n`` candidates."""
+    return min(1.0, k / n)
+
+
+def pearson_per_gene(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column over rows; NaN where a column is constant."""
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    pc = pred - pred.mean(axis=0)
+    tc = true - true.mean(axis=0)
+    denom = np.sqrt((pc**2).sum(axis=0) * (tc**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (pc * tc).sum(axis=0) / denom
+    r[denom == 0] = np.nan
+    return r
+
+
+def knn_predict(
+    query: np.ndarray, reference: np.ndarray, values: np.ndarray, k: int = 10, temperature: float = 0.1
+) -> np.ndarray:
+    """Similarity-weighted mean of ``values`` over the ``k`` nearest reference rows (cosine).
+
+    BLEEP-style expression prediction: query = image embeddings, reference = expression
+    embeddings of a reference set, values = its measured expression.
+    """
+    q = torch.as_tensor(query, dtype=torch.float32)
+    r = torch.as_tensor(reference, dtype=torch.float32)
+    sims = q @ r.T
+    k = min(k, r.shape[0])
+    top, idx = sims.topk(k, dim=1)
+    weights = torch.softmax(top / temperature, dim=1)
+    vals = torch.as_tensor(values, dtype=torch.float32)
+    return (weights.unsqueeze(-1) * vals[idx]).sum(dim=1).numpy()
+
+
+def log1p_cp10k(counts, target_sum: float = 1e4):
+    """``log1p(counts / total * target_sum)`` per row; sparse input stays sparse (CSR), dense stays dense.
+
+    The same values as :func:`histokg.st.dataset.log_normalize` (float32, totals clipped at 1), without
+    densifying a sparse count matrix.
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(counts):
+        m = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+        totals = np.asarray(m.sum(axis=1), dtype=np.float32).ravel()
+        totals = np.maximum(totals, np.float32(1.0))
+        m.data = np.log1p(m.data / np.repeat(totals, np.diff(m.indptr)) * np.float32(target_sum))
+        return m
+    m = np.asarray(counts, dtype=np.float32)
+    totals = m.sum(axis=1, keepdims=True)
+    return np.log1p(m / np.maximum(totals, np.float32(1.0)) * np.float32(target_sum))
+
+
+def mse_mae(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """Mean squared and mean absolute error over all entries (e.g. spots x genes of log1p values)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred {pred.shape} and true {true.shape} must have the same shape")
+    diff = pred - true
+    return float(np.mean(diff**2)), float(np.mean(np.abs(diff)))
+
+
+def cluster_agreement(labels_true, labels_pred) -> dict[str, float]:
+    """Adjusted Rand index and normalised mutual information of two labelings (scikit-learn).
+
+    Entries whose true label is missing (None/NaN) are left out.
+    """
+    import pandas as pd
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    t = pd.Series(np.asarray(labels_true, dtype=object))
+    p = pd.Series(np.asarray(labels_pred, dtype=object))
+    if len(t) != len(p):
+        raise ValueError(f"labels_true has {len(t)} entries, labels_pred {len(p)}")
+    keep = ~(t.isna() | p.isna()).to_numpy()
+    t = t[keep].astype(str).to_numpy()
+    p = p[keep].astype(str).to_numpy()
+    if len(t) == 0:
+        return {"ari": float("nan"), "nmi": float("nan")}
+    return {"ari": float(adjusted_rand_score(t, p)), "nmi": float(normalized_mutual_info_score(t, p))}
+
+
+def top_genes(
+    adata_reference, n: int = 50, how: str = "mean", *, genes=None, layer: str | None = "counts"
+) -> list[str]:
+    """The ``n`` most highly expressed (``how="mean"``) or most variable (``how="variance"``) genes.
+
+    Computed on log1p CP10k expression of ``adata_reference`` (the reference/training slides only, so
+    that held-out slides never choose their own evaluation genes); the library size is taken over all
+    measured genes. ``genes`` restricts the candidates (e.g. to the model's panel); ``layer`` holds raw
+    counts (``None`` or a missing layer: ``X``). Ties keep the data's gene order.
+    """
+    from histokg.errors import InputError
+
+    if how not in ("mean", "variance"):
+        raise InputError(f"top_genes: how={how!r} is not one of 'mean', 'variance'")
+    counts = adata_reference.layers[layer] if layer and layer in adata_reference.layers else adata_reference.X
+    expr = log1p_cp10k(counts)
+    names = list(map(str, adata_reference.var_names))
+    if genes is not None:
+        index = {g: i for i, g in enumerate(names)}
+        missing = [g for g in genes if g not in index]
+        if missing:
+            raise InputError(
+                f"top_genes: {len(missing)} of {len(genes)} genes are absent from the reference (e.g. {missing[:5]})"
+            )
+        cols = [index[g] for g in genes]
+        expr = expr[:, cols]
+        names = [names[i] for i in cols]
+    mean = np.asarray(expr.mean(axis=0), dtype=np.float64).ravel()
+    if how == "mean":
+        score = mean
+    else:
+        sq = expr.multiply(expr) if hasattr(expr, "multiply") else expr.astype(np.float64) ** 2
+        score = np.asarray(sq.mean(axis=0), dtype=np.float64).ravel() - mean**2
+    order = np.argsort(-score, kind="stable")
+    return [names[i] for i in order[: max(0, int(n))]]

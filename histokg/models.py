@@ -1,0 +1,211 @@
+"""The dual encoder: a timm image tower, an MLP expression tower, projection heads, CLIP logit scale.
+
+Image weights come only from a local file the user names (a timm/torch state dict or a
+safetensors file, e.g. a pathology foundation model's checkpoint); nothing is downloaded. Loading
+is strict after dropping classifier heads and common wrapper prefixes: a file that does not fit the
+architecture is an error that names the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from histokg.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "trunk.", "visual.")
+_HEAD_PREFIXES = ("fc.", "head.", "classifier.", "head.fc.", "last_linear.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of both towers."""
+
+    image_encoder: str = "resnet18"  # any timm architecture name
+    image_weights: str | None = None  # local .safetensors / .pt / .pth / .bin state dict
+    freeze_image: bool = False  # freeze the image backbone (heads still train)
+    unfreeze_last: int = 0  # with freeze_image: unfreeze this many final backbone blocks
+    cache_features: bool = False  # with a fully frozen backbone: cache its features on disk
+    expr_input: str = "genes"  # "genes" (log-normalised gene panel) or "kg" (KG activations)
+    expr_hidden: tuple[int, ...] = (512,)
+    embed_dim: int = 128
+    dropout: float = 0.1
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+
+
+def create_backbone(name: str) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``), randomly initialised."""
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        raise ConfigError(f"model.image_encoder: {name!r} is not a timm architecture (similar: {close})")
+    return timm.create_model(name, pretrained=False, num_classes=0)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file; never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image weights {path} do not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise InputError(f"image weights {path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, unsafe globals
+        raise InputError(
+            f"image weights {path}: cannot be loaded as a weights-only torch file ({exc})"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict", "teacher", "student"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"image weights {path}: expected a state dict of tensors")
+    return obj
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a state dict into ``backbone``; error naming the keys that do not fit."""
+    state = read_state_dict(path)
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mis_shaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:4]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:4]})")
+        if mis_shaped:
+            k = mis_shaped[0]
+            parts.append(
+                f"{len(mis_shaped)} with other shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+            )
+        raise InputError(f"image weights {path} do not fit {type(backbone).__name__}: " + "; ".join(parts))
+    backbone.load_state_dict(state, strict=True)
+    log.info("loaded %d tensors from %s", len(state), path)
+
+
+def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks in forward order, for partial unfreezing.
+
+    Transformers expose ``blocks`` (plus a final ``norm``); CNNs their top-level stages.
+    """
+    blocks = getattr(backbone, "blocks", None) or getattr(backbone, "stages", None)
+    if isinstance(blocks, nn.Sequential | nn.ModuleList):
+        out = list(blocks)
+        for name in ("norm", "fc_norm", "head_norm", "final_conv", "conv_head"):
+            mod = getattr(backbone, name, None)
+            if isinstance(mod, nn.Module) and any(True for _ in mod.parameters()):
+                out.append(mod)
+        return out
+    return [m for m in backbone.children() if any(True for _ in m.parameters())]
+
+
+def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [nn.LayerNorm(b), nn.GELU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class ImageTower(nn.Module):
+    """timm backbone (ImageNet-normalised input in [0, 1]) + projection head to ``embed_dim``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.backbone = create_backbone(cfg.image_encoder)
+        if cfg.image_weights:
+            load_backbone_weights(self.backbone, cfg.image_weights)
+        data_cfg = timm.data.resolve_data_config({}, model=self.backbone)
+        self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        self.num_features = int(self.backbone.num_features)
+        self.head = mlp([self.num_features, cfg.embed_dim, cfg.embed_dim], cfg.dropout)
+        self.frozen = cfg.freeze_image
+        if cfg.freeze_image:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            blocks = backbone_blocks(self.backbone)
+            for block in blocks[len(blocks) - cfg.unfreeze_last :] if cfg.unfreeze_last > 0 else []:
+                for p in block.parameters():
+                    p.requires_grad_(True)
+            self.frozen = cfg.unfreeze_last == 0
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        if self.frozen:
+            self.backbone.eval()  # frozen BatchNorm statistics stay put
+            with torch.no_grad():
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def forward(
+        self, images: torch.Tensor | None = None, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if features is None:
+            features = self.features(images)
+        return self.head(features)
+
+
+class ExprTower(nn.Module):
+    """MLP from a spot's input vector (gene panel or KG activations) to ``embed_dim``."""
+
+    def __init__(self, n_inputs: int, cfg: ModelConfig):
+        super().__init__()
+        self.n_inputs = n_inputs
+        self.net = mlp([n_inputs, *cfg.expr_hidden, cfg.embed_dim], cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.n_inputs:
+            raise InputError(
+                f"expression input has {x.shape[-1]} features, the expression tower expects {self.n_inputs}"
+            )
+        return self.net(x)
+
+
+class DualEncoder(nn.Module):
+    """Both towers and the learnable temperature (CLIP logit scale, clamped)."""
+
+    def __init__(self, cfg: ModelConfig, n_expr_inputs: int):
+        super().__init__()
+        self.cfg = cfg
+        self.image = ImageTower(cfg)
+        self.expr = ExprTower(n_expr_inputs, cfg)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self._max_log_scale = math.log(cfg.max_logit_scale)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.clamp(max=self._max_log_scale).exp()
+
+    def encode_image(
+        self, images: torch.Tensor | None = None, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return nn.functional.normalize(self.image(images, features).float(), dim=-1)
+
+    def encode_expr(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.expr(x).float(), dim=-1)
+
+    def forward(self, images: torch.Tensor | None, expr: torch.Tensor, features: torch.Tensor | None = None):
+        return self.encode_image(images, features), self.encode_expr(expr), self.logit_scale()

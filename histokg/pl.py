@@ -1,0 +1,260 @@
+"""Plots for reports: measured vs predicted spatial maps, UMAPs, per-gene Pearson histograms.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot state, no
+display needed) and saved atomically as PNG. Every function returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import EllipseCollection
+from matplotlib.figure import Figure
+
+from histokg.errors import InputError
+from histokg.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]  # fmt: skip
+
+
+def spatial_genes(
+    panel_adata: ad.AnnData,
+    genes: Sequence[str],
+    library_id: str,
+    *,
+    layers: Sequence[str] = ("X", "pred_knn"),
+    path: str | Path,
+    library_key: str = "library_id",
+    image: bool = True,
+    cmap: str = "viridis",
+    dpi: int = 110,
+) -> Path:
+    """Grid of spatial maps: one row per gene, one column per layer (``"X"`` = measured).
+
+    Spots are drawn at their true diameter over the library's hires image
+    (``uns["spatial"][library_id]``, coordinates scaled by ``tissue_hires_scalef``). Each panel has
+    its own colour scale (1st-99th percentile); predicted panels are titled with their Pearson r
+    against ``X`` when ``X`` is measured.
+    """
+    genes = [str(g) for g in genes]
+    if not genes:
+        raise InputError("spatial_genes: no genes to plot")
+    present = set(map(str, panel_adata.var_names))
+    missing = [g for g in genes if g not in present]
+    if missing:
+        raise InputError(f"spatial_genes: genes {missing[:5]} are not in the panel")
+    for layer in layers:
+        if layer != "X" and layer not in panel_adata.layers:
+            raise InputError(
+                f"spatial_genes: layers[{layer!r}] is missing (layers: {list(panel_adata.layers.keys())})"
+            )
+    libs = panel_adata.obs[library_key].astype(str).to_numpy()
+    mask = libs == str(library_id)
+    if not mask.any():
+        raise InputError(f"spatial_genes: no spot has obs[{library_key!r}] == {library_id!r}")
+    sub = panel_adata[mask]
+    entry = panel_adata.uns.get("spatial", {}).get(str(library_id), {})
+    scale = float(entry.get("scalefactors", {}).get("tissue_hires_scalef", 1.0))
+    diameter = float(entry.get("scalefactors", {}).get("spot_diameter_fullres", 0.0)) * scale
+    hires = entry.get("images", {}).get("hires") if image else None
+    xy = np.asarray(sub.obsm["spatial"], dtype=np.float64) * scale
+    if diameter <= 0:
+        diameter = _pitch(xy) * 0.8
+    measured = bool(panel_adata.uns.get("histokg", {}).get("measured", True))
+    background = _background(hires, xy, diameter)
+
+    n_rows, n_cols = len(genes), len(layers)
+    fig = Figure(figsize=(3.3 * n_cols, 3.0 * n_rows), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    col_of = {g: i for i, g in enumerate(map(str, panel_adata.var_names))}
+    for r, gene in enumerate(genes):
+        truth = _column(sub, "X", col_of[gene])
+        for c, layer in enumerate(layers):
+            ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
+            values = truth if layer == "X" else _column(sub, layer, col_of[gene])
+            title = f"{gene} {'measured' if layer == 'X' and measured else layer}"
+            if layer != "X" and measured:
+                title += f" (r={_pearson(values, truth):.2f})"
+            _spot_map(ax, xy, values, diameter, background, cmap)
+            ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{library_id}: measured vs predicted (log1p CP10k)", fontsize=10)
+    return _save(fig, path)
+
+
+def umap(
+    adata: ad.AnnData,
+    color: Sequence[str],
+    *,
+    path: str | Path,
+    basis: str = "X_umap",
+    point_size: float | None = None,
+    dpi: int = 110,
+) -> Path:
+    """One UMAP panel per ``obs`` column in ``color`` (categorical: legend; numeric: colour bar)."""
+    if basis not in adata.obsm:
+        raise InputError(f"umap: obsm[{basis!r}] is missing; run histokg.tl.cluster (umap=True) first")
+    color = [c for c in color if c in adata.obs]
+    if not color:
+        raise InputError("umap: none of the colour keys are obs columns")
+    xy = np.asarray(adata.obsm[basis])[:, :2]
+    size = point_size or max(2.0, min(30.0, 3000.0 / max(adata.n_obs, 1)))
+    n_cols = min(len(color), 2)
+    n_rows = -(-len(color) // n_cols)
+    fig = Figure(figsize=(5.2 * n_cols, 4.2 * n_rows), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(color):
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        values = adata.obs[key]
+        if isinstance(values.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(values):
+            cats = values.astype("category")
+            colors = _category_colors(adata, key, list(cats.cat.categories))
+            for j, cat in enumerate(cats.cat.categories):
+                sel = (cats == cat).to_numpy()
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=size, c=colors[j], label=str(cat), linewidths=0)
+            ax.legend(
+                fontsize=7, markerscale=2.0, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5)
+            )
+        else:
+            art = ax.scatter(
+                xy[:, 0], xy[:, 1], s=size, c=values.to_numpy(dtype=float), cmap="viridis", linewidths=0
+            )
+            fig.colorbar(art, ax=ax, shrink=0.8)
+        ax.set_title(key, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("UMAP1", fontsize=8)
+        ax.set_ylabel("UMAP2", fontsize=8)
+    return _save(fig, path)
+
+
+def pearson_hist(
+    per_gene: np.ndarray | Sequence[float] | Mapping[str, np.ndarray | Sequence[float]],
+    path: str | Path,
+    *,
+    bins: int = 30,
+    title: str = "per-gene Pearson r (held-out)",
+    dpi: int = 110,
+) -> Path:
+    """Histogram of per-gene Pearson correlations; a mapping draws one overlaid histogram per name."""
+    series = per_gene if isinstance(per_gene, Mapping) else {"pearson": per_gene}
+    fig = Figure(figsize=(5.0, 3.5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    for i, (name, values) in enumerate(series.items()):
+        r = np.asarray(values, dtype=np.float64)
+        r = r[np.isfinite(r)]
+        label = f"{name} (median {np.median(r):.2f}, n={r.size})" if r.size else f"{name} (no finite r)"
+        ax.hist(r, bins=edges, alpha=0.55, color=_PALETTE[i % len(_PALETTE)], label=label)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("Pearson r per gene")
+    ax.set_ylabel("genes")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    log.debug("wrote %s", path)
+    return path
+
+
+def _column(adata: ad.AnnData, layer: str, col: int) -> np.ndarray:
+    m = adata.X if layer == "X" else adata.layers[layer]
+    v = m[:, col]
+    v = v.toarray() if sp.issparse(v) else np.asarray(v)
+    return v.ravel().astype(np.float64)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _pitch(xy: np.ndarray) -> float:
+    if len(xy) < 2:
+        return 10.0
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(xy).query(xy, k=2)
+    return float(np.median(d[:, 1])) or 10.0
+
+
+def _extent(xy: np.ndarray, diameter: float) -> tuple[float, float, float, float]:
+    pad = diameter * 1.5
+    return xy[:, 0].min() - pad, xy[:, 0].max() + pad, xy[:, 1].min() - pad, xy[:, 1].max() + pad
+
+
+def _background(hires, xy: np.ndarray, diameter: float, max_px: int = 700):
+    """The part of the hires image under the spots, shrunk to at most ``max_px``, with its extent."""
+    if hires is None:
+        return None
+    from PIL import Image
+
+    img = np.asarray(hires)
+    x0, x1, y0, y1 = _extent(xy, diameter)
+    c0, r0 = max(int(x0), 0), max(int(y0), 0)
+    c1, r1 = min(int(np.ceil(x1)), img.shape[1]), min(int(np.ceil(y1)), img.shape[0])
+    if c1 <= c0 or r1 <= r0:
+        return None
+    crop = np.ascontiguousarray(img[r0:r1, c0:c1])
+    factor = int(np.ceil(max(crop.shape[:2]) / max_px))
+    if factor > 1 and crop.dtype == np.uint8:
+        crop = np.asarray(Image.fromarray(crop).reduce(factor))
+    return crop, (c0, c1, r1, r0)
+
+
+def _spot_map(ax, xy: np.ndarray, values: np.ndarray, diameter: float, background, cmap: str) -> None:
+    x0, x1, y0, y1 = _extent(xy, diameter)
+    if background is not None:
+        ax.imshow(background[0], extent=background[1], origin="upper")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)  # image rows grow downwards
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    finite = values[np.isfinite(values)]
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1e-6
+    spots = EllipseCollection(
+        widths=diameter,
+        heights=diameter,
+        angles=0.0,
+        units="xy",  # spot diameter in data (hires pixel) units, whatever the figure size
+        offsets=xy,
+        offset_transform=ax.transData,
+        cmap=cmap,
+        linewidths=0,
+    )
+    spots.set_array(np.where(np.isfinite(values), values, np.nan))
+    spots.set_clim(lo, hi)
+    ax.add_collection(spots)
+    ax.get_figure().colorbar(spots, ax=ax, shrink=0.75)
+
+
+def _category_colors(adata: ad.AnnData, key: str, cats: list) -> list[str]:
+    stored = adata.uns.get(f"{key}_colors")
+    if stored is not None and len(stored) >= len(cats):
+        return [str(c) for c in stored[: len(cats)]]
+    return [_PALETTE[i % len(_PALETTE)] for i in range(len(cats))]

@@ -1,0 +1,267 @@
+"""Expression prediction from H&E alone, into a panel AnnData that keeps the contract.
+
+Two predictors, both fitted on a *reference* AnnData (the training slides) and applied to the image
+embeddings of a *query* (held-out slides, or slides without expression):
+
+- ``knn`` (BLEEP-style retrieval): for each query spot, the ``k`` reference spots whose *expression*
+  embedding is closest (cosine) to the query's *image* embedding; the prediction is their
+  softmax(similarity / temperature)-weighted mean log1p CP10k expression.
+- ``ridge`` (HEST-Benchmark-style linear probe): scikit-learn ``Ridge`` fitted on the reference's image
+  embeddings -> its log1p CP10k expression, applied to the query's image embeddings.
+
+Expression is ``log1p(counts / total * 1e4)`` with the library size over all measured genes, then
+restricted to the gene panel (as :func:`histokg.st.dataset.panel_expression` does).
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import logging
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from histokg.errors import InputError
+from histokg.metrics import knn_predict, log1p_cp10k
+
+log = logging.getLogger(__name__)
+
+METHODS = ("knn", "ridge")
+_QUERY_CHUNK = 4096
+
+
+def panel_genes(reference: ad.AnnData, query: ad.AnnData | None = None) -> list[str]:
+    """The model's gene panel (``reference.uns["histokg"]["params"]["genes"]``), else the shared genes."""
+    info = reference.uns.get("histokg")
+    params = info.get("params") if isinstance(info, dict) else None
+    genes = params.get("genes") if isinstance(params, dict) else None
+    if genes is not None and len(genes) > 0:
+        return [str(g) for g in np.asarray(genes).ravel()]
+    ref_genes = [str(g) for g in reference.var_names]
+    if query is None or query.n_vars == 0:
+        return ref_genes
+    shared = set(map(str, query.var_names))
+    return [g for g in ref_genes if g in shared]
+
+
+def has_counts(adata: ad.AnnData, layer: str | None = "counts") -> bool:
+    """Whether ``adata`` carries measured expression in ``layer`` (or in ``X`` when ``layer`` is None)."""
+    if adata.n_vars == 0:
+        return False
+    return (layer in adata.layers) if layer else adata.X is not None
+
+
+def panel_log1p(
+    adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = "counts", what: str = "data"
+) -> np.ndarray:
+    """Dense float32 log1p CP10k of ``genes`` (library size over all genes of the spot)."""
+    counts = _counts(adata, layer, what)
+    cols = _gene_columns(adata, genes, what)
+    expr = log1p_cp10k(counts)
+    expr = expr[:, cols]
+    return np.asarray(expr.toarray() if sp.issparse(expr) else expr, dtype=np.float32)
+
+
+def predict_expression(
+    adata: ad.AnnData,
+    reference: ad.AnnData,
+    *,
+    method: str = "knn",
+    genes: Sequence[str] | None = None,
+    k: int = 10,
+    alpha: float = 1.0,
+    temperature: float = 0.1,
+    use_rep: str = "X_histokg",
+    ref_rep: str = "X_histokg_expr",
+    layer: str | None = "counts",
+    key_added: str | None = None,
+    out: ad.AnnData | None = None,
+) -> ad.AnnData:
+    """Predict the expression of ``genes`` for the spots of ``adata`` from their image embeddings.
+
+    Returns a new AnnData over the panel genes (or ``out``, an AnnData an earlier call returned, with
+    one more layer): ``obs``/``obsm``/``uns`` carried over from ``adata``; ``X`` = measured log1p CP10k
+    when ``adata`` has counts in ``layer``, else the prediction; ``layers["counts"]`` the measured
+    counts; ``layers[key_added or f"pred_{method}"]`` the prediction; ``uns["histokg"]["panel"]`` the
+    genes and ``uns["histokg"]["prediction"][layer_name]`` the method and its parameters.
+
+    ``method="knn"``: query ``obsm[use_rep]`` (image) against ``reference.obsm[ref_rep]`` (expression),
+    cosine, ``k`` neighbours, softmax(sim / ``temperature``) weights. ``method="ridge"``: ``Ridge(alpha)``
+    from ``reference.obsm[use_rep]`` to the reference's expression. ``genes`` defaults to the panel in
+    ``reference.uns["histokg"]["params"]["genes"]``, else all genes shared by both.
+    """
+    if method not in METHODS:
+        raise InputError(f"predict_expression: method={method!r} is not one of {', '.join(METHODS)}")
+    if k < 1:
+        raise InputError(f"predict_expression: k must be >= 1, got {k}")
+    name = key_added or f"pred_{method}"
+    if out is not None and genes is None:
+        genes = list(map(str, out.var_names))
+    genes = [str(g) for g in genes] if genes is not None else panel_genes(reference, adata)
+    if not genes:
+        raise InputError(
+            "predict_expression: the reference and the query share no genes and the reference has no panel in "
+            "uns['histokg']['params']['genes']; pass genes=[...]"
+        )
+    if len(set(genes)) != len(genes):
+        raise InputError("predict_expression: genes has duplicates")
+    query_emb = _embedding(adata, use_rep, "query")
+    ref_values = panel_log1p(reference, genes, layer=layer, what="reference")
+    if method == "knn":
+        ref_emb = _embedding(reference, ref_rep, "reference")
+        _same_width(query_emb, ref_emb, use_rep, ref_rep)
+        pred = _knn(query_emb, ref_emb, ref_values, k=k, temperature=temperature)
+        params = {"k": int(min(k, reference.n_obs)), "temperature": float(temperature)}
+    else:
+        ref_emb = _embedding(reference, use_rep, "reference")
+        _same_width(query_emb, ref_emb, use_rep, use_rep)
+        pred = _ridge(query_emb, ref_emb, ref_values, alpha=alpha)
+        params = {"alpha": float(alpha)}
+    record = {
+        "method": method,
+        "params": params,
+        "use_rep": use_rep,
+        "ref_rep": ref_rep if method == "knn" else use_rep,
+        "reference_libraries": _libraries(reference),
+        "reference_n_spots": int(reference.n_obs),
+        "normalisation": "log1p CP10k (library size over all measured genes)",
+    }
+    if out is None:
+        out = panel_adata(adata, genes, layer=layer)
+    else:
+        _check_out(out, adata, genes)
+    out.layers[name] = pred.astype(np.float32)
+    if not out.uns["histokg"].get("measured", False):
+        out.X = out.layers[name].copy()
+    out.uns["histokg"].setdefault("prediction", {})[name] = record
+    log.info("predicted %d genes for %d spots with %s into layers[%r]", len(genes), adata.n_obs, method, name)
+    return out
+
+
+def panel_adata(adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = "counts") -> ad.AnnData:
+    """A new AnnData over ``genes`` for the spots of ``adata``; ``X`` = measured log1p CP10k when known."""
+    genes = [str(g) for g in genes]
+    measured = has_counts(adata, layer) and all(g in set(map(str, adata.var_names)) for g in genes)
+    if has_counts(adata, layer) and not measured:
+        present = set(map(str, adata.var_names))
+        missing = [g for g in genes if g not in present]
+        raise InputError(
+            f"the query has measured expression but lacks {len(missing)} of the {len(genes)} panel genes "
+            f"(e.g. {missing[:5]}); restrict genes=[...] to genes it measured"
+        )
+    var = pd.DataFrame(index=pd.Index(genes, name=adata.var_names.name or "gene"))
+    if measured and "gene_ids" in adata.var:
+        var["gene_ids"] = adata.var["gene_ids"].reindex(genes).astype(str).to_numpy()
+    if measured:
+        X = panel_log1p(adata, genes, layer=layer, what="query")
+    else:
+        X = np.zeros((adata.n_obs, len(genes)), dtype=np.float32)
+    out = ad.AnnData(X=X, obs=adata.obs.copy(), var=var)
+    if measured:
+        cols = _gene_columns(adata, genes, "query")
+        counts = _counts(adata, layer, "query")
+        out.layers["counts"] = (
+            sp.csr_matrix(counts)[:, cols] if sp.issparse(counts) else np.asarray(counts)[:, cols]
+        )
+    for key, value in adata.obsm.items():
+        out.obsm[key] = value.copy()
+    for key, value in adata.obsp.items():
+        out.obsp[key] = value.copy()
+    out.uns = _copy.deepcopy(dict(adata.uns))
+    info = dict(out.uns.get("histokg", {})) if isinstance(out.uns.get("histokg"), dict) else {}
+    info["panel"] = list(genes)
+    info["measured"] = bool(measured)
+    info["prediction"] = {}
+    out.uns["histokg"] = info
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _knn(query: np.ndarray, ref: np.ndarray, values: np.ndarray, *, k: int, temperature: float) -> np.ndarray:
+    if temperature <= 0:
+        raise InputError(f"predict_expression: temperature must be > 0, got {temperature}")
+    chunks = [
+        knn_predict(query[s : s + _QUERY_CHUNK], ref, values, k=k, temperature=temperature)
+        for s in range(0, len(query), _QUERY_CHUNK)
+    ]
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, values.shape[1]), np.float32)
+
+
+def _ridge(query: np.ndarray, ref: np.ndarray, values: np.ndarray, *, alpha: float) -> np.ndarray:
+    from sklearn.linear_model import Ridge
+
+    if alpha < 0:
+        raise InputError(f"predict_expression: alpha must be >= 0, got {alpha}")
+    model = Ridge(alpha=alpha)
+    model.fit(ref.astype(np.float64), values.astype(np.float64))
+    return model.predict(query.astype(np.float64)).astype(np.float32)
+
+
+def _embedding(adata: ad.AnnData, rep: str, who: str) -> np.ndarray:
+    if rep not in adata.obsm:
+        have = list(adata.obsm.keys())
+        raise InputError(
+            f"{who}: obsm[{rep!r}] is missing (obsm has {have}); embed the slides first (histokg.tl.embed)"
+        )
+    emb = np.asarray(adata.obsm[rep], dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
+        raise InputError(f"{who}: obsm[{rep!r}] must be an (n_obs, dim) array, got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise InputError(f"{who}: obsm[{rep!r}] has non-finite values")
+    return emb
+
+
+def _same_width(q: np.ndarray, r: np.ndarray, q_rep: str, r_rep: str) -> None:
+    if q.shape[1] != r.shape[1]:
+        raise InputError(
+            f"query obsm[{q_rep!r}] has {q.shape[1]} dimensions but reference obsm[{r_rep!r}] has {r.shape[1]}: "
+            "were both embedded with the same model?"
+        )
+
+
+def _counts(adata: ad.AnnData, layer: str | None, what: str):
+    if layer and layer in adata.layers:
+        return adata.layers[layer]
+    if layer and what == "reference":
+        raise InputError(
+            f"reference: layers[{layer!r}] (raw counts) is missing (layers: {list(adata.layers.keys())}); "
+            "the reference slides need measured expression"
+        )
+    return adata.X
+
+
+def _gene_columns(adata: ad.AnnData, genes: Sequence[str], what: str) -> list[int]:
+    index: dict[str, int] = {}
+    for i, g in enumerate(map(str, adata.var_names)):
+        index.setdefault(g, i)
+    missing = [g for g in genes if g not in index]
+    if missing:
+        raise InputError(
+            f"{what}: {len(missing)} of {len(genes)} panel genes are absent (e.g. {missing[:5]}); "
+            f"it has {adata.n_vars} genes (e.g. {list(map(str, adata.var_names[:3]))})"
+        )
+    return [index[g] for g in genes]
+
+
+def _libraries(adata: ad.AnnData) -> list[str]:
+    if "library_id" not in adata.obs:
+        return []
+    return sorted(map(str, pd.unique(adata.obs["library_id"].astype(str))))
+
+
+def _check_out(out: ad.AnnData, adata: ad.AnnData, genes: Sequence[str]) -> None:
+    if list(map(str, out.obs_names)) != list(map(str, adata.obs_names)):
+        raise InputError(
+            "out: its spots (obs_names) differ from the query's; pass the AnnData returned for this query"
+        )
+    if list(map(str, out.var_names)) != list(genes):
+        raise InputError("out: its genes (var_names) differ from genes=[...]; predict the same panel into it")
+    if not isinstance(out.uns.get("histokg"), dict) or "panel" not in out.uns["histokg"]:
+        raise InputError(
+            "out: uns['histokg']['panel'] is missing; pass an AnnData that predict_expression returned"
+        )

@@ -1,0 +1,90 @@
+"""Training checkpoints: written atomically, loaded with ``torch.load(weights_only=True)``.
+
+A checkpoint holds everything a resumed run needs to continue bit-for-bit: model, loss and
+optimiser parameters, scheduler and gradient-scaler state, the RNG states of Python, NumPy and
+torch, the position (epoch, batch within the epoch, global step), early-stopping state, the
+resolved config, the gene panel, and hashes of the data and the KG bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from histokg.errors import InputError
+from histokg.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """RNG states as tensors (so that weights-only loading can restore them)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor(list(py_state), dtype=torch.int64),
+        "python_meta": torch.tensor([py_version, -1 if py_gauss is None else 1], dtype=torch.int64),
+        "python_gauss": torch.tensor([0.0 if py_gauss is None else py_gauss], dtype=torch.float64),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_meta": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, has_gauss = (int(v) for v in state["python_meta"])
+    gauss = float(state["python_gauss"][0]) if has_gauss > 0 else None
+    random.setstate((version, tuple(int(v) for v in state["python"]), gauss))
+    pos, has_np_gauss = (int(v) for v in state["numpy_meta"])
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            pos,
+            has_np_gauss,
+            float(state["numpy_gauss"][0]),
+        )
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (tensors, state dicts, JSON-able metadata) atomically."""
+    path = Path(path)
+    payload = dict(payload)
+    payload["format_version"] = FORMAT_VERSION
+    payload["meta_json"] = json.dumps(payload.pop("meta", {}))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, unsafe globals, not a torch file
+        raise InputError(
+            f"checkpoint {path} cannot be read (truncated, corrupt or not a histokg checkpoint): {exc}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"checkpoint {path} is not a histokg checkpoint of format {FORMAT_VERSION}")
+    payload["meta"] = json.loads(payload.pop("meta_json"))
+    return payload

@@ -1,0 +1,221 @@
+"""Training data: split by slide, gene panel from the training slides, expression and KG inputs, sampler.
+
+Validation is always a separate slide (never a random subset of spots: neighbouring spots share
+tissue, so a spot split would leak). The gene panel (highly variable genes) is chosen on the
+training slides alone and saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+import torch
+from torch.utils.data import Sampler
+from tqdm.auto import tqdm
+
+from histokg.errors import ConfigError, InputError
+from histokg.st.contract import concat_sections
+from histokg.st.dataset import SpotPatchDataset, log_normalize, panel_expression
+from histokg.st.pairing import PairingConfig
+from histokg.train.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_spots(cfg: DataConfig) -> ad.AnnData:
+    """All spots of the configured study or .h5ad files (one AnnData, several libraries)."""
+    if cfg.study and cfg.h5ad:
+        raise ConfigError("data.study and data.h5ad are exclusive; give one")
+    if cfg.study:
+        from histokg.synth.study import load_study
+
+        path = Path(cfg.study)
+        if not (path / "study.json").is_file():
+            raise ConfigError(f"data.study: {path / 'study.json'} does not exist")
+        adata = load_study(path)
+    elif cfg.h5ad:
+        parts = []
+        for file in cfg.h5ad:
+            if not Path(file).is_file():
+                raise ConfigError(f"data.h5ad: {file} does not exist")
+            parts.append(ad.read_h5ad(file))
+        adata = concat_sections(parts) if len(parts) > 1 else parts[0]
+    else:
+        raise ConfigError("no training data: set data.study or data.h5ad")
+    if cfg.in_tissue_only:
+        adata = adata[adata.obs["in_tissue"].to_numpy(bool)].copy()
+    return adata
+
+
+def split_slides(adata: ad.AnnData, cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """Training and validation library ids."""
+    libs = list(adata.obs["library_id"].astype("category").cat.categories)
+    unknown = [s for s in (*cfg.val_slides, *cfg.exclude_slides) if s not in libs]
+    if unknown:
+        raise ConfigError(
+            f"data.val_slides/exclude_slides name unknown libraries {unknown}; the data has {libs}"
+        )
+    remaining = [lib for lib in libs if lib not in cfg.exclude_slides]
+    val = list(cfg.val_slides) or remaining[-1:]
+    train = [lib for lib in remaining if lib not in val]
+    if not train:
+        raise ConfigError(
+            f"no training slide left: libraries {libs}, validation {val}, excluded {list(cfg.exclude_slides)}"
+        )
+    return train, val
+
+
+def select_panel(adata: ad.AnnData, n_genes: int) -> list[str]:
+    """Highly variable genes (scanpy, Seurat flavour on log-normalised counts) of ``adata``."""
+    tmp = ad.AnnData(X=log_normalize(adata.layers["counts"]), var=adata.var[[]].copy())
+    tmp.var_names = adata.var_names
+    n = min(n_genes, tmp.n_vars)
+    sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat", subset=False)
+    return list(tmp.var_names[tmp.var["highly_variable"].to_numpy()])
+
+
+def read_panel(path: str | Path, available: Sequence[str]) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data.genes: {path} does not exist")
+    genes = [
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    missing = [g for g in genes if g not in set(available)]
+    if missing:
+        raise InputError(
+            f"gene panel {path} does not match the data: {len(missing)} of {len(genes)} genes are absent "
+            f"(e.g. {missing[:5]}); the data has {len(available)} genes (e.g. {list(available[:3])})"
+        )
+    return genes
+
+
+def data_hash(adata: ad.AnnData, genes: Sequence[str]) -> str:
+    """Identity of the training data: spot ids, slides, MPPs and the gene panel."""
+    h = hashlib.sha256()
+    h.update("\n".join(map(str, adata.obs_names)).encode())
+    h.update("\n".join(genes).encode())
+    for lib, entry in sorted(adata.uns.get("spatial", {}).items()):
+        meta = entry.get("metadata", {})
+        h.update(f"{lib}|{meta.get('source_image_path')}|{meta.get('mpp')}".encode())
+    return h.hexdigest()
+
+
+@dataclass
+class SplitData:
+    """Everything one split feeds the model."""
+
+    adata: ad.AnnData
+    dataset: SpotPatchDataset
+    expr_inputs: np.ndarray  # what the expression tower sees
+    expression: np.ndarray  # log-normalised panel expression (prediction targets)
+
+
+def build_split(
+    adata: ad.AnnData,
+    genes: list[str],
+    pairing: PairingConfig,
+    *,
+    prior=None,
+    expr_input: str = "genes",
+    needs_prior: bool = False,
+    needs_gaussians: bool = False,
+    cache_patches: bool = False,
+    load_images: bool = True,
+    transform=None,
+    aug_seed: int | None = None,
+    desc: str = "",
+) -> SplitData:
+    expression = panel_expression(adata, genes)
+    extra: dict[str, np.ndarray] = {}
+    counts = adata.layers["counts"]
+    if expr_input == "kg":
+        if prior is None:
+            raise ConfigError("model.expr_input = 'kg' needs a KG bundle (prior.bundle)")
+        inputs = np.asarray(prior.activations(counts), dtype=np.float32)
+    elif expr_input == "genes":
+        inputs = expression
+    else:
+        raise ConfigError(f"model.expr_input: {expr_input!r} is not 'genes' or 'kg'")
+    if needs_prior:
+        extra["kg"] = prior.encode(counts).cpu().numpy().astype(np.float32)
+    if needs_gaussians:
+        mean, var = prior.spot_gaussians(counts)
+        extra["g_mean"], extra["g_var"] = np.asarray(mean, np.float32), np.asarray(var, np.float32)
+    dataset = SpotPatchDataset(
+        adata,
+        pairing,
+        expression=inputs,
+        transform=transform,
+        extra=extra,
+        load_images=load_images,
+        aug_seed=aug_seed,
+    )
+    if cache_patches and load_images:
+        dataset.patches = np.stack(
+            [
+                dataset.read_image(i)
+                for i in tqdm(range(len(dataset)), desc=f"caching {desc} patches", unit="spot")
+            ]
+        )
+    return SplitData(adata, dataset, inputs, expression)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Per-epoch shuffled batches, identical for any world size.
+
+    The epoch's permutation comes from ``seed + epoch``; global batch ``g`` is
+    ``perm[g * B * world : (g + 1) * B * world]`` and rank ``r`` takes its ``r``-th slice of ``B``.
+    So N ranks with batch B see, together, exactly the batches one process with batch N*B sees.
+    ``start_batch`` skips batches already done when resuming mid-epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                f"optim.batch_size {batch_size} x {world_size} processes exceeds the {n} training spots"
+            )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=gen).tolist()
+        global_batch = self.batch_size * self.world_size
+        for g in range(self.start_batch, self.batches_per_epoch):
+            chunk = perm[g * global_batch : (g + 1) * global_batch]
+            yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors; keep string fields as lists."""
+    out: dict = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], int):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out

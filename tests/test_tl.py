@@ -1,0 +1,361 @@
+"""histokg.tl (analysis, expression prediction) and the metric helpers it uses."""
+
+from __future__ import annotations
+
+import math
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import histokg.tl as tl
+from histokg.errors import InputError
+from histokg.metrics import (
+    cluster_agreement,
+    log1p_cp10k,
+    mse_mae,
+    pearson_per_gene,
+    retrieval_recall,
+    top_genes,
+)
+
+
+def fake_embeddings(adata: ad.AnnData, *, noise: float = 0.3, dim: int = 16, seed: int = 0) -> ad.AnnData:
+    """Embeddings with signal: a random projection of the spots' centred log1p CP10k (expression tower)
+    plus noise (image tower). A projection, not an SVD: LAPACK is slow on a busy 2-core machine."""
+    rng = np.random.default_rng(seed)
+    hvg = [list(adata.var_names).index(g) for g in top_genes(adata, 200, "variance")]
+    x = log1p_cp10k(adata.layers["counts"])[:, hvg].toarray()
+    x -= x.mean(axis=0)
+    z = x @ rng.normal(size=(x.shape[1], dim))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    img = z + rng.normal(scale=noise / math.sqrt(dim), size=z.shape)
+    adata.obsm["X_histokg_expr"] = z.astype(np.float32)
+    adata.obsm["X_histokg"] = (img / np.linalg.norm(img, axis=1, keepdims=True)).astype(np.float32)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def embedded(synth_adata) -> ad.AnnData:
+    adata = fake_embeddings(synth_adata.copy())
+    genes = top_genes(adata, 100, "variance")
+    adata.uns["histokg"] = {
+        "params": {"model": "fake", "checkpoint": "0" * 8, "patch_um": 112.0, "genes": genes}
+    }
+    return adata
+
+
+def split(adata: ad.AnnData, held: str = "S3") -> tuple[ad.AnnData, ad.AnnData]:
+    libs = adata.obs["library_id"].astype(str)
+    return adata[libs != held].copy(), adata[libs == held].copy()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_retrieval_recall_hand_computed():
+    # rows are L2-normalised; sims = q @ c.T
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    c = np.array([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])
+    # sims: row0 [0.6, 0, 1] -> match 0.6 ranks 2nd; row1 [0.8, 1, 0] -> 1st; row2 [1, 0.8, 0.6] -> 3rd
+    rec = retrieval_recall(q, c, ks=(1, 2, 3))
+    assert rec[1] == pytest.approx(1 / 3)
+    assert rec[2] == pytest.approx(2 / 3)
+    assert rec[3] == pytest.approx(1.0)
+
+
+def test_pearson_mse_mae_hand_computed():
+    true = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 1.0]])
+    pred = np.array([[2.0, 5.0], [4.0, 5.0], [6.0, 5.0]])
+    r = pearson_per_gene(pred, true)
+    assert r[0] == pytest.approx(1.0)
+    assert np.isnan(r[1])  # constant prediction
+    mse, mae = mse_mae(np.array([1.0, 2.0, 4.0]), np.array([1.0, 0.0, 1.0]))
+    assert mse == pytest.approx((0 + 4 + 9) / 3)
+    assert mae == pytest.approx((0 + 2 + 3) / 3)
+    with pytest.raises(ValueError):
+        mse_mae(np.zeros(3), np.zeros(4))
+
+
+def test_cluster_agreement_tiny():
+    same = cluster_agreement(["a", "a", "b", "b"], [1, 1, 0, 0])
+    assert same == {"ari": pytest.approx(1.0), "nmi": pytest.approx(1.0)}
+    # ARI of [0,0,1,1] vs [0,1,0,1]: contingency all ones -> index 0, expected 2/3, max 2 -> -0.5
+    cross = cluster_agreement([0, 0, 1, 1], [0, 1, 0, 1])
+    assert cross["ari"] == pytest.approx(-0.5)
+    assert cross["nmi"] == pytest.approx(0.0, abs=1e-12)
+    # missing true labels are left out
+    part = cluster_agreement(["a", "a", None, "b", "b"], [1, 1, 2, 0, 0])
+    assert part["ari"] == pytest.approx(1.0)
+
+
+def test_log1p_cp10k_and_top_genes_tiny():
+    counts = np.array([[10, 0, 90, 0], [0, 50, 50, 0], [20, 20, 60, 0]], dtype=float)
+    adata = ad.AnnData(X=counts.copy(), var=pd.DataFrame(index=["A", "B", "C", "D"]))
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    expected = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(log1p_cp10k(adata.layers["counts"]).toarray(), expected, rtol=1e-6)
+    np.testing.assert_allclose(log1p_cp10k(counts), expected, rtol=1e-6)
+    from histokg.st.dataset import log_normalize
+
+    np.testing.assert_array_equal(log1p_cp10k(adata.layers["counts"]).toarray(), log_normalize(counts))
+    means = expected.mean(axis=0)
+    variances = expected.var(axis=0)
+    assert top_genes(adata, 2, "mean") == [["A", "B", "C", "D"][i] for i in np.argsort(-means)[:2]]
+    assert top_genes(adata, 2, "mean")[0] == "C"
+    assert top_genes(adata, 4, "variance") == [
+        ["A", "B", "C", "D"][i] for i in np.argsort(-variances, kind="stable")
+    ]
+    assert top_genes(adata, 1, "variance", genes=["C", "D"]) == ["C"]
+    with pytest.raises(InputError, match="how"):
+        top_genes(adata, 2, "median")
+    with pytest.raises(InputError, match="absent"):
+        top_genes(adata, 2, genes=["A", "Z"])
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def _reference(counts: np.ndarray, expr_emb: np.ndarray, img_emb: np.ndarray | None = None) -> ad.AnnData:
+    n, g = counts.shape
+    ref = ad.AnnData(
+        X=counts.astype(np.float32),
+        obs=pd.DataFrame({"library_id": pd.Categorical(["R"] * n)}, index=[f"r{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"G{j}" for j in range(g)]),
+    )
+    ref.layers["counts"] = sp.csr_matrix(counts)
+    ref.obsm["X_histokg_expr"] = expr_emb.astype(np.float32)
+    ref.obsm["X_histokg"] = (img_emb if img_emb is not None else expr_emb).astype(np.float32)
+    return ref
+
+
+def _query(emb: np.ndarray) -> ad.AnnData:
+    q = ad.AnnData(
+        obs=pd.DataFrame(
+            {"library_id": pd.Categorical(["Q"] * len(emb))}, index=[f"q{i}" for i in range(len(emb))]
+        )
+    )
+    q.obsm["X_histokg"] = emb.astype(np.float32)
+    return q
+
+
+def test_knn_prediction_equals_hand_computed_weighted_mean():
+    # every spot has 10,000 counts, so log1p CP10k = log1p(counts)
+    counts = np.array([[9000, 1000], [5000, 5000], [1000, 9000], [0, 10000]], dtype=float)
+    expr_emb = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+    ref = _reference(counts, expr_emb)
+    query = _query(np.array([[1.0, 0.0]]))
+    out = tl.predict_expression(query, ref, method="knn", k=2, temperature=0.1)
+    # cosine similarities 1.0, 0.6, 0.0, -1.0 -> the two nearest are spots 0 and 1
+    w0 = math.exp(1.0 / 0.1) / (math.exp(1.0 / 0.1) + math.exp(0.6 / 0.1))
+    expected = w0 * np.log1p(counts[0]) + (1 - w0) * np.log1p(counts[1])
+    np.testing.assert_allclose(out.layers["pred_knn"][0], expected, rtol=1e-5)
+    # the query has no measured expression: X is the prediction, no counts layer
+    np.testing.assert_allclose(out.X, out.layers["pred_knn"])
+    assert "counts" not in out.layers
+    assert out.uns["histokg"]["panel"] == ["G0", "G1"]
+    assert out.uns["histokg"]["prediction"]["pred_knn"]["method"] == "knn"
+    assert out.uns["histokg"]["prediction"]["pred_knn"]["params"]["k"] == 2
+    # a very high temperature gives the plain mean of the k neighbours
+    flat = tl.predict_expression(query, ref, method="knn", k=3, temperature=1e6, key_added="flat")
+    np.testing.assert_allclose(flat.layers["flat"][0], np.log1p(counts[:3]).mean(axis=0), rtol=1e-4)
+
+
+def test_ridge_recovers_a_linear_map():
+    rng = np.random.default_rng(1)
+    n, d, g = 300, 6, 4
+    emb = rng.normal(size=(n, d))
+    weights = rng.normal(scale=0.3, size=(d, g))
+    target = emb @ weights + 3.0  # the log1p CP10k values to recover (all > 0)
+    # counts whose log1p CP10k is exactly `target`: genes at expm1(target), one filler gene to 10,000
+    cp10k = np.expm1(target)
+    counts = np.concatenate([cp10k, 1e4 - cp10k.sum(axis=1, keepdims=True)], axis=1)
+    ref = _reference(counts, emb, img_emb=emb)
+    q_emb = rng.normal(size=(20, d))
+    out = tl.predict_expression(
+        _query(q_emb), ref, method="ridge", alpha=1e-6, genes=[f"G{j}" for j in range(g)]
+    )
+    np.testing.assert_allclose(out.layers["pred_ridge"], q_emb @ weights + 3.0, atol=2e-3)
+    assert out.uns["histokg"]["prediction"]["pred_ridge"]["params"]["alpha"] == pytest.approx(1e-6)
+
+
+def test_predict_expression_errors(embedded):
+    ref, held = split(embedded)
+    with pytest.raises(InputError, match="method"):
+        tl.predict_expression(held, ref, method="mlp")
+    no_rep = ref.copy()
+    del no_rep.obsm["X_histokg_expr"]
+    with pytest.raises(InputError, match="X_histokg_expr"):
+        tl.predict_expression(held, no_rep, method="knn")
+    with pytest.raises(InputError, match="absent"):
+        tl.predict_expression(held, ref, genes=["EPCAM", "NOT_A_GENE"])
+    with pytest.raises(InputError, match="X_other"):
+        tl.predict_expression(held, ref, use_rep="X_other")
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # inside squidpy
+def test_panel_adata_contract_h5ad_and_squidpy(embedded, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import squidpy as sq
+
+    from histokg.st.contract import validate, write_h5ad
+
+    ref, held = split(embedded)
+    panel = embedded.uns["histokg"]["params"]["genes"]
+    out = tl.predict_expression(held, ref, method="knn", k=5)
+    assert list(out.var_names) == panel  # default genes: the model's panel
+    assert list(out.obs_names) == list(held.obs_names)
+    measured = log1p_cp10k(held.layers["counts"]).toarray()[:, [list(held.var_names).index(g) for g in panel]]
+    np.testing.assert_allclose(out.X, measured, rtol=1e-6)
+    np.testing.assert_array_equal(out.layers["counts"].toarray(), held[:, panel].layers["counts"].toarray())
+    assert out.layers["pred_knn"].shape == (held.n_obs, len(panel))
+    again = tl.predict_expression(held, ref, method="ridge", out=out)
+    assert again is out and {"pred_knn", "pred_ridge"} <= set(out.layers)
+    assert set(out.uns["histokg"]["prediction"]) == {"pred_knn", "pred_ridge"}
+    assert out.uns["histokg"]["params"]["model"] == "fake"
+    np.testing.assert_array_equal(out.obsm["X_histokg"], held.obsm["X_histokg"])
+    validate(out, source="panel")
+
+    path = write_h5ad(out, tmp_path / "panel.h5ad")
+    back = ad.read_h5ad(path)
+    np.testing.assert_allclose(back.layers["pred_ridge"], out.layers["pred_ridge"])
+    assert list(back.uns["histokg"]["panel"]) == panel
+    assert back.uns["histokg"]["prediction"]["pred_knn"]["method"] == "knn"
+    assert (
+        back.uns["spatial"]["S3"]["images"]["hires"].shape
+        == held.uns["spatial"]["S3"]["images"]["hires"].shape
+    )
+
+    sq.pl.spatial_scatter(back, library_id="S3", color=[panel[0]], layer="pred_knn", img_res_key="hires")
+    png = tmp_path / "scatter.png"
+    plt.savefig(png)
+    plt.close("all")
+    assert png.stat().st_size > 5000
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def test_cluster_writes_scanpy_keys(embedded):
+    adata = embedded.copy()
+    returned = tl.cluster(adata, n_neighbors=10)
+    assert returned is None
+    assert adata.obsm["X_umap"].shape == (adata.n_obs, 2)
+    assert isinstance(adata.obs["histokg_leiden"].dtype, pd.CategoricalDtype)
+    assert {"connectivities", "distances"} <= set(adata.obsp)
+    params = adata.uns["histokg_leiden"]["params"]
+    assert params["use_rep"] == "X_histokg" and params["n_neighbors"] == 10
+    assert cluster_agreement(adata.obs["region"], adata.obs["histokg_leiden"])["ari"] > 0.3
+
+    copy = tl.cluster(embedded, use_rep="X_histokg_expr", umap=False, key_added="expr_leiden", copy=True)
+    assert isinstance(copy, ad.AnnData) and "expr_leiden" in copy.obs
+    assert "expr_leiden" not in embedded.obs and "X_umap" not in copy.obsm
+    with pytest.raises(InputError, match="X_missing"):
+        tl.cluster(embedded, use_rep="X_missing", copy=True)
+
+
+def test_spatial_statistics_writes_squidpy_keys(embedded):
+    adata = embedded.copy()
+    tl.cluster(adata, umap=False)
+    tl.spatial_statistics(adata, genes=["EPCAM", "PTPRC"], n_perms=100)
+    info = adata.uns["histokg_spatial"]
+    assert info["coord_type"] == "grid" and info["n_neighs"] == 6  # Visium hex array detected
+    conn = adata.obsp["spatial_connectivities"]
+    libs = adata.obs["library_id"].astype(str).to_numpy()
+    rows, cols = conn.nonzero()
+    assert (libs[rows] == libs[cols]).all()  # the graph never links two slides
+    n_clusters = adata.obs["histokg_leiden"].nunique()
+    assert adata.uns["histokg_leiden_nhood_enrichment"]["zscore"].shape == (n_clusters, n_clusters)
+    assert set(adata.uns["moranI"].index) == {"EPCAM", "PTPRC"}
+    tidy = adata.uns["histokg_moran"]
+    assert {"library_id", "feature", "kind", "I", "pval_norm"} <= set(tidy.columns)
+    assert set(tidy["library_id"]) == {"all", "S1", "S2", "S3"}
+    assert (tidy.loc[tidy["library_id"] == "all", "I"] > 0.1).all()  # marker genes are spatially patterned
+
+    emb = tl.spatial_statistics(embedded, cluster_key=None, use_rep="X_histokg", n_dims=4, copy=True)
+    tidy = emb.uns["histokg_moran"]
+    assert list(tidy.loc[tidy["library_id"] == "all", "feature"].sort_values()) == [
+        f"X_histokg:{i}" for i in range(4)
+    ]
+    assert set(tidy["kind"]) == {"embedding"}
+    assert "histokg_moran" not in embedded.uns
+    with pytest.raises(InputError, match="tl.cluster"):
+        tl.spatial_statistics(embedded, cluster_key="nope", copy=True)
+
+
+def _grid_adata(xy: np.ndarray) -> ad.AnnData:
+    a = ad.AnnData(
+        obs=pd.DataFrame(
+            {"library_id": pd.Categorical(["L"] * len(xy))}, index=[f"s{i}" for i in range(len(xy))]
+        )
+    )
+    a.obsm["spatial"] = xy.astype(float)
+    return a
+
+
+def test_spatial_graph_detects_lattices():
+    square = np.stack(np.meshgrid(np.arange(12), np.arange(10)), -1).reshape(-1, 2) * 200.0
+    square += np.random.default_rng(0).normal(scale=3.0, size=square.shape)  # spot-detector jitter
+    a = _grid_adata(square)
+    assert tl.spatial_graph(a)["coord_type"] == "grid"
+    assert a.obsp["spatial_connectivities"].sum(axis=1).max() == 4
+    scattered = _grid_adata(np.random.default_rng(1).uniform(0, 1000, size=(80, 2)))
+    info = tl.spatial_graph(scattered)
+    assert info["coord_type"] == "generic" and info["n_neighs"] == 6
+
+
+class FakePrior:
+    """The two attributes histokg.tl.kg_scores uses from a histokg.priors.KGPrior."""
+
+    def __init__(self, gene_names=None):
+        self.entity_ids = [
+            "pathway:LOW_VAR",
+            "pathway:HIGH_VAR",
+            "pathway:UNSCORED",
+            "celltype:T cell",
+            "phenotype:X",
+        ]
+        if gene_names is not None:
+            self.gene_names = gene_names
+        self.seen = None
+
+    def activations(self, X):
+        self.seen = X
+        x = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=float)
+        n = x.shape[0]
+        return np.stack(
+            [0.01 * x[:, 0], x[:, 0], np.full(n, np.nan), x[:, 1], x[:, 0] + x[:, 1]], axis=1
+        ).astype(np.float32)
+
+
+def test_kg_scores_writes_obs_columns():
+    counts = np.array([[1, 5, 0], [4, 1, 0], [9, 2, 1]], dtype=float)
+    adata = ad.AnnData(
+        X=counts, var=pd.DataFrame(index=["A", "B", "C"]), obs=pd.DataFrame(index=["s0", "s1", "s2"])
+    )
+    adata.layers["counts"] = counts.copy()
+    tl.kg_scores(adata, FakePrior(), top=None)
+    assert list(adata.uns["histokg_kg_scores"]["columns"]) == [
+        "kg:pathway:LOW_VAR",
+        "kg:pathway:HIGH_VAR",
+        "kg:celltype:T cell",
+    ]
+    np.testing.assert_allclose(adata.obs["kg:pathway:HIGH_VAR"], counts[:, 0])
+    np.testing.assert_allclose(adata.obs["kg:celltype:T cell"], counts[:, 1])
+    assert "kg:phenotype:X" not in adata.obs and "kg:pathway:UNSCORED" not in adata.obs
+
+    top = tl.kg_scores(adata, FakePrior(), top=1, key_prefix="s_", copy=True)
+    assert [c for c in top.obs if c.startswith("s_")] == ["s_pathway:HIGH_VAR", "s_celltype:T cell"]
+    # a prior built on another gene order gets its columns in its own order
+    prior = FakePrior(gene_names=["B", "A", "C"])
+    tl.kg_scores(adata, prior, top=None, key_prefix="r_")
+    np.testing.assert_allclose(adata.obs["r_pathway:HIGH_VAR"], counts[:, 1])
+    with pytest.raises(InputError, match="lacks"):
+        tl.kg_scores(adata, FakePrior(gene_names=["A", "Z"]), copy=True)
+    with pytest.raises(InputError, match="layers"):
+        tl.kg_scores(adata, FakePrior(), layer="raw", copy=True)

@@ -1,0 +1,170 @@
+"""Training: learning on the synthetic study, resume after a kill, NaN handling, config and weight errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from histokg.config import load_config
+from histokg.errors import ConfigError, InputError
+from histokg.models import DualEncoder, ModelConfig, backbone_blocks, create_backbone
+from histokg.train import TrainConfig, TrainingError, train
+from histokg.train.checkpoint import load_checkpoint
+
+TINY = [
+    "data.patch_px=32",
+    "data.n_genes=64",
+    "data.cache_patches=true",
+    "model.image_encoder=test_efficientnet",
+    "model.embed_dim=32",
+    "model.expr_hidden=[64]",
+    "optim.batch_size=32",
+    "optim.epochs=2",
+    "optim.warmup_steps=2",
+    "early_stopping.patience=0",
+    "log_every=1000",
+]
+
+
+# Enough to learn on the small synthetic study in about half a minute on 2 cores.
+LEARN = [
+    "optim.epochs=20",
+    "optim.lr=3e-3",
+    "optim.image_lr=3e-3",
+    "data.patch_px=64",
+    "data.n_genes=128",
+    "model.embed_dim=64",
+    "model.expr_hidden=[128]",
+]
+
+
+def tiny_cfg(study: Path, out: Path, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [f"data.study={study}", f"out_dir={out}", *TINY, *extra])
+
+
+def test_unknown_key_is_named_with_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'lr'"):
+        load_config(TrainConfig, None, ["optim.lrr=0.1"])
+
+
+def test_gene_panel_must_match(synth_study, tmp_path):
+    panel = tmp_path / "genes.txt"
+    panel.write_text("CD3E\nNOT_A_GENE\n")
+    with pytest.raises(InputError, match=r"genes\.txt does not match the data: 1 of 2 genes are absent"):
+        train(tiny_cfg(synth_study, tmp_path / "run", f"data.genes={panel}"))
+
+
+def test_weights_file_that_does_not_fit_names_keys(tmp_path):
+    backbone = create_backbone("resnet18")
+    state = backbone.state_dict()
+    good = tmp_path / "good.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, good)
+    model = DualEncoder(ModelConfig(image_encoder="resnet18", image_weights=str(good)), 10)
+    torch.testing.assert_close(model.image.backbone.conv1.weight, state["conv1.weight"])
+    from safetensors.torch import save_file
+
+    bad = dict(state)
+    bad.pop("layer4.1.bn2.weight")
+    bad["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(InputError) as err:
+        DualEncoder(
+            ModelConfig(image_encoder="resnet18", image_weights=str(tmp_path / "bad.safetensors")), 10
+        )
+    msg = str(err.value)
+    assert (
+        "bad.safetensors do not fit" in msg
+        and "layer4.1.bn2.weight" in msg
+        and "conv1.weight: file (64, 3, 3, 3) vs model (64, 3, 7, 7)" in msg
+    )
+    with pytest.raises(ConfigError, match="not a timm architecture"):
+        create_backbone("resnet_does_not_exist")
+
+
+def test_freeze_and_partial_unfreeze():
+    model = DualEncoder(ModelConfig(image_encoder="resnet18", freeze_image=True, unfreeze_last=1), 10)
+    blocks = backbone_blocks(model.image.backbone)
+    assert all(p.requires_grad for p in blocks[-1].parameters())
+    assert not any(p.requires_grad for b in blocks[:-1] for p in b.parameters())
+    assert all(p.requires_grad for p in model.image.head.parameters())
+    vit = DualEncoder(
+        ModelConfig(image_encoder="vit_tiny_patch16_224", freeze_image=True, unfreeze_last=2), 10
+    )
+    vblocks = backbone_blocks(vit.image.backbone)
+    assert vblocks[-2] is vit.image.backbone.blocks[-1] and vblocks[-1] is vit.image.backbone.norm
+    assert not any(p.requires_grad for p in vit.image.backbone.blocks[0].parameters())
+
+
+def test_frozen_backbone_caches_features(synth_study, tmp_path):
+    """Frozen backbone: features cached on disk once; the backbone never moves, the heads do."""
+    frozen = ["model.freeze_image=true", "model.cache_features=true"]
+    one = train(tiny_cfg(synth_study, tmp_path / "one", *frozen, "optim.epochs=1"))
+    two = train(tiny_cfg(synth_study, tmp_path / "two", *frozen, "optim.epochs=2"))
+    assert (
+        len(list((tmp_path / "two" / "feature_cache").glob("features-*.safetensors"))) == 2
+    )  # train + validation
+    a, b = load_checkpoint(one.last_checkpoint)["model"], load_checkpoint(two.last_checkpoint)["model"]
+    backbone = [k for k in a if k.startswith("image.backbone.")]
+    assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)
+    assert not torch.equal(a["image.head.0.weight"], b["image.head.0.weight"])
+
+
+def _run_cli(args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "histokg.cli", "-q", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_resume_after_kill_reaches_same_weights(synth_study, tmp_path):
+    common = [
+        "train",
+        "--set",
+        f"data.study={synth_study}",
+        *[a for t in TINY for a in ("--set", t)],
+        "--set",
+        "checkpoint_every=2",
+    ]
+    full = _run_cli([*common, "--set", f"out_dir={tmp_path / 'full'}"])
+    assert full.returncode == 0, full.stderr
+    killed = _run_cli(
+        [*common, "--set", f"out_dir={tmp_path / 'killed'}"], {"HISTOKG_FAULT_KILL_AT_STEP": "5"}
+    )
+    assert killed.returncode == -9, killed.stderr  # SIGKILL mid-epoch: no cleanup ran
+    mid = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert mid["step"] == 4 and mid["batch_in_epoch"] > 0  # the last checkpoint before the kill, mid-epoch
+    resumed = _run_cli([*common, "--set", f"out_dir={tmp_path / 'killed'}", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"]
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+    assert a["meta"]["history"] == b["meta"]["history"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth_study, tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTOKG_FAULT_NAN_AT_STEP", "3")
+    cfg = tiny_cfg(synth_study, tmp_path / "run", "checkpoint_every=2")
+    with pytest.raises(
+        TrainingError, match=r"loss became nan at step 3 .*last good checkpoint is .*last\.pt"
+    ):
+        train(cfg)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_training_writes_logs_and_learns_infonce(synth_study, tmp_path):
+    cfg = tiny_cfg(synth_study, tmp_path / "run", *LEARN)
+    result = train(cfg)
+    out = tmp_path / "run"
+    for name in ("config.yaml", "genes.txt", "metrics.csv", "val_metrics.csv", "curves.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents*"))
+    best = max(h["recall@5"] for h in result.history)
+    chance = result.history[-1]["chance_recall@5"]
+    assert best > 3 * chance, (best, chance)
