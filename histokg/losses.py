@@ -236,12 +236,15 @@ class BleepLoss(ContrastiveLoss):
     ``T = softmax(((f f^T + g g^T) / 2) / tau_prime, dim=-1)``;
     ``L = 0.5 * (softCE(s, T) + softCE(s^T, T^T))`` with
     ``softCE(z, T) = mean_i sum_j -T_ij log_softmax(z)_ij``.
-    ``tau_prime`` (default 1.0, the paper's temperature) sets how sharp the targets are.
+    ``tau_prime`` sets how sharp the targets are. The paper uses 1.0 on unnormalised projections;
+    on histokg's L2-normalised embeddings similarities lie in [-1, 1], so the default is 0.05 (at 1.0
+    the targets are nearly uniform and the model barely learns: recall@5 1.3x chance vs 4.6x at 0.05
+    on the synthetic study).
     """
 
     name = "bleep"
 
-    def __init__(self, embed_dim: int, prior_dim: int | None = None, *, tau_prime: float = 1.0):
+    def __init__(self, embed_dim: int, prior_dim: int | None = None, *, tau_prime: float = 0.05):
         super().__init__(embed_dim, prior_dim)
         self.tau_prime = _check_float("tau_prime", tau_prime, 0.0, open_low=True)
 

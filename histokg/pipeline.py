@@ -27,7 +27,6 @@ from histokg.st.pairing import PairingConfig
 from histokg.synth.study import SynthConfig
 from histokg.train.config import DataConfig, EarlyStoppingConfig, OptimConfig, TrainConfig
 from pathways_kg.config import BuildConfig, EmbedConfig
-from pathways_kg.config import Component as KGComponent
 from pathways_kg.config import TrainingConfig as KGTrainingConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class KGDemoConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     embed: EmbedConfig = field(
         default_factory=lambda: EmbedConfig(
-            model=KGComponent("transe", {"embedding_dim": 64}),
+            model=Component("transe", {"embedding_dim": 64}),
             training=KGTrainingConfig(epochs=30, batch_size=1024),
         )
     )

@@ -23,6 +23,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with open(tmp_path, "rb+") as fh:  # on disk before it takes the final name
+            os.fsync(fh.fileno())
         mask = os.umask(0)  # mkstemp makes 0600 files; give the result the usual permissions
         os.umask(mask)
         os.chmod(tmp_path, 0o666 & ~mask)
@@ -39,9 +41,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (numpy arrays and scalars, paths allowed)."""
     with atomic_open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
+        json.dump(obj, fh, indent=2, default=_json_default)
         fh.write("\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -48,7 +48,7 @@ def test_unknown_key_names_it_and_suggests_nearest():
 def test_malformed_yaml_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: 1\ninner:\n  lr: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml line \d+"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
         load_config(Outer, bad)
 
 

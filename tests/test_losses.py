@@ -91,7 +91,7 @@ def ref_infonce(f, g, scale, **_):
     return total / n
 
 
-def ref_bleep(f, g, scale, tau_prime=1.0, **_):
+def ref_bleep(f, g, scale, tau_prime=0.05, **_):
     s = ref_sim(f, g, scale)
     n = len(s)
     T = []

@@ -150,7 +150,8 @@ def test_same_region_spots_weigh_more(prior):
 
 
 def test_anndata_input_and_gene_order(prior):
-    anndata = pytest.importorskip("anndata")
+    import anndata
+
     X = np.random.default_rng(5).poisson(1.0, size=(10, len(GENES))).astype(np.float32)
     order = np.random.default_rng(6).permutation(len(GENES))
     adata = anndata.AnnData(X[:, order])
@@ -201,7 +202,6 @@ def test_complex_bundle_vectors(graph_dir, tmp_path):
 
 def test_trained_bundle_from_path(graph_dir, tmp_path):
     """End to end with a real (briefly trained) TransE bundle read from disk."""
-    pytest.importorskip("pykeen")
     from pathways_kg.config import Component, EmbedConfig, TrainingConfig
     from pathways_kg.embed import embed_graph
 

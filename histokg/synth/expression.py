@@ -9,37 +9,27 @@ Counts are drawn from a negative binomial (gamma-Poisson) around that mean.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 import pandas as pd
 
 from histokg.synth.biology import REGIONS
+from pathways_kg.io import data_path
+from pathways_kg.sources import read_gmt
 
 MARKER_FOLD = 25.0  # a marker's expression in its own cell type relative to elsewhere
 # Hallmark sets that no region activates: their genes are in the panel as negative controls.
 CONTROL_SETS = ("HALLMARK_PEROXISOME", "HALLMARK_UV_RESPONSE_DN", "HALLMARK_PROTEIN_SECRETION")
 
 
-def _data_file(name: str):
-    return resources.files("pathways_kg") / "data" / name
-
-
 def hallmark_sets() -> dict[str, list[str]]:
     """MSigDB Hallmark gene sets shipped with pathways_kg (CC BY 4.0)."""
-    sets: dict[str, list[str]] = {}
-    with _data_file("h.all.v2024.1.Hs.symbols.gmt").open(encoding="utf-8") as fh:
-        for line in fh:
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) > 2:
-                sets[fields[0]] = [g for g in fields[2:] if g]
-    return sets
+    return {gs.id: list(gs.genes) for gs in read_gmt(data_path("h.all.v2024.1.Hs.symbols.gmt"), "hallmark")}
 
 
 def cell_type_markers() -> dict[str, list[str]]:
     """Curated canonical markers per cell type shipped with pathways_kg."""
-    with _data_file("cell_type_markers.tsv").open(encoding="utf-8") as fh:
-        table = pd.read_csv(fh, sep="\t", comment="#")
+    table = pd.read_csv(data_path("cell_type_markers.tsv"), sep="\t", comment="#")
     return {ct: list(group["gene"]) for ct, group in table.groupby("cell_type", sort=False)}
 
 

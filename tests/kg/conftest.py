@@ -8,9 +8,6 @@ import pytest
 
 from pathways_kg.testing import tiny_graph
 
-SHARED_KG = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kg"
-PANGLAO = SHARED_KG / "PanglaoDB_markers_27_Mar_2020.tsv"
-
 
 @pytest.fixture(scope="session")
 def tiny_graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -31,7 +28,6 @@ def tiny_transe(tiny_graph_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def panglao_path() -> Path:
-    if not PANGLAO.is_file():
-        pytest.skip(f"{PANGLAO} not available")
-    return PANGLAO
+def panglao_path(shared_data: Path) -> Path:
+    """PanglaoDB markers, read from the shared data (never copied into the project)."""
+    return shared_data / "kg" / "PanglaoDB_markers_27_Mar_2020.tsv"

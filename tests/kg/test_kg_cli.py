@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -78,7 +77,7 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_build_with_genes_from_h5ad(tmp_path):
-    anndata = pytest.importorskip("anndata")
+    import anndata
 
     genes = [g for g in all_genes() if not g.startswith(("GE", "GF"))]
     adata = anndata.AnnData(np.zeros((2, len(genes)), dtype=np.float32))
