@@ -180,7 +180,9 @@ def kg2e_bundle(synth_adata, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("kg")
     write_graph(build_graph(universe=list(synth_adata.var_names)), tmp / "graph")
-    cfg = EmbedConfig(model=Component("kg2e", {"embedding_dim": 32}), training=TrainingConfig(epochs=10, batch_size=2048))
+    cfg = EmbedConfig(
+        model=Component("kg2e", {"embedding_dim": 32}), training=TrainingConfig(epochs=10, batch_size=2048)
+    )
     embed_graph(tmp / "graph", cfg, tmp / "bundle")
     return tmp / "bundle"
 
