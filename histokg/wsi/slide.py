@@ -82,10 +82,10 @@ class Slide:
     # -- pixels -----------------------------------------------------------------------------
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB array of ``size`` (w, h) pixels at ``level``, top-left at level-0 ``location``."""
-        return np.asarray(self._read_pil(location, level, size))
+        return _to_rgb_array(self._read_pil(location, level, size))
 
     def _read_pil(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
-        """The same region as an RGB PIL image (lets resizing skip an array round trip)."""
+        """The same region as a PIL image, RGB or (OpenSlide) RGBA, so resizing skips array round trips."""
         raise NotImplementedError
 
     def read_physical(
@@ -108,7 +108,7 @@ class Slide:
         width, height = self.dimensions
         x1, y1 = x0 + int(round(side * down)), y0 + int(round(side * down))
         partial = x0 < 0 or y0 < 0 or x1 > width or y1 > height
-        return np.asarray(region), partial
+        return _to_rgb_array(region), partial
 
     def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:
         """Whole-slide RGB thumbnail with its longest side at most ``max_side``.
@@ -177,7 +177,7 @@ class OpenSlideSlide(Slide):
                 f"slide {self.path}: reading level {level} at {tuple(location)} size {tuple(size)} failed; "
                 f"the file may be truncated or corrupt: {exc}"
             ) from None
-        return _rgba_over_white(rgba)
+        return rgba
 
     def associated_image(self, name: str) -> np.ndarray | None:
         img = self._osr.associated_images.get(name)
@@ -256,12 +256,20 @@ def _check_mpp(path: Path, mpp: float) -> float:
     return mpp
 
 
-def _rgba_over_white(rgba: Image.Image) -> Image.Image:
-    """Composite OpenSlide's (non-premultiplied) RGBA image over white, as RGB."""
-    if rgba.getextrema()[3][0] == 255:  # fully opaque: the common case inside the slide
-        return rgba.convert("RGB")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """RGB uint8 array of a PIL image; OpenSlide's (non-premultiplied) RGBA is composited over white.
+
+    Fully opaque regions, the common case inside a slide, come back as a view of the RGBA buffer
+    (one copy in all), which keeps spot-patch reading close to a bare ``read_region`` loop.
+    """
+    arr = np.asarray(img)
+    if img.mode != "RGBA":
+        return arr
+    alpha = arr[..., 3]
+    if alpha.min() == 255:
+        return arr[..., :3]
+    a = alpha[..., None].astype(np.float32) / 255.0
+    return np.clip(arr[..., :3] * a + 255.0 * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _crop_padded(array: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
