@@ -114,7 +114,11 @@ def main() -> None:
             b = {k: v for k, v in batch.items() if k in {"image", "expr"} | needs}
 
             def step(joint=joint, opt=opt, b=b):
-                with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
+                with (
+                    torch.autocast(device.type, dtype=amp)
+                    if amp
+                    else torch.autocast(device.type, enabled=False)
+                ):
                     loss = joint(b)
                 loss.backward()
                 opt.step()
@@ -166,10 +170,14 @@ def main() -> None:
     print(
         f"device {device}, encoder {args.encoder}, {args.px} px, batch {args.batch} (n spots {n}), amp {args.amp}, threads {torch.get_num_threads()}"
     )
-    print(f"{'loss':14s} {'ms/step':>9s} {'pairs/s':>9s} {'vs infonce':>11s} {'loss+W only ms':>15s} {'extra vs infonce, % of step':>28s}")
+    print(
+        f"{'loss':14s} {'ms/step':>9s} {'pairs/s':>9s} {'vs infonce':>11s} {'loss+W only ms':>15s} {'extra vs infonce, % of step':>28s}"
+    )
     for name, t in rows:
         extra = (loss_only[name] - loss_only["infonce"]) / base * 100
-        print(f"{name:14s} {t * 1e3:9.1f} {args.batch / t:9.1f} {t / base:10.3f}x {loss_only[name] * 1e3:15.3f} {extra:27.3f}%")
+        print(
+            f"{name:14s} {t * 1e3:9.1f} {args.batch / t:9.1f} {t / base:10.3f}x {loss_only[name] * 1e3:15.3f} {extra:27.3f}%"
+        )
     print(
         f"W for the batch from packed KG representations: {w_time * 1e3:.2f} ms ({w_time / base * 100:.2f}% of an infonce step)"
     )

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +66,7 @@ class SynthConfig:
     jpeg_quality: int = 90
     hires_max_px: int = 2000
     lowres_max_px: int = 600
+    workers: int = 0  # processes drawing sections in parallel (0: one per CPU core, at most n_sections)
 
 
 @dataclass
@@ -194,9 +198,18 @@ def generate_study(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = build_expression_model(np.random.default_rng([cfg.seed, 10_000]))
-    sections = []
-    for i in tqdm(range(cfg.n_sections), desc="synthetic sections", unit="section"):
-        sections.append(generate_section(cfg, i, out_dir, model))
+    workers = cfg.workers or min(cfg.n_sections, os.cpu_count() or 1)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # Sections are independent and each has its own seeded RNG: the result does not depend on
+        # how many processes drew them.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(generate_section, cfg, i, out_dir, model) for i in range(cfg.n_sections)]
+            sections = [f.result() for f in tqdm(futures, desc="synthetic sections", unit="section")]
+    else:
+        sections = [
+            generate_section(cfg, i, out_dir, model)
+            for i in tqdm(range(cfg.n_sections), desc="synthetic sections", unit="section")
+        ]
     save_config(cfg, out_dir / "config.yaml")
     manifest = {
         "kind": "histokg-synthetic-study",
