@@ -310,3 +310,31 @@ def test_spots_overlay_png(synth_adata, tmp_path):
     # Spot outlines are drawn in the overlay colours.
     green = (img[..., 1] > 150) & (img[..., 0] < 60) & (img[..., 2] < 100)
     assert green.sum() > 100
+
+
+def test_mtx_matrix_folder_reads_like_h5(synth_study, tmp_path):
+    import gzip
+
+    import scipy.io
+
+    sr, slide = _section(synth_study)
+    ref = read_visium(sr, slide=slide, library_id="S1")
+    copy = tmp_path / "mtx"
+    shutil.copytree(sr, copy)
+    (copy / "filtered_feature_bc_matrix.h5").unlink()
+    folder = copy / "filtered_feature_bc_matrix"
+    folder.mkdir()
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, ref.layers["counts"].T.tocoo())  # genes x barcodes, as Space Ranger writes it
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
+        fh.write("\n".join(ref.obs["barcode"]) + "\n")
+    with gzip.open(folder / "features.tsv.gz", "wt") as fh:
+        fh.write(
+            "".join(
+                f"{i}\t{g}\tGene Expression\n"
+                for i, g in zip(ref.var["gene_ids"], ref.var_names, strict=True)
+            )
+        )
+    other = read_visium(copy, slide=slide, library_id="S1")
+    assert (other.obs_names == ref.obs_names).all() and (other.var_names == ref.var_names).all()
+    assert (other.layers["counts"] != ref.layers["counts"]).nnz == 0

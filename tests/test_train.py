@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,3 +197,42 @@ def test_every_loss_learns(synth_study, kg2e_bundle, tmp_path, loss):
     best = max(h["recall@5"] for h in result.history)
     chance = result.history[-1]["chance_recall@5"]
     assert best > 3 * chance, (loss, best, chance)
+
+
+def test_bf16_autocast_grad_accumulation_and_early_stopping(synth_study, tmp_path):
+    """bf16 autocast (on CPU here), 2-step gradient accumulation, and patience-1 early stopping run end to end."""
+    cfg = tiny_cfg(
+        synth_study,
+        tmp_path / "run",
+        "optim.amp=bf16",
+        "optim.grad_accum=2",
+        "optim.batch_size=16",
+        "optim.epochs=6",
+        "optim.lr=1e-9",
+        "optim.image_lr=1e-9",
+        "early_stopping.patience=1",
+        "early_stopping.min_delta=0.5",
+    )
+    result = train(cfg)
+    assert (
+        result.stopped_early and len(result.history) == 2
+    )  # nothing can improve by 0.5 recall: stop after epoch 2
+    assert result.steps == 2 * (236 // 16 // 2)
+    assert all(np.isfinite(h["recall@5"]) for h in result.history)
+
+
+@pytest.mark.slow
+def test_expression_tower_over_kg_activations(synth_study, synth_adata, kg2e_bundle, tmp_path):
+    cfg = tiny_cfg(
+        synth_study, tmp_path / "run", "model.expr_input=kg", f"prior.bundle={kg2e_bundle}", "optim.epochs=1"
+    )
+    result = train(cfg)
+    ckpt = load_checkpoint(result.last_checkpoint)
+    from histokg.priors import KGPrior, PriorConfig
+
+    n_entities = len(KGPrior.from_bundle(kg2e_bundle, list(synth_adata.var_names), PriorConfig()).entity_ids)
+    assert ckpt["meta"]["n_expr_inputs"] == n_entities
+    from histokg.tl import embed
+
+    out = embed(synth_adata, result.last_checkpoint, copy=True)
+    assert out.obsm["X_histokg_expr"].shape == (synth_adata.n_obs, 32)
