@@ -108,7 +108,7 @@ def build_graph(cfg: BuildConfig | None = None, universe: Iterable[str] | None =
             s.panglao,
             s.panglao_organs,
             s.panglao_canonical_only,
-            s.panglao_map or data_path("panglao_cell_types.tsv"),
+            s.panglao_map or data_path("cell_type_name_map.tsv"),
         )
     for path in s.extra:
         _add_curated(b, path)
