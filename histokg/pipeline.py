@@ -193,11 +193,13 @@ def evaluate_embedded(
     reference_libs: Sequence[str] = (),
     heldout_libs: Sequence[str] = (),
     k: int = 10,
-    as_text: bool = True,
-):
-    """Evaluate an embedded AnnData: reference = training slides, held out = the rest (or as given)."""
+) -> dict:
+    """Evaluate an embedded AnnData (reference = training slides, held out = the rest or as given).
+
+    Writes ``results.json`` and the report into ``out_dir``; returns the results.
+    """
     from histokg.evaluate import evaluate
-    from histokg.report import format_summary_table, write_report
+    from histokg.report import write_report
 
     libs = [str(x) for x in adata.obs["library_id"].astype("category").cat.categories]
     if not reference_libs and checkpoint is not None:
@@ -218,9 +220,7 @@ def evaluate_embedded(
     label_key = "region" if "region" in adata.obs else None
     results, panel = evaluate(reference, heldout, k=k, label_key=label_key, return_panel=True)
     write_report(results, out_dir, heldout_panel_adata=panel, reference=reference)
-    if as_text:
-        return format_summary_table(results)
-    return _headline(results)
+    return results
 
 
 def _headline(results: dict) -> dict:

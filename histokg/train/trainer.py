@@ -8,6 +8,7 @@ linear warm-up and cosine decay; early stopping on a validation metric; atomic c
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from histokg.config import save_config, to_dict
 from histokg.errors import ConfigError, HistokgError
-from histokg.io import write_json
+from histokg.io import atomic_path, file_sha256, write_json
 from histokg.losses import LOSSES, LossInputs, build_loss
 from histokg.metrics import chance_recall, knn_predict, pearson_per_gene, retrieval_recall
 from histokg.models import DualEncoder
@@ -269,8 +270,6 @@ class Trainer:
     def _cache_features(self) -> None:
         """Frozen backbone: compute its features once per spot, on disk, and train only the heads."""
         from safetensors.torch import load_file, save_file
-
-        from histokg.io import atomic_path
 
         cache_dir = self.out / "feature_cache"
         for split in (self.train, self.val):
@@ -619,8 +618,6 @@ def plot_curves(out: Path) -> Path | None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from histokg.io import atomic_path
-
     if not (out / "metrics.csv").exists():
         return None
     tr = pd.read_csv(out / "metrics.csv")
@@ -646,17 +643,11 @@ def plot_curves(out: Path) -> Path | None:
 
 
 def hashlib_short(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _bundle_hash(bundle: str | Path) -> str:
     """Hash of a KG bundle's files (the bundle is a small directory)."""
-    import hashlib
-
-    from histokg.io import file_sha256
-
     path = Path(bundle)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
