@@ -12,7 +12,6 @@ The engine is :mod:`pathways_kg.dataconf` (shared with ``pathways-kg``); here it
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +27,6 @@ __all__ = [
     "merge",
     "parse_overrides",
     "read_yaml",
-    "replace",
     "save_config",
     "to_dict",
 ]
@@ -71,8 +69,3 @@ def load_config(
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically; returns the path."""
     return dataconf.save(cfg, path)
-
-
-def replace(cfg: T, **changes: Any) -> T:
-    """``dataclasses.replace`` re-exported for frozen configs."""
-    return dataclasses.replace(cfg, **changes)

@@ -63,8 +63,8 @@ def knn_predict(
 def log1p_cp10k(counts, target_sum: float = 1e4):
     """``log1p(counts / total * target_sum)`` per row; sparse input stays sparse (CSR), dense stays dense.
 
-    The same values as :func:`histokg.st.dataset.log_normalize` (float32, totals clipped at 1), without
-    densifying a sparse count matrix.
+    The one normalisation of histokg (float32, totals clipped at 1); :func:`histokg.st.dataset.log_normalize`
+    is its dense form.
     """
     import scipy.sparse as sp
 

@@ -18,16 +18,18 @@ import torch
 from torch.utils.data import Dataset
 
 from histokg.errors import InputError
+from histokg.metrics import log1p_cp10k
 from histokg.st.pairing import PairingConfig, open_library_slide, slide_paths
 from histokg.wsi.slide import Slide
 
 
+def _dense(x) -> np.ndarray:
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
 def log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float = 1e4) -> np.ndarray:
-    """Dense float32 ``log1p(counts / total * target_sum)`` per spot."""
-    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    counts = counts.astype(np.float32, copy=False)
-    totals = counts.sum(axis=1, keepdims=True)
-    return np.log1p(counts / np.maximum(totals, 1.0) * np.float32(target_sum))
+    """Dense float32 ``log1p(counts / total * target_sum)`` per spot (:func:`histokg.metrics.log1p_cp10k`)."""
+    return _dense(log1p_cp10k(counts, target_sum))
 
 
 def panel_expression(
@@ -35,17 +37,23 @@ def panel_expression(
 ) -> np.ndarray:
     """Log-normalised expression of ``genes`` (all genes if None), normalised over all genes of the spot."""
     counts = adata.layers[layer] if layer in adata.layers else adata.X
-    full = log_normalize(counts)
+    normalised = log1p_cp10k(counts)  # stays sparse: only the panel's columns are densified
     if genes is None:
-        return full
+        return _dense(normalised)
+    check_panel(genes, adata.var_names)
     index = {g: i for i, g in enumerate(adata.var_names)}
-    missing = [g for g in genes if g not in index]
+    return _dense(normalised[:, [index[g] for g in genes]])
+
+
+def check_panel(genes: Sequence[str], available: Sequence[str], source: str = "gene panel") -> None:
+    """Error naming how many panel genes the data lacks, with examples of each side."""
+    present = set(available)
+    missing = [g for g in genes if g not in present]
     if missing:
         raise InputError(
-            f"gene panel does not match the data: {len(missing)} of {len(genes)} panel genes are absent "
-            f"(e.g. {missing[:5]}); the data has {adata.n_vars} genes (e.g. {list(adata.var_names[:3])})"
+            f"{source} does not match the data: {len(missing)} of {len(genes)} genes are absent "
+            f"(e.g. {missing[:5]}); the data has {len(available)} genes (e.g. {list(available[:3])})"
         )
-    return full[:, [index[g] for g in genes]]
 
 
 class SpotPatchDataset(Dataset):

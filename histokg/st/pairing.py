@@ -115,13 +115,6 @@ def pair_spots(
     return adata
 
 
-def read_spot_patch(
-    slide: Slide, xy: tuple[float, float], cfg: PairingConfig = PairingConfig()
-) -> tuple[np.ndarray, bool]:
-    """The RGB patch of one spot and whether it was padded at the edge."""
-    return slide.read_physical(xy, cfg.patch_um, cfg.patch_px)
-
-
 SPOT_COLOURS = {"ok": (20, 170, 60), "partial": (240, 140, 0), "off_tissue": (220, 30, 30)}
 
 

@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from histokg.errors import ConfigError, InputError
+from histokg.errors import ConfigError
 from histokg.st.contract import concat_sections
-from histokg.st.dataset import SpotPatchDataset, log_normalize, panel_expression
+from histokg.st.dataset import SpotPatchDataset, check_panel, log_normalize, panel_expression
 from histokg.st.pairing import PairingConfig
 from histokg.train.config import DataConfig
 
@@ -90,12 +90,7 @@ def read_panel(path: str | Path, available: Sequence[str]) -> list[str]:
         for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    missing = [g for g in genes if g not in set(available)]
-    if missing:
-        raise InputError(
-            f"gene panel {path} does not match the data: {len(missing)} of {len(genes)} genes are absent "
-            f"(e.g. {missing[:5]}); the data has {len(available)} genes (e.g. {list(available[:3])})"
-        )
+    check_panel(genes, available, f"gene panel {path}")
     return genes
 
 
