@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
@@ -41,18 +42,42 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically (numpy arrays and scalars, paths allowed)."""
+    """Write ``obj`` as indented JSON, atomically; the file is always valid JSON.
+
+    numpy arrays and scalars, tensors (anything with ``tolist``) and paths are converted; NaN and
+    +-Infinity floats, nested anywhere, become ``null`` (JSON has no such numbers); any other
+    non-JSON value raises ``TypeError`` before the file is touched.
+    """
+    text = json.dumps(to_json(obj), indent=2, allow_nan=False)
     with atomic_open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-        fh.write("\n")
+        fh.write(text + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars
-        return obj.tolist()
+def to_json(obj: Any) -> Any:
+    """``obj`` as plain JSON types: non-finite floats -> ``None``, arrays -> lists, paths -> str."""
+    if isinstance(obj, float):  # also numpy.float64, a float subclass
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str | int):  # bool is an int
+        return obj
+    if isinstance(obj, Mapping):
+        return {_json_key(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return to_json(obj.tolist())
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def _json_key(key: Any) -> Any:
+    if hasattr(key, "item") and not isinstance(key, str):  # numpy scalar keys
+        key = key.item()
+    if isinstance(key, str | int | bool) or key is None:
+        return key
+    if isinstance(key, float):
+        return key if math.isfinite(key) else str(key)
+    raise TypeError(f"cannot use {type(key).__name__} as a JSON key")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
