@@ -17,7 +17,11 @@ diagonal covariance. Loading reads safetensors and JSON only: nothing is unpickl
 
 from __future__ import annotations
 
+import collections
+import copy
+import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,9 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from pathways_kg.errors import KGError
+from pathways_kg.errors import KGError, suggest
 from pathways_kg.io import atomic_path, file_sha256, write_json
 from pathways_kg.models import get_model
+from pathways_kg.schema import ENTITY_TYPES, RELATIONS
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "pathways_kg.bundle/1"
 
@@ -77,10 +84,21 @@ class Bundle:
 
 
 def save_bundle(bundle: Bundle, out_dir: str | Path, graph_dir: str | Path | None = None) -> Path:
-    """Write ``bundle`` into ``out_dir`` (each file atomically); copy the graph files from ``graph_dir``."""
+    """Write ``bundle`` into ``out_dir`` (each file atomically); copy the graph files from ``graph_dir``.
+
+    Non-finite tensors are refused; bundle.json records the sha256 of every tensor and of the graph
+    files, which :func:`load_bundle` verifies.
+    """
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
+    arrays = {
+        name: {k: np.ascontiguousarray(v, dtype="<f4") for k, v in tensors.items()}
+        for name, tensors in _files(bundle).items()
+    }
+    for name, tensors in arrays.items():
+        for key, value in tensors.items():
+            _check_finite(value, out / name, key)
     out.mkdir(parents=True, exist_ok=True)
     if graph_dir is not None:
         from pathways_kg.graph import resolve_graph_dir
@@ -89,76 +107,224 @@ def save_bundle(bundle: Bundle, out_dir: str | Path, graph_dir: str | Path | Non
             if src.resolve() != (out / src.name).resolve():
                 with atomic_path(out / src.name) as tmp:
                     shutil.copyfile(src, tmp)
-    for name, tensors in (("entities", bundle.entity_tensors), ("relations", bundle.relation_tensors)):
-        with atomic_path(out / f"{name}.safetensors") as tmp:
-            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(tmp))
-    meta = dict(bundle.meta)
+    for name, tensors in arrays.items():
+        with atomic_path(out / name) as tmp:
+            save_file(tensors, str(tmp))
+    meta = copy.deepcopy(dict(bundle.meta))
     meta.update(
         format=FORMAT,
         model=bundle.model,
         entities=[[e, t] for e, t in zip(bundle.entity_ids, bundle.entity_types, strict=True)],
         relations=[[r, f] for r, f in zip(bundle.relation_ids, bundle.relation_families, strict=True)],
+        tensors={
+            name: {
+                key: {"shape": list(v.shape), "dtype": "float32", "sha256": tensor_sha256(v)}
+                for key, v in t.items()
+            }
+            for name, t in arrays.items()
+        },
     )
-    if (out / "triples.tsv").is_file():
-        meta.setdefault("graph", {})["sha256"] = file_sha256(out / "triples.tsv")
+    graph = meta.setdefault("graph", {})
+    for key, file in (("sha256", "triples.tsv"), ("entities_sha256", "entities.tsv")):
+        if (out / file).is_file():
+            graph[key] = file_sha256(out / file)
     write_json(out / "bundle.json", meta)
     return out
 
 
+def tensor_sha256(array: np.ndarray) -> str:
+    """sha256 of a tensor's values as contiguous little-endian float32 (the bytes safetensors stores)."""
+    return hashlib.sha256(np.ascontiguousarray(array, dtype="<f4").tobytes()).hexdigest()
+
+
 def load_bundle(path: str | Path | Bundle) -> Bundle:
-    """Read a bundle folder (safetensors + JSON; never unpickles). A :class:`Bundle` is returned as is."""
+    """Read a bundle folder (safetensors + JSON; never unpickles). A :class:`Bundle` is returned as is.
+
+    Refuses, with a :class:`KGError` naming the file (and tensor key) at fault: a bundle.json that is
+    not a bundle's (missing or malformed keys, unknown model), unreadable safetensors, tensors with
+    NaN or Inf, tensors or graph files whose sha256 differs from the one recorded at save time, and
+    shapes that do not fit the ids and the model.
+    """
     if isinstance(path, Bundle):
         return path
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     folder = Path(path)
     meta_path = folder / "bundle.json"
+    meta = _read_meta(folder, meta_path)
+    try:
+        spec = get_model(meta["model"])
+    except KGError as exc:
+        raise KGError(f"{meta_path}: {exc}") from None
+    tensors = {name: _read_tensors(folder / name) for name in TENSOR_FILES}
+    _verify_tensors(tensors, meta, folder, meta_path)
+    entities, relations = meta["entities"], meta["relations"]
+    bundle = Bundle(
+        model=spec.name,
+        entity_ids=tuple(e for e, _ in entities),
+        entity_types=tuple(t for _, t in entities),
+        relation_ids=tuple(r for r, _ in relations),
+        relation_families=tuple(f for _, f in relations),
+        entity_tensors=tensors["entities.safetensors"],
+        relation_tensors=tensors["relations.safetensors"],
+        meta=meta,
+        path=folder,
+    )
+    _check_shapes(bundle, folder)
+    graph = meta.get("graph") if isinstance(meta.get("graph"), dict) else {}
+    for key, file in (("sha256", "triples.tsv"), ("entities_sha256", "entities.tsv")):
+        expected, actual = graph.get(key), folder / file
+        if expected and actual.is_file() and file_sha256(actual) != expected:
+            raise KGError(
+                f"{actual}: sha256 differs from bundle.json graph.{key}; the graph was changed after training"
+            )
+    return bundle
+
+
+TENSOR_FILES = ("entities.safetensors", "relations.safetensors")
+
+
+def _files(bundle: Bundle) -> dict[str, dict[str, np.ndarray]]:
+    return dict(zip(TENSOR_FILES, (bundle.entity_tensors, bundle.relation_tensors), strict=True))
+
+
+def _read_meta(folder: Path, meta_path: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise KGError(f"{folder}: not an embedding bundle (no bundle.json)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise KGError(f"{meta_path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KGError(f"{meta_path}: cannot read ({_reason(exc)})") from None
+    if not isinstance(meta, dict):
+        raise KGError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise KGError(f"{meta_path}: unsupported bundle format {meta.get('format')!r} (expected {FORMAT!r})")
-    tensors = {}
-    for name in ("entities", "relations"):
-        file = folder / f"{name}.safetensors"
-        try:
-            tensors[name] = load_file(str(file))
-        except (FileNotFoundError, SafetensorError) as exc:
-            raise KGError(f"{file}: cannot read ({exc})") from None
-    entities, relations = meta["entities"], meta["relations"]
-    bundle = Bundle(
-        model=meta["model"],
-        entity_ids=tuple(e for e, _ in entities),
-        entity_types=tuple(t for _, t in entities),
-        relation_ids=tuple(r for r, _ in relations),
-        relation_families=tuple(f for _, f in relations),
-        entity_tensors=tensors["entities"],
-        relation_tensors=tensors["relations"],
-        meta=meta,
-        path=folder,
-    )
-    _check_shapes(bundle, meta_path)
-    expected = meta.get("graph", {}).get("sha256")
-    triples = folder / "triples.tsv"
-    if expected and triples.is_file() and file_sha256(triples) != expected:
-        raise KGError(
-            f"{triples}: sha256 differs from bundle.json graph.sha256; the graph was changed after training"
-        )
-    return bundle
-
-
-def _check_shapes(bundle: Bundle, where: Path) -> None:
-    keys = {"real": ("entity",), "complex": ("entity",), "gaussian": ("entity_mean", "entity_var")}[
-        bundle.storage
-    ]
-    for key in keys:
-        if key not in bundle.entity_tensors:
-            raise KGError(f"{where}: entities.safetensors lacks {key!r} for model {bundle.model!r}")
-        if len(bundle.entity_tensors[key]) != len(bundle.entity_ids):
+    for key in ("model", "entities", "relations"):
+        if key not in meta:
+            raise KGError(f"{meta_path}: missing key {key!r}")
+    if not isinstance(meta["model"], str):
+        raise KGError(f"{meta_path}: 'model' must be a model name, got {meta['model']!r}")
+    for key, what in (("entities", "type"), ("relations", "family")):
+        rows = meta[key]
+        if not isinstance(rows, list) or not rows:
+            raise KGError(f"{meta_path}: {key!r} must be a non-empty list of [id, {what}] pairs")
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list) and len(row) == 2 and all(isinstance(x, str) for x in row)):
+                raise KGError(f"{meta_path}: {key}[{i}] must be an [id, {what}] pair of strings, got {row!r}")
+        counts = collections.Counter(r[0] for r in rows)
+        dup = next((x for x, n in counts.items() if n > 1), None)
+        if dup is not None:
+            raise KGError(f"{meta_path}: {key} lists {dup!r} {counts[dup]} times")
+    for i, (eid, etype) in enumerate(meta["entities"]):
+        if etype not in ENTITY_TYPES:
             raise KGError(
-                f"{where}: {key!r} has {len(bundle.entity_tensors[key])} rows for {len(bundle.entity_ids)} entities"
+                f"{meta_path}: entities[{i}] {eid!r} has unknown type {etype!r}{suggest(etype, ENTITY_TYPES)}"
             )
+    for i, (rid, family) in enumerate(meta["relations"]):
+        if rid not in RELATIONS:
+            raise KGError(f"{meta_path}: relations[{i}]: unknown relation {rid!r}{suggest(rid, RELATIONS)}")
+        if family != RELATIONS[rid].family:
+            raise KGError(
+                f"{meta_path}: relations[{i}]: {rid!r} belongs to family {RELATIONS[rid].family!r}, not {family!r}"
+            )
+    return meta
+
+
+def _read_tensors(file: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not file.is_file():
+        raise KGError(f"{file}: missing (every bundle has {' and '.join(TENSOR_FILES)})")
+    try:
+        tensors = load_file(str(file))
+    except (OSError, SafetensorError, ValueError, TypeError) as exc:
+        raise KGError(f"{file}: cannot read as safetensors ({_reason(exc)})") from None
+    for key, value in tensors.items():
+        if value.dtype.kind != "f":
+            raise KGError(f"{file}: tensor {key!r} has dtype {value.dtype}, expected floating point")
+        _check_finite(value, file, key)
+    return tensors
+
+
+def _check_finite(value: np.ndarray, file: Path, key: str) -> None:
+    bad = ~np.isfinite(value)
+    if bad.any():
+        n_nan = int(np.isnan(value).sum())
+        raise KGError(
+            f"{file}: tensor {key!r} holds non-finite values ({n_nan} NaN, {int(bad.sum()) - n_nan} Inf), "
+            f"first at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
+        )
+
+
+def _verify_tensors(
+    tensors: dict[str, dict[str, np.ndarray]], meta: dict[str, Any], folder: Path, meta_path: Path
+) -> None:
+    """Compare every tensor with the keys, shapes and sha256 recorded in bundle.json ``tensors``."""
+    recorded = meta.get("tensors")
+    if recorded is None:
+        logger.warning(
+            "%s: written without tensor hashes (an older pathways_kg); its embeddings cannot be verified "
+            "(re-run `pathways-kg embed` to get a verifiable bundle)",
+            meta_path,
+        )
+        return
+    if not isinstance(recorded, dict) or set(recorded) != set(TENSOR_FILES):
+        raise KGError(f"{meta_path}: 'tensors' must map {' and '.join(TENSOR_FILES)} to their tensors")
+    for name in TENSOR_FILES:
+        file, expected, actual = folder / name, recorded[name], tensors[name]
+        if not isinstance(expected, dict) or not all(isinstance(v, dict) for v in expected.values()):
+            raise KGError(f"{meta_path}: tensors.{name} must map tensor keys to {{shape, dtype, sha256}}")
+        if set(expected) != set(actual):
+            missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+            raise KGError(
+                f"{file}: tensor keys differ from bundle.json tensors.{name} (missing {missing}, unexpected {extra})"
+            )
+        for key, value in actual.items():
+            if list(value.shape) != expected[key].get("shape"):
+                raise KGError(
+                    f"{file}: tensor {key!r} has shape {list(value.shape)}, bundle.json records {expected[key].get('shape')}"
+                )
+            if tensor_sha256(value) != expected[key].get("sha256"):
+                raise KGError(
+                    f"{file}: tensor {key!r} differs from its sha256 in bundle.json (tensors.{name}.{key}); "
+                    "the embeddings were changed after training"
+                )
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _check_shapes(bundle: Bundle, folder: Path) -> None:
+    """Tensor keys, rows and dimensions fit the model and the ids in bundle.json."""
+    storage = bundle.storage
+    parts = ("mean", "var") if storage == "gaussian" else ("",)
+    dims = set()
+    for name, tensors, ids, prefix in (
+        ("entities.safetensors", bundle.entity_tensors, bundle.entity_ids, "entity"),
+        ("relations.safetensors", bundle.relation_tensors, bundle.relation_ids, "relation"),
+    ):
+        file = folder / name
+        for part in parts:
+            key = f"{prefix}_{part}" if part else prefix
+            if key not in tensors:
+                raise KGError(
+                    f"{file}: lacks tensor {key!r} for model {bundle.model!r} (has {sorted(tensors)})"
+                )
+            x = tensors[key]
+            if len(x) != len(ids):
+                raise KGError(
+                    f"{file}: tensor {key!r} has {len(x)} rows for {len(ids)} {prefix} ids in bundle.json"
+                )
+            want_ndim = 3 if storage == "complex" else 2
+            if x.ndim != want_ndim or (storage == "complex" and x.shape[-1] != 2):
+                want = "(n, d, 2)" if storage == "complex" else "(n, d)"
+                raise KGError(
+                    f"{file}: tensor {key!r} has shape {list(x.shape)}, model {bundle.model!r} stores {want}"
+                )
+            if part == "var" and (x <= 0).any():
+                raise KGError(f"{file}: tensor {key!r} holds non-positive variances")
+            dims.add(x.shape[1])
+    if len(dims) > 1:
+        raise KGError(f"{folder}: entity and relation tensors have different dimensions {sorted(dims)}")
