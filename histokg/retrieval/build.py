@@ -1,0 +1,192 @@
+"""Building and growing an index over many slides: one Dask task per slide, resumable.
+
+:func:`build_index` embeds every :class:`~histokg.retrieval.shards.SlideSpec` that has no finished
+shard yet (a shard counts as finished when it records the same spec and checkpoint), one task per
+slide on a Dask cluster: a local cluster by default (``scheduler=None``: worker processes;
+``"threads"``: one process, worker threads; ``"sync"``: no cluster, in this process) or the address of
+a running scheduler (``tcp://host:8786``) whose workers see the same files. A killed build resumes
+where it stopped; a slide that fails is named at the end while the others' shards stay on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from histokg.errors import InputError
+from histokg.io import file_sha256
+from histokg.retrieval.index import RetrievalIndex
+from histokg.retrieval.shards import SlideShard, SlideSpec, embed_spec
+
+log = logging.getLogger(__name__)
+
+LOCAL = (None, "processes", "threads", "sync")
+
+
+def finished(spec: SlideSpec, out_dir: Path, sha: str) -> bool:
+    """Whether ``out_dir`` holds a complete shard of ``spec`` made with checkpoint ``sha``."""
+    path = out_dir / "shards" / f"{spec.slide_id}.npz"
+    if not path.is_file():
+        return False
+    try:
+        meta = SlideShard.load(path).meta
+    except InputError:
+        return False
+    return meta.get("spec") == spec.key() and meta.get("checkpoint_sha256") == sha
+
+
+def embed_slides(
+    specs: Sequence[SlideSpec],
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    bundle: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> list[Path]:
+    """Embed ``specs`` into shards under ``out_dir``, skipping finished ones; returns all their shard paths."""
+    out_dir = Path(out_dir)
+    checkpoint = Path(checkpoint).resolve()
+    sha = file_sha256(checkpoint)
+    todo = [s for s in specs if not finished(s, out_dir, sha)]
+    if len(todo) < len(specs):
+        log.info("resuming: %d of %d slides already embedded", len(specs) - len(todo), len(specs))
+    kwargs = {"bundle": str(bundle) if bundle else None, "device": device, "batch_size": batch_size}
+    failures: list[str] = []
+    if todo:
+        if scheduler == "sync":
+            for spec in tqdm(todo, desc="embedding slides", unit="slide"):
+                try:
+                    embed_spec(spec, str(checkpoint), str(out_dir), **kwargs)
+                except Exception as exc:  # one bad slide must not lose the others
+                    failures.append(f"{spec.slide_id}: {exc}")
+        else:
+            failures = _run_dask(todo, str(checkpoint), str(out_dir), kwargs, scheduler, n_workers)
+    if failures:
+        raise InputError(
+            f"{len(failures)} of {len(todo)} slides failed (the others are saved; run again to resume): "
+            + "; ".join(failures)
+        )
+    return [out_dir / "shards" / f"{s.slide_id}.npz" for s in specs]
+
+
+def _run_dask(todo, checkpoint, out_dir, kwargs, scheduler, n_workers) -> list[str]:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if scheduler in LOCAL:
+        workers = int(n_workers or max(1, min(len(todo), os.cpu_count() or 1)))
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=scheduler != "threads",
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+        client = Client(cluster)
+        where = f"local cluster of {workers} {'threads' if scheduler == 'threads' else 'processes'}"
+    else:
+        cluster = None
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise InputError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") from None
+        where = f"Dask scheduler {scheduler}"
+    log.info("embedding %d slides, one task each, on a %s", len(todo), where)
+    failures: list[str] = []
+    try:
+        futures = {
+            client.submit(
+                embed_spec, spec, checkpoint, out_dir, key=f"embed-{spec.slide_id}", pure=False, **kwargs
+            ): spec
+            for spec in todo
+        }
+        completed = tqdm(as_completed(futures), total=len(futures), desc="embedding slides", unit="slide")
+        for done, fut in enumerate(completed, start=1):
+            spec = futures[fut]
+            try:
+                fut.result()
+                log.info("%d/%d slides embedded (%s)", done, len(todo), spec.slide_id)
+            except Exception as exc:
+                log.error("slide %s failed: %s", spec.slide_id, exc)
+                failures.append(f"{spec.slide_id}: {exc}")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return failures
+
+
+def build_index(
+    specs: Sequence[SlideSpec],
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    kind: str = "auto",
+    n_prototypes: int = 16,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    bundle: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    overwrite: bool = False,
+) -> RetrievalIndex:
+    """Embed the slides (resumable, on Dask) and build a new index in ``out_dir``."""
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").exists() and not overwrite:
+        raise InputError(f"{out_dir} already holds an index; use `histokg index add` or --overwrite")
+    if not specs:
+        raise InputError("no slides to index")
+    shards = embed_slides(
+        specs,
+        checkpoint,
+        out_dir,
+        scheduler=scheduler,
+        n_workers=n_workers,
+        bundle=bundle,
+        device=device,
+        batch_size=batch_size,
+    )
+    return RetrievalIndex.create(out_dir, shards, kind=kind, n_prototypes=n_prototypes, overwrite=overwrite)
+
+
+def add_to_index(
+    index_dir: str | Path,
+    specs: Sequence[SlideSpec],
+    checkpoint: str | Path,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    bundle: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> RetrievalIndex:
+    """Embed new slides and append them to an existing index (no rebuild); same checkpoint only."""
+    index = RetrievalIndex.load(index_dir)
+    sha = file_sha256(checkpoint)
+    if sha != index.checkpoint_sha256:
+        raise InputError(
+            f"checkpoint {checkpoint} (sha256 {sha[:12]}...) is not the index's checkpoint "
+            f"({index.checkpoint_sha256[:12]}...): embeddings of different checkpoints cannot be mixed"
+        )
+    present = [s.slide_id for s in specs if s.slide_id in index.slide_ids]
+    if present:
+        raise InputError(f"slides {present} are already in the index {index_dir}")
+    shards = embed_slides(
+        specs,
+        checkpoint,
+        index.path,
+        scheduler=scheduler,
+        n_workers=n_workers,
+        bundle=bundle,
+        device=device,
+        batch_size=batch_size,
+    )
+    index.add(shards)
+    return index
