@@ -174,21 +174,29 @@ def read_hest_cmd(
 @click.option(
     "--overlay-dir", type=click.Path(file_okay=False, path_type=Path), help="Write spot overlays here."
 )
+@click.option(
+    "--slide-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder holding the slides, when they moved since H5AD was read (found by file name).",
+)
 @CONFIG_OPTION
 @SET_OPTION
 def pair(
-    h5ad: Path, out: Path, overlay_dir: Path | None, config_path: Path | None, overrides: tuple[str, ...]
+    h5ad: Path,
+    out: Path,
+    overlay_dir: Path | None,
+    slide_dir: Path | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Pair each spot of H5AD with its patch: flags edge and off-tissue spots, records the geometry."""
-    import anndata as ad
-
     from histokg.config import load_config
-    from histokg.st.contract import write_h5ad
+    from histokg.st.contract import read_h5ad, write_h5ad
     from histokg.st.pairing import PairingConfig, pair_spots, spots_overlay
     from histokg.wsi import save_png
 
     cfg = load_config(PairingConfig, config_path, overrides)
-    adata = pair_spots(ad.read_h5ad(h5ad), cfg)
+    adata = pair_spots(read_h5ad(h5ad), cfg, slide_dir=slide_dir)
     write_h5ad(adata, out)
     if overlay_dir is not None:
         for lib in adata.obs["library_id"].astype(str).unique():
@@ -202,14 +210,33 @@ def pair(
 @cli.command("train")
 @CONFIG_OPTION
 @SET_OPTION
-@click.option("--resume", is_flag=True, help="Continue from OUT_DIR/checkpoints/last.pt.")
-def train_cmd(config_path: Path | None, overrides: tuple[str, ...], resume: bool) -> None:
-    """Train the dual encoder (single process, or under torchrun for several GPUs/nodes)."""
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Continue the run in this folder from its checkpoints/last.pt, with its own config.yaml "
+    "(only optim.epochs may change).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the run already in out_dir (its files are removed first)."
+)
+def train_cmd(
+    config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path | None, overwrite: bool
+) -> None:
+    """Train the dual encoder (single process, or under torchrun for several GPUs/nodes).
+
+    A folder that already holds a run is never mixed with a new one: pass --resume RUN_DIR to continue
+    it or --overwrite to replace it.
+    """
     from histokg.config import load_config
     from histokg.train import TrainConfig, train
+    from histokg.train.rundir import resume_config
 
-    cfg = load_config(TrainConfig, config_path, overrides)
-    result = train(cfg, resume=resume)
+    if resume_dir is not None:
+        cfg = resume_config(resume_dir, config_path, overrides)
+    else:
+        cfg = load_config(TrainConfig, config_path, overrides)
+    result = train(cfg, resume=resume_dir is not None, overwrite=overwrite)
     last = result.history[-1] if result.history else {}
     click.echo(
         f"trained {result.steps} steps in {result.seconds:.0f} s; best {cfg.early_stopping.metric} = {result.best_metric:.4f}; "
@@ -225,6 +252,11 @@ def train_cmd(config_path: Path | None, overrides: tuple[str, ...], resume: bool
     "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .h5ad."
 )
 @click.option("--mpp", type=float, help="MPP for slides that lack it (whole-slide inputs).")
+@click.option(
+    "--slide-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding the slides of .h5ad inputs, when they moved since reading (found by file name).",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--num-workers", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
@@ -233,26 +265,27 @@ def embed_cmd(
     inputs: tuple[Path, ...],
     out: Path,
     mpp: float | None,
+    slide_dir: Path | None,
     batch_size: int,
     num_workers: int,
     device: str | None,
 ) -> None:
     """Embed INPUTS with a trained model: .h5ad files (spots), study folders, or slides (whole-slide tiles)."""
-    import anndata as ad
-
-    from histokg.st.contract import concat_sections, write_h5ad
+    from histokg.st.contract import concat_sections, read_h5ad, write_h5ad
     from histokg.synth.study import load_study
     from histokg.tl.embed import embed, embed_slide, load_model
 
+    # spot inputs are read (and refused with a clear error) before the model is loaded
+    spots = {
+        p: load_study(p) if p.is_dir() else read_h5ad(p) for p in inputs if p.is_dir() or p.suffix == ".h5ad"
+    }
+    slide_kw = {"slide_dir": slide_dir} if slide_dir is not None else {}
     model = load_model(checkpoint, device or "cpu")
     parts = []
     for path in inputs:
-        if path.is_dir():
-            adata = load_study(path)
-            embed(adata, model, batch_size=batch_size, num_workers=num_workers, device=device)
-        elif path.suffix == ".h5ad":
-            adata = ad.read_h5ad(path)
-            embed(adata, model, batch_size=batch_size, num_workers=num_workers, device=device)
+        if path in spots:
+            adata = spots[path]
+            embed(adata, model, batch_size=batch_size, num_workers=num_workers, device=device, **slide_kw)
         else:
             adata = embed_slide(
                 path, model, mpp=mpp, batch_size=batch_size, num_workers=num_workers, device=device
@@ -271,7 +304,7 @@ def embed_cmd(
 @click.option(
     "--checkpoint",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Its training slides are the reference.",
+    help="The checkpoint that embedded EMBEDDED; its training slides are the reference.",
 )
 @click.option(
     "--reference", "reference_libs", multiple=True, help="Reference (training) library ids, if no checkpoint."
@@ -281,6 +314,7 @@ def embed_cmd(
 )
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours for retrieval prediction.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of an earlier evaluation in --out.")
 def evaluate_cmd(
     embedded: Path,
     checkpoint: Path | None,
@@ -288,17 +322,27 @@ def evaluate_cmd(
     heldout_libs: tuple[str, ...],
     out_dir: Path,
     k: int,
+    overwrite: bool,
 ) -> None:
-    """Evaluate embeddings of EMBEDDED (from `histokg embed`) on held-out slides; JSON + HTML report."""
-    import anndata as ad
+    """Evaluate embeddings of EMBEDDED (from `histokg embed`) on held-out slides.
 
+    Prints the summary table; results.json (every number), predicted.h5ad and report.html/.md go to --out.
+    """
+    from histokg.io import check_output_dir, check_output_file
     from histokg.pipeline import evaluate_embedded
+    from histokg.report import format_summary_table
+    from histokg.st.contract import read_h5ad
 
-    adata = ad.read_h5ad(embedded)
-    summary = evaluate_embedded(
+    if k < 1:
+        raise click.BadParameter(f"must be >= 1, got {k}", param_hint="-k")
+    check_output_dir(out_dir, "evaluation folder")
+    check_output_file(out_dir / "results.json", "evaluation results", overwrite=overwrite)
+    adata = read_h5ad(embedded)
+    results = evaluate_embedded(
         adata, out_dir, checkpoint=checkpoint, reference_libs=reference_libs, heldout_libs=heldout_libs, k=k
     )
-    click.echo(summary)
+    click.echo(format_summary_table(results))
+    click.echo(f"\nresults.json, predicted.h5ad and report.html in {out_dir}")
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -312,15 +356,24 @@ def evaluate_cmd(
     default=Path("runs/demo"),
     show_default=True,
 )
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an earlier demo in --out (its outputs are removed first)."
+)
 @CONFIG_OPTION
 @SET_OPTION
-def demo(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+def demo(out_dir: Path, overwrite: bool, config_path: Path | None, overrides: tuple[str, ...]) -> None:
     """Run the whole pipeline on the embedded synthetic study."""
     from histokg.config import load_config
     from histokg.pipeline import DemoConfig, run_demo
 
     cfg = load_config(DemoConfig, config_path, overrides)
-    click.echo(run_demo(out_dir, cfg))
+    click.echo(run_demo(out_dir, cfg, overwrite=overwrite))
+
+
+from histokg.retrieval import cli as _retrieval_cli  # noqa: E402  (index build|add|query, serve)
+
+cli.add_command(_retrieval_cli.index)
+cli.add_command(_retrieval_cli.serve)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -341,13 +394,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    if isinstance(exc, HistokgError):
-        return True
-    try:
-        from pathways_kg.errors import KGError
-    except ImportError:
-        return False
-    return isinstance(exc, KGError)
+    from pathways_kg.dataconf import DataConfError
+    from pathways_kg.errors import KGError
+
+    return isinstance(exc, HistokgError | KGError | DataConfError)
 
 
 if __name__ == "__main__":
