@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pathways_kg import sources as src
-from pathways_kg.config import BuildConfig
+from pathways_kg.config import BuildConfig, check_build
 from pathways_kg.errors import KGError, suggest
 from pathways_kg.graph import Edge, Entity, Graph, drop_isolated, restrict, validate
 from pathways_kg.io import data_path
@@ -80,7 +80,7 @@ class _Builder:
 
 def build_graph(cfg: BuildConfig | None = None, universe: Iterable[str] | None = None) -> Graph:
     """Build, validate and (with ``universe``) restrict the graph described by ``cfg``."""
-    cfg = cfg or BuildConfig()
+    cfg = check_build(cfg or BuildConfig())
     s = cfg.sources
     b = _Builder()
     if s.reactome:

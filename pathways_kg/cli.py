@@ -6,7 +6,9 @@
 
 Every command takes ``--config FILE`` (YAML filling :class:`pathways_kg.config.KGConfig`) and
 repeatable ``--set a.b=value`` overrides; the resolved config is written next to the output.
-Input errors are printed as one line, without a traceback.
+Input errors (a :class:`~pathways_kg.errors.KGError`: bad files, config keys or values; files that
+cannot be read or written) are printed as one line ``Error: ...`` without a traceback, and the
+command exits with status 2, as click's own usage errors do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -29,13 +32,26 @@ from pathways_kg.errors import KGError
 from pathways_kg.io import atomic_open
 
 
+class InputError(click.ClickException):
+    """Bad input: printed as one line ``Error: ...``; exit status 2 (as for click's usage errors)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.splitlines()))
+
+
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except KGError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise InputError(str(exc)) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise InputError(f"{exc.filename}: {exc.strerror or exc}") from None
 
     return wrapper
 
@@ -77,7 +93,9 @@ def main(verbose: int) -> None:
 
 def _keep_record(record: logging.LogRecord, quiet: int) -> bool:
     """pykeen sets INFO on its own loggers; show its records only at -vv (or when they are errors)."""
-    noisy = record.name.split(".")[0] in ("pykeen", "torch_max_mem", "class_resolver")
+    noisy = record.name.split(".")[0] in ("pykeen", "torch_max_mem", "class_resolver") or (
+        record.name == "root" and f"{os.sep}pykeen{os.sep}" in record.pathname  # pykeen also logs to root
+    )
     return not noisy or record.levelno >= quiet
 
 
@@ -102,7 +120,11 @@ def _keep_record(record: logging.LogRecord, quiet: int) -> bool:
     type=click.Path(dir_okay=False),
     help="Gene universe: the var_names of an .h5ad file.",
 )
-@click.option("--min-genes", type=int, help="With a gene universe: drop pathways with fewer genes in it.")
+@click.option(
+    "--min-genes",
+    type=click.IntRange(min=0),
+    help="With a gene universe: drop pathways with fewer genes in it.",
+)
 @_handle_errors
 def build(
     out: str,
@@ -149,10 +171,15 @@ def build(
 @config_option
 @set_option
 @click.option("--model", help="KG model: transe, rotate, complex, kg2e.")
-@click.option("--epochs", type=int, help="Training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, help="Random seed (split, initialisation, sampling).")
-@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bars for training (epochs, loss) and evaluation; default: when stderr is a terminal.",
+)
 @_handle_errors
 def embed(
     graph: str,
@@ -164,6 +191,7 @@ def embed(
     device: str | None,
     seed: int | None,
     threads: int | None,
+    progress: bool | None,
 ) -> None:
     """Train a KG embedding on GRAPH (a `build` output folder) and write a bundle."""
     from pathways_kg.embed import embed_graph
@@ -191,7 +219,7 @@ def embed(
         import torch
 
         torch.set_num_threads(threads)
-    bundle = embed_graph(graph, cfg.embed, out)
+    bundle = embed_graph(graph, cfg.embed, out, progress=progress)
     _save_config(cfg, Path(out) / "config.yaml")
     m = bundle.meta["metrics"]
     click.echo(
@@ -209,7 +237,9 @@ def embed(
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--entity", "entities", multiple=True, help="Entity id, e.g. 'celltype:T cell' (repeatable).")
-@click.option("-k", "k", default=10, show_default=True, help="Neighbours to list.")
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours to list."
+)
 @click.option(
     "--relation", "relations", multiple=True, help="Only these relations (default: all that fit the entity)."
 )
@@ -253,11 +283,13 @@ def _read_universe(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise KGError(f"{p}: gene list does not exist")
-    genes = [
-        line.strip()
-        for line in p.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KGError(f"{p}: not a UTF-8 text file ({exc.reason})") from None
+    except OSError as exc:
+        raise KGError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    genes = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not genes:
         raise KGError(f"{p}: no gene symbols (expected one per line)")
     return genes

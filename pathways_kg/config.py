@@ -7,6 +7,7 @@ The loader is :mod:`pathways_kg.dataconf` (shared with histokg); here its errors
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,8 @@ from pathways_kg.errors import KGError
 __all__ = [
     "Component",
     "KGConfig",
+    "check_build",
+    "check_embed",
     "from_dict",
     "load_config",
     "merge",
@@ -91,11 +94,53 @@ class KGConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), cls: type[T] = KGConfig) -> T:
-    """Defaults, then the YAML file ``path``, then ``key.path=value`` overrides."""
+    """Defaults, then the YAML file ``path``, then ``key.path=value`` overrides; values are checked."""
     try:
-        return dataconf.load(cls, path, overrides)
+        cfg = dataconf.load(cls, path, overrides)
     except dataconf.DataConfError as exc:
         raise KGError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:  # a config path that exists but cannot be read
+        raise KGError(f"config file {path}: cannot read ({_reason(exc)})") from None
+    if isinstance(cfg, KGConfig):
+        check_build(cfg.build)
+        check_embed(cfg.embed)
+    return cfg
+
+
+def check_build(cfg: BuildConfig, where: str = "build") -> BuildConfig:
+    """Raise :class:`KGError` naming the key of a value out of range."""
+    _require(cfg.min_genes >= 0, f"{where}.min_genes", "must be 0 or more", cfg.min_genes)
+    _require(cfg.min_markers >= 0, f"{where}.min_markers", "must be 0 or more", cfg.min_markers)
+    return cfg
+
+
+def check_embed(cfg: EmbedConfig, where: str = "embed") -> EmbedConfig:
+    """Raise :class:`KGError` naming the key of a value out of range (before any training starts)."""
+    t, e = cfg.training, cfg.evaluation
+    for key, value in (
+        ("training.epochs", t.epochs),
+        ("training.batch_size", t.batch_size),
+        ("training.negatives_per_positive", t.negatives_per_positive),
+        ("evaluation.batch_size", e.batch_size),
+    ):
+        _require(value >= 1, f"{where}.{key}", "must be at least 1", value)
+    lr = t.learning_rate
+    _require(math.isfinite(lr) and lr > 0, f"{where}.training.learning_rate", "must be a positive number", lr)
+    _require(e.max_triples is None or e.max_triples >= 1, f"{where}.evaluation.max_triples",
+             "must be at least 1 (or null for all)", e.max_triples)  # fmt: skip
+    ok = all(math.isfinite(x) and 0 < x < 1 for x in e.split) and abs(sum(e.split) - 1) < 1e-6
+    _require(ok, f"{where}.evaluation.split", "must be three ratios in (0, 1) that sum to 1", list(e.split))
+    _require(cfg.seed >= 0, f"{where}.seed", "must be 0 or more", cfg.seed)
+    return cfg
+
+
+def _require(ok: bool, key: str, what: str, value: Any) -> None:
+    if not ok:
+        raise KGError(f"{key}: {what}, got {value!r}")
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import inspect
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pathways_kg.bundle import Bundle, save_bundle
-from pathways_kg.config import EmbedConfig, to_dict
+from pathways_kg.config import EmbedConfig, check_embed, to_dict
 from pathways_kg.errors import KGError, suggest
 from pathways_kg.graph import Graph, read_graph, resolve_graph_dir
 from pathways_kg.io import file_sha256
@@ -42,14 +43,24 @@ METRICS = {
 
 
 def embed_graph(
-    graph_dir: str | Path, cfg: EmbedConfig | None = None, out_dir: str | Path | None = None
+    graph_dir: str | Path,
+    cfg: EmbedConfig | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool | None = None,
 ) -> Bundle:
-    """Train ``cfg.model`` on the graph in ``graph_dir``; write a bundle to ``out_dir`` if given."""
-    cfg = cfg or EmbedConfig()
+    """Train ``cfg.model`` on the graph in ``graph_dir``; write a bundle to ``out_dir`` if given.
+
+    ``progress``: show tqdm bars for the training epochs (with the loss) and both evaluations on
+    stderr; ``None`` shows them when stderr is a terminal.
+    """
+    cfg = check_embed(cfg or EmbedConfig())
     spec = get_model(cfg.model.name)
     graph = read_graph(graph_dir)
     model_kwargs = _model_kwargs(spec, cfg.model.kwargs)
-    result = train(graph, spec, model_kwargs, cfg)
+    _check_training(cfg)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    result = train(graph, spec, model_kwargs, cfg, progress=progress)
     _, triples_path = resolve_graph_dir(graph_dir)
     result.meta["graph"] = {
         "sha256": file_sha256(triples_path),
@@ -64,13 +75,20 @@ def embed_graph(
     return result
 
 
-def train(graph: Graph, spec: ModelSpec, model_kwargs: dict[str, Any], cfg: EmbedConfig) -> Bundle:
-    """Run the pykeen pipeline on ``graph``; return an (unsaved) bundle with metrics."""
+def train(
+    graph: Graph, spec: ModelSpec, model_kwargs: dict[str, Any], cfg: EmbedConfig, progress: bool = False
+) -> Bundle:
+    """Run the pykeen pipeline on ``graph``; return an (unsaved) bundle with metrics.
+
+    ``progress`` shows tqdm bars (epochs with the loss, then the evaluations); without them, each
+    epoch's loss is logged at INFO.
+    """
     import pykeen.version
     import torch
     from pykeen.evaluation import RankBasedEvaluator
     from pykeen.models import model_resolver
     from pykeen.pipeline import pipeline
+    from pykeen.training.training_loop import NonFiniteLossError
     from pykeen.triples import TriplesFactory
 
     labeled = np.array([[e.head, e.relation, e.tail] for e in graph.edges], dtype=str)
@@ -90,30 +108,45 @@ def train(graph: Graph, spec: ModelSpec, model_kwargs: dict[str, Any], cfg: Embe
     logger.info(
         "training %s (%s) on %d triples, device %s", spec.name, model_kwargs, training.num_triples, device
     )
+    training_kwargs: dict[str, Any] = {
+        "num_epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "use_tqdm": progress,
+        "use_tqdm_batch": False,
+        "tqdm_kwargs": {"desc": f"training {spec.name}"},
+        "callbacks": [] if progress else [_epoch_log(t.epochs)],
+    }
     start = time.perf_counter()
     with _frozen_gc(), warnings.catch_warnings():
         # pykeen pins memory in its data loader; on a CPU-only machine torch warns about it once per run
         warnings.filterwarnings("ignore", message=".*pin_memory.*", category=UserWarning)
-        result = pipeline(
-            training=training,
-            validation=validation,
-            testing=evaluated,
-            model=spec.pykeen_name,
-            model_kwargs=model_kwargs,
-            optimizer=t.optimizer,
-            optimizer_kwargs={"lr": t.learning_rate},
-            negative_sampler_kwargs={"num_negs_per_pos": t.negatives_per_positive},
-            training_kwargs={"num_epochs": t.epochs, "batch_size": t.batch_size},
-            evaluator=RankBasedEvaluator,
-            evaluation_kwargs={
-                "batch_size": cfg.evaluation.batch_size,
-                "additional_filter_triples": list(extra_filter),
-            },
-            random_seed=cfg.seed,
-            device=device,
-            use_tqdm=logger.isEnabledFor(logging.INFO),
-            **kwargs,
-        )
+        try:
+            result = pipeline(
+                training=training,
+                validation=validation,
+                testing=evaluated,
+                model=spec.pykeen_name,
+                model_kwargs=model_kwargs,
+                optimizer=t.optimizer,
+                optimizer_kwargs={"lr": t.learning_rate},
+                negative_sampler_kwargs={"num_negs_per_pos": t.negatives_per_positive},
+                training_kwargs=training_kwargs,
+                evaluator=RankBasedEvaluator,
+                evaluation_kwargs={
+                    "batch_size": cfg.evaluation.batch_size,
+                    "additional_filter_triples": list(extra_filter),
+                    "use_tqdm": progress,
+                    "tqdm_kwargs": {"desc": f"evaluating trained {spec.name}"},
+                },
+                random_seed=cfg.seed,
+                device=device,
+                **kwargs,
+            )
+        except NonFiniteLossError:
+            raise KGError(
+                f"training {spec.name} diverged: the loss became NaN or infinite; lower "
+                f"embed.training.learning_rate (now {t.learning_rate})"
+            ) from None
     seconds = time.perf_counter() - start
     trained = {k: float(result.metric_results.get_metric(v)) for k, v in METRICS.items()}
     with _frozen_gc():
@@ -126,7 +159,8 @@ def train(graph: Graph, spec: ModelSpec, model_kwargs: dict[str, Any], cfg: Embe
             evaluated.mapped_triples,
             additional_filter_triples=[training.mapped_triples, validation.mapped_triples, *extra_filter],
             batch_size=cfg.evaluation.batch_size,
-            use_tqdm=False,
+            use_tqdm=progress,
+            tqdm_kwargs={"desc": f"evaluating random {spec.name} (baseline)"},
         )
     random = {k: float(baseline.get_metric(v)) for k, v in METRICS.items()}
     logger.info(
@@ -139,6 +173,12 @@ def train(graph: Graph, spec: ModelSpec, model_kwargs: dict[str, Any], cfg: Embe
         seconds,
     )
     ent_t, rel_t = extract_tensors(result.model, spec.storage)
+    for key, value in (*ent_t.items(), *rel_t.items()):
+        if not np.isfinite(value).all():
+            raise KGError(
+                f"training {spec.name} produced non-finite embeddings ({key!r}); lower "
+                f"embed.training.learning_rate (now {t.learning_rate})"
+            )
     entity_ids = [factory.entity_id_to_label[i] for i in range(factory.num_entities)]
     relation_ids = [factory.relation_id_to_label[i] for i in range(factory.num_relations)]
     vector_dim = int(np.prod(ent_t["entity_mean" if spec.storage == "gaussian" else "entity"].shape[1:]))
@@ -206,18 +246,41 @@ def _model_kwargs(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
     """Registry defaults updated by ``given``; unknown names fail here, not deep inside pykeen."""
     from pykeen.models import model_resolver
 
-    cls = model_resolver.lookup(spec.pykeen_name)
+    _check_kwargs(model_resolver.lookup(spec.pykeen_name), given, f"model {spec.name!r}")
+    return {**spec.defaults, **given}
+
+
+def _check_training(cfg: EmbedConfig) -> None:
+    """Optimizer and loss names (and loss kwargs) exist in pykeen; errors name the config key."""
+    from pykeen.losses import loss_resolver
+    from pykeen.optimizers import optimizer_resolver
+
+    t = cfg.training
+    named = [("embed.training.optimizer", optimizer_resolver, t.optimizer, None)]
+    if t.loss is not None:
+        named.append(("embed.training.loss.name", loss_resolver, t.loss.name, t.loss.kwargs))
+    for key, resolver, name, kwargs in named:
+        try:
+            cls = resolver.lookup(name)
+        except (KeyError, ValueError):
+            options = sorted(resolver.lookup_dict)
+            raise KGError(
+                f"{key}: unknown {resolver.base.__name__.lower()} {name!r}"
+                f"{suggest(resolver.normalize(name), options)} (known: {', '.join(options)})"
+            ) from None
+        if kwargs:
+            _check_kwargs(cls, kwargs, f"{key.rpartition('.')[0]} {name!r}")
+
+
+def _check_kwargs(cls: type, given: dict[str, Any], what: str) -> None:
     valid = [
         p
         for p in inspect.signature(cls.__init__).parameters
-        if p not in ("self", "kwargs", "triples_factory")
+        if p not in ("self", "args", "kwargs", "triples_factory")
     ]
     for key in given:
         if key not in valid:
-            raise KGError(
-                f"model {spec.name!r} has no argument {key!r}{suggest(key, valid)} (valid: {', '.join(valid)})"
-            )
-    return {**spec.defaults, **given}
+            raise KGError(f"{what} has no argument {key!r}{suggest(key, valid)} (valid: {', '.join(valid)})")
 
 
 def _subsample(testing: Any, max_triples: int | None, seed: int) -> tuple[Any, tuple]:
@@ -239,6 +302,17 @@ def _device(name: str) -> str:
     if name != "cpu" and not name.startswith("cuda"):
         raise KGError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
     return name
+
+
+def _epoch_log(epochs: int) -> Any:
+    """A pykeen training callback that logs each epoch's loss (used when no progress bar is shown)."""
+    from pykeen.training.callbacks import TrainingCallback
+
+    class EpochLog(TrainingCallback):
+        def post_epoch(self, epoch: int, epoch_loss: float, **kwargs: Any) -> None:
+            logger.info("epoch %d/%d: loss %.4f", epoch, epochs, epoch_loss)
+
+    return EpochLog()
 
 
 @contextlib.contextmanager

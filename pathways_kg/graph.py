@@ -238,12 +238,31 @@ def read_graph(path: str | Path) -> Graph:
     validate(graph)
     summary = entities_path.parent / "summary.json"
     if summary.is_file():
-        import json
-
-        meta = json.loads(summary.read_text(encoding="utf-8"))
-        graph.sources = meta.get("sources", {})
+        meta = _read_summary(summary)
+        graph.sources = meta.get("sources") or {}
         graph.universe = meta.get("universe")
+        recorded = meta.get("triples_sha256")
+        if recorded and recorded != file_sha256(triples_path):
+            logger.warning("%s: out of date (%s changed after it was written)", summary, triples_path)
     return graph
+
+
+def _read_summary(path: Path) -> dict:
+    """The graph's summary.json, with the types :func:`read_graph` relies on checked."""
+    import json
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise KGError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KGError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(meta, dict):
+        raise KGError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    for key, kinds in (("sources", (dict, type(None))), ("universe", (dict, type(None)))):
+        if not isinstance(meta.get(key), kinds):
+            raise KGError(f"{path}: {key!r} must be an object or null, got {meta[key]!r}")
+    return meta
 
 
 # --------------------------------------------------------------------------- restriction

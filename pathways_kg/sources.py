@@ -82,6 +82,8 @@ class PanglaoRow:
 
 def _open_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     path = Path(path)
+    if path.is_dir():
+        raise KGError(f"{path}: is a folder, expected a file")
     if not path.is_file():
         raise KGError(f"{path}: file does not exist")
     try:
@@ -90,6 +92,8 @@ def _open_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 yield number, raw.rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise KGError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    except OSError as exc:
+        raise KGError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def tsv_rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]:

@@ -64,16 +64,16 @@ def test_build_embed_inspect(tmp_path):
 def test_errors_are_one_line_without_traceback(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["build", "--out", str(tmp_path / "g"), "--set", "build.min_gene=3"])
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     assert "did you mean 'min_genes'" in result.output and "Traceback" not in result.output
     bad = tmp_path / "bad.gmt"
     bad.write_text("HALLMARK_X\thttps://x\n", encoding="utf-8")
     result = runner.invoke(
         main, ["build", "--out", str(tmp_path / "g"), "--set", f"build.sources.hallmark_gmt={bad}"]
     )
-    assert result.exit_code != 0 and f"{bad}:1: gene set 'HALLMARK_X' has no genes" in result.output
+    assert result.exit_code == 2 and f"{bad}:1: gene set 'HALLMARK_X' has no genes" in result.output
     result = runner.invoke(main, ["embed", str(tmp_path), "--out", str(tmp_path / "b"), "--model", "transx"])
-    assert result.exit_code != 0 and "did you mean 'transe'" in result.output
+    assert result.exit_code == 2 and "did you mean 'transe'" in result.output
 
 
 def test_build_with_genes_from_h5ad(tmp_path):
@@ -103,4 +103,15 @@ def test_build_with_genes_from_h5ad(tmp_path):
     result = CliRunner().invoke(
         main, ["build", "--out", str(tmp_path / "g2"), "--genes-from-h5ad", str(config)]
     )
-    assert result.exit_code != 0 and "cannot read as .h5ad" in result.output
+    assert result.exit_code == 2 and "cannot read as .h5ad" in result.output
+
+
+def test_embed_progress_flag_shows_epochs_and_loss(tmp_path, tiny_graph_dir):
+    result = CliRunner().invoke(
+        main,
+        ["embed", str(tiny_graph_dir), "--out", str(tmp_path / "b"), "--epochs", "3", "--device", "cpu",
+         "--set", "embed.training.batch_size=64", "--progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "training transe" in result.stderr and "3/3" in result.stderr and "loss=" in result.stderr
+    assert "trained" in result.stdout and "training transe" not in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -119,3 +120,53 @@ def test_load_bundle_checks(tiny_transe, tmp_path):
         load_bundle(copy)
     with pytest.raises(KGError, match="not an embedding bundle"):
         load_bundle(tmp_path / "nothing")
+
+
+def _quick_cfg(epochs: int = 4) -> EmbedConfig:
+    return EmbedConfig(
+        model=Component("transe", {"embedding_dim": 8}),
+        training=TrainingConfig(epochs=epochs, batch_size=64),
+        device="cpu",
+    )
+
+
+def test_progress_bars_show_epochs_loss_and_evaluation(tiny_graph_dir, capsys):
+    from pathways_kg.embed import embed_graph
+
+    embed_graph(tiny_graph_dir, _quick_cfg(), progress=True)
+    err = capsys.readouterr().err
+    assert "training transe" in err and "4/4" in err and "epoch" in err
+    assert re.search(r"loss=\d", err), err[-500:]
+    assert "evaluating trained transe" in err and "evaluating random transe (baseline)" in err
+
+
+def test_no_bars_when_not_a_terminal_but_epochs_logged(tiny_graph_dir, capsys, caplog):
+    import logging
+
+    from pathways_kg.embed import embed_graph
+
+    with caplog.at_level(logging.INFO, logger="pathways_kg.embed"):
+        embed_graph(tiny_graph_dir, _quick_cfg(3))  # progress=None: stderr is captured, not a terminal
+    assert "training transe" not in capsys.readouterr().err
+    assert [r.getMessage().split(":")[0] for r in caplog.records if "loss" in r.getMessage()] == [
+        "epoch 1/3", "epoch 2/3", "epoch 3/3",
+    ]  # fmt: skip
+
+
+def test_config_values_checked_before_training(tiny_graph_dir):
+    import dataclasses
+
+    from pathways_kg.config import EvaluationConfig
+    from pathways_kg.embed import embed_graph
+
+    cfg = dataclasses.replace(_quick_cfg(), training=TrainingConfig(epochs=0))
+    with pytest.raises(KGError, match=r"embed\.training\.epochs: must be at least 1, got 0"):
+        embed_graph(tiny_graph_dir, cfg)
+    cfg = dataclasses.replace(_quick_cfg(), evaluation=EvaluationConfig(split=(0.5, 0.5, 0.0)))
+    with pytest.raises(
+        KGError, match=r"embed\.evaluation\.split: must be three ratios in \(0, 1\) that sum to 1"
+    ):
+        embed_graph(tiny_graph_dir, cfg)
+    cfg = dataclasses.replace(_quick_cfg(), training=TrainingConfig(loss=Component("softplus", {"marg": 1})))
+    with pytest.raises(KGError, match="embed.training.loss 'softplus' has no argument 'marg'"):
+        embed_graph(tiny_graph_dir, cfg)
