@@ -112,7 +112,7 @@ def train(
         "num_epochs": t.epochs,
         "batch_size": t.batch_size,
         "use_tqdm": progress,
-        "use_tqdm_batch": False,
+        "use_tqdm_batch": True,  # a nested bar (cleared after each epoch): first epochs can take seconds
         "tqdm_kwargs": {"desc": f"training {spec.name}"},
         "callbacks": [] if progress else [_epoch_log(t.epochs)],
     }
