@@ -272,6 +272,7 @@ def info_cmd(index_dir):
 def serve(index_dir, host, port, checkpoint, max_upload_mb):
     """Serve the web app over the index in INDEX_DIR (FastAPI; OpenAPI schema at /docs)."""
     import uvicorn
+
     from app.main import create_app
 
     application = create_app(index_dir, checkpoint=checkpoint, max_upload_bytes=int(max_upload_mb * 2**20))
