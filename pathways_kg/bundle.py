@@ -169,7 +169,7 @@ def load_bundle(path: str | Path | Bundle) -> Bundle:
         path=folder,
     )
     _check_shapes(bundle, folder)
-    graph = meta.get("graph") if isinstance(meta.get("graph"), dict) else {}
+    graph = meta.get("graph", {})
     for key, file in (("sha256", "triples.tsv"), ("entities_sha256", "entities.tsv")):
         expected, actual = graph.get(key), folder / file
         if expected and actual.is_file() and file_sha256(actual) != expected:
@@ -204,6 +204,12 @@ def _read_meta(folder: Path, meta_path: Path) -> dict[str, Any]:
             raise KGError(f"{meta_path}: missing key {key!r}")
     if not isinstance(meta["model"], str):
         raise KGError(f"{meta_path}: 'model' must be a model name, got {meta['model']!r}")
+    for key in ("model_kwargs", "metrics", "graph"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise KGError(f"{meta_path}: {key!r} must be an object, got {meta[key]!r}")
+    for which, values in meta.get("metrics", {}).items():
+        if not isinstance(values, dict) or not all(v is None or _is_number(v) for v in values.values()):
+            raise KGError(f"{meta_path}: metrics.{which} must map metric names to numbers, got {values!r}")
     for key, what in (("entities", "type"), ("relations", "family")):
         rows = meta[key]
         if not isinstance(rows, list) or not rows:
@@ -228,6 +234,10 @@ def _read_meta(folder: Path, meta_path: Path) -> dict[str, Any]:
                 f"{meta_path}: relations[{i}]: {rid!r} belongs to family {RELATIONS[rid].family!r}, not {family!r}"
             )
     return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _read_tensors(file: Path) -> dict[str, np.ndarray]:

@@ -259,11 +259,10 @@ def inspect(
     from pathways_kg.explore import nearest, plot_embeddings
 
     b = load_bundle(bundle)
-    m = b.meta.get("metrics", {})
     if not as_json:
         click.echo(
             f"{b.model} bundle: {len(b.entity_ids)} entities, {len(b.relation_ids)} relations, "
-            f"MRR {m.get('trained', {}).get('mrr', float('nan')):.4f} (random {m.get('random', {}).get('mrr', float('nan')):.4f})"
+            f"MRR {_metric(b.meta, 'trained')} (random {_metric(b.meta, 'random')})"
         )
     results = {e: nearest(b, e, k, relations or None) for e in entities}
     if as_json:
@@ -277,6 +276,12 @@ def inspect(
         plot_embeddings(b, plot)
         if not as_json:
             click.echo(f"plot -> {plot}")
+
+
+def _metric(meta: dict[str, Any], which: str, name: str = "mrr") -> str:
+    """A metric from bundle.json for display; ``n/a`` when absent or null (a non-finite value)."""
+    value = (meta.get("metrics") or {}).get(which, {}).get(name)
+    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
 
 
 def _read_universe(path: str) -> list[str]:

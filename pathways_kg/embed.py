@@ -55,15 +55,20 @@ def embed_graph(
     """
     cfg = check_embed(cfg or EmbedConfig())
     spec = get_model(cfg.model.name)
+    _, triples_path = resolve_graph_dir(graph_dir)
+    sha256 = file_sha256(triples_path)
     graph = read_graph(graph_dir)
+    if not graph.edges:
+        raise KGError(f"{triples_path}: no triples (nothing to embed)")
     model_kwargs = _model_kwargs(spec, cfg.model.kwargs)
     _check_training(cfg)
     if progress is None:
         progress = sys.stderr.isatty()
     result = train(graph, spec, model_kwargs, cfg, progress=progress)
-    _, triples_path = resolve_graph_dir(graph_dir)
+    if file_sha256(triples_path) != sha256:
+        raise KGError(f"{triples_path}: changed while the model was training; run embed again")
     result.meta["graph"] = {
-        "sha256": file_sha256(triples_path),
+        "sha256": sha256,
         "n_entities": len(result.entity_ids),
         "n_relations": len(result.relation_ids),
         "n_triples": len(graph.edges),
@@ -94,11 +99,19 @@ def train(
     labeled = np.array([[e.head, e.relation, e.tail] for e in graph.edges], dtype=str)
     factory = TriplesFactory.from_labeled_triples(labeled, create_inverse_triples=False)
     try:
-        training, validation, testing = factory.split(list(cfg.evaluation.split), random_state=cfg.seed)
+        with warnings.catch_warnings():  # pykeen divides by zero for tiny graphs; checked below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            training, validation, testing = factory.split(list(cfg.evaluation.split), random_state=cfg.seed)
     except ValueError as exc:
         raise KGError(
             f"cannot split {len(labeled)} triples with ratios {cfg.evaluation.split}: {exc}"
         ) from None
+    sizes = (training.num_triples, validation.num_triples, testing.num_triples)
+    if min(sizes) == 0:
+        raise KGError(
+            f"{len(labeled)} triples are too few to split with ratios {list(cfg.evaluation.split)} "
+            f"(train/valid/test sizes {'/'.join(map(str, sizes))}); a KG embedding needs a larger graph"
+        )
     evaluated, extra_filter = _subsample(testing, cfg.evaluation.max_triples, cfg.seed)
     device = _device(cfg.device)
     t = cfg.training

@@ -156,6 +156,11 @@ def _set(key, value):
         (lambda m: m["relations"][0].__setitem__(0, "member"), "relations[0]: unknown relation 'member'"),
         (lambda m: m["relations"][0].__setitem__(1, "spatiall"), "family 'causal', not 'spatiall'"),
         (lambda m: m["entities"].pop(), "entities.safetensors: tensor 'entity' has"),
+        (_set("model_kwargs", [1]), "bundle.json: 'model_kwargs' must be an object, got [1]"),
+        (
+            _set("metrics", {"trained": {"mrr": "high"}}),
+            "bundle.json: metrics.trained must map metric names to numbers",
+        ),
         (
             _set("tensors", {"entities.safetensors": {}}),
             "bundle.json: 'tensors' must map entities.safetensors",

@@ -115,3 +115,19 @@ def test_embed_progress_flag_shows_epochs_and_loss(tmp_path, tiny_graph_dir):
     assert result.exit_code == 0, result.output
     assert "training transe" in result.stderr and "3/3" in result.stderr and "loss=" in result.stderr
     assert "trained" in result.stdout and "training transe" not in result.stdout
+
+
+def test_inspect_shows_null_metrics_as_na(tiny_graph_dir, tmp_path):
+    """write_json stores a non-finite metric as null; inspect must still print the bundle."""
+    from pathways_kg.bundle import load_bundle, save_bundle
+    from pathways_kg.testing import random_bundle
+
+    b = load_bundle(random_bundle(tiny_graph_dir, tmp_path / "b", dim=4))
+    b.meta["metrics"] = {"trained": {"mrr": float("nan")}, "random": {"mrr": 0.25}}
+    save_bundle(b, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["metrics"]["trained"]["mrr"] is None
+    result = CliRunner().invoke(
+        main, ["inspect", str(tmp_path / "b"), "--entity", "celltype:T cell", "-k", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "MRR n/a (random 0.2500)" in result.output

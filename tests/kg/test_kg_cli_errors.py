@@ -216,6 +216,47 @@ def test_embed_triples_unknown_entity_and_relation(graph, tmp_path):
     )
 
 
+HEADER = "head\trelation\ttail\tfamily\tsource\tlicence\treference\n"
+
+
+def test_embed_empty_or_tiny_graph(tmp_path):
+    graph = tmp_path / "g"
+    graph.mkdir()
+    (graph / "entities.tsv").write_text(
+        "id\ttype\tlabel\tsource\nphenotype:a\tphenotype\ta\tx\nphenotype:b\tphenotype\tb\tx\n",
+        encoding="utf-8",
+    )
+    (graph / "triples.tsv").write_text(HEADER, encoding="utf-8")
+    fails(
+        ["embed", graph, "--out", tmp_path / "b"], f"{graph / 'triples.tsv'}: no triples (nothing to embed)"
+    )
+    rows = [f"phenotype:{h}\tadjacent_to\tphenotype:{t}\tspatial\tx\tx\tref\n" for h, t in ("ab", "ba")]
+    (graph / "triples.tsv").write_text(HEADER + "".join(rows), encoding="utf-8")
+    fails(
+        ["embed", graph, "--out", tmp_path / "b", "--device", "cpu"],
+        "2 triples are too few to split with ratios [0.8, 0.1, 0.1]",
+    )
+
+
+def test_embed_refuses_graph_changed_during_training(graph, tmp_path, monkeypatch):
+    import pathways_kg.embed as embed_module
+
+    original = embed_module.train
+
+    def train_then_edit(*args, **kwargs):
+        result = original(*args, **kwargs)
+        with open(graph / "triples.tsv", "a", encoding="utf-8") as fh:
+            fh.write("# edited\n")
+        return result
+
+    monkeypatch.setattr(embed_module, "train", train_then_edit)
+    fails(
+        ["embed", graph, "--out", tmp_path / "b", "--epochs", "1", "--device", "cpu"],
+        f"{graph / 'triples.tsv'}: changed while the model was training",
+    )
+    assert not (tmp_path / "b").exists()
+
+
 def test_embed_bad_summary_json(graph, tmp_path):
     (graph / "summary.json").write_text('{"sources": ', encoding="utf-8")
     fails(["embed", graph, "--out", tmp_path / "b"], f"{graph / 'summary.json'}:1: invalid JSON")
