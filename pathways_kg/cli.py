@@ -51,9 +51,21 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:
             if exc.filename is None:
                 raise
-            raise InputError(f"{exc.filename}: {exc.strerror or exc}") from None
+            raise InputError(_os_error_message(exc)) from None
 
     return wrapper
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``path: reason``; a folder that cannot be made because a file is in the way names that file."""
+    path = Path(exc.filename)
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocker == path:
+            return f"{path}: is a file, not a folder"
+        if blocker is not None:
+            return f"{path}: cannot create it, {blocker} is a file, not a folder"
+    return f"{path}: {exc.strerror or exc}"
 
 
 def _config(config: str | None, overrides: tuple[str, ...], extra: list[str]) -> KGConfig:

@@ -176,7 +176,10 @@ def test_build_unwritable_output_is_one_line(tmp_path, tiny_graph_dir):
         f"    curated_entities: {sources / 'entities.tsv'}\n",
         encoding="utf-8",
     )
-    fails(["build", "--out", blocker / "g", "--config", config], str(blocker / "g"))
+    fails(
+        ["build", "--out", blocker / "g", "--config", config],
+        f"Error: {blocker / 'g'}: cannot create it, {blocker} is a file, not a folder",
+    )
 
 
 # --------------------------------------------------------------------------- embed
@@ -342,4 +345,6 @@ def test_inspect_changed_tensor_and_model(bundle):
 def test_inspect_unwritable_plot(good_bundle, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x", encoding="utf-8")
-    fails(["inspect", good_bundle, "--plot", blocker / "map.png"], str(blocker))
+    fails(
+        ["inspect", good_bundle, "--plot", blocker / "map.png"], f"Error: {blocker}: is a file, not a folder"
+    )
