@@ -81,13 +81,16 @@ def _run_dask(todo, checkpoint, out_dir, kwargs, scheduler, n_workers) -> list[s
 
     if scheduler in LOCAL:
         workers = int(n_workers or max(1, min(len(todo), os.cpu_count() or 1)))
+        processes = scheduler != "threads"
+        # worker processes talk over TCP on localhost only; threads use in-process transport
+        network = {"host": "127.0.0.1"} if processes else {}
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
-            processes=scheduler != "threads",
-            host="127.0.0.1",
+            processes=processes,
             dashboard_address=None,
             silence_logs=logging.WARNING,
+            **network,
         )
         client = Client(cluster)
         where = f"local cluster of {workers} {'threads' if scheduler == 'threads' else 'processes'}"

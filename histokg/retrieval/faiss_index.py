@@ -54,7 +54,7 @@ def make_index(kind: str, dim: int, train: np.ndarray | None = None, *, hnsw_m: 
         quantizer = faiss.IndexFlatIP(dim)
         base = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         base.train(np.ascontiguousarray(train, dtype=np.float32))
-        base.nprobe = max(1, min(nlist, 16))
+        base.nprobe = max(1, min(nlist, max(16, nlist // 16)))
     return faiss.IndexIDMap2(base)
 
 

@@ -1,0 +1,293 @@
+"""histokg.retrieval: metrics, FAISS indexes, building, adding, querying, Dask, the CLI."""
+# ruff: noqa: F811  (pytest fixtures imported from retrieval_fixtures)
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from retrieval_fixtures import (  # noqa: F401  (fixtures)
+    built_index,
+    kg_bundle,
+    mix_table,
+    retrieval_ckpt,
+)
+
+from histokg.cli import cli, main
+from histokg.errors import InputError
+from histokg.io import file_sha256
+from histokg.retrieval import faiss_index as fi
+from histokg.retrieval import query as q
+from histokg.retrieval.evaluate import average_precision, retrieval_metrics
+from histokg.retrieval.ids import check_slide_id, safe_slide_id
+from histokg.retrieval.index import RetrievalIndex
+from histokg.retrieval.shards import SlideShard, specs_from_table
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_average_precision_by_hand():
+    assert average_precision([True, False, True]) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert average_precision([False, False, True]) == pytest.approx(1 / 3)
+    assert np.isnan(average_precision([False, False]))
+
+
+def test_retrieval_metrics_by_hand():
+    # two labels on a line: a0, a1 close together, b0, b1 close together, b2 far from everything
+    x = fi.normalize(np.array([[1, 0.1], [1, 0.2], [0.1, 1], [0.2, 1], [0.7, 0.7]], np.float32))
+    labels = ["a", "a", "b", "b", "b"]
+    m = retrieval_metrics(x, labels, vote_k=1)
+    assert m["hit@1"] == pytest.approx(4 / 5)  # b2's nearest is ambiguous: at 45 degrees it is nearer a1
+    assert m["n_queries"] == 5 and m["protocol"] == "leave-one-slide-out"
+    # leaving out the patient: a0 and a1 share a patient, so a0 can no longer find a1
+    mp = retrieval_metrics(x, labels, patients=["p", "p", None, None, None], vote_k=1)
+    assert mp["per_label_MV"]["a"] == 0.0 and mp["protocol"] == "leave-one-patient-out"
+    assert mp["n_without_relevant"] == 2
+
+
+def test_majority_vote_at_5_needs_three_of_five():
+    rng = np.random.default_rng(0)
+    centres = fi.normalize(rng.normal(size=(3, 16)))
+    x = fi.normalize(np.repeat(centres, 5, axis=0) + 0.05 * rng.normal(size=(15, 16)))
+    labels = np.repeat(["a", "b", "c"], 5)
+    m = retrieval_metrics(x, labels)
+    assert m["mMV@5"] == 1.0 and m["mAP"] == 1.0 and m["hit@1"] == 1.0
+    shuffled = retrieval_metrics(x, rng.permutation(labels))
+    assert shuffled["mAP"] < 0.7
+
+
+# --------------------------------------------------------------------------- FAISS
+
+
+def test_faiss_kinds_agree_with_exact(tmp_path):
+    rng = np.random.default_rng(1)
+    x = fi.normalize(rng.normal(size=(4000, 32)))
+    ids = np.arange(4000, dtype=np.int64) + (7 << 32)
+    queries = fi.normalize(x[:50] + 0.1 * rng.normal(size=(50, 32)))
+    exact = fi.make_index("flat", 32)
+    fi.add(exact, x, ids)
+    _, truth = fi.search(exact, queries, 10)
+    for kind in ("hnsw", "ivf"):
+        index = fi.make_index(kind, 32, x)
+        fi.add(index, x, ids)
+        back = fi.load(fi.save(index, tmp_path / f"{kind}.faiss"))
+        assert fi.index_kind(back) == kind and back.ntotal == 4000
+        _, found = fi.search(back, queries, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+        assert recall > 0.7, (kind, recall)  # uniform random vectors: the hardest case
+        fi.set_search_effort(back, nprobe=fi.ivf_nlist(4000), ef_search=512)
+        _, found = fi.search(back, queries, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+        assert recall > 0.97, (kind, recall)
+    assert fi.resolve_kind("auto", 10) == "flat" and fi.resolve_kind("auto", 10**6) == "hnsw"
+    with pytest.raises(InputError, match="kind 'annoy'"):
+        fi.resolve_kind("annoy", 10)
+    (tmp_path / "bad.faiss").write_bytes(b"not an index")
+    with pytest.raises(InputError, match="cannot be read by faiss"):
+        fi.load(tmp_path / "bad.faiss")
+
+
+def test_slide_ids():
+    assert check_slide_id("C2_HE.v1-a") == "C2_HE.v1-a"
+    for bad in ("../etc", "a/b", ".hidden", "a..b", "", "x" * 129, "a\x00b", "C:\\x"):
+        with pytest.raises(InputError):
+            check_slide_id(bad)
+    assert safe_slide_id("../my slide/01.svs") == "my_slide_01.svs"
+
+
+# --------------------------------------------------------------------------- index
+
+
+def test_index_build_and_queries(built_index, retrieval_ckpt):
+    index = RetrievalIndex.load(built_index)
+    assert index.checkpoint_sha256 == file_sha256(retrieval_ckpt)
+    assert set(index.slide_ids) == {
+        "S1",
+        "S2",
+        "S3",
+        *(f"{m}-{i}" for m in ("carcinoma", "benign", "inflamed") for i in (1, 2)),
+    }
+    kinds = {s["slide_id"]: s["kind"] for s in index.manifest["slides"]}
+    assert kinds["S1"] == "spots" and kinds["benign-1"] == "tiles"
+    assert index.n_regions == sum(s["n_regions"] for s in index.manifest["slides"])
+    assert index.manifest["entities"] and index.manifest["genes"]
+
+    for descriptor in ("mean", "prototypes", "kg"):
+        res = q.similar_slides(index, "carcinoma-1", k=4, descriptor=descriptor)
+        assert len(res) == 4 and "carcinoma-1" not in [r["slide_id"] for r in res]
+        assert all(a["score"] >= b["score"] for a, b in zip(res, res[1:], strict=False))
+    # the study's sections share patient P1: leaving the patient out removes them
+    res = q.similar_slides(index, "S1", k=8, exclude_patient=True)
+    assert not {"S2", "S3"} & {r["slide_id"] for r in res} and len(res) == 6
+
+    # a region query in level-0 pixels and in microns is the same query (0.5 um/px)
+    box_px = q.Box(600, 600, 1000, 1000, "px")
+    a = q.similar_regions(index, "S1", box_px, k=5)
+    b = q.similar_regions(index, "S1", q.Box(300, 300, 500, 500, "um"), k=5)
+    assert a["query"]["regions"] == b["query"]["regions"] and len(a["query"]["regions"]) >= 1
+    assert [r["region_id"] for r in a["results"]] == [r["region_id"] for r in b["results"]]
+    assert all(r["slide_id"] != "S1" for r in a["results"])
+    # the query region itself is the best match when searching its own slide
+    own = q.similar_regions(index, "S1", box_px, k=3, target_slide="S1", exclude_query_slide=False)
+    assert own["results"][0]["region_id"] >> 32 == index.slide_meta("S1")["ordinal"]
+    shard = index.shard("S1")
+    q_vec = fi.normalize(shard.vectors[a["query"]["regions"]].mean(axis=0))
+    assert own["results"][0]["score"] == pytest.approx(float((shard.vectors @ q_vec).max()), abs=1e-5)
+    with pytest.raises(InputError, match="covers none"):
+        q.similar_regions(index, "S1", q.Box(10**6, 10**6, 10**6 + 10, 10**6 + 10))
+    with pytest.raises(InputError, match="x1 must exceed x0"):
+        q.Box(5, 5, 1, 9)
+    with pytest.raises(InputError, match="not in the index"):
+        q.similar_slides(index, "S9")
+
+
+def test_pathway_query_and_values(built_index):
+    index = RetrievalIndex.load(built_index)
+    hits = q.find_entities(index, "hypox")
+    assert hits and all("hypox" in (h["label"] + h["id"]).lower() for h in hits)
+    entity = next(h["id"] for h in hits if h["id"] == "pathway:HALLMARK_HYPOXIA")
+    res = q.slides_by_entity(index, "hallmark_hypoxia", k=20)
+    assert res["entity"] == entity and len(res["results"]) == 9
+    sources = {r["slide_id"]: r["source"] for r in res["results"]}
+    assert sources["S1"] == "measured" and sources["benign-1"] == "predicted"
+    # the ranking is the mean measured activation of the spots
+    s1 = index.shard("S1")
+    expected = float(np.nanmean(s1.kg[:, s1.entities.index(entity)]))
+    assert next(r["score"] for r in res["results"] if r["slide_id"] == "S1") == pytest.approx(
+        expected, rel=1e-5
+    )
+    within = q.slides_by_entity(index, entity, within="invasive carcinoma")
+    assert all(r["n_regions"] <= index.slide_meta(r["slide_id"])["n_regions"] for r in within["results"])
+    with pytest.raises(InputError, match="did you mean"):
+        q.slides_by_entity(index, "hypoxya")
+    # measured and predicted values of one gene on a slide with counts; predicted values come from other slides
+    gene = index.manifest["genes"][0]
+    measured = q.region_values(index, "S2", f"gene:{gene}")
+    predicted = q.region_values(index, "S2", f"gene:{gene}", source="predicted")
+    assert measured.shape == predicted.shape == (index.slide_meta("S2")["n_regions"],)
+    with pytest.raises(InputError, match="no measured"):
+        q.region_values(index, "benign-1", f"gene:{gene}")
+    clusters = q.region_values(index, "benign-1", "cluster")
+    assert clusters.max() < len(index.prototypes)
+
+
+def test_add_without_rebuild_and_checkpoint_guard(built_index, tmp_path):
+    index = RetrievalIndex.load(built_index)
+    shards = {s: built_index / "shards" / f"{s}.npz" for s in index.slide_ids}
+    first = [shards[s] for s in ("S1", "S2", "carcinoma-1", "benign-1")]
+    small = RetrievalIndex.create(tmp_path / "small", first, n_prototypes=4)
+    assert small.n_regions == sum(len(SlideShard.load(p)) for p in first)
+    protos = small.prototypes.copy()
+    small.add([shards["inflamed-1"], shards["S3"]])
+    again = RetrievalIndex.load(tmp_path / "small")
+    assert again.n_regions == small.n_regions and "inflamed-1" in again.slide_ids
+    np.testing.assert_array_equal(again.prototypes, protos)  # no rebuild
+    # regions of the added slide are found by the region index
+    v = again.shard("inflamed-1").vectors[3]
+    _, ids = fi.search(again.regions, v[None], 1)
+    assert int(ids[0, 0]) >> 32 == again.slide_meta("inflamed-1")["ordinal"]
+    with pytest.raises(InputError, match="already in the index"):
+        again.add([shards["S1"]])
+    # a shard made with another checkpoint is refused, naming the slide
+    other = SlideShard.load(shards["inflamed-2"])
+    other.meta["checkpoint_sha256"] = "f" * 64
+    other.save(tmp_path / "other" / "shards" / "inflamed-2.npz")
+    with pytest.raises(
+        InputError, match="inflamed-2 was embedded with checkpoint ffffffffffff.*cannot be mixed"
+    ):
+        again.add([tmp_path / "other" / "shards" / "inflamed-2.npz"])
+    assert RetrievalIndex.load(tmp_path / "small").n_regions == again.n_regions
+
+
+def test_dask_build_is_resumable(mix_table, retrieval_ckpt, tmp_path, caplog):
+    from histokg.retrieval.build import add_to_index, build_index
+
+    specs = specs_from_table(mix_table)
+    out = tmp_path / "idx"
+    build_index(specs[:2], retrieval_ckpt, out, scheduler="threads", n_workers=2, n_prototypes=4)
+    first = out / "shards" / f"{specs[0].slide_id}.npz"
+    stamp = first.stat().st_mtime_ns
+    (out / "shards" / f"{specs[1].slide_id}.npz").unlink()  # as if killed before this slide finished
+    with caplog.at_level("INFO", logger="histokg.retrieval.build"):
+        index = build_index(
+            specs[:2], retrieval_ckpt, out, scheduler="threads", n_prototypes=4, overwrite=True
+        )
+    assert "1 of 2 slides already embedded" in caplog.text
+    assert first.stat().st_mtime_ns == stamp and len(index.slide_ids) == 2
+    index = add_to_index(out, specs[2:3], retrieval_ckpt, scheduler="sync")
+    assert len(index.slide_ids) == 3
+    wrong = tmp_path / "other.pt"
+    shutil.copyfile(retrieval_ckpt, wrong)
+    with open(wrong, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(InputError, match="is not the index's checkpoint"):
+        add_to_index(out, specs[3:4], wrong, scheduler="sync")
+
+
+def test_cli_index(built_index, mix_table, retrieval_ckpt, tmp_path, capsys):
+    runner = CliRunner()
+
+    def run(*args):
+        res = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    out = run(
+        "index", "query", built_index, "--slide", "carcinoma-2", "-k", "3", "--descriptor", "prototypes"
+    )
+    assert out.splitlines()[0].startswith("slides like carcinoma-2") and len(out.splitlines()) == 4
+    out = run("index", "query", built_index, "--slide", "S1", "--box", "600,600,1000,1000", "-k", "2")
+    assert "regions like" in out and len(out.splitlines()) == 3
+    out = run("index", "query", built_index, "--pathway", "HALLMARK_HYPOXIA", "-k", "3")
+    assert "HALLMARK_HYPOXIA" in out.splitlines()[0] and len(out.splitlines()) == 4
+    out = run("index", "evaluate", built_index, "--label", "mix", "-o", tmp_path / "m.json")
+    assert "mMV@5" in out and (tmp_path / "m.json").is_file()
+    out = run("index", "info", built_index)
+    assert "9 slides" in out
+    idx = tmp_path / "cli_idx"
+    specs = specs_from_table(mix_table)
+    table = tmp_path / "two.csv"
+    table.write_text(
+        "path,slide_id,mix\n"
+        + "\n".join(f"{s.path},{s.slide_id},{s.labels['mix']}" for s in specs[:2])
+        + "\n"
+    )
+    run(
+        "index",
+        "build",
+        "--table",
+        table,
+        "--checkpoint",
+        retrieval_ckpt,
+        "-o",
+        idx,
+        "--scheduler",
+        "sync",
+        "--prototypes",
+        "4",
+    )
+    assert "2 slides" in run("index", "info", idx)
+    # user errors: one line on stderr, exit status 2
+    for args in (
+        ["index", "query", str(built_index), "--slide", "nope"],
+        ["index", "query", str(built_index), "--slide", "S1", "--box", "1,2,3"],
+        [
+            "index",
+            "build",
+            "--table",
+            str(table),
+            "--checkpoint",
+            str(retrieval_ckpt),
+            "-o",
+            str(idx),
+            "--scheduler",
+            "sync",
+        ],
+    ):
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        assert err.value.code == 2
+        msg = capsys.readouterr().err.strip()
+        assert msg.startswith("error:") and len(msg.splitlines()) == 1, msg
