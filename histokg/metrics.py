@@ -5,6 +5,30 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from histokg.errors import InputError
+
+# A column whose standard deviation is below this fraction of its largest magnitude is constant: float32
+# rounding leaves such noise in predictions of a collapsed model, and it must not pass for a signal.
+CONSTANT_RTOL = 1e-6
+
+
+class MetricInputError(InputError):
+    """A metric met input it cannot score honestly (non-finite values, mismatched shapes)."""
+
+
+def require_finite(name: str, x: np.ndarray | torch.Tensor) -> None:
+    """Raise :class:`MetricInputError` naming ``name`` if ``x`` holds NaN or infinite values."""
+    finite = (
+        torch.isfinite(x) if isinstance(x, torch.Tensor) else np.isfinite(np.asarray(x, dtype=np.float64))
+    )
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        total = int(np.prod(tuple(x.shape))) if len(x.shape) else 1
+        raise MetricInputError(
+            f"{name} has {bad} non-finite values (of {total}); a metric cannot score NaN or infinite "
+            "embeddings or predictions (was a gene missing, or did training diverge?)"
+        )
+
 
 def retrieval_recall(
     query: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor, ks=(1, 5, 10)
@@ -12,15 +36,19 @@ def retrieval_recall(
     """Recall@k of cross-modal retrieval: query i's true match is candidate i.
 
     Embeddings are L2-normalised rows; the whole candidate set is the pool (not a batch). Ties
-    count against the query (rank = number of candidates scoring at least as high as the match).
+    count against the query: its rank is the number of candidates scoring at least as high as the
+    match (the match included), so constant or collapsed embeddings rank every match last and never
+    score above chance. Non-finite embeddings raise :class:`MetricInputError`.
     """
     q = torch.as_tensor(query, dtype=torch.float32)
     c = torch.as_tensor(candidates, dtype=torch.float32)
     if q.shape != c.shape:
-        raise ValueError(f"query {tuple(q.shape)} and candidates {tuple(c.shape)} must pair row by row")
+        raise MetricInputError(f"query {tuple(q.shape)} and candidates {tuple(c.shape)} must pair row by row")
+    require_finite("retrieval query embeddings", q)
+    require_finite("retrieval candidate embeddings", c)
     sims = q @ c.T
     true = sims.diagonal().unsqueeze(1)
-    rank = (sims > true).sum(dim=1) + 1  # 1 = best
+    rank = (sims >= true).sum(dim=1)  # 1 = the match alone scores highest
     return {k: float((rank <= k).float().mean()) for k in ks}
 
 
@@ -30,16 +58,34 @@ def chance_recall(n: int, k: int) -> float:
 
 
 def pearson_per_gene(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each column over rows; NaN where a column is constant."""
+    """Pearson correlation of each column over rows.
+
+    A gene whose measured values are constant on these rows has no defined correlation: NaN (callers
+    leave it out and count it). A constant *prediction* of a gene that varies carries no information:
+    0, never NaN, so a collapsed model cannot drop its worst genes from an average. Non-finite input
+    raises :class:`MetricInputError`.
+    """
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
+    if pred.shape != true.shape:
+        raise MetricInputError(f"pred {pred.shape} and true {true.shape} must have the same shape")
+    require_finite("predicted expression", pred)
+    require_finite("measured expression", true)
     pc = pred - pred.mean(axis=0)
     tc = true - true.mean(axis=0)
-    denom = np.sqrt((pc**2).sum(axis=0) * (tc**2).sum(axis=0))
+    pvar, tvar = (pc**2).sum(axis=0), (tc**2).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = (pc * tc).sum(axis=0) / denom
-    r[denom == 0] = np.nan
-    return r
+        r = (pc * tc).sum(axis=0) / np.sqrt(pvar * tvar)
+    r[_constant_columns(pred, pvar)] = 0.0
+    r[_constant_columns(true, tvar)] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _constant_columns(x: np.ndarray, centred_sq_sum: np.ndarray) -> np.ndarray:
+    if len(x) == 0:
+        return np.ones(x.shape[1:], dtype=bool)
+    std = np.sqrt(centred_sq_sum / len(x))
+    return std <= CONSTANT_RTOL * np.abs(x).max(axis=0)
 
 
 def knn_predict(
@@ -52,11 +98,14 @@ def knn_predict(
     """
     q = torch.as_tensor(query, dtype=torch.float32)
     r = torch.as_tensor(reference, dtype=torch.float32)
+    vals = torch.as_tensor(values, dtype=torch.float32)
+    require_finite("kNN query embeddings", q)
+    require_finite("kNN reference embeddings", r)
+    require_finite("kNN reference values", vals)
     sims = q @ r.T
     k = min(k, r.shape[0])
     top, idx = sims.topk(k, dim=1)
     weights = torch.softmax(top / temperature, dim=1)
-    vals = torch.as_tensor(values, dtype=torch.float32)
     return (weights.unsqueeze(-1) * vals[idx]).sum(dim=1).numpy()
 
 
@@ -84,7 +133,9 @@ def mse_mae(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
     if pred.shape != true.shape:
-        raise ValueError(f"pred {pred.shape} and true {true.shape} must have the same shape")
+        raise MetricInputError(f"pred {pred.shape} and true {true.shape} must have the same shape")
+    require_finite("predicted expression", pred)
+    require_finite("measured expression", true)
     diff = pred - true
     return float(np.mean(diff**2)), float(np.mean(np.abs(diff)))
 
@@ -119,8 +170,6 @@ def top_genes(
     measured genes. ``genes`` restricts the candidates (e.g. to the model's panel); ``layer`` holds raw
     counts (``None`` or a missing layer: ``X``). Ties keep the data's gene order.
     """
-    from histokg.errors import InputError
-
     if how not in ("mean", "variance"):
         raise InputError(f"top_genes: how={how!r} is not one of 'mean', 'variance'")
     counts = adata_reference.layers[layer] if layer and layer in adata_reference.layers else adata_reference.X

@@ -13,7 +13,10 @@ import scipy.sparse as sp
 import histokg.tl as tl
 from histokg.errors import InputError
 from histokg.metrics import (
+    MetricInputError,
+    chance_recall,
     cluster_agreement,
+    knn_predict,
     log1p_cp10k,
     mse_mae,
     pearson_per_gene,
@@ -71,12 +74,43 @@ def test_pearson_mse_mae_hand_computed():
     pred = np.array([[2.0, 5.0], [4.0, 5.0], [6.0, 5.0]])
     r = pearson_per_gene(pred, true)
     assert r[0] == pytest.approx(1.0)
-    assert np.isnan(r[1])  # constant prediction
+    assert r[1] == 0.0  # a constant prediction carries no information: 0, not NaN (never left out)
+    r = pearson_per_gene(true[:, ::-1], np.array([[1.0, 2.0], [1.0, 3.0], [1.0, 1.0]]))
+    assert np.isnan(r[0]) and r[1] == pytest.approx(np.corrcoef([1.0, 2.0, 3.0], [2.0, 3.0, 1.0])[0, 1])
     mse, mae = mse_mae(np.array([1.0, 2.0, 4.0]), np.array([1.0, 0.0, 1.0]))
     assert mse == pytest.approx((0 + 4 + 9) / 3)
     assert mae == pytest.approx((0 + 2 + 3) / 3)
     with pytest.raises(ValueError):
         mse_mae(np.zeros(3), np.zeros(4))
+
+
+def test_retrieval_ties_and_collapse_count_against_the_query():
+    # a collapsed model: every embedding the same -> every match ties with every candidate
+    same = np.tile([[0.6, 0.8]], (20, 1))
+    rec = retrieval_recall(same, same, ks=(1, 5, 10, 20))
+    assert rec[1] == 0.0 and rec[5] == 0.0 and rec[10] == 0.0 and rec[20] == 1.0
+    for k in (1, 5, 10):
+        assert rec[k] <= chance_recall(20, k)
+    # one tie: query 0's match ties with candidate 1 -> rank 2
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    c = np.array([[1.0, 0.0], [1.0, 0.0]])
+    rec = retrieval_recall(q, c, ks=(1, 2))
+    assert rec[1] == 0.0 and rec[2] == 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_metrics_refuse_non_finite_input(bad):
+    x = np.eye(4)
+    y = x.copy()
+    y[2, 1] = bad
+    with pytest.raises(MetricInputError, match="non-finite"):
+        retrieval_recall(x, y)
+    with pytest.raises(MetricInputError, match="non-finite"):
+        pearson_per_gene(y, x)
+    with pytest.raises(MetricInputError, match="non-finite"):
+        mse_mae(x, y)
+    with pytest.raises(MetricInputError, match="non-finite"):
+        knn_predict(x, y, x)
 
 
 def test_cluster_agreement_tiny():
@@ -189,10 +223,35 @@ def test_predict_expression_errors(embedded):
     del no_rep.obsm["X_histokg_expr"]
     with pytest.raises(InputError, match="X_histokg_expr"):
         tl.predict_expression(held, no_rep, method="knn")
-    with pytest.raises(InputError, match="absent"):
-        tl.predict_expression(held, ref, genes=["EPCAM", "NOT_A_GENE"])
+    with pytest.raises(InputError, match="lacks 2 of the 3 panel genes"):
+        tl.predict_expression(held, ref, genes=["EPCAM", "NOT_A_GENE", "NOT_B"])
     with pytest.raises(InputError, match="X_other"):
         tl.predict_expression(held, ref, use_rep="X_other")
+
+
+def test_a_panel_gene_missing_from_a_section_is_a_measured_zero(embedded, caplog):
+    ref, held = split(embedded)
+    panel = list(embedded.uns["histokg"]["params"]["genes"])
+    dropped = panel[3]
+    lacking = held[:, [g for g in held.var_names if g != dropped]].copy()
+    out = tl.predict_expression(lacking, ref, method="knn", k=5)
+    assert "query lacks 1 of the" in caplog.text and "measured zeros" in caplog.text
+    col = panel.index(dropped)
+    assert out.uns["histokg"]["absent_genes"] == [dropped]
+    assert np.all(out.X[:, col] == 0) and out.layers["counts"][:, col].nnz == 0
+    assert np.isfinite(out.layers["pred_knn"]).all()
+    full = tl.predict_expression(held, ref, method="knn", k=5)
+    np.testing.assert_allclose(out.layers["pred_knn"], full.layers["pred_knn"], rtol=1e-5)
+
+
+def test_embeddings_of_two_checkpoints_never_mix(embedded):
+    ref, held = split(embedded)
+    for a, sha in ((ref, "a" * 64), (held, "b" * 64)):
+        a.uns["histokg"] = {"params": {**a.uns["histokg"]["params"], "checkpoint_sha256": sha}}
+    with pytest.raises(
+        InputError, match="embedded with checkpoint bbbbbbbbbbbb but the reference with aaaaaaaaaaaa"
+    ):
+        tl.predict_expression(held, ref, method="knn")
 
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # inside squidpy

@@ -7,6 +7,7 @@ normalised to 10,000 and log1p-transformed, for a chosen gene panel.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from histokg.metrics import log1p_cp10k
 from histokg.st.pairing import PairingConfig, open_library_slide, slide_paths
 from histokg.wsi.slide import Slide
 
+log = logging.getLogger(__name__)
+
 
 def _dense(x) -> np.ndarray:
     return x.toarray() if sp.issparse(x) else np.asarray(x)
@@ -32,21 +35,67 @@ def log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float = 1e4) -> 
     return _dense(log1p_cp10k(counts, target_sum))
 
 
+# A section may lack some panel genes (legacy ST tables list only the genes detected in that section):
+# those are measured zeros. When more than this fraction of the panel is absent, the data and the panel
+# do not belong together, and filling them would fabricate the input.
+MAX_MISSING_PANEL_FRACTION = 0.5
+
+
 def panel_expression(
-    adata: ad.AnnData, genes: Sequence[str] | None = None, layer: str = "counts"
+    adata: ad.AnnData, genes: Sequence[str] | None = None, layer: str | None = "counts", source: str = "data"
 ) -> np.ndarray:
-    """Log-normalised expression of ``genes`` (all genes if None), normalised over all genes of the spot."""
-    counts = adata.layers[layer] if layer in adata.layers else adata.X
+    """Log-normalised expression of ``genes`` (all genes if None), normalised over all genes of the spot.
+
+    Counts come from ``layers[layer]`` (``X`` when ``layer`` is None or absent). Panel genes the data
+    lacks are zeros (see :func:`panel_columns`).
+    """
+    counts = adata.layers[layer] if layer and layer in adata.layers else adata.X
     normalised = log1p_cp10k(counts)  # stays sparse: only the panel's columns are densified
     if genes is None:
         return _dense(normalised)
-    check_panel(genes, adata.var_names)
-    index = {g: i for i, g in enumerate(adata.var_names)}
-    return _dense(normalised[:, [index[g] for g in genes]])
+    return take_columns(normalised, panel_columns(genes, adata.var_names, source))
+
+
+def take_columns(matrix, cols: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Dense ``matrix[:, cols]`` (sparse or dense input) with zero columns where ``cols`` is -1."""
+    out = np.zeros((matrix.shape[0], len(cols)), dtype=dtype)
+    present = cols >= 0
+    if present.any():
+        out[:, present] = _dense(matrix[:, cols[present]])
+    return out
+
+
+def panel_columns(genes: Sequence[str], available: Sequence[str], source: str = "data") -> np.ndarray:
+    """Column of each panel gene in ``available``; -1 where absent (a measured zero).
+
+    Logs how many panel genes are absent; raises :class:`InputError` when more than
+    :data:`MAX_MISSING_PANEL_FRACTION` of the panel is absent (wrong panel, species or gene naming).
+    """
+    index: dict[str, int] = {}
+    for i, g in enumerate(map(str, available)):
+        index.setdefault(g, i)
+    cols = np.array([index.get(str(g), -1) for g in genes], dtype=np.int64)
+    missing = [str(g) for g, c in zip(genes, cols, strict=True) if c < 0]
+    if len(missing) > MAX_MISSING_PANEL_FRACTION * len(cols):
+        raise InputError(
+            f"{source} lacks {len(missing)} of the {len(cols)} panel genes (e.g. {missing[:5]}); more than "
+            f"{MAX_MISSING_PANEL_FRACTION:.0%} missing means the panel and the data do not match (species, "
+            f"gene naming?); the data has {len(available)} genes (e.g. {list(map(str, available[:3]))})"
+        )
+    if missing:
+        log.warning(
+            "%s lacks %d of the %d panel genes (e.g. %s); they count as measured zeros",
+            source,
+            len(missing),
+            len(cols),
+            missing[:5],
+        )
+    return cols
 
 
 def check_panel(genes: Sequence[str], available: Sequence[str], source: str = "gene panel") -> None:
-    """Error naming how many panel genes the data lacks, with examples of each side."""
+    """Error naming how many panel genes the data lacks, with examples of each side (an explicit panel
+    for training must be measured on the training slides)."""
     present = set(available)
     missing = [g for g in genes if g not in present]
     if missing:
@@ -71,11 +120,13 @@ class SpotPatchDataset(Dataset):
         extra: Mapping[str, np.ndarray] | None = None,
         load_images: bool = True,
         aug_seed: int | None = None,
+        slide_dir: str | Path | None = None,
     ):
         self.adata = adata
         self.cfg = cfg
         self.transform = transform
-        self.paths = slide_paths(adata, slides)
+        # slides (library -> path) win; else the recorded slide, or its namesake in slide_dir
+        self.paths = slide_paths(adata, slides, slide_dir=slide_dir)
         self.spot_ids = np.asarray(adata.obs_names, dtype=object)
         self.libraries = adata.obs["library_id"].astype(str).to_numpy()
         self.xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)

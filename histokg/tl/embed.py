@@ -57,6 +57,7 @@ class LoadedModel:
             "embed_dim": cfg["model"]["embed_dim"],
             "genes": list(self.genes),
             "train_slides": self.meta.get("train_slides", []),
+            "val_slides": self.meta.get("val_slides", []),
         }
 
 
@@ -73,10 +74,35 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Lo
     if model_cfg.image_weights:  # the checkpoint already holds the weights
         model_cfg = ModelConfig(**{**model_cfg.__dict__, "image_weights": None})
     model = DualEncoder(model_cfg, int(meta["n_expr_inputs"]))
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], f"checkpoint {checkpoint}")
     model.to(device).eval()
     pairing = PairingConfig(patch_um=cfg.data.patch_um, patch_px=cfg.data.patch_px)
     return LoadedModel(model, list(meta["genes"]), pairing, checkpoint, file_sha256(checkpoint), meta)
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
+    """``model.load_state_dict(state)`` with an error that names the first mismatching keys (not 100 lines)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    for what, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("mis-shaped (saved vs model)", shapes),
+    ):
+        if keys:
+            problems.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})")
+    if problems:
+        raise InputError(
+            f"{source}: its weights do not fit the model its saved config describes: {'; '.join(problems)}"
+        )
+    model.load_state_dict(state)
 
 
 def _as_model(model: LoadedModel | str | Path, device) -> LoadedModel:
@@ -89,6 +115,7 @@ def embed(
     model: LoadedModel | str | Path,
     *,
     key_added: str = "X_histokg",
+    expression: bool = True,
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -96,18 +123,18 @@ def embed(
 ) -> ad.AnnData | None:
     """Embed every observation of ``adata`` (spots or tiles) with a trained model.
 
-    Writes ``obsm[key_added]`` (image tower, L2-normalised) and, when ``layers["counts"]`` covers
-    the model's gene panel, ``obsm[key_added + "_expr"]`` (expression tower); records the model in
-    ``uns["histokg"]["params"]``.
+    Writes ``obsm[key_added]`` (image tower, L2-normalised) and, when ``expression`` and the data
+    carry ``layers["counts"]``, ``obsm[key_added + "_expr"]`` (expression tower); records the model
+    in ``uns["histokg"]["params"]``. Panel genes the data lacks are measured zeros (logged); when
+    most of the panel is missing this raises (``expression=False`` embeds the images only).
     """
     adata = adata.copy() if copy else adata
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = _as_model(model, device)
     net = loaded.model.to(device).eval()
     expr_input = loaded.meta["config"]["model"]["expr_input"]
-    has_counts = "counts" in adata.layers and adata.n_vars > 0
-    if has_counts and expr_input == "genes":
-        has_counts = set(loaded.genes) <= set(adata.var_names)
+    has_counts = expression and "counts" in adata.layers and adata.n_vars > 0
+    inputs = _expression_inputs(adata, loaded) if has_counts else None  # input errors before any compute
     ds = SpotPatchDataset(adata, loaded.pairing, expression=np.zeros((adata.n_obs, 0), np.float32))
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     out = np.zeros((adata.n_obs, net.cfg.embed_dim), dtype=np.float32)
@@ -116,31 +143,62 @@ def embed(
         f = net.encode_image(batch["image"].to(device)).cpu().numpy()
         out[start : start + len(f)] = f
         start += len(f)
+    _check_finite(out, f"obsm[{key_added!r}] (image tower)")
     adata.obsm[key_added] = out
-    if has_counts:
-        if expr_input == "kg":
-            from histokg.priors import KGPrior, PriorConfig
-
-            prior_cfg = from_dict(PriorConfig, loaded.meta["config"]["prior"])
-            prior = KGPrior.from_bundle(prior_cfg.bundle, list(adata.var_names), prior_cfg)
-            inputs = np.asarray(prior.activations(adata.layers["counts"]), np.float32)
-        else:
-            inputs = panel_expression(adata, loaded.genes)
+    if inputs is not None:
         g = [
             net.encode_expr(torch.from_numpy(inputs[i : i + 1024]).to(device)).cpu().numpy()
             for i in range(0, len(inputs), 1024)
         ]
-        adata.obsm[f"{key_added}_expr"] = np.concatenate(g).astype(np.float32)
-    elif "counts" in adata.layers and adata.n_vars > 0:
-        missing = [g for g in loaded.genes if g not in set(adata.var_names)]
-        log.warning(
-            "no expression embedding: %d panel genes are absent from the data (e.g. %s)",
-            len(missing),
-            missing[:3],
-        )
+        expr_emb = np.concatenate(g).astype(np.float32)
+        _check_finite(expr_emb, f"obsm[{key_added + '_expr'!r}] (expression tower, {expr_input} input)")
+        adata.obsm[f"{key_added}_expr"] = expr_emb
     adata.uns.setdefault("histokg", {})["params"] = loaded.params
     ds.close()
     return adata if copy else None
+
+
+def _expression_inputs(adata: ad.AnnData, loaded: LoadedModel) -> np.ndarray:
+    """What the expression tower reads for each spot: panel log1p CP10k, or KG activations."""
+    cfg = loaded.meta["config"]
+    if cfg["model"]["expr_input"] == "kg":
+        from histokg.priors import KGPrior, PriorConfig
+
+        prior_cfg = from_dict(PriorConfig, cfg["prior"])
+        prior = KGPrior.from_bundle(prior_cfg.bundle, list(adata.var_names), prior_cfg)
+        return np.asarray(prior.activations(adata.layers["counts"]), np.float32)
+    return panel_expression(adata, loaded.genes, source=f"{_libraries_text(adata)} (model panel)")
+
+
+def _libraries_text(adata: ad.AnnData) -> str:
+    if "library_id" not in adata.obs:
+        return "the data"
+    libs = list(map(str, pd.unique(adata.obs["library_id"].astype(str))))
+    return "section " + libs[0] if len(libs) == 1 else f"sections {', '.join(libs[:4])}"
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    if not np.isfinite(x).all():
+        raise InputError(
+            f"{what}: {int((~np.isfinite(x)).any(axis=1).sum())} of {len(x)} embeddings are not finite; "
+            "the checkpoint or its inputs are broken"
+        )
+
+
+def concat_embedded(parts: list[ad.AnnData]) -> ad.AnnData:
+    """Concatenate embedded sections/slides; an embedding some parts lack is dropped (never NaN-filled)."""
+    from histokg.st.contract import concat_sections
+
+    if len(parts) == 1:
+        return parts[0]
+    keys = set.intersection(*(set(p.obsm.keys()) for p in parts))
+    for p in parts:
+        dropped = sorted(set(p.obsm.keys()) - keys)
+        if dropped:
+            log.warning("obsm %s is not in every input, so it is left out of the concatenation", dropped)
+            for key in dropped:
+                del p.obsm[key]
+    return concat_sections(parts, join="outer")
 
 
 def tile_adata(

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from histokg.errors import InputError
 from histokg.metrics import knn_predict, log1p_cp10k
+from histokg.st.dataset import panel_columns, take_columns
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,9 @@ def has_counts(adata: ad.AnnData, layer: str | None = "counts") -> bool:
 def panel_log1p(
     adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = "counts", what: str = "data"
 ) -> np.ndarray:
-    """Dense float32 log1p CP10k of ``genes`` (library size over all genes of the spot)."""
-    counts = _counts(adata, layer, what)
-    cols = _gene_columns(adata, genes, what)
-    expr = log1p_cp10k(counts)
-    expr = expr[:, cols]
-    return np.asarray(expr.toarray() if sp.issparse(expr) else expr, dtype=np.float32)
+    """Dense float32 log1p CP10k of ``genes`` (library size over all genes of the spot); panel genes the
+    data lacks are measured zeros (:func:`histokg.st.dataset.panel_columns`)."""
+    return take_columns(log1p_cp10k(_counts(adata, layer, what)), panel_columns(genes, adata.var_names, what))
 
 
 def predict_expression(
@@ -108,6 +106,7 @@ def predict_expression(
         )
     if len(set(genes)) != len(genes):
         raise InputError("predict_expression: genes has duplicates")
+    checkpoint = same_checkpoint(adata, reference)
     query_emb = _embedding(adata, use_rep, "query")
     ref_values = panel_log1p(reference, genes, layer=layer, what="reference")
     if method == "knn":
@@ -127,6 +126,7 @@ def predict_expression(
         "ref_rep": ref_rep if method == "knn" else use_rep,
         "reference_libraries": _libraries(reference),
         "reference_n_spots": int(reference.n_obs),
+        "checkpoint_sha256": checkpoint or "",
         "normalisation": "log1p CP10k (library size over all measured genes)",
     }
     if out is None:
@@ -142,30 +142,27 @@ def predict_expression(
 
 
 def panel_adata(adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = "counts") -> ad.AnnData:
-    """A new AnnData over ``genes`` for the spots of ``adata``; ``X`` = measured log1p CP10k when known."""
+    """A new AnnData over ``genes`` for the spots of ``adata``; ``X`` = measured log1p CP10k when known.
+
+    Panel genes a measured query lacks are measured zeros, listed in ``uns["histokg"]["absent_genes"]``.
+    """
     genes = [str(g) for g in genes]
-    measured = has_counts(adata, layer) and all(g in set(map(str, adata.var_names)) for g in genes)
-    if has_counts(adata, layer) and not measured:
-        present = set(map(str, adata.var_names))
-        missing = [g for g in genes if g not in present]
-        raise InputError(
-            f"the query has measured expression but lacks {len(missing)} of the {len(genes)} panel genes "
-            f"(e.g. {missing[:5]}); restrict genes=[...] to genes it measured"
-        )
+    measured = has_counts(adata, layer)
     var = pd.DataFrame(index=pd.Index(genes, name=adata.var_names.name or "gene"))
-    if measured and "gene_ids" in adata.var:
-        var["gene_ids"] = adata.var["gene_ids"].reindex(genes).astype(str).to_numpy()
+    absent: list[str] = []
     if measured:
-        X = panel_log1p(adata, genes, layer=layer, what="query")
+        cols = panel_columns(genes, adata.var_names, "query")
+        absent = [g for g, c in zip(genes, cols, strict=True) if c < 0]
+        counts = _counts(adata, layer, "query")
+        X = take_columns(log1p_cp10k(counts), cols)
+        raw = take_columns(counts, cols, dtype=counts.dtype)
+        if "gene_ids" in adata.var:
+            var["gene_ids"] = adata.var["gene_ids"].reindex(genes).fillna("").astype(str).to_numpy()
     else:
         X = np.zeros((adata.n_obs, len(genes)), dtype=np.float32)
     out = ad.AnnData(X=X, obs=adata.obs.copy(), var=var)
     if measured:
-        cols = _gene_columns(adata, genes, "query")
-        counts = _counts(adata, layer, "query")
-        out.layers["counts"] = (
-            sp.csr_matrix(counts)[:, cols] if sp.issparse(counts) else np.asarray(counts)[:, cols]
-        )
+        out.layers["counts"] = sp.csr_matrix(raw)
     for key, value in adata.obsm.items():
         out.obsm[key] = value.copy()
     for key, value in adata.obsp.items():
@@ -174,6 +171,7 @@ def panel_adata(adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = 
     info = dict(out.uns.get("histokg", {})) if isinstance(out.uns.get("histokg"), dict) else {}
     info["panel"] = list(genes)
     info["measured"] = bool(measured)
+    info["absent_genes"] = absent
     info["prediction"] = {}
     out.uns["histokg"] = info
     return out
@@ -235,17 +233,26 @@ def _counts(adata: ad.AnnData, layer: str | None, what: str):
     return adata.X
 
 
-def _gene_columns(adata: ad.AnnData, genes: Sequence[str], what: str) -> list[int]:
-    index: dict[str, int] = {}
-    for i, g in enumerate(map(str, adata.var_names)):
-        index.setdefault(g, i)
-    missing = [g for g in genes if g not in index]
-    if missing:
+def embedding_checkpoint(adata: ad.AnnData) -> str | None:
+    """sha256 of the checkpoint that embedded ``adata`` (``uns["histokg"]["params"]``), if recorded."""
+    info = adata.uns.get("histokg")
+    params = info.get("params") if isinstance(info, dict) else None
+    value = params.get("checkpoint_sha256") if isinstance(params, dict) else None
+    return str(value) if value else None
+
+
+def same_checkpoint(query: ad.AnnData, reference: ad.AnnData) -> str | None:
+    """The checkpoint hash both were embedded with; error if they record different checkpoints.
+
+    Embeddings of two models live in different spaces: comparing them gives numbers, not answers.
+    """
+    q, r = embedding_checkpoint(query), embedding_checkpoint(reference)
+    if q and r and q != r:
         raise InputError(
-            f"{what}: {len(missing)} of {len(genes)} panel genes are absent (e.g. {missing[:5]}); "
-            f"it has {adata.n_vars} genes (e.g. {list(map(str, adata.var_names[:3]))})"
+            f"the query was embedded with checkpoint {q[:12]} but the reference with {r[:12]}; embed both with "
+            "the same checkpoint (uns['histokg']['params']['checkpoint_sha256'])"
         )
-    return [index[g] for g in genes]
+    return q or r
 
 
 def _libraries(adata: ad.AnnData) -> list[str]:
