@@ -1,11 +1,55 @@
-"""Small file helpers: atomic writes and content hashes.
+"""Small file helpers: atomic writes, content hashes, and output paths checked before any compute.
 
-One implementation serves both packages (``pathways_kg.io``; ``pathways_kg`` must not import
-``histokg``). ``atomic_path`` yields a temporary path beside the target that replaces it only when
+One implementation of the writers serves both packages (``pathways_kg.io``; ``pathways_kg`` must not
+import ``histokg``). ``atomic_path`` yields a temporary path beside the target that replaces it only when
 the block succeeds (fsync'd, usual permissions): readers never see a half-written file, and a crash
-leaves the previous version intact.
+leaves the previous version intact. :func:`check_output_dir` and :func:`check_output_file` fail fast,
+with the path named, when an output cannot be written or would replace something without being asked.
 """
 
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from histokg.errors import InputError
 from pathways_kg.io import atomic_open, atomic_path, file_sha256, write_json
 
-__all__ = ["atomic_open", "atomic_path", "file_sha256", "write_json"]
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "check_output_dir",
+    "check_output_file",
+    "file_sha256",
+    "write_json",
+]
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Create folder ``path`` (and parents) and prove it is writable; error naming it otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {path} cannot be written ({exc.strerror or exc})") from None
+    return path
+
+
+def check_output_file(path: str | Path, what: str = "output file", *, overwrite: bool = False) -> Path:
+    """Check that file ``path`` can be written: not a folder, parent writable, not there unless ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise InputError(
+            f"{what} {path} already exists; pass --overwrite to replace it, or choose another name"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{what} {path} is not writable")
+    check_output_dir(path.parent, f"folder of {what} {path}")
+    return path

@@ -102,11 +102,31 @@ def load(
     if path is not None:
         data = merge(data, read_yaml(path))
         source = str(path)
-    data = merge(data, parse_overrides(overrides))
+    overrides = list(overrides)
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, merge(data, parse_overrides(overrides)))
     except DataConfError as exc:
-        raise DataConfError(f"{source}: {exc}") from None
+        raise DataConfError(_blame(cls, data, overrides, source, str(exc))) from None
+
+
+def _blame(cls: type, data: Mapping[str, Any], overrides: list[str], source: str, message: str) -> str:
+    """Prefix an error with what caused it: the file (it fails the same way alone) or the ``--set``."""
+    if overrides:
+        try:
+            from_dict(cls, data)
+            alone = None
+        except DataConfError as exc:
+            alone = str(exc)
+        if alone != message:  # the overrides changed the outcome: they are at fault
+            keys = [o for o in overrides if o.partition("=")[0].strip() in message] or overrides
+            return f"--set {' '.join(keys)}: {message}"
+    return f"{source}: {message}"
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """For ``__post_init__`` validation: raise :class:`DataConfError` ``"key: message"`` unless ``condition``."""
+    if not condition:
+        raise DataConfError(f"{key}: {message}")
 
 
 def save(cfg: Any, path: str | Path) -> Path:
@@ -137,6 +157,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
         return cls(**values)
     except TypeError as exc:  # a required field without default is missing
         raise DataConfError(f"{where or 'config'}: {exc}") from None
+    except DataConfError as exc:  # a value check in __post_init__ (see :func:`check`)
+        raise DataConfError(f"{where}.{exc}" if where else str(exc)) from None
 
 
 def to_dict(cfg: Any) -> Any:

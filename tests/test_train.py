@@ -17,6 +17,8 @@ from histokg.models import DualEncoder, ModelConfig, backbone_blocks, create_bac
 from histokg.train import TrainConfig, TrainingError, train
 from histokg.train.checkpoint import load_checkpoint
 
+REPO = Path(__file__).resolve().parents[1]
+
 TINY = [
     "data.patch_px=32",
     "data.n_genes=64",
@@ -139,7 +141,7 @@ def test_resume_after_kill_reaches_same_weights(synth_study, tmp_path):
     assert killed.returncode == -9, killed.stderr  # SIGKILL mid-epoch: no cleanup ran
     mid = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
     assert mid["step"] == 4 and mid["batch_in_epoch"] > 0  # the last checkpoint before the kill, mid-epoch
-    resumed = _run_cli([*common, "--set", f"out_dir={tmp_path / 'killed'}", "--resume"])
+    resumed = _run_cli(["train", "--resume", str(tmp_path / "killed")])  # the run folder is enough
     assert resumed.returncode == 0, resumed.stderr
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
@@ -147,6 +149,87 @@ def test_resume_after_kill_reaches_same_weights(synth_study, tmp_path):
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
     assert a["meta"]["history"] == b["meta"]["history"]
+
+
+def test_a_run_folder_is_never_mixed_with_another_run(synth_study, tmp_path):
+    out = tmp_path / "run"
+    first = train(tiny_cfg(synth_study, out, "optim.epochs=1"))
+    before = first.last_checkpoint.read_bytes()
+    config_before = (out / "config.yaml").read_text()
+    again = _run_cli(["train", *[a for t in TINY for a in ("--set", t)], "--set", f"data.study={synth_study}",
+                      "--set", f"out_dir={out}", "--set", "optim.lr=0.01"])  # fmt: skip
+    assert again.returncode == 2
+    assert f"{out} already holds a training run" in again.stderr and "--resume" in again.stderr
+    assert first.last_checkpoint.read_bytes() == before and (out / "config.yaml").read_text() == config_before
+    # --resume with a config that differs in more than the epochs: refused before anything is written
+    differs = _run_cli(["train", "--resume", str(out), "--set", "optim.lr=0.01", "--set", "optim.epochs=3"])
+    assert differs.returncode == 2 and "optim.lr: 0.001 -> 0.01" in differs.stderr
+    assert "differs from the run's own" in differs.stderr and "optim.lr" in differs.stderr
+    assert "optim.epochs" not in differs.stderr.split("only")[0]
+    assert first.last_checkpoint.read_bytes() == before
+    # more epochs: allowed
+    more = _run_cli(["train", "--resume", str(out), "--set", "optim.epochs=2"])
+    assert more.returncode == 0, more.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+    # --overwrite: the old run's files are gone before the new one starts
+    (out / "checkpoints" / "stale.pt").write_bytes(b"old")
+    replaced = train(tiny_cfg(synth_study, out, "optim.epochs=1", "seed=3"), overwrite=True)
+    assert not (out / "checkpoints" / "stale.pt").exists()
+    assert load_checkpoint(replaced.last_checkpoint)["meta"]["config"]["seed"] == 3
+    with pytest.raises(InputError, match="holds no training run to continue"):
+        train(tiny_cfg(synth_study, tmp_path / "empty"), resume=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.epochs=0", "--set optim.epochs=0: optim.epochs: must be >= 1, got 0"),
+        ("optim.batch_size=0", "optim.batch_size: must be >= 1"),
+        ("optim.grad_accum=-1", "optim.grad_accum: must be >= 1"),
+        ("optim.lr=.nan", "optim.lr: must be a finite number >= 0"),
+        ("optim.image_lr=.inf", "optim.image_lr: must be a finite number >= 0"),
+        ("optim.batch_size=many", "--set optim.batch_size=many: optim.batch_size: expected an integer"),
+        ("loss.name=kg_soft", "prior.bundle: loss 'kg_soft' (or model.expr_input 'kg') needs a KG bundle"),
+    ],
+)
+def test_bad_training_config_is_a_config_error(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, REPO / "configs" / "train" / "demo.yaml", [override])
+    assert message in str(err.value)
+
+
+def test_set_errors_blame_the_set_and_file_errors_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"^.*bad\.yaml: optim\.epochs: must be >= 1"):
+        load_config(TrainConfig, bad, ["optim.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"^--set optim\.lr=x: optim\.lr: expected a number"):
+        load_config(TrainConfig, REPO / "configs" / "train" / "demo.yaml", ["optim.lr=x", "seed=1"])
+
+
+def test_unwritable_out_dir_fails_before_any_compute(synth_study, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match=r"out_dir .*file is a file, not a folder"):
+        train(tiny_cfg(synth_study, blocker))
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(InputError, match="cannot be written"):
+            train(tiny_cfg(synth_study, locked / "run"))
+
+
+def test_summary_json_is_valid_json_when_nothing_improved(synth_study, tmp_path, monkeypatch):
+    import json
+
+    from histokg.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.Trainer, "validate", lambda self: {m: float("nan") for m in (
+        "recall@1", "recall@5", "recall@10", "pearson", "chance_recall@5")})  # fmt: skip
+    train(tiny_cfg(synth_study, tmp_path / "run", "optim.epochs=1"))
+    text = (tmp_path / "run" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert summary["best_metric"] is None
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth_study, tmp_path, monkeypatch):

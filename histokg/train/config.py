@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass, field
 
 from histokg.config import Component
 from histokg.models import ModelConfig
 from histokg.priors import PriorConfig
 from histokg.st.transforms import AugmentConfig
+from pathways_kg.dataconf import check
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,18 @@ class DataConfig:
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def __post_init__(self) -> None:
+        check(self.n_genes >= 1, "n_genes", f"must be >= 1, got {self.n_genes}")
+        check(
+            math.isfinite(self.patch_um) and self.patch_um > 0,
+            "patch_um",
+            f"must be > 0, got {self.patch_um}",
+        )
+        check(self.patch_px >= 8, "patch_px", f"must be >= 8, got {self.patch_px}")
+        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        shared = sorted(set(self.val_slides) & set(self.exclude_slides))
+        check(not shared, "val_slides", f"{shared} are also in exclude_slides")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -41,12 +56,32 @@ class OptimConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU), bf16, fp16, off
 
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "grad_accum"):
+            value = getattr(self, key)
+            check(value >= 1, key, f"must be >= 1, got {value}")
+        for key in ("lr", "image_lr"):
+            value = getattr(self, key)
+            check(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
+        check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
+        check(
+            self.amp in ("auto", "bf16", "fp16", "off"), "amp", f"{self.amp!r} is not auto, bf16, fp16 or off"
+        )
+
 
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
     metric: str = "recall@5"  # recall@1/5/10 (mean of both directions) or pearson
     patience: int = 3  # epochs without improvement before stopping (0 = never stop early)
     min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        metrics = ("recall@1", "recall@5", "recall@10", "pearson")
+        check(self.metric in metrics, "metric", f"{self.metric!r} is not one of {', '.join(metrics)}")
+        check(self.patience >= 0, "patience", f"must be >= 0 (0 = never stop early), got {self.patience}")
 
 
 @dataclass(frozen=True)
@@ -62,3 +97,25 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint_every: int = 50  # optimiser steps between mid-epoch checkpoints
     log_every: int = 10  # optimiser steps between log lines
+
+    def __post_init__(self) -> None:
+        from histokg.losses import LOSSES
+
+        near = difflib.get_close_matches(self.loss.name, list(LOSSES), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        check(
+            self.loss.name in LOSSES,
+            "loss.name",
+            f"{self.loss.name!r}{hint} is not one of {', '.join(LOSSES)}",
+        )
+        loss = LOSSES[self.loss.name]
+        if loss.needs_prior or loss.needs_gaussians or self.model.expr_input == "kg":
+            check(
+                bool(self.prior.bundle),
+                "prior.bundle",
+                f"loss {self.loss.name!r} (or model.expr_input 'kg') needs a KG bundle; set prior.bundle "
+                "(e.g. runs/demo/kg/bundle, built by `histokg demo` or `pathways-kg embed`)",
+            )
+        check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        check(bool(str(self.out_dir).strip()), "out_dir", "must name a folder")

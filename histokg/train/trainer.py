@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from histokg.config import save_config, to_dict
 from histokg.errors import ConfigError, HistokgError
-from histokg.io import atomic_path, file_sha256, write_json
+from histokg.io import atomic_open, atomic_path, file_sha256, write_json
 from histokg.losses import LOSSES, LossInputs, build_loss
 from histokg.metrics import chance_recall, knn_predict, pearson_per_gene, retrieval_recall
 from histokg.models import DualEncoder
@@ -45,6 +45,7 @@ from histokg.train.data import (
     select_panel,
     split_slides,
 )
+from histokg.train.rundir import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,11 @@ class Trainer:
         if cfg.loss.name not in LOSSES:
             build_loss(cfg.loss.name, cfg.model.embed_dim)  # raises with the nearest valid name
         self.loss_cls = LOSSES[cfg.loss.name]
-        if cfg.early_stopping.metric not in ("recall@1", "recall@5", "recall@10", "pearson"):
-            raise ConfigError(
-                f"early_stopping.metric: {cfg.early_stopping.metric!r} is not recall@1/5/10 or pearson"
-            )
+        needs_bundle = (
+            self.loss_cls.needs_prior or self.loss_cls.needs_gaussians or cfg.model.expr_input == "kg"
+        )
+        if needs_bundle and not Path(cfg.prior.bundle).is_dir():  # TrainConfig checked that it is set
+            raise ConfigError(f"prior.bundle: {cfg.prior.bundle} is not a KG bundle folder")
         self.info = dist_utils.init_distributed(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         self.device = resolve_device(cfg.device, self.info)
         if self.device.type == "cuda":
@@ -189,10 +191,6 @@ class Trainer:
         needs_prior = self.loss_cls.needs_prior
         needs_gauss = self.loss_cls.needs_gaussians
         if needs_prior or needs_gauss or cfg.model.expr_input == "kg":
-            if not cfg.prior.bundle:
-                raise ConfigError(
-                    f"loss {cfg.loss.name!r} / expr_input {cfg.model.expr_input!r} needs a KG bundle: set prior.bundle"
-                )
             from histokg.priors import KGPrior
 
             self.prior = KGPrior.from_bundle(cfg.prior.bundle, list(spots.var_names), cfg.prior)
@@ -402,20 +400,21 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ loop
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
         cfg = self.cfg
+        main = self.info.is_main
+        if main:  # before any compute: a run folder is never mixed with another run's files
+            prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+        dist_utils.barrier(self.info)
         self.setup()
         ckpt_dir = self.out / "checkpoints"
         last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-        main = self.info.is_main
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
-            (self.out / "genes.txt").write_text("\n".join(self.genes) + "\n", encoding="utf-8")
+            with atomic_open(self.out / "genes.txt", "w", encoding="utf-8") as fh:
+                fh.write("\n".join(self.genes) + "\n")
         start_epoch, start_batch, step, best, bad, history = 0, 0, 0, -math.inf, 0, []
         if resume:
-            if not last_path.is_file():
-                raise TrainingError(f"--resume: no checkpoint at {last_path}")
             start_epoch, start_batch, step, best, bad, history = self.restore(
                 load_checkpoint(last_path, self.device)
             )
@@ -520,7 +519,7 @@ class Trainer:
             write_json(
                 self.out / "summary.json",
                 {
-                    "best_metric": best,
+                    "best_metric": best if math.isfinite(best) else None,  # JSON has no -Infinity
                     "metric": cfg.early_stopping.metric,
                     "steps": step,
                     "seconds": seconds,
@@ -534,9 +533,13 @@ class Trainer:
         return result
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train a dual encoder as ``cfg`` says; ``resume`` continues from ``out_dir/checkpoints/last.pt``."""
-    return Trainer(cfg).fit(resume=resume)
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train a dual encoder as ``cfg`` says.
+
+    ``out_dir`` must not hold another run: ``resume`` continues the run there from
+    ``checkpoints/last.pt`` (same config, ``optim.epochs`` may change), ``overwrite`` replaces it.
+    """
+    return Trainer(cfg).fit(resume=resume, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- logging and plots
