@@ -24,7 +24,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/histokg demo --out $(DEMO_OUT)
+	$(BIN)/histokg demo --out $(DEMO_OUT) --overwrite
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser" $(PYTEST_ARGS)

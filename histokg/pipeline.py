@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 
 from histokg.config import Component, save_config
 from histokg.errors import InputError
+from histokg.io import atomic_open, check_output_dir
 from histokg.models import ModelConfig
 from histokg.st.pairing import PairingConfig
 from histokg.synth.study import SynthConfig
@@ -66,7 +68,30 @@ class DemoConfig:
     test_slide: str = "S4"
 
 
-def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> str:
+# What a demo writes into its folder; --overwrite removes exactly these before a new demo starts.
+DEMO_OUTPUTS = ("demo_config.yaml", "study", "paired.h5ad", "overlays", "kg", "train", "eval", "summary.txt")
+
+
+def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse a folder holding an earlier demo unless ``overwrite`` (then remove its outputs); check it is writable."""
+    out_dir = Path(out_dir)
+    found = [name for name in DEMO_OUTPUTS if (out_dir / name).exists()] if out_dir.is_dir() else []
+    if found and not overwrite:
+        raise InputError(
+            f"{out_dir} already holds a demo ({', '.join(found[:4])}); pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+    for name in found:
+        log.warning("--overwrite: removing the previous demo's %s", out_dir / name)
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    return check_output_dir(out_dir, "demo folder")
+
+
+def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: bool = False) -> str:
     """Run the demo into ``out_dir``; returns a printable summary."""
     from histokg.st.contract import write_h5ad
     from histokg.st.pairing import pair_spots, spots_overlay
@@ -77,8 +102,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> str:
     from pathways_kg.embed import embed_graph
     from pathways_kg.graph import write_graph
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_demo_dir(out_dir, overwrite=overwrite)
     save_config(cfg, out_dir / "demo_config.yaml")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -124,10 +148,10 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> str:
         )
         result = train(tcfg)
         lap(f"train {loss.name}")
-        summary = evaluate_checkpoint(
+        results = evaluate_checkpoint(
             adata, result.best_checkpoint, out_dir / "eval" / loss.name, heldout_libs=(cfg.test_slide,)
         )
-        rows.append((loss.name, summary))
+        rows.append((loss.name, headline(results)))
         lap(f"embed + evaluate {loss.name}")
 
     kg_metrics = bundle.meta.get("metrics", {})
@@ -146,7 +170,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> str:
     ]
     lines += [f"  {name}: {seconds:.1f} s" for name, seconds in timings.items()]
     text = "\n".join(lines)
-    (out_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    with atomic_open(out_dir / "summary.txt", "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
     return text
 
 
@@ -156,7 +181,8 @@ def _fmt(metrics: dict, which: str, key: str) -> str:
 
 
 def summary_table(rows: Sequence[tuple[str, dict]]) -> str:
-    """One line per model: retrieval recall@5 (both directions, chance), Pearson (HEG, HVG), ARI."""
+    """One line per model (rows of ``(name, headline(results))``): recall@5 both ways and chance,
+    Pearson of kNN-predicted expression (HEG, HVG), ARI of image-embedding clusters."""
     header = f"  {'loss':14s} {'R@5 img->expr':>13s} {'R@5 expr->img':>13s} {'chance':>7s} {'Pearson HEG':>11s} {'Pearson HVG':>11s} {'ARI':>6s}"
     out = [header]
     for name, s in rows:
@@ -170,7 +196,8 @@ def summary_table(rows: Sequence[tuple[str, dict]]) -> str:
 def evaluate_checkpoint(
     adata: ad.AnnData, checkpoint: str | Path, out_dir: str | Path, *, heldout_libs: Sequence[str] = ()
 ) -> dict:
-    """Embed ``adata`` with a checkpoint, evaluate on held-out slides, write ``embedded.h5ad`` and the report."""
+    """Embed ``adata`` with a checkpoint, evaluate on held-out slides; writes ``embedded.h5ad`` (all
+    sections, embeddings in ``obsm``), ``predicted.h5ad`` and the report into ``out_dir``; returns the results."""
     from histokg.st.contract import write_h5ad
     from histokg.tl.embed import embed, load_model
 
@@ -179,10 +206,7 @@ def evaluate_checkpoint(
     embedded = adata.copy()
     embed(embedded, model)
     write_h5ad(embedded, out_dir / "embedded.h5ad")
-    results = evaluate_embedded(
-        embedded, out_dir, reference_libs=model.meta["train_slides"], heldout_libs=heldout_libs, as_text=False
-    )
-    return results
+    return evaluate_embedded(embedded, out_dir, checkpoint=checkpoint, heldout_libs=heldout_libs)
 
 
 def evaluate_embedded(
@@ -196,16 +220,19 @@ def evaluate_embedded(
 ) -> dict:
     """Evaluate an embedded AnnData (reference = training slides, held out = the rest or as given).
 
-    Writes ``results.json`` and the report into ``out_dir``; returns the results.
+    The model is read from ``uns["histokg"]["params"]`` and, when given, ``checkpoint`` (which must be
+    the one the embeddings came from). Writes ``results.json``, ``predicted.h5ad`` (held-out spots x
+    panel genes: measured log1p CP10k in ``X``, raw ``layers["counts"]``, predictions in
+    ``layers["pred_knn"]``/``["pred_ridge"]``) and the report into ``out_dir``; returns the results,
+    whose ``warnings`` list what makes them less than a clean held-out score.
     """
     from histokg.evaluate import evaluate
     from histokg.report import write_report
+    from histokg.st.contract import write_h5ad
 
+    model = embedded_model(adata, checkpoint)
     libs = [str(x) for x in adata.obs["library_id"].astype("category").cat.categories]
-    if not reference_libs and checkpoint is not None:
-        from histokg.train.checkpoint import load_checkpoint
-
-        reference_libs = load_checkpoint(checkpoint)["meta"]["train_slides"]
+    reference_libs = list(reference_libs) or list(model.get("train_slides") or [])
     if not reference_libs:
         raise InputError(
             "evaluate: name the reference (training) slides with --reference or give --checkpoint"
@@ -214,16 +241,64 @@ def evaluate_embedded(
     unknown = [lb for lb in (*reference_libs, *heldout_libs) if lb not in libs]
     if unknown:
         raise InputError(f"evaluate: libraries {unknown} are not in the data ({libs})")
+    warnings = []
+    seen = sorted(set(heldout_libs) & set(model.get("val_slides") or []))
+    if seen:
+        warnings.append(
+            f"held-out slide(s) {seen} chose the checkpoint (validation slides for early stopping): "
+            "their scores are optimistic; hold out slides the training run never saw"
+        )
+    for text in warnings:
+        log.warning("evaluate: %s", text)
     lib = adata.obs["library_id"].astype(str).to_numpy()
     reference = adata[np.isin(lib, list(reference_libs))].copy()
     heldout = adata[np.isin(lib, heldout_libs)].copy()
     label_key = "region" if "region" in adata.obs else None
     results, panel = evaluate(reference, heldout, k=k, label_key=label_key, return_panel=True)
+    results["model"] = model
+    results["warnings"] = warnings
+    if panel.n_vars:
+        write_h5ad(panel, Path(out_dir) / "predicted.h5ad")
     write_report(results, out_dir, heldout_panel_adata=panel, reference=reference)
     return results
 
 
-def _headline(results: dict) -> dict:
+def embedded_model(adata: ad.AnnData, checkpoint: str | Path | None = None) -> dict:
+    """Model, loss, checkpoint hash and slides of the embeddings in ``adata`` (and of ``checkpoint``)."""
+    info = adata.uns.get("histokg")
+    params = dict(info.get("params") or {}) if isinstance(info, dict) else {}
+    model = {
+        key: params.get(key)
+        for key in ("model", "loss", "checkpoint", "checkpoint_sha256", "train_slides", "val_slides")
+    }
+    model = {
+        k: (list(map(str, v)) if k.endswith("slides") and v is not None else v) for k, v in model.items()
+    }
+    if checkpoint is not None:
+        from histokg.io import file_sha256
+        from histokg.train.checkpoint import load_checkpoint
+
+        sha = file_sha256(checkpoint)
+        if model.get("checkpoint_sha256") and model["checkpoint_sha256"] != sha:
+            raise InputError(
+                f"evaluate: the embeddings were made with checkpoint {str(model['checkpoint_sha256'])[:12]} "
+                f"({model.get('checkpoint')}), not with {checkpoint} ({sha[:12]}); evaluate with the checkpoint "
+                "that embedded them, or embed again"
+            )
+        meta = load_checkpoint(checkpoint)["meta"]
+        cfg = meta.get("config", {})
+        model.update(
+            model=cfg.get("model", {}).get("image_encoder", model.get("model")),
+            loss=cfg.get("loss", {}).get("name", model.get("loss")),
+            checkpoint=str(checkpoint),
+            checkpoint_sha256=sha,
+            train_slides=list(meta.get("train_slides", [])),
+            val_slides=list(meta.get("val_slides", [])),
+        )
+    return model
+
+
+def headline(results: dict) -> dict:
     """The few numbers the demo table shows, from :func:`histokg.evaluate.evaluate`'s summary."""
     s = results["summary"]
 

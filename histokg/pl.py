@@ -45,9 +45,11 @@ def spatial_genes(
     """Grid of spatial maps: one row per gene, one column per layer (``"X"`` = measured).
 
     Spots are drawn at their true diameter over the library's hires image
-    (``uns["spatial"][library_id]``, coordinates scaled by ``tissue_hires_scalef``). Each panel has
-    its own colour scale (1st-99th percentile); predicted panels are titled with their Pearson r
-    against ``X`` when ``X`` is measured.
+    (``uns["spatial"][library_id]``, coordinates scaled by ``tissue_hires_scalef``). All panels of a
+    gene share one colour scale, the 1st-99th percentile of the measured values (of all shown values
+    when nothing is measured), so a prediction that compresses the range looks compressed; every
+    colour bar is labelled. Predicted panels are titled with their Pearson r against ``X`` when ``X``
+    is measured.
     """
     genes = [str(g) for g in genes]
     if not genes:
@@ -82,13 +84,15 @@ def spatial_genes(
     col_of = {g: i for i, g in enumerate(map(str, panel_adata.var_names))}
     for r, gene in enumerate(genes):
         truth = _column(sub, "X", col_of[gene])
+        row = {layer: truth if layer == "X" else _column(sub, layer, col_of[gene]) for layer in layers}
+        clim = _clim(truth if measured else np.concatenate(list(row.values())))
         for c, layer in enumerate(layers):
             ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
-            values = truth if layer == "X" else _column(sub, layer, col_of[gene])
-            title = f"{gene} {'measured' if layer == 'X' and measured else layer}"
+            kind = "measured" if layer == "X" and measured else f"predicted ({layer})"
+            title = f"{gene} {kind}"
             if layer != "X" and measured:
-                title += f" (r={_pearson(values, truth):.2f})"
-            _spot_map(ax, xy, values, diameter, background, cmap)
+                title += f" r={_pearson(row[layer], truth):.2f}"
+            _spot_map(ax, xy, row[layer], diameter, background, cmap, clim, f"{gene} log1p CP10k")
             ax.set_title(title, fontsize=9)
     fig.suptitle(f"{library_id}: measured vs predicted (log1p CP10k)", fontsize=10)
     return _save(fig, path)
@@ -185,10 +189,10 @@ def _column(adata: ad.AnnData, layer: str, col: int) -> np.ndarray:
     return v.ravel().astype(np.float64)
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+def _pearson(pred: np.ndarray, true: np.ndarray) -> float:
+    from histokg.metrics import pearson_per_gene
+
+    return float(pearson_per_gene(pred[:, None], true[:, None])[0])
 
 
 def _pitch(xy: np.ndarray) -> float:
@@ -224,7 +228,23 @@ def _background(hires, xy: np.ndarray, diameter: float, max_px: int = 700):
     return crop, (c0, c1, r1, r0)
 
 
-def _spot_map(ax, xy: np.ndarray, values: np.ndarray, diameter: float, background, cmap: str) -> None:
+def _clim(values: np.ndarray) -> tuple[float, float]:
+    """1st-99th percentile of the finite values (a small positive span when they are constant)."""
+    finite = values[np.isfinite(values)]
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    return float(lo), float(hi if hi > lo else lo + 1e-6)
+
+
+def _spot_map(
+    ax,
+    xy: np.ndarray,
+    values: np.ndarray,
+    diameter: float,
+    background,
+    cmap: str,
+    clim: tuple[float, float] | None = None,
+    label: str = "",
+) -> None:
     x0, x1, y0, y1 = _extent(xy, diameter)
     if background is not None:
         ax.imshow(background[0], extent=background[1], origin="upper")
@@ -233,10 +253,7 @@ def _spot_map(ax, xy: np.ndarray, values: np.ndarray, diameter: float, backgroun
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    finite = values[np.isfinite(values)]
-    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1e-6
+    lo, hi = clim or _clim(values)
     spots = EllipseCollection(
         widths=diameter,
         heights=diameter,
@@ -250,7 +267,9 @@ def _spot_map(ax, xy: np.ndarray, values: np.ndarray, diameter: float, backgroun
     spots.set_array(np.where(np.isfinite(values), values, np.nan))
     spots.set_clim(lo, hi)
     ax.add_collection(spots)
-    ax.get_figure().colorbar(spots, ax=ax, shrink=0.75)
+    bar = ax.get_figure().colorbar(spots, ax=ax, shrink=0.75)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
 
 
 def _category_colors(adata: ad.AnnData, key: str, cats: list) -> list[str]:

@@ -89,7 +89,8 @@ def write_report(
 
 def format_summary_table(results: Mapping[str, Any]) -> str:
     """The headline numbers as aligned plain text (for the console)."""
-    lines = [_split_line(results)]
+    lines = [_model_line(results), _split_line(results)]
+    lines += [f"warning: {w}" for w in results.get("warnings", [])]
     for table in summary_tables(results):
         if table.title.startswith("Per held-out slide"):
             continue
@@ -290,6 +291,20 @@ def _split_line(results: Mapping[str, Any]) -> str:
     return f"held-out slides: {held}  (reference/training slides: {ref})"
 
 
+def _model_line(results: Mapping[str, Any]) -> str:
+    """Which model was evaluated: architecture, loss, checkpoint, and the slides it trained and validated on."""
+    m = results.get("model") or {}
+    if not m:
+        return "model: not recorded (embeddings without uns['histokg']['params'])"
+    sha = str(m.get("checkpoint_sha256") or "")[:12] or "?"
+    val = ", ".join(m.get("val_slides") or []) or "?"
+    train = ", ".join(m.get("train_slides") or []) or "?"
+    return (
+        f"model: {m.get('model', '?')} trained with loss {m.get('loss', '?')} (checkpoint {sha}); "
+        f"training slides: {train}; validation (early stopping) slides: {val}"
+    )
+
+
 def _protocol_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     items = []
     for key, value in results.get("protocol", {}).items():
@@ -308,7 +323,8 @@ def _plain(value: Any) -> str:
 
 
 def _markdown(results, tables: list[Table], figures, title: str) -> str:
-    out = [f"# {title}", "", _split_line(results), ""]
+    out = [f"# {title}", "", _model_line(results), "", _split_line(results), ""]
+    out += [f"> **Warning:** {w}\n" for w in results.get("warnings", [])]
     for table in tables:
         out += [f"## {table.title}", ""]
         out.append("| " + " | ".join(table.header) + " |")
@@ -338,6 +354,7 @@ dt { font-weight: 600; margin-top: 0.4em; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption, .note { color: #555; font-size: 0.9em; }
+.warning { background: #fff3cd; border: 1px solid #e0c36b; padding: 0.4em 0.7em; }
 """
 
 
@@ -349,8 +366,10 @@ def _html(results, tables: list[Table], figures, title: str) -> str:
         f"<title>{e(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
+        f"<p>{e(_model_line(results))}</p>",
         f"<p>{e(_split_line(results))}</p>",
     ]
+    out += [f'<p class="warning"><b>Warning:</b> {e(w)}</p>' for w in results.get("warnings", [])]
     for table in tables:
         out.append(f"<h2>{e(table.title)}</h2>")
         out.append(
@@ -367,12 +386,22 @@ def _html(results, tables: list[Table], figures, title: str) -> str:
         out.append("<h2>Figures</h2>")
         for caption, path in figures:
             out.append(
-                f'<figure><img src="{e(path.name, quote=True)}" alt="{e(caption, quote=True)}">'
+                f'<figure><img src="{_data_uri(path)}" alt="{e(caption, quote=True)}">'
                 f"<figcaption>{e(caption)}</figcaption></figure>"
             )
-    out.append('<p class="note">Full numbers: <a href="results.json">results.json</a></p>')
+    out.append(
+        '<p class="note">Figures are embedded in this file; every number, per slide and per gene, is in '
+        "results.json beside it.</p>"
+    )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _data_uri(path: Path) -> str:
+    """A PNG as a data: URI, so that report.html is one self-contained file."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -138,9 +139,9 @@ def test_write_report_files(informative, tmp_path):
     html = paths["html"].read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
     assert len(images) == 3
-    for name in images:
-        assert (paths["html"].parent / name).is_file()
-        assert (paths["html"].parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for src in images:  # self-contained: every figure is inside the HTML
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Protocol" in html and "R@10" in html
     md = paths["markdown"].read_text()
     assert "(pearson_hist.png)" in md and "| image -> expression |" in md
