@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from PIL import Image
+from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 from histokg.io import atomic_path
@@ -39,10 +40,12 @@ def write_pyramid(
     quality: int = 90,
     min_side: int = 512,
     description: str = "",
+    progress: bool | None = None,
 ) -> Path:
     """Write an RGB ``uint8`` image (H, W, 3) as a pyramidal tiled JPEG TIFF with MPP metadata.
 
-    The file appears at ``out_path`` only once complete.
+    The file appears at ``out_path`` only once complete. ``progress`` shows a bar over tile rows
+    (default: when there are at least 16 of them).
     """
     out_path = Path(out_path)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -54,14 +57,26 @@ def write_pyramid(
     if tile % 16:
         raise InputError(f"{out_path}: tile size must be a multiple of 16, got {tile}")
     levels = pyramid_levels(image, min_side=min_side)
-    with atomic_path(out_path) as tmp:
+    rows = sum(-(-level.shape[0] // tile) for level in levels)
+    with (
+        atomic_path(out_path) as tmp,
+        tqdm(
+            total=rows,
+            desc=f"writing {out_path.name}",
+            unit="tile row",
+            disable=(rows < 16) if progress is None else not progress,
+        ) as bar,
+    ):
         big = image.nbytes > 2**31
         with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
             for index, level in enumerate(levels):
                 down = image.shape[1] / level.shape[1]
                 pixels_per_cm = 1e4 / (mpp * down)
+                bar.set_postfix(level=index)
                 tw.write(
-                    level,
+                    _tiles(level, tile, bar),
+                    shape=level.shape,
+                    dtype=level.dtype,
                     photometric="rgb",
                     tile=(tile, tile),
                     compression="jpeg",
@@ -83,9 +98,20 @@ def write_pyramid(
     return out_path
 
 
+def _tiles(level: np.ndarray, tile: int, bar: tqdm):
+    """Tiles of ``level`` in row-major order (edge tiles smaller; tifffile pads them), counting rows."""
+    height, width = level.shape[:2]
+    for y in range(0, height, tile):
+        for x in range(0, width, tile):
+            yield level[y : y + tile, x : x + tile]
+        bar.update(1)
+
+
 def convert(src: str | Path, dst: str | Path, mpp: float | None = None, **kwargs) -> Path:
-    """Convert a slide or plain image to a pyramidal TIFF that OpenSlide reads back with its MPP."""
+    """Convert a slide or plain image to a pyramidal TIFF that OpenSlide reads back with its MPP.
+
+    Level 0 is held in memory (checked against the memory available before reading).
+    """
     with open_slide(src, mpp=mpp) as slide:
-        width, height = slide.dimensions
-        image = slide.read_region((0, 0), 0, (width, height))
+        image = slide.read_level(0, progress=True)
         return write_pyramid(image, dst, slide.mpp, **kwargs)

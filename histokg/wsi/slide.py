@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import openslide
 from PIL import Image
+from tqdm.auto import tqdm
 
 from histokg.errors import SlideError
+from histokg.wsi.memory import check_image_memory
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,14 @@ OPENSLIDE_SUFFIXES = {
     ".bif",
     ".dcm",
 }
-# Plain images of a whole section are far larger than PIL's decompression-bomb guard allows.
-_MAX_PLAIN_PIXELS = 4 * 10**9
+# Peak memory per pixel while decoding a plain image: PIL's 4-byte (RGBX) buffer plus the 3-byte RGB array.
+PLAIN_DECODE_BYTES_PER_PX = 7
+# Reading a whole OpenSlide level: OpenSlide's RGBA buffer, its PIL copy and the RGB array.
+OPENSLIDE_READ_BYTES_PER_PX = 11
+# Plain image formats opened without PIL's global pixel limit (our own memory check replaces it).
+_PLAIN_FORMATS = ("JPEG", "PNG", "BMP")
+# Rows per band when a whole level is read piecewise (bounded OpenSlide buffers, progress).
+_BAND_BYTES = 64 * 2**20
 
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
@@ -123,10 +131,37 @@ class Slide:
             if w >= out_w and h >= out_h:
                 level = lv
         lw, lh = self.level_dimensions[level]
-        img = self.read_region((0, 0), level, (lw, lh))
-        if (lw, lh) != (out_w, out_h):
-            img = np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.Resampling.BOX))
-        return img, out_w / width
+        if (lw, lh) == (out_w, out_h):
+            return np.array(self.read_level(level, progress=True)), out_w / width
+        img = self._level_image(level).resize((out_w, out_h), Image.Resampling.BOX)
+        return np.asarray(img), out_w / width
+
+    def _level_image(self, level: int) -> Image.Image:
+        """A whole level as an RGB PIL image (memory checked before reading)."""
+        return Image.fromarray(self.read_level(level, progress=True))
+
+    def read_level(self, level: int = 0, *, progress: bool = False) -> np.ndarray:
+        """A whole level as an RGB array, read in horizontal bands; refuses levels that cannot fit in memory."""
+        lw, lh = self.level_dimensions[level]
+        down = self.level_downsamples[level]
+        if level != 0 and abs(down - round(down)) > 1e-9:  # bands need exact level-0 row offsets
+            check_image_memory(self.path, lw, lh, OPENSLIDE_READ_BYTES_PER_PX, f"reading level {level} whole")
+            return self.read_region((0, 0), level, (lw, lh))
+        check_image_memory(
+            self.path, lw, lh, 3 + 8 * min(1.0, _BAND_BYTES / max(1, 4 * lw * lh)), f"reading level {level}"
+        )
+        out = np.empty((lh, lw, 3), dtype=np.uint8)
+        band = max(1, _BAND_BYTES // (4 * lw))
+        starts = range(0, lh, band)
+        for y in tqdm(
+            starts,
+            desc=f"reading {self.path.name} level {level}",
+            unit="band",
+            disable=not progress or len(starts) < 2,
+        ):
+            rows = min(band, lh - y)
+            out[y : y + rows] = self.read_region((0, int(round(y * down))), level, (lw, rows))
+        return out
 
     def close(self) -> None:  # pragma: no cover - overridden
         pass
@@ -198,17 +233,7 @@ class PlainImageSlide(Slide):
                 "(--mpp) or let the ST reader derive it from the spot pitch"
             )
         self.mpp = _check_mpp(path, float(mpp))
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = _MAX_PLAIN_PIXELS
-        try:
-            with Image.open(path) as img:
-                self._array = np.asarray(img.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise SlideError(
-                f"slide {path}: cannot decode image, it may be corrupt or truncated: {exc}"
-            ) from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+        self._array = _decode_plain_image(path)
         height, width = self._array.shape[:2]
         self.level_dimensions = ((width, height),)
         self.level_downsamples = (1.0,)
@@ -227,11 +252,73 @@ class PlainImageSlide(Slide):
     def _read_pil(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
         return Image.fromarray(self.read_region(location, level, size))
 
+    def read_level(self, level: int = 0, *, progress: bool = False) -> np.ndarray:
+        """The image itself (already in memory; read-only, not copied)."""
+        if level != 0:
+            raise SlideError(f"slide {self.path}: plain images have one level, level {level} requested")
+        return self._array
+
+    def _level_image(self, level: int) -> Image.Image:
+        return Image.fromarray(self.read_level(level))
+
     def close(self) -> None:
         self._array = np.empty((0, 0, 3), np.uint8)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _open_plain_header(path: Path) -> Image.Image:
+    """Open a JPEG/PNG/BMP lazily (header only) without PIL's process-wide pixel limit.
+
+    ``Image.open`` refuses images above ``Image.MAX_IMAGE_PIXELS`` (a global, about 179 Mpx), which
+    whole-section images exceed; instead of raising that global for every thread, the format's
+    opener is called directly and :func:`check_image_memory` bounds the size by the memory left.
+    """
+    Image.init()
+    try:
+        with path.open("rb") as fh:
+            prefix = fh.read(16)
+    except OSError as exc:
+        raise SlideError(f"slide {path}: cannot be read ({exc})") from None
+    for fmt in _PLAIN_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is None or accept(prefix):
+            try:
+                return factory(str(path), str(path))
+            except (OSError, SyntaxError, ValueError, IndexError, Image.DecompressionBombError) as exc:
+                raise SlideError(
+                    f"slide {path}: cannot read the {fmt} header, the file may be corrupt or truncated: {exc}"
+                ) from None
+    raise SlideError(
+        f"slide {path}: not a JPEG, PNG or BMP image (first bytes {prefix[:4]!r}); "
+        "whole-slide formats (.svs, .tiff, ...) are opened with OpenSlide"
+    )
+
+
+def _decode_plain_image(path: Path) -> np.ndarray:
+    """Decode a plain image to RGB after checking that its claimed size fits in memory."""
+    img = _open_plain_header(path)
+    try:
+        width, height = img.size
+        check_image_memory(path, width, height, PLAIN_DECODE_BYTES_PER_PX)
+    except SlideError:
+        img.close()
+        raise
+    try:
+        log.info("%s: decoding %dx%d px", path.name, width, height)
+        img.load()
+        if img.mode != "RGB":
+            converted = img.convert("RGB")
+            img.close()
+            img = converted
+        return np.asarray(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise SlideError(
+            f"slide {path}: cannot decode image, it may be corrupt or truncated: {exc}"
+        ) from None
+    finally:
+        img.close()
 
 
 def _resolve_mpp(path: Path, props: dict[str, str], override: float | None) -> float:

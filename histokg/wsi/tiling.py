@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 from histokg.io import atomic_path
@@ -159,11 +160,15 @@ def draw_overlay(
         img = Image.composite(Image.blend(img, tint, 0.25), img, m)
     draw = ImageDraw.Draw(img)
     if boxes is not None:
-        for x0, y0, x1, y1 in np.asarray(boxes) * scale:
+        scaled = np.asarray(boxes) * scale
+        for x0, y0, x1, y1 in tqdm(scaled, desc="drawing tiles", unit="tile"):
             draw.rectangle([x0, y0, x1, y1], outline=(20, 60, 200))
     if circles is not None:
         r = max(1.0, radius0 * scale)
-        for i, (x, y) in enumerate(np.asarray(circles) * scale):
+        scaled = np.asarray(circles) * scale
+        for i, (x, y) in enumerate(
+            tqdm(scaled, desc="drawing spots", unit="spot", disable=len(scaled) < 5000)
+        ):
             col = tuple(int(c) for c in colors[i]) if colors is not None else (230, 120, 0)
             draw.ellipse([x - r, y - r, x + r, y + r], outline=col, width=max(1, int(r / 4)))
     return np.asarray(img)
