@@ -1,12 +1,16 @@
 """The AnnData contract every reader produces (see docs/architecture.md).
 
 - ``obs_names``: unique spot ids ``<library_id>_<barcode>``; ``obs["barcode"]`` keeps the raw id.
-- ``obs["library_id"]`` (categorical), ``obs["in_tissue"]`` (bool).
+- ``obs["library_id"]`` (categorical), ``obs["in_tissue"]`` (a flag: categorical with bool categories,
+  see :func:`bool_flag`; use ``.to_numpy(bool)`` as a mask).
 - ``obsm["spatial"]``: float (n, 2) spot centres in level-0 pixels of the slide, column 0 = x.
 - ``uns["spatial"][library_id]``: ``images["hires"]`` (uint8 thumbnail), ``scalefactors``
-  (``tissue_hires_scalef``, ``spot_diameter_fullres``), ``metadata`` (``source_image_path``, ``mpp``).
-- ``layers["counts"]``: raw counts (CSR); ``X`` starts as a float32 copy; ``var_names`` gene symbols,
-  ``var["gene_ids"]`` stable ids where known.
+  (``tissue_hires_scalef``, ``spot_diameter_fullres``), ``metadata`` (``source_image_path`` as an
+  absolute path, ``mpp``, ``counts_integer``).
+- ``layers["counts"]``: raw counts (CSR, integer unless the input held fractions: then float32, never
+  rounded, with a warning); ``X`` starts as a float32 copy; ``var_names`` unique gene symbols (a
+  symbol listed twice is one gene with the counts summed, never a renamed ``GENE-1``),
+  ``var["gene_ids"]`` stable ids where known (``;``-joined for summed genes).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -41,13 +46,96 @@ def spatial_uns(
         "spot_diameter_fullres": float(spot_diameter_fullres),
     }
     scalefactors.update({k: float(v) for k, v in (extra_scalefactors or {}).items()})
-    metadata = {"source_image_path": str(source_image_path) if source_image_path else "", "mpp": float(mpp)}
+    metadata = {
+        "source_image_path": str(Path(source_image_path).resolve()) if source_image_path else "",
+        "mpp": float(mpp),
+    }
     metadata.update(extra_metadata or {})
     return {
         "images": {"hires": np.ascontiguousarray(hires, dtype=np.uint8)},
         "scalefactors": scalefactors,
         "metadata": metadata,
     }
+
+
+def bool_flag(values) -> pd.Categorical:
+    """A boolean obs column (``in_tissue``, ``patch_partial``, ``on_tissue_mask``) as stored in the contract.
+
+    ``squidpy.pl.spatial_scatter`` colours only categorical columns as groups. Any other column is
+    treated as continuous values and passed to matplotlib, which colour-maps only numeric dtypes
+    (numpy ``bool`` is not ``np.number``) and otherwise reads each value as a colour name, so a bool
+    column fails with "Invalid RGBA argument: np.True_". A categorical with the *bool* categories
+    ``[False, True]`` colours as two groups and still works as a mask: ``col.to_numpy(bool)``,
+    ``adata[col]``, ``df[col]`` (use ``.to_numpy(bool)`` for ``~`` and sums).
+    """
+    return pd.Categorical(np.asarray(values, dtype=bool), categories=[False, True])
+
+
+def _integer_counts(
+    counts: sp.csr_matrix, barcodes: Sequence[str], genes: Sequence[str], source: str, library_id: str
+) -> tuple[sp.csr_matrix, bool]:
+    """Integer counts where the values are whole numbers; fractional values are kept, never rounded."""
+    if counts.dtype.kind in "iu":
+        fits = not counts.data.size or counts.data.max() <= np.iinfo(np.int32).max
+        return (counts.astype(np.int32) if fits else counts), True
+    if not np.isfinite(counts.data).all():
+        raise InputError(f"{source}: counts contain NaN or infinite values")
+    fractional = counts.data != np.round(counts.data)
+    if not fractional.any():
+        big = counts.data.size and counts.data.max() > np.iinfo(np.int32).max
+        return counts.astype(np.int64 if big else np.int32), True
+    k = int(np.flatnonzero(fractional)[0])
+    row = int(np.searchsorted(counts.indptr, k, side="right") - 1)
+    log.warning(
+        "%s: counts are not whole numbers (%d of %d non-zero values, e.g. %.6g for spot %r, gene %r); "
+        "layers['counts'] keeps them as float32, not rounded, and uns['spatial'][%r]['metadata']"
+        "['counts_integer'] is False: these may be normalised or imputed values rather than raw counts, "
+        "so steps that assume raw counts (count models, seurat_v3 HVG) do not apply",
+        source,
+        int(fractional.sum()),
+        counts.nnz,
+        float(counts.data[k]),
+        str(barcodes[row]),
+        str(genes[counts.indices[k]]),
+        library_id,
+    )
+    return counts.astype(np.float32), False
+
+
+def aggregate_duplicate_genes(
+    counts: sp.csr_matrix, genes: Sequence[str], gene_ids: Sequence[str], source: str
+) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """Sum the counts of genes listed more than once into one column each (first-seen order).
+
+    The merged gene keeps its name; its ``gene_ids`` are the distinct ids joined with ``;``. One
+    warning says how many genes were merged, with examples. Nothing is renamed.
+    """
+    genes = [str(g) for g in genes]
+    gene_ids = [str(g) for g in gene_ids]
+    codes, uniques = pd.factorize(pd.Index(genes))
+    if len(uniques) == len(genes):
+        return counts, genes, gene_ids
+    n = len(genes)
+    indicator = sp.csr_matrix(
+        (np.ones(n, dtype=counts.dtype), (np.arange(n), codes)), shape=(n, len(uniques))
+    )
+    summed = sp.csr_matrix(counts @ indicator)
+    ids: list[list[str]] = [[] for _ in uniques]
+    for code, gid in zip(codes, gene_ids, strict=True):
+        if gid not in ids[code]:
+            ids[code].append(gid)
+    sizes = np.bincount(codes, minlength=len(uniques))
+    merged = np.flatnonzero(sizes > 1)
+    examples = ", ".join(f"{uniques[c]} ({sizes[c]} columns, ids {';'.join(ids[c])})" for c in merged[:3])
+    log.warning(
+        "%s: %d gene names occur more than once (%d columns in all); their counts are summed into one "
+        "gene each, var['gene_ids'] joins their ids with ';'; e.g. %s",
+        source,
+        len(merged),
+        int(sizes[merged].sum()),
+        examples,
+    )
+    return summed, [str(g) for g in uniques], [";".join(i) for i in ids]
 
 
 def build_anndata(
@@ -63,27 +151,34 @@ def build_anndata(
     obs_extra: pd.DataFrame | None = None,
     source: str = "",
 ) -> ad.AnnData:
-    """Assemble an AnnData that follows the contract and check it."""
+    """Assemble an AnnData that follows the contract and check it.
+
+    Whole-number counts become integers; fractional ones stay float32 with a warning (never
+    rounded); genes listed more than once are summed (:func:`aggregate_duplicate_genes`).
+    ``source`` (the counts file) names the input in warnings and errors.
+    """
+    source = source or library_id
     barcodes = [str(b) for b in barcodes]
+    genes = [str(g) for g in genes]
     counts = sp.csr_matrix(counts)
-    if counts.dtype.kind == "f" and np.array_equal(counts.data, np.round(counts.data)):
-        counts = counts.astype(np.int32)  # raw UMI counts are integers, whatever the reader returned
+    counts, is_integer = _integer_counts(counts, barcodes, genes, source, library_id)
+    gene_ids = list(gene_ids) if gene_ids is not None else genes
+    counts, genes, gene_ids = aggregate_duplicate_genes(counts, genes, gene_ids, source)
     obs = pd.DataFrame(index=pd.Index([f"{library_id}_{b}" for b in barcodes], name="spot_id"))
     obs["barcode"] = barcodes
     obs["library_id"] = pd.Categorical([library_id] * len(barcodes))
-    obs["in_tissue"] = np.ones(len(barcodes), bool) if in_tissue is None else np.asarray(in_tissue, bool)
+    obs["in_tissue"] = bool_flag(np.ones(len(barcodes), bool) if in_tissue is None else in_tissue)
     if obs_extra is not None:
         for col in obs_extra.columns:
             obs[col] = obs_extra[col].to_numpy()
-    var = pd.DataFrame(index=pd.Index([str(g) for g in genes], name="gene"))
-    var["gene_ids"] = list(gene_ids) if gene_ids is not None else var.index.to_list()
+    var = pd.DataFrame(index=pd.Index(genes, name="gene"))
+    var["gene_ids"] = gene_ids
     adata = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=var)
     adata.layers["counts"] = counts
     adata.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
+    spatial = {**spatial, "metadata": {**spatial.get("metadata", {}), "counts_integer": is_integer}}
     adata.uns["spatial"] = {library_id: spatial}
-    if not adata.var_names.is_unique:
-        adata.var_names_make_unique()
-    validate(adata, source=source or library_id)
+    validate(adata, source=source)
     return adata
 
 
@@ -184,6 +279,31 @@ def concat_sections(adatas: Sequence[ad.AnnData], join: str = "inner") -> ad.Ann
     out.obs["library_id"] = out.obs["library_id"].astype("category")
     validate(out, source="concatenated sections")
     return out
+
+
+def read_h5ad(path: str | Path) -> ad.AnnData:
+    """``anndata.read_h5ad`` with one clear :class:`InputError` naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"h5ad file {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"h5ad file {path} is a folder, not an .h5ad file")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise InputError(f"h5ad file {path} cannot be read ({exc})") from None
+    if not is_hdf5:
+        raise InputError(
+            f"h5ad file {path}: not an HDF5 file (.h5ad files written by anndata are HDF5); "
+            "it may be truncated, empty or another format"
+        )
+    try:
+        return ad.read_h5ad(path)
+    except MemoryError:
+        raise
+    except Exception as exc:  # anndata raises many types for a malformed file; none is a bug of ours
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"h5ad file {path}: an HDF5 file but not readable as AnnData ({reason})") from None
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:

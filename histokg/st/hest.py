@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histokg.errors import InputError, SlideError
-from histokg.st.contract import build_anndata, check_spots_in_image, spatial_uns
+from histokg.st.contract import build_anndata, check_spots_in_image, read_h5ad, spatial_uns
 from histokg.wsi.slide import open_slide
 
 HEST_MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")
@@ -33,12 +33,7 @@ def read_hest(
 ) -> ad.AnnData:
     """Read a HEST-style ``.h5ad`` + slide pair into the AnnData contract."""
     h5ad = Path(h5ad)
-    if not h5ad.is_file():
-        raise InputError(f"h5ad file {h5ad} does not exist")
-    try:
-        src = ad.read_h5ad(h5ad)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"h5ad file {h5ad}: cannot be read ({exc})") from None
+    src = read_h5ad(h5ad)
     library_id = library_id or h5ad.stem
     if "spatial" in src.obsm:
         xy = np.asarray(src.obsm["spatial"], dtype=np.float64)[:, :2]
@@ -50,7 +45,12 @@ def read_hest(
         )
 
     if mpp is None and metadata_json is not None:
-        meta = json.loads(Path(metadata_json).read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(Path(metadata_json).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"HEST metadata {metadata_json}: cannot be read as JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise InputError(f"HEST metadata {metadata_json}: expected a JSON object")
         mpp = next((float(meta[k]) for k in HEST_MPP_KEYS if meta.get(k)), None)
         if mpp is None:
             raise InputError(f"{metadata_json}: none of {HEST_MPP_KEYS} is set")
@@ -71,7 +71,7 @@ def read_hest(
         spot_diameter_um / mpp_value,
         Path(slide),
         mpp_value,
-        extra_metadata={"reader": "hest", "source_path": str(h5ad)},
+        extra_metadata={"reader": "hest", "source_path": str(h5ad.resolve())},
     )
     extra = src.obs.drop(
         columns=[c for c in ("in_tissue", "library_id", "barcode") if c in src.obs], errors="ignore"

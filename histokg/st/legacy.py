@@ -37,17 +37,34 @@ def read_counts_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"counts file {path} does not exist")
     try:
+        # The header as written: pandas would rename a repeated gene GENE to GENE.1 (and a gene
+        # really named GENE.1, e.g. a versioned Ensembl id, is indistinguishable from that).
+        header = pd.read_csv(path, sep="\t", header=None, nrows=1, dtype=str, keep_default_na=False)
         table = pd.read_csv(path, sep="\t", index_col=0)
     except (ValueError, OSError, pd.errors.ParserError, EOFError) as exc:
         raise InputError(f"counts file {path}: cannot be parsed as a tab-separated table ({exc})") from None
     if table.shape[1] == 0 or table.shape[0] == 0:
         raise InputError(f"counts file {path}: no genes or no spots (shape {table.shape})")
+    names = [str(v) for v in header.iloc[0].tolist()]
+    if len(names) == table.shape[1] + 1:
+        names = names[1:]  # the spot-id column's header cell
+    if len(names) != table.shape[1]:
+        raise InputError(
+            f"counts file {path}: the header has {len(names)} fields but the rows have {table.shape[1]} "
+            "gene columns"
+        )
+    empty = [i + 2 for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise InputError(f"counts file {path}: empty gene name in header column(s) {empty[:3]}")
+    table.columns = pd.Index(names)
     table.index = table.index.astype(str)
     if not table.index.is_unique:
         raise InputError(
             f"counts file {path}: duplicate spot ids, e.g. {table.index[table.index.duplicated()][0]!r}"
         )
-    non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    non_numeric = [
+        table.columns[i] for i in range(table.shape[1]) if not pd.api.types.is_numeric_dtype(table.iloc[:, i])
+    ]
     if non_numeric:
         raise InputError(f"counts file {path}: non-numeric values in gene column(s) {non_numeric[:3]}")
     values = table.to_numpy()
@@ -144,7 +161,7 @@ def read_legacy_st(
     )
     obs_extra = pd.DataFrame({"array_x": spot_rows["x"].to_numpy(), "array_y": spot_rows["y"].to_numpy()})
     return build_anndata(
-        sp.csr_matrix(table.to_numpy(dtype=np.float32)),
+        sp.csr_matrix(table.to_numpy()),
         table.index,
         table.columns,
         xy,

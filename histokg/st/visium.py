@@ -118,7 +118,7 @@ def read_visium(
             for k, v in scalefactors.items()
             if k not in ("tissue_hires_scalef", "spot_diameter_fullres") and _is_number(v)
         },
-        extra_metadata={"mpp_source": mpp_source, "reader": "visium", "source_path": str(path)},
+        extra_metadata={"mpp_source": mpp_source, "reader": "visium", "source_path": str(path.resolve())},
     )
     obs_extra = pd.DataFrame(
         {"array_row": pos["array_row"].to_numpy(), "array_col": pos["array_col"].to_numpy()}
@@ -133,7 +133,7 @@ def read_visium(
         in_tissue=pos["in_tissue"].to_numpy().astype(bool),
         gene_ids=adata_counts.var.get("gene_ids", pd.Series(adata_counts.var_names)).to_list(),
         obs_extra=obs_extra,
-        source=str(path),
+        source=str(counts_file),
     )
 
 
@@ -144,19 +144,24 @@ def read_positions(spatial_dir: Path) -> tuple[pd.DataFrame, Path]:
         spatial_dir / "tissue_positions.csv",
         spatial_dir / "tissue_positions_list.csv",
     )
+    file = next((f for f in (v3, v2, v1) if f.is_file()), None)
+    if file is None:
+        raise InputError(
+            f"{spatial_dir}: no tissue_positions.parquet, tissue_positions.csv or tissue_positions_list.csv"
+        )
     try:
-        if v3.is_file():
-            table, file = pd.read_parquet(v3), v3
-        elif v2.is_file():
-            table, file = pd.read_csv(v2), v2
-        elif v1.is_file():
-            table, file = pd.read_csv(v1, header=None, names=POSITION_COLUMNS), v1
+        if file == v3:
+            table = pd.read_parquet(v3)
+        elif file == v2:
+            table = pd.read_csv(v2)
+            _check_v2_header(table, file)
         else:
-            raise InputError(
-                f"{spatial_dir}: no tissue_positions.parquet, tissue_positions.csv or tissue_positions_list.csv"
-            )
+            table = _read_v1_positions(v1)
+    except InputError:
+        raise
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise InputError(f"{spatial_dir}: spot positions cannot be parsed ({exc})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{file}: spot positions cannot be parsed ({reason})") from None
     missing = [c for c in POSITION_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(f"{file}: missing columns {missing}; found {list(table.columns)}")
@@ -169,6 +174,42 @@ def read_positions(spatial_dir: Path) -> tuple[pd.DataFrame, Path]:
         if not pd.api.types.is_numeric_dtype(table[col]):
             raise InputError(f"{file}: column {col!r} must be numeric")
     return table.set_index("barcode"), file
+
+
+_EXPECTED_COLUMNS = f"{len(POSITION_COLUMNS)} columns ({', '.join(POSITION_COLUMNS)})"
+
+
+def _read_v1_positions(file: Path) -> pd.DataFrame:
+    """Space Ranger 1.x ``tissue_positions_list.csv``: six columns, no header (a header row is tolerated)."""
+    table = pd.read_csv(file, header=None)
+    if len(table) and str(table.iloc[0, 0]).strip().lower() == "barcode":
+        table = pd.read_csv(file)  # a header row after all: the v2 layout under the v1 name
+        _check_v2_header(table, file)
+        return table
+    if table.shape[1] != len(POSITION_COLUMNS):
+        first = ",".join(str(v) for v in table.iloc[0].tolist()) if len(table) else ""
+        raise InputError(
+            f"{file}: expected {_EXPECTED_COLUMNS} without a header, found {table.shape[1]} "
+            f"column(s); first row: {first[:120]!r}"
+        )
+    table.columns = POSITION_COLUMNS
+    return table
+
+
+def _check_v2_header(table: pd.DataFrame, file: Path) -> None:
+    """A Space Ranger 2.x ``tissue_positions.csv`` starts with the header row of its six columns."""
+    found = [str(c) for c in table.columns]
+    if found == POSITION_COLUMNS or set(POSITION_COLUMNS) <= set(found):
+        return
+    if len(found) == len(POSITION_COLUMNS) and "barcode" not in found:
+        raise InputError(
+            f"{file}: expected a header row naming {_EXPECTED_COLUMNS}; the first row is "
+            f"{','.join(found)[:120]!r}, which looks like data: a headerless Space Ranger 1.x file "
+            "belongs in tissue_positions_list.csv"
+        )
+    raise InputError(
+        f"{file}: expected a header row naming {_EXPECTED_COLUMNS}; found {len(found)} column(s): {found[:8]}"
+    )
 
 
 def _read_counts(path: Path) -> tuple[ad.AnnData, Path]:
@@ -216,9 +257,14 @@ def _read_hires(spatial_dir: Path, scalefactors: dict) -> tuple[np.ndarray | Non
             if key not in scalefactors:
                 raise InputError(f"{spatial_dir / 'scalefactors_json.json'}: {key!r} missing for {name}")
             try:
-                with Image.open(file) as img:
+                with Image.open(file) as img:  # PIL's pixel limit applies: these images are ~2000 px
                     arr = np.asarray(img.convert("RGB"))
-            except OSError as exc:
+            except Image.DecompressionBombError as exc:
+                raise InputError(
+                    f"{file}: refused to decode, the header claims too many pixels for a Space Ranger "
+                    f"{name.split('_')[1]} image (at most a few thousand px a side): {exc}"
+                ) from None
+            except (OSError, SyntaxError, ValueError) as exc:
                 raise InputError(f"{file}: cannot decode image ({exc})") from None
             return arr, float(scalefactors[key])
     return None, 1.0
@@ -238,8 +284,17 @@ def write_10x_h5(
     gene_ids: Sequence[str],
     gene_names: Sequence[str],
     genome: str = "GRCh38",
+    *,
+    library_id: str = "library",
+    chemistry_description: str = "Spatial 3' v1",
 ) -> Path:
-    """Write a Cell Ranger v3-style ``filtered_feature_bc_matrix.h5`` (spots x genes counts)."""
+    """Write a Space Ranger / Cell Ranger v3-style ``filtered_feature_bc_matrix.h5`` (spots x genes counts).
+
+    The root attributes are those Space Ranger writes (``library_ids``, ``chemistry_description``,
+    ``filetype``, ``software_version``, ``version``, ``original_gem_groups``): ``scanpy.read_visium``
+    and ``squidpy.read.visium`` take the library id from them. ``software_version`` names histokg,
+    not Space Ranger.
+    """
     csr = sp.csr_matrix(counts)
     n_spots, n_genes = csr.shape
     if len(barcodes) != n_spots or len(gene_ids) != n_genes or len(gene_names) != n_genes:
@@ -247,6 +302,12 @@ def write_10x_h5(
             f"{path}: counts {csr.shape} do not match {len(barcodes)} barcodes / {len(gene_ids)} genes"
         )
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["chemistry_description"] = chemistry_description
+        f.attrs["filetype"] = "matrix"
+        f.attrs["library_ids"] = np.array([library_id], dtype="S")
+        f.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
+        f.attrs["software_version"] = f"histokg-{_histokg_version()}"
+        f.attrs["version"] = np.int64(2)
         m = f.create_group("matrix")
         m.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
         m.create_dataset("data", data=csr.data.astype(np.int32), compression="gzip")
@@ -262,6 +323,15 @@ def write_10x_h5(
     return Path(path)
 
 
+def _histokg_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("histokg")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
 def write_spaceranger_outs(
     out: str | Path,
     *,
@@ -273,12 +343,23 @@ def write_spaceranger_outs(
     scalefactors: dict,
     hires: np.ndarray,
     lowres: np.ndarray,
+    library_id: str | None = None,
 ) -> Path:
-    """Write the files of a Space Ranger ``outs`` folder that :func:`read_visium` reads."""
+    """Write the files of a Space Ranger ``outs`` folder that :func:`read_visium` (and scanpy/squidpy) read.
+
+    ``library_id`` (default: the folder name) goes into the matrix file's ``library_ids`` attribute.
+    """
     out = Path(out)
     spatial = out / "spatial"
     spatial.mkdir(parents=True, exist_ok=True)
-    write_10x_h5(out / "filtered_feature_bc_matrix.h5", counts, barcodes, gene_ids, gene_names)
+    write_10x_h5(
+        out / "filtered_feature_bc_matrix.h5",
+        counts,
+        barcodes,
+        gene_ids,
+        gene_names,
+        library_id=library_id or out.name,
+    )
     with atomic_open(spatial / "tissue_positions.csv", "w", encoding="utf-8", newline="") as fh:
         positions[POSITION_COLUMNS].to_csv(fh, index=False)
     write_json(spatial / "scalefactors_json.json", scalefactors)

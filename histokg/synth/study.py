@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from histokg.config import save_config, to_dict
+from histokg.errors import InputError
 from histokg.io import atomic_open, write_json
 from histokg.st.visium import write_spaceranger_outs
 from histokg.synth.biology import REGION_NAMES
@@ -127,7 +128,7 @@ def generate_section(cfg: SynthConfig, index: int, out_dir: Path, model) -> Sect
     height_px = int(round(cfg.height_um / cfg.mpp))
     level0 = np.asarray(Image.fromarray(rgb).resize((width_px, height_px), Image.Resampling.BILINEAR))
     slide_path = write_pyramid(
-        level0, out_dir / "slides" / f"{library_id}.tiff", cfg.mpp, quality=cfg.jpeg_quality
+        level0, out_dir / "slides" / f"{library_id}.tiff", cfg.mpp, quality=cfg.jpeg_quality, progress=False
     )
     del level0
 
@@ -173,6 +174,7 @@ def generate_section(cfg: SynthConfig, index: int, out_dir: Path, model) -> Sect
         },
         hires=hires,
         lowres=lowres,
+        library_id=library_id,
     )
 
     truth = pd.DataFrame(index=pd.Index(spots.loc[in_tissue, "barcode"].to_numpy(), name="barcode"))
@@ -253,18 +255,38 @@ def load_study(study_dir: str | Path, with_truth: bool = True):
 
     study_dir = Path(study_dir)
     manifest_path = study_dir / "study.json"
+    if not study_dir.is_dir():
+        raise InputError(f"study folder {study_dir} does not exist or is not a folder")
     if not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"{manifest_path} does not exist; create a study with `histokg synth {study_dir}`"
+        raise InputError(
+            f"{study_dir} is not a histokg study folder: it has no study.json (the manifest "
+            f"`histokg synth {study_dir}` writes); for other data, read it into an .h5ad first "
+            "(`histokg read visium|legacy|hest`)"
         )
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sections"), list):
+        raise InputError(f"{manifest_path}: expected a JSON object with a 'sections' list")
+    if not manifest["sections"]:
+        raise InputError(f"{manifest_path}: the study lists no sections")
+    required = ("library_id", "slide", "spaceranger", "truth")
     sections = []
     for sec in manifest["sections"]:
+        missing = [k for k in required if not isinstance(sec, dict) or k not in sec]
+        if missing:
+            raise InputError(f"{manifest_path}: a section lacks {missing} (found {sec!r:.120})")
         adata = read_visium(
             study_dir / sec["spaceranger"], slide=study_dir / sec["slide"], library_id=sec["library_id"]
         )
         if with_truth:
-            truth = pd.read_csv(study_dir / sec["truth"], index_col=0)
+            truth_path = study_dir / sec["truth"]
+            if not truth_path.is_file():
+                raise InputError(
+                    f"{manifest_path}: truth file {truth_path} of {sec['library_id']} does not exist"
+                )
+            truth = pd.read_csv(truth_path, index_col=0)
             truth = truth.loc[adata.obs["barcode"].to_numpy()]
             adata.obs["region"] = pd.Categorical(truth["region"].to_numpy(), categories=list(REGION_NAMES))
             adata.obsm["truth"] = truth.drop(columns=["region"]).set_axis(adata.obs_names, axis=0)
