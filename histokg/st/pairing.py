@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 
 from histokg.errors import InputError
-from histokg.st.contract import check_spots_in_image
+from histokg.st.contract import bool_flag, check_spots_in_image
 from histokg.wsi.mask import MaskConfig, detect_tissue
 from histokg.wsi.slide import Slide, open_slide
 from histokg.wsi.tiling import draw_overlay
@@ -38,20 +38,62 @@ class PairingConfig:
         return self.patch_um / self.patch_px
 
 
-def slide_paths(adata: ad.AnnData, slides: Mapping[str, str | Path] | None = None) -> dict[str, Path]:
-    """Slide file per library: ``slides`` where given, else ``uns["spatial"][lib]["metadata"]["source_image_path"]``."""
+def slide_paths(
+    adata: ad.AnnData,
+    slides: Mapping[str, str | Path] | None = None,
+    *,
+    slide_dir: str | Path | None = None,
+) -> dict[str, Path]:
+    """Slide file per library.
+
+    ``slides`` (library id -> path) wins where given. Otherwise the slide recorded by the reader,
+    ``uns["spatial"][lib]["metadata"]["source_image_path"]``; with ``slide_dir``, a file of the
+    recorded file's name inside ``slide_dir`` is used instead (slides that moved, or an .h5ad used on
+    another machine). A recorded slide that exists nowhere is an error naming the library and path.
+    """
     out: dict[str, Path] = {}
+    by_name: dict[str, tuple[str, Path]] = {}
+    slide_dir = Path(slide_dir) if slide_dir is not None else None
+    if slide_dir is not None and not slide_dir.is_dir():
+        raise InputError(f"slide folder {slide_dir} does not exist or is not a folder")
     for lib in adata.obs["library_id"].astype(str).unique():
         if slides and lib in slides:
             out[lib] = Path(slides[lib])
             continue
         meta = adata.uns.get("spatial", {}).get(lib, {}).get("metadata", {})
-        path = meta.get("source_image_path")
-        if not path:
+        recorded = meta.get("source_image_path")
+        if not recorded:
             raise InputError(
                 f"library {lib!r}: no slide given and uns['spatial'][{lib!r}]['metadata']['source_image_path'] is empty"
             )
-        out[lib] = Path(path)
+        recorded = Path(str(recorded))
+        if slide_dir is not None:
+            moved = slide_dir / recorded.name
+            if moved.is_file():
+                other = by_name.get(recorded.name)
+                if other is not None and other[1] != recorded:
+                    raise InputError(
+                        f"libraries {other[0]!r} and {lib!r} both record a slide named {recorded.name!r} "
+                        f"({other[1]} and {recorded}); --slide-dir {slide_dir} cannot tell them apart: "
+                        "give each library its slide explicitly"
+                    )
+                by_name[recorded.name] = (lib, recorded)
+                out[lib] = moved
+                continue
+            if recorded.is_file():
+                out[lib] = recorded
+                continue
+            raise InputError(
+                f"library {lib!r}: slide {recorded} does not exist and {slide_dir} has no file "
+                f"named {recorded.name!r}"
+            )
+        if not recorded.is_file():
+            raise InputError(
+                f"library {lib!r}: slide {recorded} (recorded in uns['spatial'][{lib!r}]['metadata']"
+                "['source_image_path']) does not exist; if the slides moved, pass the folder that now "
+                "holds them with --slide-dir (slide_dir=)"
+            )
+        out[lib] = recorded
     return out
 
 
@@ -66,14 +108,21 @@ def open_library_slide(adata: ad.AnnData, lib: str, path: Path) -> Slide:
 
 
 def pair_spots(
-    adata: ad.AnnData, cfg: PairingConfig = PairingConfig(), slides: Mapping[str, str | Path] | None = None
+    adata: ad.AnnData,
+    cfg: PairingConfig = PairingConfig(),
+    slides: Mapping[str, str | Path] | None = None,
+    *,
+    slide_dir: str | Path | None = None,
 ) -> ad.AnnData:
     """Flag each spot's patch geometry in ``adata.obs`` and record the pairing in ``uns["histokg"]``.
 
     Adds ``patch_partial`` (patch crosses the image edge), ``on_tissue_mask`` (spot centre on the
-    tissue mask) and ``patch_tissue_fraction``. Raises if a spot centre lies outside its image.
+    tissue mask), both flags as :func:`~histokg.st.contract.bool_flag` columns, and
+    ``patch_tissue_fraction``. Raises if a spot centre lies outside its image. Slides are found as
+    in :func:`slide_paths`; where ``slides`` or ``slide_dir`` point elsewhere than the recorded path,
+    ``source_image_path`` is updated to the (absolute) slide used.
     """
-    paths = slide_paths(adata, slides)
+    paths = slide_paths(adata, slides, slide_dir=slide_dir)
     partial = np.zeros(adata.n_obs, dtype=bool)
     on_mask = np.zeros(adata.n_obs, dtype=bool)
     fraction = np.zeros(adata.n_obs, dtype=np.float32)
@@ -102,15 +151,21 @@ def pair_spots(
             int(partial[idx].sum()),
             int((~on_mask[idx]).sum()),
         )
-    adata.obs["patch_partial"] = partial
-    adata.obs["on_tissue_mask"] = on_mask
+    adata.obs["patch_partial"] = bool_flag(partial)
+    adata.obs["on_tissue_mask"] = bool_flag(on_mask)
     adata.obs["patch_tissue_fraction"] = fraction
+    for lib, path in paths.items():
+        meta = adata.uns["spatial"][lib].setdefault("metadata", {})
+        resolved = str(path.resolve())
+        if meta.get("source_image_path") != resolved:
+            log.info("%s: slide now recorded as %s (was %s)", lib, resolved, meta.get("source_image_path"))
+            meta["source_image_path"] = resolved
     params = adata.uns.setdefault("histokg", {})
     params["pairing"] = {
         **asdict(cfg),
         "mask": asdict(cfg.mask),
         "target_mpp": cfg.target_mpp,
-        "slides": {k: str(v) for k, v in paths.items()},
+        "slides": {k: str(v.resolve()) for k, v in paths.items()},
     }
     return adata
 
@@ -119,14 +174,19 @@ SPOT_COLOURS = {"ok": (20, 170, 60), "partial": (240, 140, 0), "off_tissue": (22
 
 
 def spots_overlay(
-    adata: ad.AnnData, lib: str, max_side: int = 1600, slides: Mapping[str, str | Path] | None = None
+    adata: ad.AnnData,
+    lib: str,
+    max_side: int = 1600,
+    slides: Mapping[str, str | Path] | None = None,
+    *,
+    slide_dir: str | Path | None = None,
 ) -> np.ndarray:
     """Thumbnail of a library's slide with its spots drawn at their true size.
 
     Green: full patch on tissue; orange: patch padded at the image edge; red: spot off the tissue
     mask or not under tissue according to the reader.
     """
-    path = slide_paths(adata, slides)[lib]
+    path = slide_paths(adata[adata.obs["library_id"].astype(str) == lib], slides, slide_dir=slide_dir)[lib]
     sel = (adata.obs["library_id"].astype(str) == lib).to_numpy()
     obs = adata.obs.loc[sel]
     xy = np.asarray(adata.obsm["spatial"], dtype=float)[sel]
