@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -63,12 +64,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise InputError(f"image weights {path}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, unsafe globals
-        raise InputError(
-            f"image weights {path}: cannot be loaded as a weights-only torch file ({exc})"
-        ) from None
+    obj = load_tensor_file(path, "image weights")
     for key in ("state_dict", "model", "model_state_dict", "teacher", "student"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -78,6 +74,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def load_tensor_file(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors: a file holding pickled Python objects
+    is refused as "not a plain tensor file" (it is never unpickled), a damaged one as unreadable."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: the file pickles Python objects
+        raise InputError(
+            f"{what} {path}: not a plain tensor file (it holds pickled Python objects, which histokg never "
+            "loads); save a state dict of tensors with torch.save or safetensors"
+        ) from None
+    except Exception as exc:  # zip errors, truncation, not a torch file at all
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} {path}: cannot be read as a torch tensor file ({first})") from None
+
+
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading strictly into a module with state dict ``own``: the first few
+    missing, unexpected and mis-shaped keys of each kind (empty when it fits)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("with other shapes", mis_shaped)):
+        if keys:
+            parts.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})")
+    return parts
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """Load a state dict into ``backbone``; error naming the keys that do not fit."""
     state = read_state_dict(path)
@@ -85,22 +115,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mis_shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mis_shaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:4]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:4]})")
-        if mis_shaped:
-            k = mis_shaped[0]
-            parts.append(
-                f"{len(mis_shaped)} with other shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
-            )
-        raise InputError(f"image weights {path} do not fit {type(backbone).__name__}: " + "; ".join(parts))
+    problems = state_mismatch(backbone.state_dict(), state)
+    if problems:
+        raise InputError(f"image weights {path} do not fit {type(backbone).__name__}: " + "; ".join(problems))
     backbone.load_state_dict(state, strict=True)
     log.info("loaded %d tensors from %s", len(state), path)
 

@@ -47,6 +47,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise DataConfError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataConfError(f"config file {path}: cannot read ({exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

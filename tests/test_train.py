@@ -319,3 +319,35 @@ def test_expression_tower_over_kg_activations(synth_study, synth_adata, kg2e_bun
 
     out = embed(synth_adata, result.last_checkpoint, copy=True)
     assert out.obsm["X_histokg_expr"].shape == (synth_adata.n_obs, 32)
+
+
+class _NotATensor:
+    """Any Python object: a file that pickles one must never be unpickled."""
+
+
+def test_pickled_objects_in_a_weights_file_are_refused_in_one_line(tmp_path):
+    from histokg.models import read_state_dict
+
+    path = tmp_path / "weights.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "extra": _NotATensor()}, path)
+    with pytest.raises(InputError) as err:
+        read_state_dict(path)
+    assert str(err.value).startswith(f"image weights {path}: not a plain tensor file")
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="checkpoint .*: not a plain tensor file"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_whose_config_does_not_fit_its_weights_names_keys(synth_study, tmp_path):
+    from histokg.tl.embed import load_model
+    from histokg.train.checkpoint import save_checkpoint
+
+    result = train(tiny_cfg(synth_study, tmp_path / "run", "optim.epochs=1"))
+    ckpt = load_checkpoint(result.last_checkpoint)
+    ckpt["meta"]["config"]["model"]["embed_dim"] = 48  # the saved config no longer describes the weights
+    save_checkpoint(tmp_path / "edited.pt", ckpt)
+    with pytest.raises(InputError) as err:
+        load_model(tmp_path / "edited.pt")
+    msg = str(err.value)
+    assert "weights do not fit the model its saved config describes" in msg and "with other shapes" in msg
+    assert len(msg) < 600 and "\n" not in msg

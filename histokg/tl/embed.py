@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from histokg.config import from_dict
 from histokg.errors import InputError
 from histokg.io import file_sha256
-from histokg.models import DualEncoder, ModelConfig
+from histokg.models import DualEncoder, ModelConfig, state_mismatch
 from histokg.st.contract import build_anndata, spatial_uns
 from histokg.st.dataset import SpotPatchDataset, panel_expression
 from histokg.st.pairing import PairingConfig
@@ -82,22 +82,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Lo
 
 def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
     """``model.load_state_dict(state)`` with an error that names the first mismatching keys (not 100 lines)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    for what, keys in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("mis-shaped (saved vs model)", shapes),
-    ):
-        if keys:
-            problems.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})")
+    problems = state_mismatch(model.state_dict(), state)
     if problems:
         raise InputError(
             f"{source}: its weights do not fit the model its saved config describes: {'; '.join(problems)}"

@@ -19,6 +19,7 @@ import torch
 
 from histokg.errors import InputError
 from histokg.io import atomic_path
+from histokg.models import load_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, unsafe globals, not a torch file
-        raise InputError(
-            f"checkpoint {path} cannot be read (truncated, corrupt or not a histokg checkpoint): {exc}"
-        ) from None
+    payload = load_tensor_file(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise InputError(f"checkpoint {path} is not a histokg checkpoint of format {FORMAT_VERSION}")
     payload["meta"] = json.loads(payload.pop("meta_json"))
     return payload
+
