@@ -360,6 +360,8 @@ def _routes(app: FastAPI, index: RetrievalIndex, state: _State) -> None:
             "y": [round(float(v), 1) for v in shard.coords[:, 1]],
             "region_ids": [int(r) for r in (np.int64(meta["ordinal"]) << 32) + np.arange(len(shard))],
         }
+        if feature == "cluster":
+            values = [f"prototype {int(v)}" for v in values]
         if feature in ("cluster", "label"):
             cats = sorted({str(v) for v in values}, key=lambda c: (len(c), c))
             out.update(kind="categorical", categories=cats, values=[cats.index(str(v)) for v in values])
