@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench lint format venv clean
+.PHONY: demo test test-all test-browser bench lint format venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser" $(PYTEST_ARGS)
+
+# The page in Debian's headless chromium (apt-get install chromium; nothing downloads a browser).
+test-browser: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m browser $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
