@@ -349,8 +349,10 @@ def test_malformed_v2_header_says_what_was_expected(synth_study, tmp_path):
     headerless = tmp_path / "headerless"
     shutil.copytree(sr, headerless)
     pos.to_csv(headerless / "spatial" / "tissue_positions.csv", index=False, header=False)
-    with pytest.raises(InputError, match="looks like data: a headerless Space Ranger 1.x file"):
+    with pytest.raises(InputError, match="looks like data: a headerless Space Ranger 1.x file") as err:
         read_visium(headerless, slide=slide)
+    first = (headerless / "spatial" / "tissue_positions.csv").read_text().splitlines()[0]
+    assert f"the first row is {first!r}" in str(err.value)  # as written, not as pandas renamed it
 
 
 # --------------------------------------------------------------------------- slides that moved

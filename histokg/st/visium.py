@@ -202,9 +202,11 @@ def _check_v2_header(table: pd.DataFrame, file: Path) -> None:
     if found == POSITION_COLUMNS or set(POSITION_COLUMNS) <= set(found):
         return
     if len(found) == len(POSITION_COLUMNS) and "barcode" not in found:
+        with file.open(encoding="utf-8", errors="replace") as fh:
+            first = fh.readline().strip()  # as written: pandas renames repeated header cells
         raise InputError(
             f"{file}: expected a header row naming {_EXPECTED_COLUMNS}; the first row is "
-            f"{','.join(found)[:120]!r}, which looks like data: a headerless Space Ranger 1.x file "
+            f"{first[:120]!r}, which looks like data: a headerless Space Ranger 1.x file "
             "belongs in tissue_positions_list.csv"
         )
     raise InputError(
