@@ -489,7 +489,7 @@ def test_convert_and_tile_show_progress(cmu_slide, tmp_path, capsys):
 
     convert(cmu_slide, tmp_path / "cmu.tiff")
     err = capsys.readouterr().err
-    assert "writing cmu.tiff" in err and "tile row" in err
+    assert "writing cmu.tiff" in err and "tile row" in err and "100%" in err  # every tile row counted
     with open_slide(cmu_slide) as slide:
         mask = detect_tissue(slide)
         tiles_overlay(tile_slide(slide, TilingConfig(), mask), mask)

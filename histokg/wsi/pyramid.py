@@ -101,10 +101,12 @@ def write_pyramid(
 def _tiles(level: np.ndarray, tile: int, bar: tqdm):
     """Tiles of ``level`` in row-major order (edge tiles smaller; tifffile pads them), counting rows."""
     height, width = level.shape[:2]
+    last_x = (width - 1) // tile * tile
     for y in range(0, height, tile):
         for x in range(0, width, tile):
+            if x == last_x:  # counted before the yield: tifffile stops drawing after the last tile
+                bar.update(1)
             yield level[y : y + tile, x : x + tile]
-        bar.update(1)
 
 
 def convert(src: str | Path, dst: str | Path, mpp: float | None = None, **kwargs) -> Path:
