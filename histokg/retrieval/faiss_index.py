@@ -33,8 +33,11 @@ def resolve_kind(kind: str, n: int) -> str:
 
 
 def ivf_nlist(n: int) -> int:
-    """Inverted lists for n vectors: about 4 sqrt(n), at least 1, at most n / 39 (faiss's training minimum)."""
-    return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39 if n >= 39 else 1)))
+    """Inverted lists for n vectors: about 2 sqrt(n), at least 1, at most n / 39 (faiss's training minimum)."""
+    return int(max(1, min(2 * math.sqrt(max(n, 1)), n // 39 if n >= 39 else 1)))
+
+
+TRAIN_PER_LIST = 64  # k-means training sample per inverted list (faiss needs >= 39)
 
 
 def make_index(kind: str, dim: int, train: np.ndarray | None = None, *, hnsw_m: int = 32) -> faiss.Index:
@@ -53,6 +56,10 @@ def make_index(kind: str, dim: int, train: np.ndarray | None = None, *, hnsw_m: 
         nlist = ivf_nlist(len(train))
         quantizer = faiss.IndexFlatIP(dim)
         base = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if len(train) > TRAIN_PER_LIST * nlist:
+            rng = np.random.default_rng(0)
+            train = train[rng.choice(len(train), TRAIN_PER_LIST * nlist, replace=False)]
+        base.cp.niter = 10
         base.train(np.ascontiguousarray(train, dtype=np.float32))
         base.nprobe = max(1, min(nlist, max(16, nlist // 16)))
     return faiss.IndexIDMap2(base)

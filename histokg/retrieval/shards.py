@@ -285,7 +285,12 @@ def embed_spec(
     adata = read_spec(spec, model)
     if adata.n_obs == 0:
         raise InputError(f"slide {spec.slide_id} ({spec.path}): nothing to embed (no tissue tiles or spots)")
-    embed(adata, model, batch_size=batch_size, device=device)
+    # retrieval needs the image tower only: embed a gene-less view (the expression tower would demand
+    # the model's gene panel), then keep the counts for expression and KG activations
+    view = adata[:, []].copy()
+    embed(view, model, batch_size=batch_size, device=device)
+    adata.obsm["X_histokg"] = view.obsm["X_histokg"]
+    adata.uns["histokg"] = view.uns["histokg"]
     shard = shard_from_adata(adata, spec, model, bundle=bundle)
     return write_shard(shard, _spatial_entry(adata, spec), out_dir)
 
@@ -338,14 +343,20 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
         names=np.asarray(adata.obs_names, dtype=str),
     )
     if has_counts:
-        shard.expr = panel_expression(adata, model.genes)
-        shard.genes = list(model.genes)
+        try:
+            shard.expr = panel_expression(adata, model.genes)
+            shard.genes = list(model.genes)
+        except InputError as exc:  # other species or gene naming: no measured panel genes
+            log.warning("slide %s: no measured gene panel: %s", spec.slide_id, exc)
         bundle = bundle or (model.meta["config"].get("prior") or {}).get("bundle")
         if bundle and Path(bundle).exists():
-            prior = _prior(str(bundle), tuple(map(str, adata.var_names)))
-            shard.kg = np.asarray(prior.activations(adata.layers["counts"]), np.float32)
-            shard.entities = list(prior.entity_ids)
-            meta["kg_bundle"] = str(bundle)
+            try:
+                prior = _prior(str(bundle), tuple(map(str, adata.var_names)))
+                shard.kg = np.asarray(prior.activations(adata.layers["counts"]), np.float32)
+                shard.entities = list(prior.entity_ids)
+                meta["kg_bundle"] = str(bundle)
+            except InputError as exc:  # e.g. genes the KG does not name
+                log.warning("slide %s: no KG activations: %s", spec.slide_id, exc)
         elif bundle:
             log.warning("slide %s: KG bundle %s does not exist; no KG activations", spec.slide_id, bundle)
     key = spec.label_key or ("region" if "region" in adata.obs else None)
