@@ -234,7 +234,7 @@ def format_metrics(results: dict) -> str:
     ]
     for name, m in results.items():
         lines.append(
-            f"{name:12s} {m['mMV@5']:6.3f} {m.get('mAP', float('nan')):6.3f} {m['hit@1']:6.3f} "
+            f"{name:18s} {m['mMV@5']:6.3f} {m.get('mAP', float('nan')):6.3f} {m['hit@1']:6.3f} "
             f"{m['hit@3']:6.3f} {m['hit@5']:6.3f}  {m['n_queries']:7d}  {m['protocol']}"
         )
     return "\n".join(lines)

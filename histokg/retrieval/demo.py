@@ -26,8 +26,12 @@ def build_demo_index(
     *,
     per_mix: int = 4,
     scheduler: str | None = None,
+    bundle: str | Path | None = None,
 ) -> str:
-    """Build ``<out_dir>/index`` and return a printable summary (metrics, and how to start the app)."""
+    """Build ``<out_dir>/index`` and return a printable summary (metrics, and how to start the app).
+
+    ``bundle``: the KG bundle for KG activations (default: the one the checkpoint was trained with).
+    """
     from histokg.retrieval.build import build_index
     from histokg.retrieval.cli import format_metrics
     from histokg.retrieval.evaluate import region_retrieval_metrics, slide_retrieval_metrics
@@ -36,12 +40,10 @@ def build_demo_index(
 
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    table = generate_mix_slides(
-        out_dir / "retrieval" / "mix", MixSlidesConfig(per_mix=per_mix, width_um=1000.0, height_um=900.0)
-    )
+    table = generate_mix_slides(out_dir / "retrieval" / "mix", MixSlidesConfig(per_mix=per_mix))
     specs = specs_from_paths([study_dir], patient="synthetic-study") + specs_from_table(table)
     index_dir = out_dir / "index"
-    index = build_index(specs, checkpoint, index_dir, scheduler=scheduler, overwrite=True)
+    index = build_index(specs, checkpoint, index_dir, scheduler=scheduler, bundle=bundle, overwrite=True)
     results = {
         f"slides/{d}": slide_retrieval_metrics(index, label="mix", descriptor=d)
         for d in ("mean", "prototypes")
