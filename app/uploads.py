@@ -159,6 +159,7 @@ class UploadJobs:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histokg-upload")
         self.max_pending = max_pending
+        self.max_kept = 100
 
     def new_path(self, suffix: str) -> Path:
         return self.work_dir / f"{uuid.uuid4().hex}{suffix}"
@@ -168,6 +169,9 @@ class UploadJobs:
             pending = sum(j.status in ("queued", "tiling", "embedding") for j in self._jobs.values())
             if pending >= self.max_pending:
                 raise UploadError(f"{pending} uploads are already being embedded; try again later", 429)
+            finished = [j for j in self._jobs.values() if j.status in ("done", "error")]
+            for old in sorted(finished, key=lambda j: j.created)[: max(0, len(self._jobs) - self.max_kept)]:
+                del self._jobs[old.id]  # keep the memory of past jobs bounded
             job = Job(uuid.uuid4().hex)
             self._jobs[job.id] = job
         self._pool.submit(self._run, job, path, mpp)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
 
 from histokg.errors import InputError
+
+logging.getLogger("faiss").setLevel(logging.WARNING)  # which SIMD build loaded is not news
 
 SCHEDULER_HELP = (
     "Dask scheduler: 'processes' (default: a local cluster of worker processes), 'threads', 'sync' "
