@@ -31,6 +31,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     )
     for noisy in ("PIL", "matplotlib", "numba", "fsspec", "h5py", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pathways_kg.cli import quiet_pykeen
+
+    quiet_pykeen(verbose)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -19,6 +19,12 @@ The bridge between ``pathways_kg`` (a trained KG embedding bundle) and the train
    sphere: in (0, 1], 1 on the diagonal, positive semi-definite. ``W = sum_r alpha_r S^r`` is in
    [0, sum(alpha)]; with ``normalize_alpha`` (the default) the weights are divided by their sum and W is in [0, 1].
 
+Options measured on real data (``histokg bench``, ``docs/benchmarks.md``): ``score="zmean"`` scores
+a set by the mean of its genes' log1p CP10k values, each gene standardised across the spots scored
+together (on sparse counts most genes of a spot are zero, so ranks are mostly ties and rank scores
+mostly noise); ``activation_weight`` adds the kernel ``S^act`` on the cosine of the spots' activation
+profiles (every activated entity z-scored across the spots), weighted like a family.
+
 ``KGPrior.encode`` packs all families' unit vectors into one (n, D) tensor per dataset so that
 ``pair_weights_from_packed`` recovers W for a batch with a few matrix products, on CPU or GPU.
 """
@@ -46,6 +52,7 @@ from pathways_kg.schema import FAMILIES, RELATIONS, type_of
 logger = logging.getLogger(__name__)
 
 _ACTIVATED_TYPES = ("pathway", "celltype", "phenotype")
+ACTIVATION_KERNEL = "activation"  # the kernel on whole activation profiles (PriorConfig.activation_weight)
 
 
 class PriorError(InputError):
@@ -64,13 +71,16 @@ class PriorConfig:
     temperature: float = 0.5  # softmax temperature over z-scored activations within a family
     min_genes: int = 5  # a pathway is scored directly if this many of its genes are in the data
     min_markers: int = 2  # a cell type is scored directly if this many of its markers are in the data
-    score: str = "rank"  # "rank" (mean normalised rank) | "mean" (mean value as given)
+    score: str = "rank"  # "rank" (mean normalised rank) | "mean" (mean value as given) | "zmean" (see below)
     propagate: str = "max"  # how children's activations reach a parent: "max" | "mean"
     layer: str | None = None  # AnnData layer to score; None: .X
     chunk_size: int = 4096  # spots scored at a time
     normalize_alpha: bool = (
         True  # divide alpha by its sum, so that W is in [0, 1] (diagonal 1), as the losses expect
     )
+    # weight of one more kernel, on the spots' whole activation profiles (every activated entity,
+    # each z-scored across the spots encoded together), next to the per-family KG kernels
+    activation_weight: float = 0.0
 
 
 class KGPrior:
@@ -206,31 +216,47 @@ class KGPrior:
                 "alpha names families with no activated entities in this graph: %s (ignored)", missing
             )
         self.alpha: dict[str, float] = {f: float(self.cfg.alpha.get(f, 0.0)) for f in self.families}
+        dims = dict(self.family_dims)
+        # the kernels W sums: the KG families, and the activation-profile kernel when it has weight
+        self.kernels: tuple[str, ...] = self.families
+        if self.cfg.activation_weight > 0:
+            self.kernels = (*self.families, ACTIVATION_KERNEL)
+            self.alpha[ACTIVATION_KERNEL] = float(self.cfg.activation_weight)
+            dims[ACTIVATION_KERNEL] = len(self.entity_ids)
         total = sum(self.alpha.values())
         if self.cfg.normalize_alpha and total > 0:
             self.alpha = {f: a / total for f, a in self.alpha.items()}
-        offsets = np.cumsum([0] + [self.family_dims[f] for f in self.families])
-        self._slices = {f: slice(int(offsets[i]), int(offsets[i + 1])) for i, f in enumerate(self.families)}
+        offsets = np.cumsum([0] + [dims[f] for f in self.kernels])
+        self._slices = {f: slice(int(offsets[i]), int(offsets[i + 1])) for i, f in enumerate(self.kernels)}
+        self._dims = dims
 
     # ------------------------------------------------------------------ activations
     def activations(self, X: Any) -> np.ndarray:
         """KG activations (n_spots, len(entity_ids)) of expression X (dense, sparse or AnnData)."""
         X = self._matrix(X)
         n = X.shape[0]
+        stats = None
+        if self.cfg.score == "zmean":  # genes standardised over all the spots scored together
+            X = _log1p_cp10k(X)
+            stats = _column_stats(X)
         out = np.empty((n, len(self.entity_ids)), dtype=np.float32)
         starts = range(0, n, self.cfg.chunk_size)
         for start in tqdm(starts, desc="KG activations", disable=len(starts) < 4, leave=False):
             block = X[start : start + self.cfg.chunk_size]
-            out[start : start + block.shape[0]] = self._activate(block)
+            out[start : start + block.shape[0]] = self._activate(block, stats)
         return out
 
-    def _activate(self, block: Any) -> np.ndarray:
+    def _activate(self, block: Any, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         dense = block.toarray() if sp.issparse(block) else np.asarray(block)
         dense = dense.astype(np.float64, copy=False)
         if not np.isfinite(dense).all():
             raise PriorError("expression contains NaN or infinite values")
         if self.cfg.score == "rank":
             dense = rankdata(dense, axis=1, method="average") / dense.shape[1]
+        elif self.cfg.score == "zmean":
+            assert stats is not None
+            mean, std = stats
+            dense = np.where(std > 0, (dense - mean) / np.where(std > 0, std, 1.0), 0.0)
         scores = np.asarray((self._set_matrix.T @ dense.T).T)
         acts = np.full((dense.shape[0], len(self.entity_ids)), np.nan)
         acts[:, self._direct_cols] = scores
@@ -253,12 +279,18 @@ class KGPrior:
             reps[family] = (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(
                 np.float32
             )
+        if ACTIVATION_KERNEL in self.kernels:
+            a = np.nan_to_num(np.asarray(acts, dtype=np.float64))
+            a = (a - a.mean(axis=0)) / np.maximum(a.std(axis=0), 1e-12)
+            reps[ACTIVATION_KERNEL] = (
+                a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+            ).astype(np.float32)
         return reps
 
     def encode(self, data: Any) -> torch.Tensor:
         """All families' representations packed into one float32 tensor (n_spots, D) for the trainer."""
         reps = self.spot_representations(data)
-        return torch.from_numpy(np.concatenate([reps[f] for f in self.families], axis=1))
+        return torch.from_numpy(np.concatenate([reps[f] for f in self.kernels], axis=1))
 
     def unpack(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
         if packed.shape[-1] != self.packed_dim:
@@ -269,13 +301,13 @@ class KGPrior:
 
     @property
     def packed_dim(self) -> int:
-        return sum(self.family_dims.values())
+        return sum(self._dims[k] for k in self.kernels)
 
     def pair_weights(self, reps: Mapping[str, torch.Tensor | np.ndarray]) -> torch.Tensor:
         """W (b, b) = sum_r alpha_r S^r for a batch's family representations; W >= 0, symmetric."""
         unknown = [f for f in reps if f not in self._slices]
         if unknown:
-            raise PriorError(f"unknown relation families {unknown}; this prior has {list(self.families)}")
+            raise PriorError(f"unknown relation families {unknown}; this prior has {list(self.kernels)}")
         if not reps:
             raise PriorError("pair_weights needs the representation of at least one relation family")
         tensors = {f: torch.as_tensor(v) for f, v in reps.items()}
@@ -382,8 +414,10 @@ def _check_config(cfg: PriorConfig) -> None:
             )
         if value < 0:
             raise ConfigError(f"prior.alpha.{family}: weights must be >= 0, got {value}")
-    if cfg.score not in ("rank", "mean"):
-        raise ConfigError(f"prior.score: {cfg.score!r} is not one of 'rank', 'mean'")
+    if cfg.score not in ("rank", "mean", "zmean"):
+        raise ConfigError(f"prior.score: {cfg.score!r} is not one of 'rank', 'mean', 'zmean'")
+    if not cfg.activation_weight >= 0:
+        raise ConfigError(f"prior.activation_weight: must be >= 0, got {cfg.activation_weight}")
     if cfg.propagate not in ("max", "mean"):
         raise ConfigError(f"prior.propagate: {cfg.propagate!r} is not one of 'max', 'mean'")
     if cfg.tau <= 0 or cfg.temperature <= 0:
@@ -471,6 +505,20 @@ def _propagate(acts: np.ndarray, levels: list, own: np.ndarray, how: str) -> Non
             count = count + has
             with np.errstate(invalid="ignore", divide="ignore"):
                 acts[:, parents] = np.where(count > 0, total / count, np.nan)
+
+
+def _log1p_cp10k(X: Any) -> Any:
+    from histokg.metrics import log1p_cp10k
+
+    return log1p_cp10k(X)
+
+
+def _column_stats(X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation over the rows (sparse or dense)."""
+    mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    sq = X.multiply(X) if sp.issparse(X) else np.asarray(X, dtype=np.float64) ** 2
+    var = np.asarray(sq.mean(axis=0), dtype=np.float64).ravel() - mean**2
+    return mean, np.sqrt(np.maximum(var, 0.0))
 
 
 def _softmax_z(a: np.ndarray, temperature: float) -> np.ndarray:

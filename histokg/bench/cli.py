@@ -1,0 +1,79 @@
+"""The ``histokg bench`` command (registered in :mod:`histokg.cli`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+
+def _ids(text: str | None) -> tuple[str, ...]:
+    return tuple(s.strip() for s in (text or "").split(",") if s.strip())
+
+
+@click.command("bench")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A legacy-ST folder (counts/, spots/, images/, optional cluster_labels/) or .h5ad files (repeat).",
+)
+@click.option("--folds", type=click.Choice(["loso"]), default=None, help="Leave-one-section-out (default).")
+@click.option("--train", "train_ids", help="Comma-separated training section ids (with --test).")
+@click.option("--test", "test_ids", help="Comma-separated held-out section ids (with --train).")
+@click.option("--losses", help="Comma-separated losses (default: the config's, all six).")
+@click.option("--seeds", type=int, help="Seeds per loss (default: the config's, 3).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML config.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key; repeatable."
+)
+@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+def bench(
+    data: tuple[Path, ...],
+    folds: str | None,
+    train_ids: str | None,
+    test_ids: str | None,
+    losses: str | None,
+    seeds: int | None,
+    out_dir: Path,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Benchmark every loss (and baselines) on real sections under one held-out-section protocol.
+
+    Writes results.json, results.md (mean +- std over seeds per held-out section and loss) and
+    results.png into --out; frozen features and KG bundles are cached in --out/cache (or cache_dir).
+    """
+    from histokg.bench.config import BenchConfig
+    from histokg.bench.run import run_bench
+    from histokg.config import Component, load_config
+    from histokg.errors import ConfigError
+
+    cfg = load_config(BenchConfig, config_path, overrides)
+    changes: dict = {}
+    if data:
+        changes["data"] = tuple(str(p) for p in data)
+    if folds:
+        changes["folds"] = folds
+    if train_ids or test_ids:
+        changes["train"], changes["test"] = _ids(train_ids), _ids(test_ids)
+    if losses:
+        by_name = {c.name: c for c in cfg.losses}
+        changes["losses"] = tuple(by_name.get(n, Component(n)) for n in _ids(losses))
+    if seeds is not None:
+        changes["seeds"] = seeds
+    try:
+        cfg = dataclasses.replace(cfg, **changes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not cfg.data:
+        raise ConfigError("--data: give a legacy-ST folder or .h5ad files (or data: in the config)")
+    results = run_bench(cfg, out_dir, overwrite=overwrite)
+    from histokg.bench.report import headline_table
+
+    click.echo(headline_table(results))
+    click.echo(f"results: {out_dir / 'results.json'}, {out_dir / 'results.md'}, {out_dir / 'results.png'}")

@@ -1,0 +1,86 @@
+"""Configuration schema of ``histokg bench`` (YAML in ``configs/bench/``; ``--set a.b=value``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from histokg.bench.engine import HeadsConfig
+from histokg.bench.features import FeatureConfig
+from histokg.bench.prior import KGBenchConfig
+from histokg.config import Component
+from pathways_kg.dataconf import check
+
+DEFAULT_LOSSES = (
+    Component("infonce"),
+    Component("bleep"),
+    Component("kg_soft"),
+    Component("kg_negatives"),
+    Component("kg_uniformity"),
+    Component("kg_gaussian"),
+)
+BASELINES = ("mean", "naive_ridge", "frozen_pca_ridge", "frozen_knn")
+
+
+@dataclass(frozen=True)
+class PanelConfig:
+    """Gene panels, all chosen on the training slides of each fold."""
+
+    n_hvg: int = 256  # the model's panel (expression tower input) and the "hvg" evaluation panel
+    n_mean: int = 250  # the literature-comparable panel: top mean-expressed genes (TRIPLEX on her2st)
+    n_top: int = 50  # HEG-n and HVG-n inside each panel
+
+    def __post_init__(self) -> None:
+        for key in ("n_hvg", "n_mean", "n_top"):
+            check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = 10  # kNN neighbours (BLEEP-style retrieval prediction)
+    temperature: float = 0.1  # softmax(sim / temperature) weights of the neighbours
+    ridge_alpha: float = 1.0  # ridge probe on trained image embeddings (as `histokg evaluate`)
+    pca_dim: int = 256  # HEST-Benchmark probe: PCA of the frozen features, ridge alpha = 100 / (dim * genes)
+    recall_k: int = 5
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Extra runs (same folds, seeds, budget); each is reported as its own row."""
+
+    families_off: bool = False  # kg_soft with each kernel of the prior switched off in turn
+    lam: tuple[float, ...] = ()  # kg_soft prior strength sweep
+    beta: tuple[float, ...] = ()  # kg_negatives prior strength sweep
+    kg_models: tuple[str, ...] = ()  # kg_soft with a bundle of each KG model (transe, rotate, complex, kg2e)
+    expr_input_kg: tuple[str, ...] = ()  # losses trained with KG activations as the expression tower's input
+    untuned_prior: bool = False  # kg_soft with the configured (untuned) prior
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    data: tuple[str, ...] = ()  # one legacy-ST folder, or .h5ad files
+    folds: str = "loso"
+    train: tuple[str, ...] = ()  # explicit split instead of folds
+    test: tuple[str, ...] = ()
+    label_key: str = "label"  # obs column (or cluster_labels/) for the prior-quality AUROC
+    in_tissue_only: bool = True
+    seeds: int = 3
+    losses: tuple[Component, ...] = DEFAULT_LOSSES
+    baselines: tuple[str, ...] = BASELINES
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
+    kg: KGBenchConfig = field(default_factory=KGBenchConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ablations: AblationConfig = field(default_factory=AblationConfig)
+    cache_dir: str | None = None  # features and KG bundles (content-addressed); None: OUT/cache
+    threads: int = 0  # torch threads (0: leave torch's default)
+
+    def __post_init__(self) -> None:
+        from histokg.losses import LOSSES
+
+        check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
+        unknown = [c.name for c in self.losses if c.name not in LOSSES]
+        check(not unknown, "losses", f"unknown losses {unknown}; valid: {', '.join(LOSSES)}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        check(not bad, "baselines", f"unknown baselines {bad}; valid: {', '.join(BASELINES)}")
+        check(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")

@@ -1,0 +1,562 @@
+"""``histokg bench``: do KG priors beat plain contrastive learning? Every loss under one protocol.
+
+For each fold (leave-one-section-out, or one explicit split) and seed, every loss trains the same
+heads (:mod:`histokg.bench.engine`) on the same frozen-tower features (computed once per slide,
+:mod:`histokg.bench.features`), the same HVG panel and the same budget; only the loss differs.
+Baselines run in the same process under the same protocol. Everything that is fitted or chosen
+(gene panels, HEG/HVG genes, the prior's tuning, ridge probes, kNN databases) sees the training
+slides only. Outputs: ``results.json``, ``results.md``, ``results.png`` (atomic writes) and
+``bench_config.yaml``; a folder that already holds results is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from histokg.bench.config import BenchConfig
+from histokg.bench.data import Fold, combine, load_sections, make_folds, shared_genes
+from histokg.bench.engine import RunInputs, embed_expression, embed_images, train_heads
+from histokg.bench.features import FeatureCache
+from histokg.bench.prior import bundle_for, describe, expression_quality, prior_quality, tune_prior
+from histokg.bench.scoring import Panel, Targets, retrieval_scores, score_slide, summarise
+from histokg.config import Component, save_config, to_dict
+from histokg.errors import InputError
+from histokg.io import check_output_dir, write_json
+from histokg.metrics import knn_predict, log1p_cp10k, top_genes
+from histokg.st.dataset import panel_columns, take_columns
+
+log = logging.getLogger(__name__)
+
+# What marks a folder as holding results (bench_config.yaml is rewritten by every run, even a failed one).
+RESULT_FILES = ("results.json", "results.md", "results.png")
+PRIMARY = "hvg/pearson_heg{n}"
+
+
+class Clock:
+    """Wall time per named stage (accumulating)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def add(self, name: str, seconds: float) -> None:
+        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.add(name, now - self._start)
+        self._start = now
+
+
+def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse a folder holding results unless ``overwrite`` (then remove exactly those files)."""
+    out = Path(out)
+    found = [n for n in RESULT_FILES if (out / n).exists()] if out.is_dir() else []
+    if found and not overwrite:
+        raise InputError(
+            f"{out} already holds bench results ({', '.join(found)}); pass --overwrite to replace them, "
+            "or choose another --out"
+        )
+    for name in found:
+        log.warning("--overwrite: removing the previous bench's %s", out / name)
+        (out / name).unlink()
+    return check_output_dir(out, "bench output folder")
+
+
+# --------------------------------------------------------------------------------------- helpers
+def counts_of(adata: ad.AnnData, genes: list[str]):
+    """Raw counts of ``genes`` (sparse CSR, genes a section lacks are zeros)."""
+    import scipy.sparse as sp
+
+    cols = panel_columns(genes, adata.var_names, f"section {adata.obs['library_id'].iloc[0]}")
+    return sp.csr_matrix(take_columns(adata.layers["counts"], cols))
+
+
+def log1p_of(adata: ad.AnnData, genes: list[str]) -> np.ndarray:
+    """log1p CP10k of ``genes`` (library size over all measured genes of the spot)."""
+    cols = panel_columns(genes, adata.var_names, f"section {adata.obs['library_id'].iloc[0]}")
+    return take_columns(log1p_cp10k(adata.layers["counts"]), cols)
+
+
+def _labels(adata: ad.AnnData, key: str) -> np.ndarray | None:
+    if key not in adata.obs:
+        return None
+    values = adata.obs[key].astype(object).to_numpy()
+    return values if any(v is not None and v == v for v in values) else None
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def ridge_predictor(train_x: np.ndarray, test_x: np.ndarray, alpha: Callable[[int], float]):
+    """``values -> predictions``: sklearn Ridge (with intercept) from train_x to values, applied to test_x."""
+    from sklearn.linear_model import Ridge
+
+    def predict(values: np.ndarray) -> np.ndarray:
+        model = Ridge(alpha=alpha(values.shape[1]))
+        model.fit(train_x, values.astype(np.float64))
+        return model.predict(test_x).astype(np.float32)
+
+    return predict
+
+
+def mean_predictor(n: int):
+    """``values -> predictions``: the training mean for every held-out spot (the floor)."""
+
+    def predict(values: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(values.mean(0), (n, values.shape[1])).astype(np.float32)
+
+    return predict
+
+
+def knn_predictor(query: np.ndarray, reference: np.ndarray, k: int, temperature: float):
+    def predict(values: np.ndarray) -> np.ndarray:
+        return knn_predict(query, reference, values, k=k, temperature=temperature)
+
+    return predict
+
+
+# --------------------------------------------------------------------------------------- fold data
+@dataclasses.dataclass
+class FoldData:
+    fold: Fold
+    targets: Targets
+    train_feats: np.ndarray  # (views, n_train, d)
+    test_feats: dict[str, np.ndarray]  # slide -> (views, n, d)
+    train_naive: np.ndarray
+    test_naive: dict[str, np.ndarray]
+    expr_inputs: np.ndarray  # HVG panel log1p of the training spots
+    test_expr_inputs: dict[str, np.ndarray]
+    hvg: list[str]
+    prior_info: dict[str, Any]
+    kg_inputs: dict[str, Any]  # prior, packed, gaussians, KG activations as tower input
+
+
+class Bench:
+    """One benchmark run (see the module docstring)."""
+
+    def __init__(self, cfg: BenchConfig, out: Path):
+        self.cfg = cfg
+        self.out = out
+        self.clock = Clock()
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+        self.cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.sections = load_sections(cfg.data, cfg.label_key, cfg.in_tissue_only)
+        self.folds = make_folds(list(self.sections), cfg.folds, cfg.train, cfg.test)
+        self.genes = shared_genes(self.sections)
+        self.clock.lap("read sections")
+        fc = FeatureCache(self.cache / "features", cfg.features)
+        self.feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for sid, adata in tqdm(self.sections.items(), desc="frozen features", unit="section"):
+            self.feats[sid] = fc.section(adata, sid)
+        self.features_computed = list(fc.computed)
+        self.clock.lap("frozen features (computed: " + (", ".join(fc.computed) or "none, cached") + ")")
+        self._setup_kg()
+        self.clock.lap("knowledge graph")
+
+    def _setup_kg(self) -> None:
+        from histokg.priors import KGPrior, PriorConfig, PriorError
+        from pathways_kg.bundle import load_bundle
+        from pathways_kg.errors import KGError
+        from pathways_kg.graph import read_graph
+
+        cfg = self.cfg
+        self.bundles: dict[str, Path] = {}
+        self.kg_error: str | None = None
+        models = [cfg.kg.model, *[m for m in cfg.ablations.kg_models if m != cfg.kg.model]]
+        if any(c.name == "kg_gaussian" for c in cfg.losses) and "kg2e" not in models:
+            models.append("kg2e")
+        try:
+            for model in models:
+                given = (
+                    cfg.kg.bundle
+                    if model == cfg.kg.model
+                    else (cfg.kg.gaussian_bundle if model == "kg2e" else None)
+                )
+                self.bundles[model], seconds = bundle_for(model, self.genes, cfg.kg, self.cache / "kg", given)
+                if seconds:
+                    self.clock.add(f"KG build + embed ({model})", seconds)
+            main = self.bundles[cfg.kg.model]
+            self.graph = read_graph(main)
+            self.target_prior = KGPrior(load_bundle(main), self.graph, self.genes, PriorConfig(score="mean"))
+        except (KGError, PriorError) as exc:
+            self.kg_error = str(exc).splitlines()[0]
+            self.bundles = {}
+            self.target_prior = None
+            msg = f"knowledge graph unavailable for this data ({self.kg_error}): KG losses, KG ablations and pathway targets are skipped"
+            log.warning(msg)
+            self.notes.append(msg)
+
+    # ------------------------------------------------------------------ folds
+    def fold_data(self, fold: Fold) -> FoldData:
+        from histokg.train.data import select_panel
+
+        cfg = self.cfg
+        train_ad = combine(self.sections, fold.train)
+        tests = {s: self.sections[s] for s in fold.test}
+        hvg = select_panel(train_ad, cfg.panel.n_hvg)
+        top_mean = top_genes(train_ad, cfg.panel.n_mean, "mean", genes=self.genes)
+        panels = {}
+        for name, genes in (("hvg", hvg), (f"mean{cfg.panel.n_mean}", top_mean)):
+            pos = {g: i for i, g in enumerate(genes)}
+            heg = [pos[g] for g in top_genes(train_ad, cfg.panel.n_top, "mean", genes=genes)]
+            var = [pos[g] for g in top_genes(train_ad, cfg.panel.n_top, "variance", genes=genes)]
+            panels[name] = Panel(name, list(genes), np.asarray(heg), np.asarray(var))
+        train_values = {n: log1p_of(train_ad, p.genes) for n, p in panels.items()}
+        test_values = {n: {s: log1p_of(a, p.genes) for s, a in tests.items()} for n, p in panels.items()}
+        groups, train_pw, test_pw = {}, None, {}
+        if self.target_prior is not None:
+            tp = self.target_prior
+            own = set(tp._direct_ids)
+            groups = {
+                "hallmark": np.array([i for i, e in enumerate(tp.entity_ids) if e.startswith("pathway:HALLMARK_") and e in own]),
+                "reactome": np.array([i for i, e in enumerate(tp.entity_ids) if e.startswith("pathway:R-HSA-") and e in own]),
+            }  # fmt: skip
+            train_pw = tp.activations(log1p_of(train_ad, self.genes))
+            test_pw = {s: tp.activations(log1p_of(a, self.genes)) for s, a in tests.items()}
+        targets = Targets(panels, train_values, test_values, groups, train_pw, test_pw)
+
+        def stack(ids: tuple[str, ...], i: int) -> np.ndarray:
+            return np.concatenate([self.feats[s][i] for s in ids], axis=-2)
+
+        data = FoldData(
+            fold=fold,
+            targets=targets,
+            train_feats=stack(fold.train, 0),
+            test_feats={s: self.feats[s][0] for s in fold.test},
+            train_naive=stack(fold.train, 1),
+            test_naive={s: self.feats[s][1] for s in fold.test},
+            expr_inputs=train_values["hvg"],
+            test_expr_inputs=test_values["hvg"],
+            hvg=hvg,
+            prior_info={},
+            kg_inputs={},
+        )
+        self._fold_prior(data, train_ad, tests)
+        return data
+
+    def _fold_prior(self, data: FoldData, train_ad: ad.AnnData, tests: dict[str, ad.AnnData]) -> None:
+        """Tune the prior on the training slides; its quality on training and held-out slides; KG inputs."""
+        from histokg.priors import KGPrior
+        from histokg.train.data import select_panel
+
+        cfg = self.cfg
+        if not self.bundles:
+            return
+        genes = self.genes
+        train_counts = counts_of(train_ad, genes)
+        libs = train_ad.obs["library_id"].astype(str).to_numpy()
+        labels = _labels(train_ad, cfg.label_key)
+        tuned, table = tune_prior(self.bundles[cfg.kg.model], genes, train_counts, libs, labels, cfg.kg)
+        info: dict[str, Any] = {
+            "configured": describe(cfg.kg.prior),
+            "chosen": describe(tuned),
+            "candidates": table,
+        }
+        priors = {"tuned": tuned, "configured": cfg.kg.prior}
+        kg = {"priors": {}}
+        for model, bundle in self.bundles.items():
+            for which, pcfg in priors.items():
+                if which == "configured" and (model != cfg.kg.model or not cfg.ablations.untuned_prior):
+                    continue
+                prior = KGPrior.from_bundle(bundle, genes, pcfg)
+                entry = {"prior": prior, "packed": prior.encode(train_counts).numpy()}
+                if prior.bundle.storage == "gaussian":
+                    entry["g_mean"], entry["g_var"] = prior.spot_gaussians(train_counts)
+                kg["priors"][(model, which)] = entry
+        main = kg["priors"][(cfg.kg.model, "tuned")]["prior"]
+        if cfg.ablations.expr_input_kg:
+            acts = main.activations(train_counts)
+            mu, sd = acts.mean(0), acts.std(0) + 1e-6
+            kg["acts_train"] = ((acts - mu) / sd).astype(np.float32)
+            kg["acts_test"] = {
+                s: ((main.activations(counts_of(a, genes)) - mu) / sd).astype(np.float32)
+                for s, a in tests.items()
+            }
+        # quality: W of every prior in use, on the training slides and on each held-out slide
+        quality: dict[str, Any] = {}
+        hvg500 = select_panel(train_ad, cfg.kg.expression_hvg)
+        if labels is not None:
+            for (model, which), entry in kg["priors"].items():
+                key = f"{model}/{which}"
+                quality[key] = {"train": prior_quality(entry["prior"], train_counts, libs, labels)}
+                for s, a in tests.items():
+                    lab = _labels(a, cfg.label_key)
+                    if lab is not None:
+                        quality[key][s] = prior_quality(
+                            entry["prior"], counts_of(a, genes), np.full(a.n_obs, s), lab
+                        )
+            quality["expression_cosine_hvg500"] = {
+                "train": expression_quality(log1p_of(train_ad, hvg500), libs, labels)
+            }
+            for s, a in tests.items():
+                lab = _labels(a, cfg.label_key)
+                if lab is not None:
+                    quality["expression_cosine_hvg500"][s] = expression_quality(
+                        log1p_of(a, hvg500), np.full(a.n_obs, s), lab
+                    )
+        info["auroc"] = quality
+        data.prior_info = info
+        data.kg_inputs = kg
+
+    # ------------------------------------------------------------------ runs
+    def baselines(self, data: FoldData) -> None:
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        cfg = self.cfg
+        for name in cfg.baselines:
+            start = time.perf_counter()
+            for slide in data.fold.test:
+                n_test = data.test_feats[slide].shape[1]
+                if name == "mean":
+                    predict = mean_predictor(n_test)
+                elif name == "naive_ridge":
+                    sc = StandardScaler().fit(data.train_naive)
+                    x_tr, x_te = sc.transform(data.train_naive), sc.transform(data.test_naive[slide])
+                    predict = ridge_predictor(x_tr, x_te, lambda m, d=x_tr.shape[1]: 100.0 / (d * m))
+                elif name == "frozen_pca_ridge":
+                    sc = StandardScaler().fit(data.train_feats[0])
+                    dim = min(cfg.eval.pca_dim, data.train_feats.shape[1] - 1, data.train_feats.shape[2])
+                    pca = PCA(n_components=dim, random_state=0).fit(sc.transform(data.train_feats[0]))
+                    x_tr = pca.transform(sc.transform(data.train_feats[0]))
+                    x_te = pca.transform(sc.transform(data.test_feats[slide][0]))
+                    predict = ridge_predictor(x_tr, x_te, lambda m, d=dim: 100.0 / (d * m))
+                else:  # frozen_knn: cosine kNN between standardised frozen features
+                    sc = StandardScaler().fit(data.train_feats[0])
+                    ref = _unit(sc.transform(data.train_feats[0])).astype(np.float32)
+                    query = _unit(sc.transform(data.test_feats[slide][0])).astype(np.float32)
+                    predict = knn_predictor(query, ref, cfg.eval.k, cfg.eval.temperature)
+                metrics = score_slide(predict, data.targets, slide)
+                self._row(data, name, "baseline", 0, slide, metrics, {})
+            self.clock.add(f"baseline {name}", time.perf_counter() - start)
+
+    def _row(
+        self, data: FoldData, method: str, kind: str, seed: int, slide: str, metrics: dict, extra: dict
+    ) -> None:
+        self.rows.append(
+            {"fold": data.fold.name, "method": method, "kind": kind, "seed": seed, "slide": slide,
+             "metrics": metrics, **extra}
+        )  # fmt: skip
+
+    def run_loss(
+        self, data: FoldData, spec: Component, method: str, kind: str, *, kg_key: tuple[str, str] | None = None,
+        expr_input: str = "genes",
+    ) -> None:  # fmt: skip
+        from histokg.losses import LOSSES
+
+        cfg = self.cfg
+        cls = LOSSES[spec.name]
+        needs_kg = cls.needs_prior or cls.needs_gaussians or expr_input == "kg"
+        if needs_kg and not data.kg_inputs:
+            return
+        key = kg_key or (
+            ("kg2e" if cls.needs_gaussians and cfg.kg.model != "kg2e" else cfg.kg.model),
+            "tuned",
+        )
+        entry = data.kg_inputs.get("priors", {}).get(key, {})
+        expr_train = data.expr_inputs if expr_input == "genes" else data.kg_inputs["acts_train"]
+        expr_test = data.test_expr_inputs if expr_input == "genes" else data.kg_inputs["acts_test"]
+        inputs = RunInputs(
+            features=data.train_feats,
+            expr_inputs=expr_train,
+            kg=entry.get("packed") if cls.needs_prior else None,
+            g_mean=entry.get("g_mean") if cls.needs_gaussians else None,
+            g_var=entry.get("g_var") if cls.needs_gaussians else None,
+            prior=entry.get("prior"),
+        )
+        heads = (
+            cfg.heads
+            if expr_input == cfg.heads.expr_input
+            else dataclasses.replace(cfg.heads, expr_input=expr_input)
+        )
+        auroc = data.prior_info.get("auroc", {}).get(f"{key[0]}/{key[1]}") if cls.needs_prior else None
+        for seed in range(cfg.seeds):
+            start = time.perf_counter()
+            model, facts = train_heads(inputs, spec, heads, seed)
+            train_s = time.perf_counter() - start
+            ref_expr = embed_expression(model, expr_train)
+            ref_img = embed_images(model, data.train_feats)
+            for slide in data.fold.test:
+                img = embed_images(model, data.test_feats[slide])
+                expr = embed_expression(model, expr_test[slide])
+                knn = knn_predictor(img, ref_expr, cfg.eval.k, cfg.eval.temperature)
+                metrics = score_slide(knn, data.targets, slide)
+                ridge = ridge_predictor(ref_img, img, lambda m: cfg.eval.ridge_alpha)
+                metrics.update({f"ridge:{k}": v for k, v in score_slide(ridge, data.targets, slide).items()})
+                metrics.update(retrieval_scores(img, expr, cfg.eval.recall_k))
+                extra = {"loss": to_dict(spec), "train": {**facts, "seconds": round(train_s, 3)}}
+                if auroc is not None:
+                    extra["prior_auroc"] = {"train": auroc.get("train", {}).get("combined"),
+                                            "test": auroc.get(slide, {}).get("combined")}  # fmt: skip
+                self._row(data, method, kind, seed, slide, metrics, extra)
+            self.clock.add(f"{kind} {method}", time.perf_counter() - start)
+
+    def ablations(self, data: FoldData) -> None:
+        cfg = self.cfg
+        ab = cfg.ablations
+        soft = next((c for c in cfg.losses if c.name == "kg_soft"), Component("kg_soft"))
+        if not data.kg_inputs:
+            return
+        main_key = (cfg.kg.model, "tuned")
+        if ab.families_off:
+            prior = data.kg_inputs["priors"][main_key]["prior"]
+            for kernel in prior.kernels:
+                if prior.alpha.get(kernel, 0) == 0:
+                    continue
+                key = (cfg.kg.model, f"without {kernel}")
+                if key not in data.kg_inputs["priors"]:
+                    data.kg_inputs["priors"][key] = _without(data.kg_inputs["priors"][main_key], kernel)
+                self.run_loss(data, soft, f"kg_soft[-{kernel}]", "ablation", kg_key=key)
+        for lam in ab.lam:
+            self.run_loss(
+                data, Component("kg_soft", {**soft.kwargs, "lam": lam}), f"kg_soft[lam={lam:g}]", "ablation"
+            )
+        neg = next((c for c in cfg.losses if c.name == "kg_negatives"), Component("kg_negatives"))
+        for beta in ab.beta:
+            self.run_loss(
+                data,
+                Component("kg_negatives", {**neg.kwargs, "beta": beta}),
+                f"kg_negatives[beta={beta:g}]",
+                "ablation",
+            )
+        for model in ab.kg_models:
+            if model != cfg.kg.model:
+                self.run_loss(data, soft, f"kg_soft[kg={model}]", "ablation", kg_key=(model, "tuned"))
+        if ab.untuned_prior:
+            self.run_loss(
+                data, soft, "kg_soft[untuned prior]", "ablation", kg_key=(cfg.kg.model, "configured")
+            )
+        for name in ab.expr_input_kg:
+            spec = next((c for c in cfg.losses if c.name == name), Component(name))
+            self.run_loss(data, spec, f"{name}[expr=kg]", "ablation", expr_input="kg")
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        load_start = os.getloadavg()[0]
+        self.setup()
+        folds_info = []
+        for fold in tqdm(self.folds, desc="folds", unit="fold"):
+            start = time.perf_counter()
+            data = self.fold_data(fold)
+            self.clock.add("fold preparation (panels, targets, prior tuning)", time.perf_counter() - start)
+            self.baselines(data)
+            for spec in tqdm(cfg.losses, desc=f"losses ({fold.name})", unit="loss", leave=False):
+                self.run_loss(data, spec, spec.name, "loss")
+            self.ablations(data)
+            folds_info.append(
+                {"train": list(fold.train), "test": list(fold.test), "n_train_spots": int(data.train_feats.shape[1]),
+                 "n_test_spots": {s: int(v.shape[1]) for s, v in data.test_feats.items()},
+                 "panels": {n: p.genes for n, p in data.targets.panels.items()},
+                 "heg": {n: [p.genes[i] for i in p.heg] for n, p in data.targets.panels.items()},
+                 "hvg": {n: [p.genes[i] for i in p.hvg] for n, p in data.targets.panels.items()},
+                 "prior": data.prior_info}
+            )  # fmt: skip
+        skipped = [c.name for c in cfg.losses if not any(r["method"] == c.name for r in self.rows)]
+        if skipped:
+            self.notes.append(f"losses skipped (no KG for this data): {', '.join(skipped)}")
+        keys = sorted({k for r in self.rows for k in r["metrics"]})
+        results = {
+            "protocol": protocol(cfg),
+            "config": to_dict(cfg),
+            "machine": machine(load_start),
+            "sections": {s: int(a.n_obs) for s, a in self.sections.items()},
+            "features": {"computed": self.features_computed, "cache": str(self.cache / "features")},
+            "kg": {"bundles": {m: str(p) for m, p in self.bundles.items()}, "error": self.kg_error},
+            "folds": folds_info,
+            "runs": self.rows,
+            "summary": summarise(self.rows, keys),
+            "notes": self.notes,
+        }
+        self.clock.lap("runs (remainder)")
+        results["timings_s"] = {k: round(v, 2) for k, v in self.clock.stages.items()}
+        return results
+
+
+def _without(entry: dict, kernel: str) -> dict:
+    """A copy of a prior entry whose W leaves out ``kernel`` (the other weights renormalised)."""
+    import copy
+
+    prior = copy.copy(entry["prior"])
+    alpha = {k: (0.0 if k == kernel else v) for k, v in prior.alpha.items()}
+    total = sum(alpha.values())
+    prior.alpha = {k: v / total for k, v in alpha.items()} if total > 0 else alpha
+    return {**entry, "prior": prior}
+
+
+def protocol(cfg: BenchConfig) -> dict[str, str]:
+    n = cfg.panel.n_top
+    return {
+        "split": "folds of whole sections: leave-one-section-out (or --train/--test); the held-out section is "
+        "never seen by training, panel choice, prior tuning or probes",
+        "model": f"frozen {cfg.features.image_encoder} ({cfg.features.image_weights}) features of {cfg.features.patch_um:g} um "
+        f"patches at {cfg.features.patch_px} px; trained: image head MLP, expression tower MLP {list(cfg.heads.expr_hidden)}, "
+        f"temperature; {cfg.heads.epochs} epochs, batch {cfg.heads.batch_size}, AdamW lr {cfg.heads.lr:g}, same for every loss, "
+        "no early stopping",
+        "panels": f"hvg: the {cfg.panel.n_hvg} highly variable genes of the training slides (the expression tower's input); "
+        f"mean{cfg.panel.n_mean}: the {cfg.panel.n_mean} highest mean log1p CP10k genes of the training slides (TRIPLEX-style). "
+        f"HEG-{n}/HVG-{n}: the top {n} genes of a panel by mean / variance on the training slides",
+        "prediction": f"losses: kNN retrieval (k={cfg.eval.k}, softmax(cos / {cfg.eval.temperature:g}) of the training spots' "
+        f"expression embeddings) from the held-out image embeddings; 'ridge:' Ridge(alpha={cfg.eval.ridge_alpha:g}) on the "
+        "trained image embeddings. Baselines: mean = the training mean (constant: Pearson 0); naive_ridge = 26 colour/texture "
+        "features, standardised, Ridge(alpha = 100 / (26 x genes)); frozen_pca_ridge = HEST-Benchmark probe: standardised "
+        f"frozen features -> PCA-{cfg.eval.pca_dim} -> Ridge(alpha = 100 / ({cfg.eval.pca_dim} x genes)) (with intercept); "
+        "frozen_knn = kNN on standardised frozen features",
+        "metrics": "per held-out slide: Pearson per gene (log1p CP10k, library size over all measured genes; a gene "
+        "constant on the slide is left out, a constant prediction scores 0), averaged over HEG/HVG/all panel genes; MSE; "
+        "pathway Pearson of Hallmark / Reactome activities (mean log1p CP10k of each set's genes, the KG activations with "
+        f"score='mean'); Recall@{cfg.eval.recall_k} both ways with the whole slide as the pool",
+        "averaging": "per slide and seed; tables give mean +- std over seeds; 'all' = mean over held-out slides per seed, "
+        "then mean +- std over seeds",
+        "prior_quality": "AUROC of W_ij for same-label pairs (i < j within a slide), per kernel and combined, on the "
+        "training slides (encoded together) and on each held-out slide; reference: cosine of log1p CP10k over the 500 HVGs "
+        "of the training slides",
+    }
+
+
+def machine(load_start: float) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_start": round(load_start, 2),
+        "load_average_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def run_bench(cfg: BenchConfig, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Run the benchmark into ``out``; returns the results (also in ``out/results.json``)."""
+    from histokg.bench.report import write_outputs
+
+    out = prepare_out(out, overwrite)
+    save_config(cfg, out / "bench_config.yaml")
+    start = time.perf_counter()
+    results = Bench(cfg, out).run()
+    results["timings_s"]["total"] = round(time.perf_counter() - start, 2)
+    write_outputs(results, out)
+    write_json(out / "results.json", results)
+    return results

@@ -1,0 +1,224 @@
+"""`histokg bench` on a tiny synthetic folder in the legacy-ST layout (fast); the real runs are `slow`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from histokg.bench.config import BenchConfig
+from histokg.bench.data import load_sections, make_folds
+from histokg.cli import main
+from histokg.config import load_config
+from histokg.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+PITCH_PX = 100  # 200 um legacy-ST pitch at 2 um/px
+SETS = (
+    "HALLMARK_E2F_TARGETS",
+    "HALLMARK_EPITHELIAL_MESENCHYMAL_TRANSITION",
+    "HALLMARK_INTERFERON_GAMMA_RESPONSE",
+)
+
+
+def _hallmark(name: str) -> list[str]:
+    for line in (REPO / "pathways_kg" / "data" / "h.all.v2024.1.Hs.symbols.gmt").read_text().splitlines():
+        parts = line.split("\t")
+        if parts[0] == name:
+            return parts[2:]
+    raise KeyError(name)
+
+
+def write_legacy_study(root: Path, n_sections: int = 3, seed: int = 0) -> Path:
+    """Sections of 8 x 6 spots: a purple, nucleus-dense region (E2F genes up) and a pink stromal one
+    (EMT genes up), split by a random vertical boundary; interferon genes are high in a random corner.
+    Counts are Poisson around the region means; cluster labels are the regions."""
+    rng = np.random.default_rng(seed)
+    genes_a, genes_b, genes_c = (_hallmark(s)[:30] for s in SETS)
+    other = [g for g in _hallmark("HALLMARK_HYPOXIA") if g not in {*genes_a, *genes_b, *genes_c}][:30]
+    genes = list(dict.fromkeys([*genes_a, *genes_b, *genes_c, *other]))
+    for sub in ("counts", "spots", "images", "cluster_labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for s in range(n_sections):
+        sid = f"T{s + 1}"
+        nx, ny = 8, 6
+        width, height = (nx + 1) * PITCH_PX, (ny + 1) * PITCH_PX
+        boundary = rng.uniform(2.5, 5.5)
+        img = np.empty((height, width, 3), np.float32)
+        yy, xx = np.mgrid[0:height, 0:width]
+        tumour = (xx / PITCH_PX) < boundary + 0.5
+        img[:] = np.where(tumour[..., None], [150, 90, 170], [235, 170, 200])
+        dots = rng.random((height, width)) < np.where(tumour, 0.08, 0.01)
+        img[dots] = [60, 30, 110]
+        img += rng.normal(0, 8, img.shape) + rng.normal(0, 10, 3)  # texture + a section-wide stain shift
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+            root / "images" / f"{sid}_HE.jpg", quality=92
+        )
+        rows, spots, labels = [], [], []
+        corner = rng.integers(0, 2, size=2)
+        for x in range(1, nx + 1):
+            for y in range(1, ny + 1):
+                px, py = x * PITCH_PX + rng.normal(0, 1), y * PITCH_PX + rng.normal(0, 1)
+                region = "tumour" if x < boundary + 0.5 else "stroma"
+                mu = np.full(len(genes), 1.0)
+                mu[[genes.index(g) for g in genes_a]] = 8.0 if region == "tumour" else 1.0
+                mu[[genes.index(g) for g in genes_b]] = 1.0 if region == "tumour" else 8.0
+                near = (x > nx / 2) == corner[0] and (y > ny / 2) == corner[1]
+                mu[[genes.index(g) for g in genes_c]] = 6.0 if near else 1.5
+                rows.append(rng.poisson(mu * rng.uniform(0.7, 1.3)))
+                spots.append((x, y, x, y, px, py, 1))
+                labels.append((f"{px:.2f}x{py:.2f}", "C", sid, region, x, y, px, py))
+        ids = [f"{x}x{y}" for x, y, *_ in spots]
+        counts = pd.DataFrame(np.asarray(rows), index=ids, columns=genes)
+        with gzip.open(root / "counts" / f"{sid}.tsv.gz", "wt") as fh:
+            counts.to_csv(fh, sep="\t")
+        pd.DataFrame(spots, columns=["x", "y", "new_x", "new_y", "pixel_x", "pixel_y", "selected"]).to_csv(
+            root / "spots" / f"{sid}_selection.tsv", sep="\t", index=False
+        )
+        table = pd.DataFrame(
+            labels, columns=["", "patient_id", "ids", "label", "x", "y", "pixel_x", "pixel_y"]
+        )
+        table.to_csv(root / "cluster_labels" / f"{sid}-cluster-annotation.tsv", sep="\t", index=False)
+    return root
+
+
+TINY = [
+    "features.image_encoder=test_efficientnet",
+    "features.image_weights=null",
+    "features.patch_px=32",
+    "features.views=2",
+    "kg.dim=8",
+    "kg.epochs=2",
+    "kg.tune_temperatures=[0.5]",
+    "heads.epochs=3",
+    "heads.batch_size=16",
+    "heads.embed_dim=16",
+    "heads.expr_hidden=[32]",
+    "panel.n_hvg=40",
+    "panel.n_mean=30",
+    "panel.n_top=10",
+    "kg.expression_hvg=60",
+    "ablations.families_off=true",
+    "ablations.lam=[0.6]",
+    "ablations.expr_input_kg=[infonce]",
+]
+
+
+@pytest.fixture(scope="module")
+def legacy_study(tmp_path_factory) -> Path:
+    return write_legacy_study(tmp_path_factory.mktemp("legacy"))
+
+
+def test_sections_labels_and_folds(legacy_study):
+    sections = load_sections([legacy_study])
+    assert list(sections) == ["T1", "T2", "T3"]
+    assert all(a.n_obs == 48 and a.obs["label"].notna().all() for a in sections.values())
+    assert [f.test for f in make_folds(list(sections))] == [("T1",), ("T2",), ("T3",)]
+    fold = make_folds(list(sections), train=["T1", "T2"], test=["T3"])
+    assert fold[0].train == ("T1", "T2")
+    with pytest.raises(InputError, match="in both --train and --test"):
+        make_folds(list(sections), train=["T1", "T2"], test=["T2"])
+
+
+def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--data", str(legacy_study), "--losses", "infonce,kg_soft,kg_gaussian", "--seeds", "2"]
+    args += ["--out", str(out), "--set", "cache_dir=" + str(tmp_path / "cache")]
+    for item in TINY:
+        args += ["--set", item]
+    main(args)
+    printed = capsys.readouterr().out
+    assert "kg_soft" in printed and "frozen_pca_ridge" in printed
+    results = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in results["runs"]}
+    assert {
+        "mean",
+        "naive_ridge",
+        "frozen_pca_ridge",
+        "frozen_knn",
+        "infonce",
+        "kg_soft",
+        "kg_gaussian",
+    } <= methods
+    assert {"kg_soft[lam=0.6]", "infonce[expr=kg]"} <= methods
+    assert any(m.startswith("kg_soft[-") for m in methods)  # each kernel off in turn
+    # every held-out slide scored per seed, never pooled
+    soft = [r for r in results["runs"] if r["method"] == "kg_soft"]
+    assert sorted((r["slide"], r["seed"]) for r in soft) == [
+        (s, k) for s in ("T1", "T2", "T3") for k in (0, 1)
+    ]
+    m = soft[0]["metrics"]
+    for key in ("hvg/pearson_heg10", "hvg/pearson_hvg10", "hvg/pearson_all", "hvg/mse", "mean30/pearson_heg10",
+                "pathway/pearson_hallmark", "recall@5_i2e", "recall@5_e2i", "ridge:hvg/pearson_heg10"):  # fmt: skip
+        assert np.isfinite(m[key]), key
+    # the floor: a constant prediction carries no information
+    mean_rows = [r for r in results["runs"] if r["method"] == "mean"]
+    assert all(r["metrics"]["hvg/pearson_heg10"] == 0 for r in mean_rows)
+    # the planted colour -> expression link is found by the simplest probe
+    naive = [r["metrics"]["hvg/pearson_heg10"] for r in results["runs"] if r["method"] == "naive_ridge"]
+    assert np.mean(naive) > 0.3
+    # prior diagnostics: tuned on training slides, reported per kernel, next to each KG result
+    fold = results["folds"][0]
+    assert fold["prior"]["candidates"] and "combined" in fold["prior"]["auroc"]["transe/tuned"]["train"]
+    assert fold["prior"]["auroc"]["expression_cosine_hvg500"]["train"] > 0.5
+    assert soft[0]["prior_auroc"]["train"] > 0.5
+    summary = {(s["method"], s["slide"]): s for s in results["summary"]}
+    assert summary[("kg_soft", "all")]["n_seeds"] == 2
+    assert summary[("kg_soft", "T1")]["hvg/pearson_heg10"]["std"] >= 0
+    md = (out / "results.md").read_text()
+    assert "| kg_soft | loss | all |" in md and "Prior quality" in md and "Wall time per stage" in md
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["features"]["computed"] == ["T1", "T2", "T3"]
+
+    # a folder holding results is never mixed with another run
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "already holds bench results" in capsys.readouterr().err
+    # --overwrite replaces them; the frozen features come from the cache
+    main([*args[:1], *args[1:], "--overwrite", "--losses", "infonce", "--seeds", "1"])
+    again = json.loads((out / "results.json").read_text())
+    assert again["features"]["computed"] == []
+    assert {r["method"] for r in again["runs"] if r["kind"] == "loss"} == {"infonce"}
+
+
+def test_bench_bad_inputs_are_one_line_errors(legacy_study, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    (broken / "counts").mkdir(parents=True)
+    (broken / "counts" / "X1.tsv").write_text("\tA\n1x1\t3\n")
+    (broken / "spots").mkdir()
+    (broken / "spots" / "X1_selection.tsv").write_text("x\ty\tpixel_x\tpixel_y\n1\t1\t5\t5\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--data", str(broken), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "section X1 has no image images/X1_HE.jpg" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "bench",
+                "--data",
+                str(legacy_study),
+                "--train",
+                "T1",
+                "--test",
+                "T9",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+    assert "unknown sections ['T9']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--data", str(legacy_study), "--losses", "infonse", "--out", str(tmp_path / "o")])
+    assert "unknown losses ['infonse']" in capsys.readouterr().err
+
+
+def test_bench_configs_load():
+    for path in sorted((REPO / "configs" / "bench").glob("*.yaml")):
+        cfg = load_config(BenchConfig, path)
+        assert cfg.seeds >= 1, path
