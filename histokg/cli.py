@@ -31,9 +31,6 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     )
     for noisy in ("PIL", "matplotlib", "numba", "fsspec", "h5py", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from pathways_kg.cli import quiet_pykeen
-
-    quiet_pykeen(verbose)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -377,6 +374,9 @@ from histokg.retrieval import cli as _retrieval_cli  # noqa: E402  (index build|
 
 cli.add_command(_retrieval_cli.index)
 cli.add_command(_retrieval_cli.serve)
+from histokg.bench import cli as _bench_cli  # noqa: E402  (histokg bench)
+
+cli.add_command(_bench_cli.bench)
 
 
 def main(argv: list[str] | None = None) -> None:
