@@ -145,7 +145,7 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
         "kg_soft",
         "kg_gaussian",
     } <= methods
-    assert {"kg_soft[lam=0.6]", "infonce[expr=kg]"} <= methods
+    assert {"kg_soft[lam=0.6]", "infonce[expr=kg]", "kg_soft[configured prior]"} <= methods
     assert any(m.startswith("kg_soft[-") for m in methods)  # each kernel off in turn
     # every held-out slide scored per seed, never pooled
     soft = [r for r in results["runs"] if r["method"] == "kg_soft"]
@@ -165,7 +165,7 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
     # prior diagnostics: tuned on training slides, reported per kernel, next to each KG result
     fold = results["folds"][0]
     assert fold["prior"]["candidates"] and "combined" in fold["prior"]["auroc"]["transe/tuned"]["train"]
-    assert fold["prior"]["auroc"]["expression_cosine_hvg500"]["train"] > 0.5
+    assert fold["prior"]["auroc"]["expression_hvg500"]["train"]["centred_cosine"] > 0.5
     assert soft[0]["prior_auroc"]["train"] > 0.5
     summary = {(s["method"], s["slide"]): s for s in results["summary"]}
     assert summary[("kg_soft", "all")]["n_seeds"] == 2

@@ -8,8 +8,9 @@ training slides. A prior that ranks pairs worse than the expression it is comput
 much to a loss.
 
 **Tuning** (training slides only): every combination of ``tune_scores`` x ``tune_temperatures`` x
-``tune_activation_weights`` (``histokg.priors.PriorConfig``: activation scoring, family softmax
-temperature, weight of the activation-profile kernel) is scored by its mean AUROC on the training
+``tune_activation_weights`` x ``tune_family_scales`` (``histokg.priors.PriorConfig``: activation
+scoring, family softmax temperature, weight of the activation-profile kernel, a factor on every
+family weight) is scored by its mean AUROC on the training
 slides, and the best becomes the fold's prior (the configured prior wins ties).
 """
 
@@ -47,7 +48,11 @@ class KGBenchConfig:
     tune: bool = True  # choose the prior on the training slides' labels (AUROC); else use `prior` as given
     tune_scores: tuple[str, ...] = ("rank", "zmean")
     tune_temperatures: tuple[float, ...] = (0.5, 0.1)
-    tune_activation_weights: tuple[float, ...] = (0.0, 1.0)
+    tune_activation_weights: tuple[float, ...] = (0.0, 1.0, 3.0)
+    tune_family_scales: tuple[float, ...] = (
+        1.0,
+        0.0,
+    )  # x every family weight (0: the activation kernel alone)
     expression_hvg: int = 500  # genes of the expression-similarity reference
 
 
@@ -136,9 +141,15 @@ def prior_quality(prior: KGPrior, counts, libs: np.ndarray, labels: np.ndarray) 
     return {k: _nanmean(v) for k, v in scores.items()}
 
 
-def expression_quality(values: np.ndarray, libs: np.ndarray, labels: np.ndarray) -> float:
-    """AUROC of the cosine of expression profiles (e.g. log1p CP10k of 500 HVGs) for same-label pairs."""
-    return _nanmean([pair_auroc(_cosine(values[libs == n]), labels[libs == n]) for n in sorted(set(libs))])
+def expression_quality(values: np.ndarray, libs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """AUROC of expression similarity (e.g. log1p CP10k of 500 HVGs) for same-label pairs, mean over slides:
+    ``cosine`` of the profiles as they are, ``centred_cosine`` after removing each gene's mean on the slide."""
+    out: dict[str, list[float]] = {"cosine": [], "centred_cosine": []}
+    for n in sorted(set(libs)):
+        x, lab = values[libs == n], labels[libs == n]
+        out["cosine"].append(pair_auroc(_cosine(x), lab))
+        out["centred_cosine"].append(pair_auroc(_cosine(x - x.mean(axis=0)), lab))
+    return {k: _nanmean(v) for k, v in out.items()}
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -152,11 +163,16 @@ def candidates(cfg: KGBenchConfig) -> list[PriorConfig]:
     """The configured prior first, then the tuning grid (without repeats)."""
     out = [cfg.prior]
     if cfg.tune:
-        for score, temperature, weight in itertools.product(
-            cfg.tune_scores, cfg.tune_temperatures, cfg.tune_activation_weights
+        for score, temperature, weight, scale in itertools.product(
+            cfg.tune_scores, cfg.tune_temperatures, cfg.tune_activation_weights, cfg.tune_family_scales
         ):
+            alpha = {f: a * scale for f, a in cfg.prior.alpha.items()}
+            if weight == 0 and not any(alpha.values()):
+                continue  # no kernel left
+            if not any(alpha.values()) and temperature != cfg.tune_temperatures[0]:
+                continue  # the family temperature does not matter without families
             cand = dataclasses.replace(
-                cfg.prior, score=score, temperature=temperature, activation_weight=weight
+                cfg.prior, score=score, temperature=temperature, activation_weight=weight, alpha=alpha
             )
             if cand not in out:
                 out.append(cand)
