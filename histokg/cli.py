@@ -31,6 +31,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     )
     for noisy in ("PIL", "matplotlib", "numba", "fsspec", "h5py", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pathways_kg.cli import quiet_pykeen
+
+    quiet_pykeen(verbose)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -257,41 +260,59 @@ def train_cmd(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Folder holding the slides of .h5ad inputs, when they moved since reading (found by file name).",
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--num-workers", type=int, default=0, show_default=True)
+@click.option(
+    "--images-only",
+    is_flag=True,
+    help="Embed the patches only (no expression tower), e.g. another species' data.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def embed_cmd(
     checkpoint: Path,
     inputs: tuple[Path, ...],
     out: Path,
     mpp: float | None,
     slide_dir: Path | None,
+    images_only: bool,
     batch_size: int,
     num_workers: int,
     device: str | None,
+    overwrite: bool,
 ) -> None:
     """Embed INPUTS with a trained model: .h5ad files (spots), study folders, or slides (whole-slide tiles)."""
-    from histokg.st.contract import concat_sections, read_h5ad, write_h5ad
+    from histokg.io import check_output_file
+    from histokg.st.contract import read_h5ad, write_h5ad
     from histokg.synth.study import load_study
-    from histokg.tl.embed import embed, embed_slide, load_model
+    from histokg.tl.embed import concat_embedded, embed, embed_slide, load_model
+
+    check_output_file(out, "embedded .h5ad", overwrite=overwrite)
 
     # spot inputs are read (and refused with a clear error) before the model is loaded
     spots = {
         p: load_study(p) if p.is_dir() else read_h5ad(p) for p in inputs if p.is_dir() or p.suffix == ".h5ad"
     }
-    slide_kw = {"slide_dir": slide_dir} if slide_dir is not None else {}
     model = load_model(checkpoint, device or "cpu")
     parts = []
     for path in inputs:
         if path in spots:
             adata = spots[path]
-            embed(adata, model, batch_size=batch_size, num_workers=num_workers, device=device, **slide_kw)
+            embed(
+                adata,
+                model,
+                expression=not images_only,
+                slide_dir=slide_dir,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                device=device,
+            )
         else:
             adata = embed_slide(
                 path, model, mpp=mpp, batch_size=batch_size, num_workers=num_workers, device=device
             )
         parts.append(adata)
-    adata = concat_sections(parts, join="outer") if len(parts) > 1 else parts[0]
+    adata = concat_embedded(parts)
     adata.uns.setdefault("histokg", {})["params"] = model.params
     write_h5ad(adata, out)
     click.echo(

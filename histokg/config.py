@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 
 from histokg.errors import ConfigError
 from pathways_kg import dataconf
-from pathways_kg.dataconf import Component, merge, to_dict
+from pathways_kg.dataconf import Component, check, merge, to_dict
 
 __all__ = [
     "Component",
+    "check",
     "from_dict",
     "load_config",
     "merge",

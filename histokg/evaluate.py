@@ -28,6 +28,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 from histokg.metrics import (
@@ -93,6 +94,13 @@ def evaluate(
 
     panel = None
     for method in methods:
+        log.info(
+            "predicting %d panel genes of %d held-out spots with %s (reference: %d spots)",
+            len(genes),
+            heldout.n_obs,
+            method,
+            reference.n_obs,
+        )
         panel = predict_expression(
             heldout,
             reference,
@@ -127,7 +135,8 @@ def evaluate(
     libs = heldout.obs[library_key].astype(str).to_numpy()
     slides: dict[str, dict] = {}
     per_gene: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}
-    for lib in held_libs:
+    for lib in tqdm(held_libs, desc="scoring held-out slides", unit="slide", disable=len(held_libs) < 2):
+        log.info("scoring held-out slide %s (%d spots)", lib, int((libs == lib).sum()))
         slides[lib] = _score_slide(heldout, panel, libs == lib, gene_sets, opts, per_gene, lib)
 
     results = {
@@ -228,7 +237,7 @@ def _prediction_metrics(
         "pearson_all": _nanmean(r),
         "mse": mse,
         "mae": mae,
-        "n_genes_constant": int(np.isnan(r).sum()),
+        "n_genes_constant": int(np.isnan(r).sum()),  # measured constant on the slide: no r, left out
     }
 
 

@@ -89,7 +89,8 @@ def load_tensor_file(path: str | Path, what: str, map_location: str | torch.devi
             "loads); save a state dict of tensors with torch.save or safetensors"
         ) from None
     except Exception as exc:  # zip errors, truncation, not a torch file at all
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
         raise InputError(f"{what} {path}: cannot be read as a torch tensor file ({first})") from None
 
 

@@ -96,11 +96,16 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    quiet_pykeen(verbose)
+    if verbose < 2:
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+
+
+def quiet_pykeen(verbose: int) -> None:
+    """Filter the root handlers so that pykeen's chatter shows only at ``-vv`` (errors always show)."""
     quiet = logging.INFO if verbose > 1 else logging.ERROR
     for handler in logging.getLogger().handlers:
         handler.addFilter(functools.partial(_keep_record, quiet=quiet))
-    if verbose < 2:
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")
 
 
 def _keep_record(record: logging.LogRecord, quiet: int) -> bool:

@@ -120,8 +120,9 @@ def _blame(cls: type, data: Mapping[str, Any], overrides: list[str], source: str
         except DataConfError as exc:
             alone = str(exc)
         if alone != message:  # the overrides changed the outcome: they are at fault
-            keys = [o for o in overrides if o.partition("=")[0].strip() in message] or overrides
-            return f"--set {' '.join(keys)}: {message}"
+            last = {o.partition("=")[0].strip(): o for o in overrides}  # a repeated key: the last one wins
+            named = [o for key, o in last.items() if key in message]
+            return f"--set {' '.join(named or last.values())}: {message}"
     return f"{source}: {message}"
 
 

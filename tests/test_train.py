@@ -189,7 +189,10 @@ def test_a_run_folder_is_never_mixed_with_another_run(synth_study, tmp_path):
         ("optim.lr=.nan", "optim.lr: must be a finite number >= 0"),
         ("optim.image_lr=.inf", "optim.image_lr: must be a finite number >= 0"),
         ("optim.batch_size=many", "--set optim.batch_size=many: optim.batch_size: expected an integer"),
-        ("loss.name=kg_soft", "prior.bundle: loss 'kg_soft' (or model.expr_input 'kg') needs a KG bundle"),
+        (
+            "loss.name=kg_soft",
+            "--set loss.name=kg_soft: prior.bundle: loss.name 'kg_soft' (or model.expr_input 'kg') needs a KG bundle",
+        ),
     ],
 )
 def test_bad_training_config_is_a_config_error(override, message):

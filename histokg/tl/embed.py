@@ -101,6 +101,7 @@ def embed(
     *,
     key_added: str = "X_histokg",
     expression: bool = True,
+    slide_dir: str | Path | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -112,6 +113,7 @@ def embed(
     carry ``layers["counts"]``, ``obsm[key_added + "_expr"]`` (expression tower); records the model
     in ``uns["histokg"]["params"]``. Panel genes the data lacks are measured zeros (logged); when
     most of the panel is missing this raises (``expression=False`` embeds the images only).
+    ``slide_dir`` finds slides that moved since reading by their file name.
     """
     adata = adata.copy() if copy else adata
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -120,7 +122,9 @@ def embed(
     expr_input = loaded.meta["config"]["model"]["expr_input"]
     has_counts = expression and "counts" in adata.layers and adata.n_vars > 0
     inputs = _expression_inputs(adata, loaded) if has_counts else None  # input errors before any compute
-    ds = SpotPatchDataset(adata, loaded.pairing, expression=np.zeros((adata.n_obs, 0), np.float32))
+    ds = SpotPatchDataset(
+        adata, loaded.pairing, expression=np.zeros((adata.n_obs, 0), np.float32), slide_dir=slide_dir
+    )
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     out = np.zeros((adata.n_obs, net.cfg.embed_dim), dtype=np.float32)
     start = 0
@@ -159,7 +163,7 @@ def _libraries_text(adata: ad.AnnData) -> str:
     if "library_id" not in adata.obs:
         return "the data"
     libs = list(map(str, pd.unique(adata.obs["library_id"].astype(str))))
-    return "section " + libs[0] if len(libs) == 1 else f"sections {', '.join(libs[:4])}"
+    return f"the data of section{'s' if len(libs) > 1 else ''} {', '.join(libs[:4])}"
 
 
 def _check_finite(x: np.ndarray, what: str) -> None:

@@ -157,7 +157,8 @@ def panel_adata(adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = 
         X = take_columns(log1p_cp10k(counts), cols)
         raw = take_columns(counts, cols, dtype=counts.dtype)
         if "gene_ids" in adata.var:
-            var["gene_ids"] = adata.var["gene_ids"].reindex(genes).fillna("").astype(str).to_numpy()
+            ids = adata.var["gene_ids"].astype(object).where(adata.var["gene_ids"].notna(), "")
+            var["gene_ids"] = ids.astype(str).reindex(genes).fillna("").to_numpy()
     else:
         X = np.zeros((adata.n_obs, len(genes)), dtype=np.float32)
     out = ad.AnnData(X=X, obs=adata.obs.copy(), var=var)
@@ -210,7 +211,11 @@ def _embedding(adata: ad.AnnData, rep: str, who: str) -> np.ndarray:
     if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
         raise InputError(f"{who}: obsm[{rep!r}] must be an (n_obs, dim) array, got shape {emb.shape}")
     if not np.isfinite(emb).all():
-        raise InputError(f"{who}: obsm[{rep!r}] has non-finite values")
+        bad = int((~np.isfinite(emb)).any(axis=1).sum())
+        raise InputError(
+            f"{who}: obsm[{rep!r}] has non-finite values in {bad} of {len(emb)} rows; embed the slides again "
+            "(histokg embed writes finite embeddings only)"
+        )
     return emb
 
 

@@ -6,11 +6,10 @@ import difflib
 import math
 from dataclasses import dataclass, field
 
-from histokg.config import Component
+from histokg.config import Component, check
 from histokg.models import ModelConfig
 from histokg.priors import PriorConfig
 from histokg.st.transforms import AugmentConfig
-from pathways_kg.dataconf import check
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class TrainConfig:
             check(
                 bool(self.prior.bundle),
                 "prior.bundle",
-                f"loss {self.loss.name!r} (or model.expr_input 'kg') needs a KG bundle; set prior.bundle "
+                f"loss.name {self.loss.name!r} (or model.expr_input 'kg') needs a KG bundle; set prior.bundle "
                 "(e.g. runs/demo/kg/bundle, built by `histokg demo` or `pathways-kg embed`)",
             )
         check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
