@@ -5,7 +5,9 @@
 3. build the knowledge graph restricted to the study's genes and embed it with pykeen (bundle);
 4. train the dual encoder once per configured loss (the InfoNCE baseline and a KG loss);
 5. embed every section with each model, evaluate on the held-out section, write reports;
-6. print a summary table.
+6. build the slide-retrieval index over the study and slides of known phenotype mixes
+   (:func:`histokg.retrieval.demo.build_demo_index`), evaluate it, and say how to start the web app;
+7. print a summary table.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
-from histokg.config import Component, save_config
+from histokg.config import Component, check, save_config
 from histokg.errors import InputError
 from histokg.io import atomic_open, check_output_dir
 from histokg.models import ModelConfig
@@ -66,10 +68,21 @@ class DemoConfig:
     losses: tuple[Component, ...] = (Component("infonce"), Component("kg_soft", {"lam": 0.3}))
     val_slide: str = "S3"
     test_slide: str = "S4"
+    index_per_mix: int = 4  # whole slides per phenotype mix added to the retrieval index (>= 2)
+
+    def __post_init__(self) -> None:
+        check(
+            self.index_per_mix >= 2,
+            "index_per_mix",
+            f"must be >= 2 (leave-one-out needs a pair), got {self.index_per_mix}",
+        )
+        check(bool(self.losses), "losses", "name at least one loss")
 
 
 # What a demo writes into its folder; --overwrite removes exactly these before a new demo starts.
-DEMO_OUTPUTS = ("demo_config.yaml", "study", "paired.h5ad", "overlays", "kg", "train", "eval", "summary.txt")
+DEMO_OUTPUTS = (
+    "demo_config.yaml", "study", "paired.h5ad", "overlays", "kg", "train", "eval", "retrieval", "index", "summary.txt"
+)  # fmt: skip
 
 
 def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -93,6 +106,7 @@ def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: bool = False) -> str:
     """Run the demo into ``out_dir``; returns a printable summary."""
+    from histokg.retrieval.demo import build_demo_index
     from histokg.st.contract import write_h5ad
     from histokg.st.pairing import pair_spots, spots_overlay
     from histokg.synth.study import generate_study, load_study
@@ -133,6 +147,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: 
     lap("knowledge graph build + embed")
 
     rows = []
+    checkpoint = None
     for loss in cfg.losses:
         tcfg = dataclasses.replace(
             cfg.train,
@@ -152,7 +167,11 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: 
             adata, result.best_checkpoint, out_dir / "eval" / loss.name, heldout_libs=(cfg.test_slide,)
         )
         rows.append((loss.name, headline(results)))
+        checkpoint = result.best_checkpoint
         lap(f"embed + evaluate {loss.name}")
+
+    index_text = build_demo_index(out_dir, checkpoint, study, per_mix=cfg.index_per_mix)
+    lap(f"retrieval index ({cfg.losses[-1].name} model)")
 
     kg_metrics = bundle.meta.get("metrics", {})
     lines = [
@@ -166,6 +185,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: 
         "",
         f"  held-out section {cfg.test_slide} (reports in {out_dir / 'eval'}/<loss>/report.html):",
         summary_table(rows),
+        "",
+        index_text,
         "",
     ]
     lines += [f"  {name}: {seconds:.1f} s" for name, seconds in timings.items()]

@@ -21,6 +21,7 @@ TINY_DEMO = [
     "train.optim.epochs=1",
     "kg.embed.training.epochs=2",
     "kg.embed.evaluation.max_triples=200",
+    "index_per_mix=2",
 ]
 
 
@@ -69,6 +70,7 @@ def test_demo_runs_end_to_end_through_the_cli(demo_workdir):
     html = (out / "eval" / "kg_soft" / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="spatial_' not in html  # self-contained
     assert "trained with loss kg_soft" in html and "validation (early stopping) slides: S3" in html
+    assert "histokg serve runs/demo/index" in table and (out / "index" / "manifest.json").is_file()
 
 
 def test_demo_refuses_to_mix_with_an_earlier_demo(demo_workdir):
@@ -136,6 +138,10 @@ def _schema(path: Path):
         return TrainConfig
     if rel.startswith("kg/"):
         return "kg"
+    if rel.startswith("bench/"):
+        from histokg.bench.config import BenchConfig
+
+        return BenchConfig
     return {
         "demo.yaml": DemoConfig,
         "pairing.yaml": PairingConfig,
@@ -196,3 +202,39 @@ def test_readme_commands_run_on_the_demo_outputs(demo_workdir):
         assert proc.returncode == 0, (
             f"README command failed: {command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         )
+
+
+def test_bad_inputs_to_embed_and_evaluate_are_one_line_exit_2(demo_workdir, tmp_path):
+    import anndata as ad
+    import numpy as np
+
+    work, _ = demo_workdir
+    demo = work / "runs" / "demo"
+    ckpt = demo / "train" / "infonce" / "checkpoints" / "best.pt"
+    embedded = ad.read_h5ad(demo / "eval" / "infonce" / "embedded.h5ad")
+    embedded.obsm["X_histokg_expr"][:5] = np.nan  # what an old embedding of a gene-lacking section held
+    embedded.write_h5ad(tmp_path / "nan.h5ad")
+    paired = ad.read_h5ad(demo / "paired.h5ad")
+    paired[:, paired.var_names[:200]].copy().write_h5ad(tmp_path / "few_genes.h5ad")
+    (tmp_path / "cut.pt").write_bytes(ckpt.read_bytes()[:50_000])
+    (tmp_path / "exists.h5ad").write_text("taken")
+    cases = [
+        (["evaluate", tmp_path / "nan.h5ad", "--checkpoint", ckpt, "-o", tmp_path / "ev"], "non-finite values in 5 of"),
+        (["embed", "--checkpoint", ckpt, tmp_path / "few_genes.h5ad", "-o", tmp_path / "e.h5ad"],
+         "panel genes (e.g."),
+        (["embed", "--checkpoint", tmp_path / "cut.pt", demo / "paired.h5ad", "-o", tmp_path / "e.h5ad"],
+         "cannot be read as a torch tensor file"),
+        (["embed", "--checkpoint", ckpt, demo / "paired.h5ad", "-o", tmp_path / "exists.h5ad"],
+         "already exists; pass --overwrite"),
+    ]  # fmt: skip
+    for args, message in cases:
+        proc = histokg(*args, check=False)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+    assert (tmp_path / "exists.h5ad").read_text() == "taken" and not (tmp_path / "e.h5ad").exists()
+    proc = histokg(
+        "embed", "--checkpoint", ckpt, tmp_path / "few_genes.h5ad", "--images-only", "-o", tmp_path / "i.h5ad"
+    )
+    images_only = ad.read_h5ad(tmp_path / "i.h5ad")
+    assert "X_histokg" in images_only.obsm and "X_histokg_expr" not in images_only.obsm
