@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from histokg.errors import InputError
-from pathways_kg.io import atomic_open, atomic_path, file_sha256, write_json
+from pathways_kg.io import atomic_open, atomic_path, file_sha256, read_json_object, write_json
 
 __all__ = [
     "atomic_open",
@@ -22,6 +22,7 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "file_sha256",
+    "read_json_object",
     "write_json",
 ]
 

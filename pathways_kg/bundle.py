@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import copy
 import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pathways_kg.errors import KGError, suggest
-from pathways_kg.io import atomic_path, file_sha256, write_json
+from pathways_kg.io import atomic_path, file_sha256, read_json_object, write_json
 from pathways_kg.models import get_model
 from pathways_kg.schema import ENTITY_TYPES, RELATIONS
 
@@ -189,14 +188,7 @@ def _files(bundle: Bundle) -> dict[str, dict[str, np.ndarray]]:
 def _read_meta(folder: Path, meta_path: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise KGError(f"{folder}: not an embedding bundle (no bundle.json)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise KGError(f"{meta_path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KGError(f"{meta_path}: cannot read ({_reason(exc)})") from None
-    if not isinstance(meta, dict):
-        raise KGError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path, KGError)
     if meta.get("format") != FORMAT:
         raise KGError(f"{meta_path}: unsupported bundle format {meta.get('format')!r} (expected {FORMAT!r})")
     for key in ("model", "entities", "relations"):

@@ -249,16 +249,9 @@ def read_graph(path: str | Path) -> Graph:
 
 def _read_summary(path: Path) -> dict:
     """The graph's summary.json, with the types :func:`read_graph` relies on checked."""
-    import json
+    from pathways_kg.io import read_json_object
 
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise KGError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KGError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    if not isinstance(meta, dict):
-        raise KGError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(path, KGError)
     for key, kinds in (("sources", (dict, type(None))), ("universe", (dict, type(None)))):
         if not isinstance(meta.get(key), kinds):
             raise KGError(f"{path}: {key!r} must be an object or null, got {meta[key]!r}")

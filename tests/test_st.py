@@ -100,7 +100,7 @@ def test_malformed_scalefactors(synth_study, tmp_path):
     copy = tmp_path / "sf"
     shutil.copytree(sr, copy)
     (copy / "spatial" / "scalefactors_json.json").write_text("{ not json")
-    with pytest.raises(InputError, match=r"scalefactors_json\.json: invalid JSON at line 1"):
+    with pytest.raises(InputError, match=r"scalefactors_json\.json:1: invalid JSON"):
         read_visium(copy, slide=slide)
 
 

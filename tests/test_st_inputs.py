@@ -218,7 +218,7 @@ def test_load_study_errors(synth_study, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "study.json").write_text("{ nope")
-    with pytest.raises(InputError, match=r"study\.json: not valid JSON"):
+    with pytest.raises(InputError, match=r"study\.json:1: invalid JSON"):
         load_study(broken)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from histokg.errors import InputError
-from histokg.io import atomic_path, write_json
+from histokg.io import atomic_path, read_json_object, write_json
 from histokg.retrieval import faiss_index as fi
 from histokg.retrieval.descriptors import (
     DESCRIPTORS,
@@ -141,12 +141,7 @@ class RetrievalIndex:
             raise InputError(
                 f"{path} is not a retrieval index (no manifest.json); build one with `histokg index build`"
             )
-        import json
-
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise InputError(f"{manifest_path} is not valid JSON: {exc}") from None
+        manifest = read_json_object(manifest_path, InputError)
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise InputError(
                 f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "

@@ -10,7 +10,6 @@ derived from the spot diameter (Visium spots are 55 um across).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import scipy.sparse as sp
 from PIL import Image
 
 from histokg.errors import InputError
-from histokg.io import atomic_open, atomic_path, write_json
+from histokg.io import atomic_open, atomic_path, read_json_object, write_json
 from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
 from histokg.wsi.slide import open_slide
 
@@ -61,7 +60,7 @@ def read_visium(
     adata_counts, counts_file = _read_counts(path)
     positions, positions_file = read_positions(path / "spatial")
     scalefactors_file = path / "spatial" / "scalefactors_json.json"
-    scalefactors = _read_json(scalefactors_file)
+    scalefactors = read_json_object(scalefactors_file, InputError)
     if "spot_diameter_fullres" not in scalefactors:
         raise InputError(f"{scalefactors_file}: field 'spot_diameter_fullres' is missing")
 
@@ -235,18 +234,6 @@ def _read_counts(path: Path) -> tuple[ad.AnnData, Path]:
             f"{h5 if h5.exists() else mtx}: not a readable 10x feature-barcode matrix ({exc})"
         ) from None
     return adata, file
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
 
 
 def _read_hires(spatial_dir: Path, scalefactors: dict) -> tuple[np.ndarray | None, float]:

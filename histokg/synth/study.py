@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from histokg.config import save_config, to_dict
 from histokg.errors import InputError
-from histokg.io import atomic_open, write_json
+from histokg.io import atomic_open, read_json_object, write_json
 from histokg.st.visium import write_spaceranger_outs
 from histokg.synth.biology import REGION_NAMES
 from histokg.synth.expression import build_expression_model, draw_counts, spot_programs
@@ -248,8 +248,6 @@ def load_study(study_dir: str | Path, with_truth: bool = True):
     Ground truth (``region`` and the region fractions, cell-type and pathway columns) joins ``obs``
     when ``with_truth``.
     """
-    import json
-
     from histokg.st.contract import concat_sections
     from histokg.st.visium import read_visium
 
@@ -263,11 +261,8 @@ def load_study(study_dir: str | Path, with_truth: bool = True):
             f"`histokg synth {study_dir}` writes); for other data, read it into an .h5ad first "
             "(`histokg read visium|legacy|hest`)"
         )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("sections"), list):
+    manifest = read_json_object(manifest_path, InputError)
+    if not isinstance(manifest.get("sections"), list):
         raise InputError(f"{manifest_path}: expected a JSON object with a 'sections' list")
     if not manifest["sections"]:
         raise InputError(f"{manifest_path}: the study lists no sections")

@@ -84,4 +84,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(f"checkpoint {path} is not a histokg checkpoint of format {FORMAT_VERSION}")
     payload["meta"] = json.loads(payload.pop("meta_json"))
     return payload
-
