@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The demo, shrunk: small sections, one short epoch per loss, a few seconds of KG training.
 TINY_DEMO = [
