@@ -105,6 +105,8 @@ TINY = [
     "kg.expression_hvg=60",
     "ablations.families_off=true",
     "ablations.lam=[0.6]",
+    "ablations.uniformity_lam=[0.1]",
+    "ablations.kg_models=[kg2e]",
     "ablations.expr_input_kg=[infonce]",
 ]
 
@@ -127,7 +129,15 @@ def test_sections_labels_and_folds(legacy_study):
 
 def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys):
     out = tmp_path / "bench"
-    args = ["bench", "--data", str(legacy_study), "--losses", "infonce,kg_soft,kg_gaussian", "--seeds", "2"]
+    args = [
+        "bench",
+        "--data",
+        str(legacy_study),
+        "--losses",
+        "infonce,kg_soft,kg_uniformity,kg_gaussian",
+        "--seeds",
+        "2",
+    ]
     args += ["--out", str(out), "--set", "cache_dir=" + str(tmp_path / "cache")]
     for item in TINY:
         args += ["--set", item]
@@ -140,12 +150,18 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
         "mean",
         "naive_ridge",
         "frozen_pca_ridge",
+        "frozen_ridge_cv",
         "frozen_knn",
         "infonce",
         "kg_soft",
         "kg_gaussian",
     } <= methods
-    assert {"kg_soft[lam=0.6]", "infonce[expr=kg]", "kg_soft[configured prior]"} <= methods
+    assert {
+        "kg_soft[lam=0.6]",
+        "infonce[expr=kg]",
+        "kg_soft[configured prior]",
+        "kg_uniformity[lam=0.1]",
+    } <= methods
     assert any(m.startswith("kg_soft[-") for m in methods)  # each kernel off in turn
     # every held-out slide scored per seed, never pooled
     soft = [r for r in results["runs"] if r["method"] == "kg_soft"]

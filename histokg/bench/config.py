@@ -18,7 +18,7 @@ DEFAULT_LOSSES = (
     Component("kg_uniformity"),
     Component("kg_gaussian"),
 )
-BASELINES = ("mean", "naive_ridge", "frozen_pca_ridge", "frozen_knn")
+BASELINES = ("mean", "naive_ridge", "frozen_pca_ridge", "frozen_ridge_cv", "frozen_knn")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class AblationConfig:
 
     families_off: bool = False  # kg_soft with each kernel of the prior switched off in turn
     lam: tuple[float, ...] = ()  # kg_soft prior strength sweep
+    uniformity_lam: tuple[float, ...] = ()  # kg_uniformity prior strength sweep (lam <= 0.5)
     beta: tuple[float, ...] = ()  # kg_negatives prior strength sweep
     kg_models: tuple[str, ...] = ()  # kg_soft with a bundle of each KG model (transe, rotate, complex, kg2e)
     expr_input_kg: tuple[str, ...] = ()  # losses trained with KG activations as the expression tower's input

@@ -42,12 +42,17 @@ def columns(results: dict) -> list[tuple[str, str]]:
 
 
 def prior_auroc(results: dict, method: str, slide: str) -> str:
-    values = [
-        r["prior_auroc"]["test" if slide != "all" else "train"]
-        for r in results["runs"]
-        if r["method"] == method and "prior_auroc" in r and (slide == "all" or r["slide"] == slide)
-    ]
-    values = [v for v in values if v is not None]
+    """AUROC of the run's prior W on its training slides / on the held-out slide(s) ("-" without a prior)."""
+    rows = [r for r in results["runs"] if r["method"] == method and "prior_auroc" in r]
+    rows = [r for r in rows if slide == "all" or r["slide"] == slide]
+    train = [r["prior_auroc"]["train"] for r in rows if r["prior_auroc"].get("train") is not None]
+    test = [r["prior_auroc"]["test"] for r in rows if r["prior_auroc"].get("test") is not None]
+    if not train and not test:
+        return "-"
+    return f"{_mean(train)} / {_mean(test)}"
+
+
+def _mean(values: list[float]) -> str:
     return f"{np.mean(values):.3f}" if values else "-"
 
 
@@ -72,7 +77,7 @@ def markdown(results: dict) -> str:
             lines.append("")
     for title, slides in (("Mean over held-out sections", ["all"]), ("Per held-out section", None)):
         lines += [f"## {title}", ""]
-        header = ["method", "kind", "test", *[c[1] for c in cols], "prior AUROC"]
+        header = ["method", "kind", "test", *[c[1] for c in cols], "prior AUROC train / test"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * 3 + "---:|" * (len(cols) + 1))
         entries = [s for s in results["summary"] if (s["slide"] == "all") == (slides is not None)]

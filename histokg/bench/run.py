@@ -144,6 +144,8 @@ class FoldData:
     hvg: list[str]
     prior_info: dict[str, Any]
     kg_inputs: dict[str, Any]  # prior, packed, gaussians, KG activations as tower input
+    groups: np.ndarray | None = None  # training slide of each training spot
+    cv_alpha: float | None = None  # frozen_ridge_cv's alpha, chosen on the training slides
 
 
 class Bench:
@@ -250,6 +252,7 @@ class Bench:
             hvg=hvg,
             prior_info={},
             kg_inputs={},
+            groups=np.concatenate([np.full(self.feats[s][0].shape[1], s) for s in fold.train]),
         )
         self._fold_prior(data, train_ad, tests)
         return data
@@ -274,10 +277,16 @@ class Bench:
         }
         priors = {"tuned": tuned, "configured": cfg.kg.prior}
         kg: dict[str, Any] = {"priors": {}, "train_counts": train_counts, "libs": libs, "labels": labels}
+        ab = cfg.ablations
+        gaussian = "kg2e" if cfg.kg.model != "kg2e" else cfg.kg.model
         for model, bundle in self.bundles.items():
             for which, pcfg in priors.items():
-                wanted = cfg.ablations.untuned_prior or cfg.ablations.families_off
-                if which == "configured" and (model != cfg.kg.model or not wanted):
+                if which == "tuned":  # the losses' prior (and the KG2E Gaussians of kg_gaussian)
+                    wanted = model in (cfg.kg.model, gaussian)
+                else:  # the configured prior (every family on): ablations of families and of the KG model
+                    main_wanted = ab.untuned_prior or ab.families_off or bool(ab.kg_models)
+                    wanted = (model == cfg.kg.model and main_wanted) or model in ab.kg_models
+                if not wanted:
                     continue
                 prior = KGPrior.from_bundle(bundle, genes, pcfg)
                 entry = {"prior": prior, "packed": prior.encode(train_counts).numpy()}
@@ -342,6 +351,12 @@ class Bench:
                     x_tr = pca.transform(sc.transform(data.train_feats[0]))
                     x_te = pca.transform(sc.transform(data.test_feats[slide][0]))
                     predict = ridge_predictor(x_tr, x_te, lambda m, d=dim: 100.0 / (d * m))
+                elif name == "frozen_ridge_cv":
+                    sc = StandardScaler().fit(data.train_feats[0])
+                    x_tr, x_te = sc.transform(data.train_feats[0]), sc.transform(data.test_feats[slide][0])
+                    alpha = data.cv_alpha if data.cv_alpha is not None else self._cv_alpha(data, x_tr)
+                    data.cv_alpha = alpha
+                    predict = ridge_predictor(x_tr, x_te, lambda m, a=alpha: a)
                 else:  # frozen_knn: cosine kNN between standardised frozen features
                     sc = StandardScaler().fit(data.train_feats[0])
                     ref = _unit(sc.transform(data.train_feats[0])).astype(np.float32)
@@ -350,6 +365,24 @@ class Bench:
                 metrics = score_slide(predict, data.targets, slide)
                 self._row(data, name, "baseline", 0, slide, metrics, {})
             self.clock.add(f"baseline {name}", time.perf_counter() - start)
+
+    @staticmethod
+    def _cv_alpha(data: FoldData, x: np.ndarray) -> float:
+        """Ridge alpha by leave-one-training-slide-out (mean Pearson over the HVG panel); training slides only."""
+        from histokg.metrics import pearson_per_gene
+
+        y = data.targets.train_values["hvg"].astype(np.float64)
+        alphas = np.logspace(0, 5, 11)
+        groups = np.unique(data.groups)
+        scores = np.zeros(len(alphas))
+        for g in groups:
+            held = data.groups == g
+            for i, a in enumerate(alphas):
+                pred = ridge_predictor(x[~held], x[held], lambda m, a=a: a)(y[~held])
+                scores[i] += float(np.nanmean(pearson_per_gene(pred, y[held]))) / len(groups)
+        best = float(alphas[int(np.argmax(scores))])
+        log.info("frozen_ridge_cv: alpha %.3g (inner leave-one-slide-out Pearson %.3f)", best, scores.max())
+        return best
 
     def _row(
         self, data: FoldData, method: str, kind: str, seed: int, slide: str, metrics: dict, extra: dict
@@ -418,7 +451,7 @@ class Bench:
         soft = next((c for c in cfg.losses if c.name == "kg_soft"), Component("kg_soft"))
         if not data.kg_inputs:
             return
-        if ab.families_off or ab.untuned_prior:
+        if ab.families_off or ab.untuned_prior or ab.kg_models:
             base_key = (cfg.kg.model, "configured")
             self.run_loss(data, soft, "kg_soft[configured prior]", "ablation", kg_key=base_key)
         if ab.families_off:  # on the configured prior, which uses every family (the tuned one may not)
@@ -439,6 +472,10 @@ class Bench:
             self.run_loss(
                 data, Component("kg_soft", {**soft.kwargs, "lam": lam}), f"kg_soft[lam={lam:g}]", "ablation"
             )
+        uni = next((c for c in cfg.losses if c.name == "kg_uniformity"), Component("kg_uniformity"))
+        for lam in ab.uniformity_lam:
+            spec = Component("kg_uniformity", {**uni.kwargs, "lam": lam})
+            self.run_loss(data, spec, f"kg_uniformity[lam={lam:g}]", "ablation")
         neg = next((c for c in cfg.losses if c.name == "kg_negatives"), Component("kg_negatives"))
         for beta in ab.beta:
             self.run_loss(
@@ -447,9 +484,11 @@ class Bench:
                 f"kg_negatives[beta={beta:g}]",
                 "ablation",
             )
-        for model in ab.kg_models:
+        for (
+            model
+        ) in ab.kg_models:  # with the configured prior: the tuned one may not use the KG vectors at all
             if model != cfg.kg.model:
-                self.run_loss(data, soft, f"kg_soft[kg={model}]", "ablation", kg_key=(model, "tuned"))
+                self.run_loss(data, soft, f"kg_soft[kg={model}]", "ablation", kg_key=(model, "configured"))
         for name in ab.expr_input_kg:
             spec = next((c for c in cfg.losses if c.name == name), Component(name))
             self.run_loss(data, spec, f"{name}[expr=kg]", "ablation", expr_input="kg")
