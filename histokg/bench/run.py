@@ -533,7 +533,7 @@ class Bench:
             "summary": summarise(self.rows, keys),
             "notes": self.notes,
         }
-        self.clock.lap("runs (remainder)")
+        self.clock.lap("all folds (the fold, baseline and loss stages above together)")
         results["timings_s"] = {k: round(v, 2) for k, v in self.clock.stages.items()}
         return results
 
