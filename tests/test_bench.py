@@ -107,6 +107,8 @@ TINY = [
     "ablations.lam=[0.6]",
     "ablations.uniformity_lam=[0.1]",
     "ablations.kg_models=[kg2e]",
+    "ablations.expression_prior=[kg_uniformity]",
+    "ablations.expression_prior=[kg_uniformity]",
     "ablations.expr_input_kg=[infonce]",
 ]
 
@@ -161,7 +163,11 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
         "infonce[expr=kg]",
         "kg_soft[configured prior]",
         "kg_uniformity[lam=0.1]",
+        "kg_soft[kg=kg2e]",
+        "kg_uniformity[W=expression]",
     } <= methods
+    control = results["folds"][0]["prior"]["auroc"]["expression/control"]
+    assert 0.5 < control["train"]["combined"] <= 1.0
     assert any(m.startswith("kg_soft[-") for m in methods)  # each kernel off in turn
     # every held-out slide scored per seed, never pooled
     soft = [r for r in results["runs"] if r["method"] == "kg_soft"]

@@ -54,6 +54,9 @@ class AblationConfig:
     kg_models: tuple[str, ...] = ()  # kg_soft with a bundle of each KG model (transe, rotate, complex, kg2e)
     expr_input_kg: tuple[str, ...] = ()  # losses trained with KG activations as the expression tower's input
     untuned_prior: bool = False  # kg_soft with the configured (untuned) prior
+    expression_prior: tuple[
+        str, ...
+    ] = ()  # these KG losses with W from expression similarity (no KG): the control
 
 
 @dataclass(frozen=True)

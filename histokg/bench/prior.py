@@ -216,3 +216,30 @@ def tune_prior(
     log.info("prior tuned on the training slides: %s (AUROC %.3f; configured %.3f)", describe(cands[best]),
              table[best]["auroc_train"]["combined"], table[0]["auroc_train"]["combined"])  # fmt: skip
     return cands[best], table
+
+
+class ExpressionKernel:
+    """A control prior without the KG: ``W_ij = exp((cos(x_i, x_j) - 1) / tau)`` on expression profiles.
+
+    ``x`` = log1p CP10k over the training slides' most variable genes, centred by the training mean
+    (what :func:`expression_quality` calls the centred cosine). Same interface as the KG prior for the
+    trainer's :class:`~histokg.train.trainer.JointModule` (``pair_weights_from_packed``), so a KG loss can
+    run with it: if a loss gains as much from this W, the gain is expression similarity, not the KG.
+    """
+
+    kernels = ("expression",)
+
+    def __init__(self, mean: np.ndarray, tau: float = 0.5):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.tau = float(tau)
+        self.alpha = {"expression": 1.0}
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        x = np.asarray(values, dtype=np.float32) - self.mean
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def pair_weights_from_packed(self, packed):
+        import torch
+
+        z = torch.nn.functional.normalize(torch.as_tensor(packed).float(), dim=-1)
+        return (z @ z.T).clamp(-1.0, 1.0).sub(1.0).div(self.tau).exp()

@@ -324,6 +324,29 @@ class Bench:
                     quality["expression_hvg500"][s] = expression_quality(
                         log1p_of(a, hvg500), np.full(a.n_obs, s), lab
                     )
+        if cfg.ablations.expression_prior:
+            from histokg.bench.prior import ExpressionKernel
+
+            x = log1p_of(train_ad, hvg500)
+            kernel = ExpressionKernel(x.mean(axis=0), tau=cfg.kg.prior.tau)
+            kg["priors"][("expression", "control")] = {"prior": kernel, "packed": kernel.encode(x)}
+            if labels is not None:  # the AUROC of this very W (centred by the training mean)
+                from histokg.bench.prior import pair_auroc
+
+                def kernel_auroc(values: np.ndarray, lib: np.ndarray, lab: np.ndarray) -> float:
+                    z = kernel.encode(values)
+                    aurocs = [
+                        pair_auroc(z[lib == n] @ z[lib == n].T, lab[lib == n]) for n in sorted(set(lib))
+                    ]
+                    return float(np.nanmean(aurocs))
+
+                quality["expression/control"] = {"train": {"combined": kernel_auroc(x, libs, labels)}}
+                for s, a in tests.items():
+                    lab = _labels(a, cfg.label_key)
+                    if lab is not None:
+                        quality["expression/control"][s] = {
+                            "combined": kernel_auroc(log1p_of(a, hvg500), np.full(a.n_obs, s), lab)
+                        }
         info["auroc"] = quality
         data.prior_info = info
         data.kg_inputs = kg
@@ -489,6 +512,9 @@ class Bench:
         ) in ab.kg_models:  # with the configured prior: the tuned one may not use the KG vectors at all
             if model != cfg.kg.model:
                 self.run_loss(data, soft, f"kg_soft[kg={model}]", "ablation", kg_key=(model, "configured"))
+        for name in ab.expression_prior:
+            spec = next((c for c in cfg.losses if c.name == name), Component(name))
+            self.run_loss(data, spec, f"{name}[W=expression]", "ablation", kg_key=("expression", "control"))
         for name in ab.expr_input_kg:
             spec = next((c for c in cfg.losses if c.name == name), Component(name))
             self.run_loss(data, spec, f"{name}[expr=kg]", "ablation", expr_input="kg")
