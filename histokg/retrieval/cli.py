@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import click
@@ -232,14 +233,18 @@ def evaluate_cmd(index_dir, label, with_regions, out):
 
 
 def format_metrics(results: dict) -> str:
+    """One line per evaluation; a metric that was not computed (e.g. mAP of region retrieval) shows n/a."""
+
+    def fmt(value) -> str:
+        return f"{value:6.3f}" if isinstance(value, int | float) and math.isfinite(value) else f"{'n/a':>6s}"
+
+    width = max([18, *map(len, results)])
     lines = [
-        f"{'':12s} {'mMV@5':>6s} {'mAP':>6s} {'hit@1':>6s} {'hit@3':>6s} {'hit@5':>6s}  queries  protocol"
+        f"{'':{width}s} {'mMV@5':>6s} {'mAP':>6s} {'hit@1':>6s} {'hit@3':>6s} {'hit@5':>6s}  queries  protocol"
     ]
     for name, m in results.items():
-        lines.append(
-            f"{name:18s} {m['mMV@5']:6.3f} {m.get('mAP', float('nan')):6.3f} {m['hit@1']:6.3f} "
-            f"{m['hit@3']:6.3f} {m['hit@5']:6.3f}  {m['n_queries']:7d}  {m['protocol']}"
-        )
+        cells = " ".join(fmt(m.get(key)) for key in ("mMV@5", "mAP", "hit@1", "hit@3", "hit@5"))
+        lines.append(f"{name:{width}s} {cells}  {m['n_queries']:7d}  {m['protocol']}")
     return "\n".join(lines)
 
 
