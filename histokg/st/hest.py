@@ -1,13 +1,19 @@
 """HEST-1k style pairs: an ``.h5ad`` of spot counts plus the pyramidal TIFF its coordinates refer to.
 
 Spot centres come from ``obsm["spatial"]`` (full-resolution pixels) or from the columns
-``pxl_col_in_fullres``/``pxl_row_in_fullres``; the MPP from the argument, the slide's metadata, or
-a HEST metadata JSON (``pixel_size_um_estimated`` / ``pixel_size_um_embedded``).
+``pxl_col_in_fullres``/``pxl_row_in_fullres``; the MPP from the argument, a HEST metadata JSON
+(``pixel_size_um_estimated`` / ``pixel_size_um_embedded``) or the slide's metadata.
+
+HEST-1k holds several technologies (Visium, legacy ST, Visium HD, Xenium pseudo-spots), so the spot
+diameter is not assumed: it comes from the argument, the metadata JSON's ``spot_diameter`` (um), the
+h5ad's own ``uns["spatial"][...]["scalefactors"]["spot_diameter_fullres"]``, or the measured spot
+pitch when it is that of a known array (Visium: 100 um pitch, 55 um spots; legacy ST: 200 um, 100 um).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import anndata as ad
@@ -15,11 +21,162 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from histokg.errors import InputError, SlideError
-from histokg.st.contract import build_anndata, check_spots_in_image, read_h5ad, spatial_uns
-from histokg.wsi.slide import open_slide
+from histokg.errors import InputError
+from histokg.st.contract import read_h5ad
+from histokg.st.legacy import pitch_pixels
+from histokg.st.reader import Reader, Spots
+
+log = logging.getLogger(__name__)
 
 HEST_MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")
+# Known arrays: centre-to-centre pitch (um) -> (technology, spot diameter in um).
+KNOWN_ARRAYS = {100.0: ("Visium", 55.0), 200.0: ("legacy ST", 100.0)}
+PITCH_TOLERANCE = 0.15
+
+
+class HESTReader(Reader):
+    """HEST-1k style .h5ad + the slide its spot coordinates refer to."""
+
+    name = "hest"
+    platform_mpp_checked = False  # HEST's estimated pixel size corrects wrong embedded ones
+    slide_error_hint = "for HEST data pass mpp or the sample's metadata JSON"
+    library_id_help = "Slide id (default: h5ad file name)."
+    mpp_help = "Microns per pixel, when the slide has none."
+
+    def __init__(
+        self,
+        h5ad: str | Path,
+        slide: str | Path,
+        *,
+        library_id: str | None = None,
+        mpp: float | None = None,
+        metadata_json: str | Path | None = None,
+        spot_diameter_um: float | None = None,
+    ) -> None:
+        self.h5ad = Path(h5ad)
+        super().__init__(slide=slide, library_id=library_id or self.h5ad.stem, mpp=mpp)
+        self.metadata_json = Path(metadata_json) if metadata_json is not None else None
+        if spot_diameter_um is not None and not float(spot_diameter_um) > 0:
+            raise InputError(
+                f"spot_diameter_um: must be a positive number of microns, got {spot_diameter_um!r}"
+            )
+        self.spot_diameter_um = spot_diameter_um
+        self._meta: dict = {}
+
+    @classmethod
+    def cli_inputs(cls) -> list:
+        import click
+
+        file = click.Path(exists=True, dir_okay=False, path_type=Path)
+        return [
+            click.Argument(["h5ad"], type=file),
+            click.Argument(["slide"], type=file),
+            click.Option(["--metadata", "metadata_json"], type=file, help="HEST metadata JSON."),
+            click.Option(
+                ["--spot-diameter", "spot_diameter_um"],
+                type=float,
+                help="Spot diameter in um (default: the metadata's spot_diameter, the h5ad's "
+                "spot_diameter_fullres, or the spot pitch of a known array).",
+            ),
+        ]
+
+    def load(self) -> Spots:
+        src = read_h5ad(self.h5ad)
+        if "spatial" in src.obsm:
+            xy = np.asarray(src.obsm["spatial"], dtype=np.float64)[:, :2]
+        elif {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(src.obs.columns):
+            xy = src.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+        else:
+            raise InputError(
+                f"h5ad file {self.h5ad}: no obsm['spatial'] and no obs pxl_col_in_fullres/pxl_row_in_fullres"
+            )
+        if self.metadata_json is not None:
+            self._meta = _read_metadata(self.metadata_json)
+        counts = src.layers["counts"] if "counts" in src.layers else src.X
+        extra = src.obs.drop(
+            columns=[c for c in ("in_tissue", "library_id", "barcode") if c in src.obs], errors="ignore"
+        )
+        diameter_um, diameter_px, diameter_source = self._recorded_spot_diameter(src)
+        return Spots(
+            counts=sp.csr_matrix(counts),
+            barcodes=src.obs_names,
+            genes=src.var_names,
+            xy=xy,
+            source=str(self.h5ad),
+            positions=str(self.h5ad),
+            spot_diameter_um=diameter_um,
+            spot_diameter_fullres=diameter_px,
+            spot_diameter_source=diameter_source,
+            gene_ids=src.var["gene_ids"].astype(str).to_list() if "gene_ids" in src.var else None,
+            in_tissue=src.obs["in_tissue"].to_numpy().astype(bool) if "in_tissue" in src.obs else None,
+            obs_extra=pd.DataFrame({c: extra[c].to_numpy() for c in extra.columns}),
+            extra_metadata={"source_path": str(self.h5ad.resolve())},
+        )
+
+    def platform_mpp(self, spots: Spots) -> tuple[float, str] | None:
+        """The HEST metadata JSON's pixel size (estimated before embedded), when given."""
+        if self.metadata_json is None:
+            return None
+        key = next((k for k in HEST_MPP_KEYS if self._meta.get(k)), None)
+        if key is None:
+            raise InputError(f"{self.metadata_json}: none of {HEST_MPP_KEYS} is set")
+        return float(self._meta[key]), f"HEST metadata {key}"
+
+    def _recorded_spot_diameter(self, src: ad.AnnData) -> tuple[float | None, float | None, str]:
+        """(um, px, source) from the argument, the metadata JSON or the h5ad; (None, None, "") if none."""
+        if self.spot_diameter_um is not None:
+            return float(self.spot_diameter_um), None, "given"
+        if self._meta.get("spot_diameter"):
+            return (
+                float(self._meta["spot_diameter"]),
+                None,
+                f"HEST metadata spot_diameter ({self.metadata_json})",
+            )
+        for lib, entry in (src.uns.get("spatial") or {}).items():
+            value = (
+                (entry.get("scalefactors") or {}).get("spot_diameter_fullres")
+                if isinstance(entry, dict)
+                else None
+            )
+            if value:
+                return (
+                    None,
+                    float(value),
+                    f"h5ad uns['spatial'][{lib!r}]['scalefactors']['spot_diameter_fullres']",
+                )
+        return None, None, ""
+
+    def resolve_spot_diameter(self, spots: Spots, mpp: float) -> tuple[float, str]:
+        """As recorded; otherwise from the spot pitch of a known array (Visium, legacy ST)."""
+        if spots.spot_diameter_um is not None or spots.spot_diameter_fullres is not None:
+            return super().resolve_spot_diameter(spots, mpp)
+        pitch_um = pitch_pixels(np.asarray(spots.xy)) * mpp
+        for array_pitch, (technology, diameter) in KNOWN_ARRAYS.items():
+            if abs(pitch_um / array_pitch - 1) <= PITCH_TOLERANCE:
+                log.info(
+                    "%s: spot pitch %.1f um is %s's %g um: spots of %g um",
+                    self.library_id,
+                    pitch_um,
+                    technology,
+                    array_pitch,
+                    diameter,
+                )
+                return diameter / mpp, f"spot pitch {pitch_um:.1f} um ({technology}: {diameter:g} um spots)"
+        raise InputError(
+            f"h5ad file {self.h5ad}: the spot diameter is not recorded (no spot_diameter in a metadata JSON, "
+            f"no spot_diameter_fullres in uns['spatial']) and the spot pitch, {pitch_um:.1f} um, is not that of "
+            "a known array (Visium 100 um, legacy ST 200 um); pass spot_diameter_um (--spot-diameter)"
+        )
+
+
+def _read_metadata(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"HEST metadata {path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"HEST metadata {path}: expected a JSON object")
+    return meta
 
 
 def read_hest(
@@ -29,63 +186,14 @@ def read_hest(
     library_id: str | None = None,
     mpp: float | None = None,
     metadata_json: str | Path | None = None,
-    spot_diameter_um: float = 55.0,
+    spot_diameter_um: float | None = None,
 ) -> ad.AnnData:
-    """Read a HEST-style ``.h5ad`` + slide pair into the AnnData contract."""
-    h5ad = Path(h5ad)
-    src = read_h5ad(h5ad)
-    library_id = library_id or h5ad.stem
-    if "spatial" in src.obsm:
-        xy = np.asarray(src.obsm["spatial"], dtype=np.float64)[:, :2]
-    elif {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(src.obs.columns):
-        xy = src.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
-    else:
-        raise InputError(
-            f"h5ad file {h5ad}: no obsm['spatial'] and no obs pxl_col_in_fullres/pxl_row_in_fullres"
-        )
-
-    if mpp is None and metadata_json is not None:
-        try:
-            meta = json.loads(Path(metadata_json).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"HEST metadata {metadata_json}: cannot be read as JSON ({exc})") from None
-        if not isinstance(meta, dict):
-            raise InputError(f"HEST metadata {metadata_json}: expected a JSON object")
-        mpp = next((float(meta[k]) for k in HEST_MPP_KEYS if meta.get(k)), None)
-        if mpp is None:
-            raise InputError(f"{metadata_json}: none of {HEST_MPP_KEYS} is set")
-    try:
-        opened = open_slide(slide, mpp=mpp)
-    except SlideError as exc:
-        raise InputError(f"{exc}; for HEST data pass mpp or the sample's metadata JSON") from None
-    with opened as s:
-        check_spots_in_image(xy, *s.dimensions, list(src.obs_names), f"{h5ad} vs slide {slide}")
-        hires, scale = s.thumbnail(2000)
-        mpp_value = s.mpp
-    counts = src.layers["counts"] if "counts" in src.layers else src.X
-    in_tissue = src.obs["in_tissue"].to_numpy().astype(bool) if "in_tissue" in src.obs else None
-    gene_ids = src.var["gene_ids"].astype(str).to_list() if "gene_ids" in src.var else None
-    spatial = spatial_uns(
-        hires,
-        scale,
-        spot_diameter_um / mpp_value,
-        Path(slide),
-        mpp_value,
-        extra_metadata={"reader": "hest", "source_path": str(h5ad.resolve())},
-    )
-    extra = src.obs.drop(
-        columns=[c for c in ("in_tissue", "library_id", "barcode") if c in src.obs], errors="ignore"
-    )
-    extra = pd.DataFrame({c: extra[c].to_numpy() for c in extra.columns})
-    return build_anndata(
-        sp.csr_matrix(counts),
-        src.obs_names,
-        src.var_names,
-        xy,
-        library_id,
-        spatial,
-        in_tissue=in_tissue,
-        gene_ids=gene_ids,
-        obs_extra=extra,
-        source=str(h5ad),
-    )
+    """Read a HEST-style ``.h5ad`` + slide pair into the AnnData contract (:class:`HESTReader`)."""
+    return HESTReader(
+        h5ad,
+        slide,
+        library_id=library_id,
+        mpp=mpp,
+        metadata_json=metadata_json,
+        spot_diameter_um=spot_diameter_um,
+    ).read()

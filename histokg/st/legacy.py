@@ -21,8 +21,8 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from histokg.errors import InputError
-from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
-from histokg.wsi.slide import open_slide
+from histokg.st.contract import match_ids
+from histokg.st.reader import Reader, Spots
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,82 @@ def pitch_pixels(xy: np.ndarray) -> float:
     return float(np.median(dist[:, 1]))
 
 
+class LegacySTReader(Reader):
+    """Legacy ST arrays (Stahl 2016): counts TSV, ST Spot Detector table, full-resolution H&E image."""
+
+    name = "legacy"
+    synonyms = ("legacy_st", "st")
+    image_label = "image"
+    library_id_help = "Slide id (default: counts file name)."
+    mpp_help = "Microns per pixel (default: from the 200 um spot pitch)."
+
+    def __init__(
+        self,
+        counts: str | Path,
+        spots: str | Path,
+        image: str | Path,
+        *,
+        library_id: str | None = None,
+        mpp: float | None = None,
+        pitch_um: float = LEGACY_PITCH_UM,
+        spot_diameter_um: float = LEGACY_SPOT_DIAMETER_UM,
+        min_match: float = 0.9,
+        hires_max_px: int = 2000,
+    ) -> None:
+        self.counts_path, self.spots_path = Path(counts), Path(spots)
+        super().__init__(slide=image, library_id=library_id or self.counts_path.name.split(".")[0], mpp=mpp)
+        self.pitch_um = pitch_um
+        self.spot_diameter_um = spot_diameter_um
+        self.min_match = min_match
+        self.hires_max_px = hires_max_px
+
+    @classmethod
+    def cli_inputs(cls) -> list:
+        import click
+
+        file = click.Path(exists=True, dir_okay=False, path_type=Path)
+        return [
+            click.Argument(["counts"], type=file),
+            click.Argument(["spots"], type=file),
+            click.Argument(["image"], type=file),
+        ]
+
+    def load(self) -> Spots:
+        table = read_counts_table(self.counts_path)
+        spot_table = read_spot_table(self.spots_path)
+        found = match_ids(
+            table.index,
+            spot_table.index,
+            counts_name=str(self.counts_path),
+            table_name=str(self.spots_path),
+            min_match=self.min_match,
+        )
+        table = table.loc[found]
+        spot_rows = spot_table.loc[table.index]
+        self.measured_pitch = pitch_pixels(spot_table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64))
+        return Spots(
+            counts=sp.csr_matrix(table.to_numpy()),
+            barcodes=table.index,
+            genes=table.columns,
+            xy=spot_rows[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64),
+            source=str(self.counts_path),
+            positions=str(self.spots_path),
+            spot_diameter_um=self.spot_diameter_um,
+            spot_diameter_source=f"legacy ST spot ({self.spot_diameter_um:g} um)",
+            in_tissue=spot_rows["selected"].to_numpy() == 1,
+            obs_extra=pd.DataFrame(
+                {"array_x": spot_rows["x"].to_numpy(), "array_y": spot_rows["y"].to_numpy()}
+            ),
+            extra_metadata={"pitch_px": self.measured_pitch},
+        )
+
+    def fallback_mpp(self, spots: Spots) -> tuple[float, str]:
+        """An image without MPP metadata (the usual JPEG): from the measured spot pitch."""
+        mpp = self.pitch_um / self.measured_pitch
+        log.info("%s: MPP %.4f derived from the spot pitch", self.library_id, mpp)
+        return mpp, f"spot pitch ({self.pitch_um:g} um = {self.measured_pitch:.1f} px)"
+
+
 def read_legacy_st(
     counts: str | Path,
     spots: str | Path,
@@ -119,55 +195,19 @@ def read_legacy_st(
     min_match: float = 0.9,
     hires_max_px: int = 2000,
 ) -> ad.AnnData:
-    """Read a legacy-ST section into the AnnData contract.
+    """Read a legacy-ST section into the AnnData contract (:class:`LegacySTReader`).
 
     ``image`` is the full-resolution H&E (plain JPEG/PNG or any slide OpenSlide reads). Its MPP is
     taken, in order, from ``mpp``, from the slide's metadata, or from the spot pitch (``pitch_um``).
     """
-    counts_path, spots_path = Path(counts), Path(spots)
-    library_id = library_id or counts_path.name.split(".")[0]
-    table = read_counts_table(counts_path)
-    spot_table = read_spot_table(spots_path)
-    found = match_ids(
-        table.index,
-        spot_table.index,
-        counts_name=str(counts_path),
-        table_name=str(spots_path),
+    return LegacySTReader(
+        counts,
+        spots,
+        image,
+        library_id=library_id,
+        mpp=mpp,
+        pitch_um=pitch_um,
+        spot_diameter_um=spot_diameter_um,
         min_match=min_match,
-    )
-    table = table.loc[found]
-    spot_rows = spot_table.loc[table.index]
-    xy = spot_rows[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
-
-    measured_pitch = pitch_pixels(spot_table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64))
-    if mpp is None and Path(image).suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"}:
-        mpp, mpp_source = pitch_um / measured_pitch, f"spot pitch ({pitch_um:g} um = {measured_pitch:.1f} px)"
-        log.info("%s: MPP %.4f derived from the spot pitch", library_id, mpp)
-    else:
-        mpp_source = "given" if mpp is not None else "slide"
-    with open_slide(image, mpp=mpp) as slide:
-        width, height = slide.dimensions
-        check_spots_in_image(xy, width, height, list(table.index), f"{spots_path} vs image {image}")
-        hires, scale = slide.thumbnail(hires_max_px)
-        mpp_value = slide.mpp
-
-    spatial = spatial_uns(
-        hires,
-        scale,
-        spot_diameter_um / mpp_value,
-        Path(image),
-        mpp_value,
-        extra_metadata={"mpp_source": mpp_source, "reader": "legacy_st", "pitch_px": measured_pitch},
-    )
-    obs_extra = pd.DataFrame({"array_x": spot_rows["x"].to_numpy(), "array_y": spot_rows["y"].to_numpy()})
-    return build_anndata(
-        sp.csr_matrix(table.to_numpy()),
-        table.index,
-        table.columns,
-        xy,
-        library_id,
-        spatial,
-        in_tissue=spot_rows["selected"].to_numpy() == 1,
-        obs_extra=obs_extra,
-        source=str(counts_path),
-    )
+        hires_max_px=hires_max_px,
+    ).read()

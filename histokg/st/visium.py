@@ -24,8 +24,8 @@ from PIL import Image
 
 from histokg.errors import InputError
 from histokg.io import atomic_open, atomic_path, read_json_object, write_json
-from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
-from histokg.wsi.slide import open_slide
+from histokg.st.contract import check_spots_in_image, match_ids
+from histokg.st.reader import Reader, SlideView, Spots
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,117 @@ POSITION_COLUMNS = [
 ]
 
 
+class VisiumReader(Reader):
+    """10x Visium / Space Ranger outs folder: positions v1/v2/v3, .h5 or mtx matrix, 55 um spots."""
+
+    name = "visium"
+    library_id_help = "Slide id (default: folder name)."
+    mpp_help = "Microns per pixel, when the slide has none."
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        slide: str | Path | None = None,
+        library_id: str | None = None,
+        mpp: float | None = None,
+        min_match: float = 1.0,
+    ) -> None:
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError(f"Visium folder {path} does not exist or is not a folder")
+        default_id = path.parent.name if path.name == "outs" else path.name
+        super().__init__(slide=slide, library_id=library_id or default_id, mpp=mpp)
+        self.path = path
+        self.min_match = min_match
+        self._hires: tuple[np.ndarray, float] | None = None
+
+    @classmethod
+    def cli_inputs(cls) -> list:
+        import click
+
+        return [
+            click.Argument(["path"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+            click.Option(
+                ["--slide"],
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="Full-resolution image.",
+            ),
+        ]
+
+    def load(self) -> Spots:
+        path = self.path
+        adata_counts, counts_file = _read_counts(path)
+        positions, positions_file = read_positions(path / "spatial")
+        scalefactors_file = path / "spatial" / "scalefactors_json.json"
+        scalefactors = read_json_object(scalefactors_file, InputError)
+        if "spot_diameter_fullres" not in scalefactors:
+            raise InputError(f"{scalefactors_file}: field 'spot_diameter_fullres' is missing")
+        found = match_ids(
+            adata_counts.obs_names,
+            positions.index,
+            counts_name=str(counts_file),
+            table_name=str(positions_file),
+            min_match=self.min_match,
+        )
+        adata_counts = adata_counts[found].copy()
+        pos = positions.loc[adata_counts.obs_names]
+        self._scalefactors = scalefactors
+        hires, scalef = _read_hires(path / "spatial", scalefactors)
+        self._hires = (hires, scalef) if hires is not None else None
+        return Spots(
+            counts=adata_counts.X,
+            barcodes=adata_counts.obs_names,
+            genes=adata_counts.var_names,
+            xy=pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64),
+            source=str(counts_file),
+            positions=str(positions_file),
+            spot_diameter_fullres=float(scalefactors["spot_diameter_fullres"]),
+            spot_diameter_source="scalefactors_json.json spot_diameter_fullres",
+            gene_ids=adata_counts.var.get("gene_ids", pd.Series(adata_counts.var_names)).to_list(),
+            in_tissue=pos["in_tissue"].to_numpy().astype(bool),
+            obs_extra=pd.DataFrame(
+                {"array_row": pos["array_row"].to_numpy(), "array_col": pos["array_col"].to_numpy()}
+            ),
+            extra_scalefactors={
+                k: v
+                for k, v in scalefactors.items()
+                if k not in ("tissue_hires_scalef", "spot_diameter_fullres") and _is_number(v)
+            },
+            extra_metadata={"source_path": str(path.resolve())},
+        )
+
+    def platform_hires(self) -> tuple[np.ndarray, float] | None:
+        return self._hires
+
+    def fallback_mpp(self, spots: Spots) -> tuple[float, str]:
+        """A slide without MPP metadata (a plain image): from the 55 um Visium spot diameter."""
+        return VISIUM_SPOT_DIAMETER_UM / float(
+            self._scalefactors["spot_diameter_fullres"]
+        ), "spot diameter (55 um)"
+
+    def without_slide(self, spots: Spots) -> SlideView:
+        """Space Ranger's hires (or lowres) PNG; the MPP from the 55 um Visium spot unless given."""
+        if self._hires is None:
+            raise InputError(
+                f"{self.path / 'spatial'}: no tissue_hires_image.png or tissue_lowres_image.png, and no slide given"
+            )
+        hires, scalef = self._hires
+        h, w = hires.shape[:2]
+        check_spots_in_image(
+            spots.xy,
+            int(w / scalef) + 1,
+            int(h / scalef) + 1,
+            [str(b) for b in spots.barcodes],
+            spots.positions,
+        )
+        if self.mpp is not None:
+            return SlideView(hires, scalef, float(self.mpp), "given", None)
+        mpp = VISIUM_SPOT_DIAMETER_UM / float(self._scalefactors["spot_diameter_fullres"])
+        log.info("%s: no slide given; MPP %.4f derived from spot_diameter_fullres", self.library_id, mpp)
+        return SlideView(hires, scalef, mpp, "spot diameter (55 um)", None)
+
+
 def read_visium(
     path: str | Path,
     *,
@@ -48,92 +159,12 @@ def read_visium(
     mpp: float | None = None,
     min_match: float = 1.0,
 ) -> ad.AnnData:
-    """Read a Space Ranger ``outs`` folder into the AnnData contract.
+    """Read a Space Ranger ``outs`` folder into the AnnData contract (:class:`VisiumReader`).
 
     ``slide`` is the full-resolution image the spot pixel coordinates refer to (pyramidal TIFF, SVS,
     or a plain .jpg/.png with ``mpp``). ``library_id`` defaults to the folder name.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"Visium folder {path} does not exist or is not a folder")
-    library_id = library_id or (path.parent.name if path.name == "outs" else path.name)
-    adata_counts, counts_file = _read_counts(path)
-    positions, positions_file = read_positions(path / "spatial")
-    scalefactors_file = path / "spatial" / "scalefactors_json.json"
-    scalefactors = read_json_object(scalefactors_file, InputError)
-    if "spot_diameter_fullres" not in scalefactors:
-        raise InputError(f"{scalefactors_file}: field 'spot_diameter_fullres' is missing")
-
-    found = match_ids(
-        adata_counts.obs_names,
-        positions.index,
-        counts_name=str(counts_file),
-        table_name=str(positions_file),
-        min_match=min_match,
-    )
-    adata_counts = adata_counts[found].copy()
-    pos = positions.loc[adata_counts.obs_names]
-    xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
-
-    hires, hires_scalef = _read_hires(path / "spatial", scalefactors)
-    source_image = None
-    if slide is not None:
-        with open_slide(slide, mpp=mpp) as s:
-            mpp_value, mpp_source = s.mpp, "slide"
-            source_image = Path(slide)
-            check_spots_in_image(
-                xy, *s.dimensions, list(adata_counts.obs_names), f"{positions_file} vs slide {slide}"
-            )
-            if hires is None:
-                hires, hires_scalef = s.thumbnail(2000)
-    else:
-        if hires is None:
-            raise InputError(
-                f"{path / 'spatial'}: no tissue_hires_image.png or tissue_lowres_image.png, and no slide given"
-            )
-        h, w = hires.shape[:2]
-        check_spots_in_image(
-            xy,
-            int(w / hires_scalef) + 1,
-            int(h / hires_scalef) + 1,
-            list(adata_counts.obs_names),
-            str(positions_file),
-        )
-        if mpp is not None:
-            mpp_value, mpp_source = float(mpp), "given"
-        else:
-            mpp_value = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
-            mpp_source = "spot diameter (55 um)"
-            log.info("%s: no slide given; MPP %.4f derived from spot_diameter_fullres", library_id, mpp_value)
-
-    spatial = spatial_uns(
-        hires,
-        hires_scalef,
-        float(scalefactors["spot_diameter_fullres"]),
-        source_image,
-        mpp_value,
-        extra_scalefactors={
-            k: v
-            for k, v in scalefactors.items()
-            if k not in ("tissue_hires_scalef", "spot_diameter_fullres") and _is_number(v)
-        },
-        extra_metadata={"mpp_source": mpp_source, "reader": "visium", "source_path": str(path.resolve())},
-    )
-    obs_extra = pd.DataFrame(
-        {"array_row": pos["array_row"].to_numpy(), "array_col": pos["array_col"].to_numpy()}
-    )
-    return build_anndata(
-        adata_counts.X,
-        adata_counts.obs_names,
-        adata_counts.var_names,
-        xy,
-        library_id,
-        spatial,
-        in_tissue=pos["in_tissue"].to_numpy().astype(bool),
-        gene_ids=adata_counts.var.get("gene_ids", pd.Series(adata_counts.var_names)).to_list(),
-        obs_extra=obs_extra,
-        source=str(counts_file),
-    )
+    return VisiumReader(path, slide=slide, library_id=library_id, mpp=mpp, min_match=min_match).read()
 
 
 def read_positions(spatial_dir: Path) -> tuple[pd.DataFrame, Path]:

@@ -1,0 +1,252 @@
+"""One shape for every spatial-transcriptomics reader.
+
+A platform is one subclass of :class:`Reader`. It reads its own files into :class:`Spots` (counts,
+spot ids, genes, spot centres in level-0 pixels of the slide the user names, the spot size) and says
+what its files know about the slide's microns per pixel (MPP). The base class does the rest the same
+way for every platform (:meth:`Reader.read`):
+
+1. open the slide and check that every spot centre lies on it;
+2. resolve the MPP: an explicit ``mpp``; else the platform's own calibration of the slide (Visium HD's
+   ``microns_per_pixel``, Xenium's ``pixel_size``), checked against the slide's own metadata; else the
+   slide's metadata; else a platform fallback for images without one (legacy ST: the spot pitch).
+   Where the value came from is recorded in ``metadata["mpp_source"]``;
+3. the spot diameter in slide pixels, from the platform's spot size (never a fixed 55 um);
+4. the hires thumbnail and its scale factor, ``uns["spatial"]``, and the validated AnnData contract
+   (:func:`histokg.st.contract.build_anndata`).
+
+The registry of readers (``histokg read TECH``) is :mod:`histokg.st.registry`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import openslide
+import pandas as pd
+import scipy.sparse as sp
+
+from histokg.errors import InputError, SlideError
+from histokg.st.contract import build_anndata, check_spots_in_image, spatial_uns
+from histokg.wsi.slide import PLAIN_SUFFIXES, open_slide
+
+log = logging.getLogger(__name__)
+
+# A platform's calibration of the slide and the slide's own metadata may differ this much (relative).
+MPP_TOLERANCE = 0.10
+
+
+@dataclass
+class Spots:
+    """What a platform reader hands to :meth:`Reader.read`: the spots of one section.
+
+    ``xy`` are spot centres in level-0 pixels of the slide, column 0 = x. The spot size is either
+    ``spot_diameter_um`` (microns, converted with the resolved MPP) or ``spot_diameter_fullres``
+    (slide pixels, as Space Ranger records it). ``source`` (the counts file) and ``positions`` (the
+    file the centres come from) name the inputs in warnings and errors.
+    """
+
+    counts: sp.spmatrix
+    barcodes: Sequence[str]
+    genes: Sequence[str]
+    xy: np.ndarray
+    source: str
+    positions: str
+    spot_diameter_um: float | None = None
+    spot_diameter_fullres: float | None = None
+    spot_diameter_source: str = ""
+    gene_ids: Sequence[str] | None = None
+    in_tissue: np.ndarray | None = None
+    obs_extra: pd.DataFrame | None = None
+    extra_scalefactors: dict[str, float] = field(default_factory=dict)
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SlideView:
+    """The image the spots are placed on, as the AnnData contract records it."""
+
+    hires: np.ndarray
+    hires_scalef: float
+    mpp: float
+    mpp_source: str
+    path: Path | None
+
+
+def slide_own_mpp(path: str | Path) -> float | None:
+    """The MPP a slide's own metadata records, or None (plain images, no MPP property, unreadable).
+
+    An unreadable file returns None here; opening it later raises the slide reader's own message.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PLAIN_SUFFIXES or not path.is_file():
+        return None
+    try:
+        if openslide.OpenSlide.detect_format(str(path)) is None:
+            return None
+        with openslide.OpenSlide(str(path)) as osr:
+            raw = osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
+    except (openslide.OpenSlideError, OSError):
+        return None
+    try:
+        value = float(raw) if raw is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+class Reader(ABC):
+    """Base of every spatial-transcriptomics reader; subclasses implement :meth:`load`.
+
+    Class attributes a platform sets: ``name`` (the ``histokg read NAME`` command and
+    ``metadata["reader"]``), ``synonyms`` (other names the registry accepts), ``image_label`` (how
+    errors call the image), ``platform_mpp_checked`` (whether the platform's MPP must agree with the
+    slide's own metadata), ``slide_error_hint`` (appended when the slide cannot be opened).
+    """
+
+    name: ClassVar[str]
+    synonyms: ClassVar[tuple[str, ...]] = ()
+    image_label: ClassVar[str] = "slide"
+    platform_mpp_checked: ClassVar[bool] = True
+    slide_error_hint: ClassVar[str] = ""
+    mpp_mismatch_hint: ClassVar[str] = ""
+    library_id_help: ClassVar[str] = "Slide id (default: the input's folder or file name)."
+    mpp_help: ClassVar[str] = "Microns per pixel of the slide (overrides every other source)."
+    hires_max_px: int = 2000
+
+    def __init__(self, *, slide: str | Path | None, library_id: str, mpp: float | None = None) -> None:
+        self.slide = Path(slide) if slide is not None else None
+        self.library_id = str(library_id)
+        self.mpp = mpp
+        if mpp is not None and not (math.isfinite(float(mpp)) and float(mpp) > 0):
+            raise InputError(f"mpp: must be a positive number of microns per pixel, got {mpp!r}")
+
+    # -- what a platform implements ------------------------------------------------------------
+    @abstractmethod
+    def load(self) -> Spots:
+        """Read the platform's files: counts, spot ids, genes, spot centres in slide pixels, spot size."""
+
+    def platform_mpp(self, spots: Spots) -> tuple[float, str] | None:
+        """The platform's own calibration of the slide's level-0 pixels: (MPP, where it came from)."""
+        return None
+
+    def fallback_mpp(self, spots: Spots) -> tuple[float, str] | None:
+        """An MPP for a slide whose metadata has none (e.g. from the spot pitch), or None."""
+        return None
+
+    def platform_hires(self) -> tuple[np.ndarray, float] | None:
+        """A hires image the platform ships (with its scale to level-0 pixels), used instead of a thumbnail."""
+        return None
+
+    def without_slide(self, spots: Spots) -> SlideView:
+        """The image to use when no slide is named; most platforms need the slide."""
+        raise InputError(f"histokg read {self.name}: a slide is required (the image the spots lie on)")
+
+    def resolve_spot_diameter(self, spots: Spots, mpp: float) -> tuple[float, str]:
+        """Spot diameter in slide pixels and where it came from."""
+        if spots.spot_diameter_fullres is not None:
+            return float(spots.spot_diameter_fullres), spots.spot_diameter_source or "platform (px)"
+        if spots.spot_diameter_um is None:
+            raise InputError(f"{spots.source}: the {self.name} reader found no spot size")
+        return float(spots.spot_diameter_um) / mpp, spots.spot_diameter_source or "platform (um)"
+
+    @classmethod
+    def cli_inputs(cls) -> list:
+        """The click arguments and options of ``histokg read NAME`` (besides --library-id, --mpp, -o)."""
+        return []
+
+    @classmethod
+    def cli_params(cls) -> list:
+        """Every click parameter of ``histokg read NAME`` except ``-o``; names match ``__init__``."""
+        import click
+
+        return [
+            *cls.cli_inputs(),
+            click.Option(["--library-id"], help=cls.library_id_help),
+            click.Option(["--mpp"], type=float, help=cls.mpp_help),
+        ]
+
+    # -- the shared skeleton ---------------------------------------------------------------------
+    def read(self) -> ad.AnnData:
+        """Read the section into the AnnData contract."""
+        spots = self.load()
+        view = self._open_slide(spots) if self.slide is not None else self.without_slide(spots)
+        diameter_px, diameter_source = self.resolve_spot_diameter(spots, view.mpp)
+        spatial = spatial_uns(
+            view.hires,
+            view.hires_scalef,
+            diameter_px,
+            view.path,
+            view.mpp,
+            extra_scalefactors=spots.extra_scalefactors,
+            extra_metadata={
+                "mpp_source": view.mpp_source,
+                "reader": self.name,
+                "spot_diameter_um": float(diameter_px * view.mpp),
+                "spot_diameter_source": diameter_source,
+                **spots.extra_metadata,
+            },
+        )
+        return build_anndata(
+            spots.counts,
+            spots.barcodes,
+            spots.genes,
+            spots.xy,
+            self.library_id,
+            spatial,
+            in_tissue=spots.in_tissue,
+            gene_ids=spots.gene_ids,
+            obs_extra=spots.obs_extra,
+            source=spots.source,
+        )
+
+    def _open_slide(self, spots: Spots) -> SlideView:
+        assert self.slide is not None
+        mpp, mpp_source = self._resolve_mpp(spots)
+        try:
+            opened = open_slide(self.slide, mpp=mpp)
+        except SlideError as exc:
+            if self.slide_error_hint:
+                raise InputError(f"{exc}; {self.slide_error_hint}") from None
+            raise
+        with opened as slide:
+            check_spots_in_image(
+                spots.xy,
+                *slide.dimensions,
+                [str(b) for b in spots.barcodes],
+                f"{spots.positions} vs {self.image_label} {self.slide}",
+            )
+            hires = self.platform_hires()
+            if hires is None:
+                hires = slide.thumbnail(self.hires_max_px)
+            return SlideView(hires[0], hires[1], float(slide.mpp), mpp_source, self.slide)
+
+    def _resolve_mpp(self, spots: Spots) -> tuple[float | None, str]:
+        """(MPP to open the slide with, or None for its own metadata; where it came from)."""
+        assert self.slide is not None
+        if self.mpp is not None:
+            return float(self.mpp), "given"
+        platform = self.platform_mpp(spots)
+        if platform is not None:
+            value, source = platform
+            own = slide_own_mpp(self.slide) if self.platform_mpp_checked else None
+            if own is not None and abs(own / value - 1) > MPP_TOLERANCE:
+                raise InputError(
+                    f"{source}: {value:.4g} um/px, but {self.image_label} {self.slide} records {own:.4g} um/px "
+                    f"in its own metadata (more than {MPP_TOLERANCE:.0%} apart); is it the image the data were "
+                    f"registered to{self.mpp_mismatch_hint}? Pass --mpp to override"
+                )
+            return value, source
+        if slide_own_mpp(self.slide) is not None:
+            return None, "slide"
+        fallback = self.fallback_mpp(spots)
+        if fallback is not None:
+            return fallback
+        return None, "slide"  # open_slide names the missing MPP
