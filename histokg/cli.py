@@ -107,66 +107,50 @@ def tile(
     click.echo(f"{len(tiles)} tiles -> {h5}\noverlay -> {png}")
 
 
-@cli.group()
+class _ReaderGroup(click.Group):
+    """``histokg read TECH``: one subcommand per reader in the registry (histokg.st.registry), loaded on use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from histokg.st.registry import reader_names
+
+        return reader_names()
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from histokg.st.registry import get_reader, reader_names
+
+        if ctx.resilient_parsing and cmd_name not in reader_names():
+            return None  # shell completion of a partial name
+        return _reader_command(get_reader(cmd_name))  # an unknown name: one error with the nearest names
+
+
+def _reader_command(reader_cls) -> click.Command:
+    """``histokg read NAME``: the reader's own arguments and options, --library-id, --mpp and -o."""
+
+    def run(out: Path, **kwargs) -> None:
+        from histokg.io import check_output_file
+        from histokg.st.contract import write_h5ad
+
+        check_output_file(out, overwrite=True)
+        adata = reader_cls(**kwargs).read()
+        click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
+
+    doc = (reader_cls.__doc__ or reader_cls.name).strip().splitlines()[0]
+    out = click.Option(
+        ["-o", "--out"],
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=True,
+        help="The .h5ad to write.",
+    )
+    return click.Command(reader_cls.name, params=[*reader_cls.cli_params(), out], callback=run, help=doc)
+
+
+@cli.group(cls=_ReaderGroup)
 def read() -> None:
-    """Read spatial transcriptomics into an .h5ad following the AnnData contract."""
+    """Read spatial transcriptomics into an .h5ad following the AnnData contract.
 
-
-@read.command("visium")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--slide", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Full-resolution image."
-)
-@click.option("--library-id", help="Slide id (default: folder name).")
-@click.option("--mpp", type=float, help="Microns per pixel, when the slide has none.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def read_visium_cmd(
-    path: Path, slide: Path | None, library_id: str | None, mpp: float | None, out: Path
-) -> None:
-    """Read a Space Ranger outs folder PATH."""
-    from histokg.st import read_visium
-    from histokg.st.contract import write_h5ad
-
-    adata = read_visium(path, slide=slide, library_id=library_id, mpp=mpp)
-    click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
-
-
-@read.command("legacy")
-@click.argument("counts", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("spots", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--library-id", help="Slide id (default: counts file name).")
-@click.option("--mpp", type=float, help="Microns per pixel (default: from the 200 um spot pitch).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def read_legacy_cmd(
-    counts: Path, spots: Path, image: Path, library_id: str | None, mpp: float | None, out: Path
-) -> None:
-    """Read a legacy-ST section: COUNTS tsv, SPOTS table, full-resolution IMAGE."""
-    from histokg.st.contract import write_h5ad
-    from histokg.st.legacy import read_legacy_st
-
-    adata = read_legacy_st(counts, spots, image, library_id=library_id, mpp=mpp)
-    click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
-
-
-@read.command("hest")
-@click.argument("h5ad", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--library-id", help="Slide id (default: h5ad file name).")
-@click.option("--mpp", type=float, help="Microns per pixel, when the slide has none.")
-@click.option(
-    "--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="HEST metadata JSON."
-)
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def read_hest_cmd(
-    h5ad: Path, slide: Path, library_id: str | None, mpp: float | None, metadata: Path | None, out: Path
-) -> None:
-    """Read a HEST-1k style H5AD + pyramidal SLIDE pair."""
-    from histokg.st.contract import write_h5ad
-    from histokg.st.hest import read_hest
-
-    adata = read_hest(h5ad, slide, library_id=library_id, mpp=mpp, metadata_json=metadata)
-    click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
+    One command per registered reader (histokg.st.registry); an .h5ad records the slide, its MPP and
+    where it came from, and the spot size.
+    """
 
 
 @cli.command()

@@ -21,7 +21,6 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from histokg.errors import InputError
-from histokg.st.contract import match_ids
 from histokg.st.reader import Reader, Spots
 
 log = logging.getLogger(__name__)
@@ -150,13 +149,7 @@ class LegacySTReader(Reader):
     def load(self) -> Spots:
         table = read_counts_table(self.counts_path)
         spot_table = read_spot_table(self.spots_path)
-        found = match_ids(
-            table.index,
-            spot_table.index,
-            counts_name=str(self.counts_path),
-            table_name=str(self.spots_path),
-            min_match=self.min_match,
-        )
+        found = self.match(table.index, spot_table.index, str(self.counts_path), str(self.spots_path))
         table = table.loc[found]
         spot_rows = spot_table.loc[table.index]
         self.measured_pitch = pitch_pixels(spot_table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64))

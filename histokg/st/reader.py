@@ -5,7 +5,8 @@ spot ids, genes, spot centres in level-0 pixels of the slide the user names, the
 what its files know about the slide's microns per pixel (MPP). The base class does the rest the same
 way for every platform (:meth:`Reader.read`):
 
-1. open the slide and check that every spot centre lies on it;
+1. match the count rows to the spot positions (:meth:`Reader.match`, for platforms that keep them
+   in two tables), open the slide and check that every spot centre lies on it;
 2. resolve the MPP: an explicit ``mpp``; else the platform's own calibration of the slide (Visium HD's
    ``microns_per_pixel``, Xenium's ``pixel_size``), checked against the slide's own metadata; else the
    slide's metadata; else a platform fallback for images without one (legacy ST: the spot pitch).
@@ -34,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histokg.errors import InputError, SlideError
-from histokg.st.contract import build_anndata, check_spots_in_image, spatial_uns
+from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
 from histokg.wsi.slide import PLAIN_SUFFIXES, open_slide
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Reader(ABC):
     library_id_help: ClassVar[str] = "Slide id (default: the input's folder or file name)."
     mpp_help: ClassVar[str] = "Microns per pixel of the slide (overrides every other source)."
     hires_max_px: int = 2000
+    min_match: float = 1.0  # least fraction of count rows that must have a spot position
 
     def __init__(self, *, slide: str | Path | None, library_id: str, mpp: float | None = None) -> None:
         self.slide = Path(slide) if slide is not None else None
@@ -174,6 +176,15 @@ class Reader(ABC):
         ]
 
     # -- the shared skeleton ---------------------------------------------------------------------
+    def match(
+        self, count_ids: Sequence[str], table_ids: Sequence[str], counts_name: str, table_name: str
+    ) -> np.ndarray:
+        """Mask over the count rows that have a spot position (``min_match`` of them at least; see
+        :func:`histokg.st.contract.match_ids`)."""
+        return match_ids(
+            count_ids, table_ids, counts_name=counts_name, table_name=table_name, min_match=self.min_match
+        )
+
     def read(self) -> ad.AnnData:
         """Read the section into the AnnData contract."""
         spots = self.load()

@@ -24,7 +24,7 @@ from PIL import Image
 
 from histokg.errors import InputError
 from histokg.io import atomic_open, atomic_path, read_json_object, write_json
-from histokg.st.contract import check_spots_in_image, match_ids
+from histokg.st.contract import check_spots_in_image
 from histokg.st.reader import Reader, SlideView, Spots
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,7 @@ class VisiumReader(Reader):
         scalefactors = read_json_object(scalefactors_file, InputError)
         if "spot_diameter_fullres" not in scalefactors:
             raise InputError(f"{scalefactors_file}: field 'spot_diameter_fullres' is missing")
-        found = match_ids(
-            adata_counts.obs_names,
-            positions.index,
-            counts_name=str(counts_file),
-            table_name=str(positions_file),
-            min_match=self.min_match,
-        )
+        found = self.match(adata_counts.obs_names, positions.index, str(counts_file), str(positions_file))
         adata_counts = adata_counts[found].copy()
         pos = positions.loc[adata_counts.obs_names]
         self._scalefactors = scalefactors

@@ -20,7 +20,6 @@ import pandas as pd
 
 from histokg.errors import InputError
 from histokg.io import read_json_object
-from histokg.st.contract import match_ids
 from histokg.st.reader import Reader, Spots
 from histokg.st.visium import _is_number, _read_counts, read_positions
 
@@ -112,13 +111,7 @@ class VisiumHDReader(Reader):
             raise InputError(
                 f"{self.scalefactors_file}: bin_size_um is {bin_size:g} but the folder is {self.bin_dir.name}"
             )
-        found = match_ids(
-            adata_counts.obs_names,
-            positions.index,
-            counts_name=str(counts_file),
-            table_name=str(positions_file),
-            min_match=self.min_match,
-        )
+        found = self.match(adata_counts.obs_names, positions.index, str(counts_file), str(positions_file))
         adata_counts = adata_counts[found].copy()
         pos = positions.loc[adata_counts.obs_names]
         log.info(

@@ -253,9 +253,9 @@ class XeniumReader(Reader):
         parts: list[pd.DataFrame] = []
         stats = {"read": 0, "low_qv": 0, "control": 0, "kept": 0}
         batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=columns)
-        for batch in tqdm(
-            batches, total=math.ceil(pf.metadata.num_rows / BATCH_ROWS), desc="transcripts", unit="batch"
-        ):
+        n_batches = math.ceil(pf.metadata.num_rows / BATCH_ROWS)
+        progress = tqdm(batches, total=n_batches, desc="transcripts", unit="batch", disable=n_batches <= 1)
+        for batch in progress:
             part = self._bin_batch(batch, gene_index, stats, file)
             if part is not None:
                 parts.append(part)

@@ -1,0 +1,71 @@
+"""The registry of spatial-transcriptomics readers: ``histokg read TECH`` and :func:`read`.
+
+Every subclass of :class:`histokg.st.reader.Reader` in the modules imported below is registered
+(class_resolver's ``ClassResolver.from_subclasses``, as pykeen registers its losses). A name is
+looked up case- and separator-insensitively (``visium-hd``, ``visium_hd``, ``VisiumHD``) or by a
+reader's ``synonyms``; an unknown name is one :class:`InputError` with the nearest names.
+
+Adding a platform: one module with one ``Reader`` subclass, imported here, and one contract test
+case in ``tests/test_readers_contract.py`` (docs/architecture.md, "How to add a reader").
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import anndata as ad
+from class_resolver import ClassResolver
+
+from histokg.errors import InputError
+from histokg.st.hest import HESTReader
+from histokg.st.legacy import LegacySTReader
+from histokg.st.reader import Reader
+from histokg.st.visium import VisiumReader
+from histokg.st.visium_hd import VisiumHDReader
+from histokg.st.xenium import XeniumReader
+
+__all__ = [
+    "HESTReader",
+    "LegacySTReader",
+    "Reader",
+    "VisiumHDReader",
+    "VisiumReader",
+    "XeniumReader",
+    "get_reader",
+    "read",
+    "reader_names",
+    "reader_resolver",
+]
+
+reader_resolver: ClassResolver[Reader] = ClassResolver.from_subclasses(Reader)
+for _cls in list(reader_resolver.lookup_dict.values()):
+    for _spelling in (_cls.name, *_cls.synonyms):  # the command name is always a way to ask for it
+        reader_resolver.synonyms.setdefault(reader_resolver.normalize(_spelling), _cls)
+
+
+def reader_classes() -> list[type[Reader]]:
+    """The registered reader classes, in the order of their names."""
+    return sorted(set(reader_resolver.lookup_dict.values()), key=lambda cls: cls.name)
+
+
+def reader_names() -> list[str]:
+    """The registered readers' names (the ``histokg read`` subcommands)."""
+    return [cls.name for cls in reader_classes()]
+
+
+def get_reader(name: str) -> type[Reader]:
+    """The reader class registered as ``name`` (or a synonym); an unknown name names the nearest ones."""
+    try:
+        return reader_resolver.lookup(name)
+    except (KeyError, TypeError, ValueError):
+        pass
+    known = reader_names()
+    spellings = {s: cls.name for cls in reader_classes() for s in (cls.name, *cls.synonyms)}
+    close = difflib.get_close_matches(str(name).lower(), list(spellings), n=1, cutoff=0.5)
+    hint = f"; did you mean {spellings[close[0]]!r}?" if close else ""
+    raise InputError(f"unknown reader {name!r}{hint} (registered readers: {', '.join(known)})")
+
+
+def read(tech: str, *args, **kwargs) -> ad.AnnData:
+    """Read one section with the reader registered as ``tech``: ``read("xenium", path, slide=...)``."""
+    return get_reader(tech)(*args, **kwargs).read()
