@@ -6,7 +6,8 @@
 - ``obsm["spatial"]``: float (n, 2) spot centres in level-0 pixels of the slide, column 0 = x.
 - ``uns["spatial"][library_id]``: ``images["hires"]`` (uint8 thumbnail), ``scalefactors``
   (``tissue_hires_scalef``, ``spot_diameter_fullres``), ``metadata`` (``source_image_path`` as an
-  absolute path, ``mpp``, ``counts_integer``).
+  absolute path, ``mpp``, ``counts_integer``; readers add ``mpp_source``, ``reader``,
+  ``spot_diameter_um`` and ``spot_diameter_source``, see :mod:`histokg.st.reader`).
 - ``layers["counts"]``: raw counts (CSR, integer unless the input held fractions: then float32, never
   rounded, with a warning); ``X`` starts as a float32 copy; ``var_names`` unique gene symbols (a
   symbol listed twice is one gene with the counts summed, never a renamed ``GENE-1``),
