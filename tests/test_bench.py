@@ -286,3 +286,27 @@ def test_feature_cache_takes_local_weight_files_and_recomputes_when_they_change(
     changed = FeatureCache(tmp_path / "cache", cfg)
     changed.section(sections["T1"], "T1")
     assert changed.computed == ["T1"]
+
+
+def test_bench_without_kg_genes_runs_the_rest_and_says_why(tmp_path, capsys):
+    """Data whose genes the KG does not know (e.g. mouse Ensembl ids): KG losses and pathway targets are
+    skipped with the reason in the notes; baselines and plain losses still run."""
+    root = write_legacy_study(tmp_path / "legacy", n_sections=2)
+    for path in (root / "counts").iterdir():
+        table = pd.read_csv(path, sep="\t", index_col=0)
+        table.columns = [f"ENSMUSG{i:011d}" for i in range(table.shape[1])]
+        with gzip.open(path, "wt") as fh:
+            table.to_csv(fh, sep="\t")
+    out = tmp_path / "bench"
+    args = ["bench", "--data", str(root), "--losses", "infonce,kg_soft", "--seeds", "1", "--out", str(out)]
+    args += ["--set", "cache_dir=" + str(tmp_path / "cache")]
+    for item in TINY:
+        if not item.startswith("ablations."):
+            args += ["--set", item]
+    main(args)
+    results = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in results["runs"]}
+    assert "infonce" in methods and "naive_ridge" in methods and "kg_soft" not in methods
+    assert any("knowledge graph unavailable" in n for n in results["notes"])
+    assert any("losses skipped" in n and "kg_soft" in n for n in results["notes"])
+    assert not any(k.startswith("pathway/") for r in results["runs"] for k in r["metrics"])
