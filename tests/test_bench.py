@@ -240,6 +240,35 @@ def test_bench_bad_inputs_are_one_line_errors(legacy_study, tmp_path, capsys):
     assert "unknown losses ['infonse']" in capsys.readouterr().err
 
 
+def test_bench_takes_h5ad_files_after_data(legacy_study, tmp_path):
+    from histokg.st.contract import write_h5ad
+
+    files = []
+    for sid, adata in load_sections([legacy_study]).items():
+        files.append(tmp_path / f"{sid}.h5ad")
+        write_h5ad(adata, files[-1])
+    out = tmp_path / "bench"
+    args = ["bench", "--data", *map(str, files), "--train", "T1,T2", "--test", "T3", "--losses", "infonce"]
+    args += [
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--set",
+        "cache_dir=" + str(tmp_path / "cache"),
+        "--set",
+        "baselines=[mean]",
+    ]
+    for item in TINY:
+        if not item.startswith("ablations."):
+            args += ["--set", item]
+    main(args)
+    results = json.loads((out / "results.json").read_text())
+    assert results["sections"] == {"T1": 48, "T2": 48, "T3": 48}
+    assert {r["slide"] for r in results["runs"]} == {"T3"}
+    assert "hvg/pearson_heg10" in results["runs"][-1]["metrics"]
+
+
 def test_bench_configs_load():
     for path in sorted((REPO / "configs" / "bench").glob("*.yaml")):
         cfg = load_config(BenchConfig, path)

@@ -18,8 +18,10 @@ def _ids(text: str | None) -> tuple[str, ...]:
     "data",
     multiple=True,
     type=click.Path(exists=True, path_type=Path),
-    help="A legacy-ST folder (counts/, spots/, images/, optional cluster_labels/) or .h5ad files (repeat).",
+    help="A legacy-ST folder (counts/, spots/, images/, optional cluster_labels/) or .h5ad files "
+    "(--data A.h5ad B.h5ad ..., or --data repeated).",
 )
+@click.argument("more_data", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--folds", type=click.Choice(["loso"]), default=None, help="Leave-one-section-out (default).")
 @click.option("--train", "train_ids", help="Comma-separated training section ids (with --test).")
 @click.option("--test", "test_ids", help="Comma-separated held-out section ids (with --train).")
@@ -33,6 +35,7 @@ def _ids(text: str | None) -> tuple[str, ...]:
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
 def bench(
     data: tuple[Path, ...],
+    more_data: tuple[Path, ...],
     folds: str | None,
     train_ids: str | None,
     test_ids: str | None,
@@ -55,8 +58,10 @@ def bench(
 
     cfg = load_config(BenchConfig, config_path, overrides)
     changes: dict = {}
+    if more_data and not data:
+        raise ConfigError(f"unexpected arguments {[str(p) for p in more_data]}: data files follow --data")
     if data:
-        changes["data"] = tuple(str(p) for p in data)
+        changes["data"] = tuple(str(p) for p in (*data, *more_data))
     if folds:
         changes["folds"] = folds
     if train_ids or test_ids:
