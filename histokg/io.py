@@ -9,15 +9,21 @@ with the path named, when an output cannot be written or would replace something
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from histokg.errors import InputError
 from pathways_kg.io import atomic_open, atomic_path, file_sha256, read_json_object, write_json
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "atomic_open",
+    "claim_output_dir",
     "atomic_path",
     "check_output_dir",
     "check_output_file",
@@ -54,3 +60,39 @@ def check_output_file(path: str | Path, what: str = "output file", *, overwrite:
         raise InputError(f"{what} {path} is not writable")
     check_output_dir(path.parent, f"folder of {what} {path}")
     return path
+
+
+def claim_output_dir(
+    path: str | Path,
+    outputs: Sequence[str],
+    *,
+    what: str,
+    overwrite: bool = False,
+    hint: str = "",
+    label: str = "output folder",
+) -> Path:
+    """Make folder ``path`` ready for a new ``what`` that writes ``outputs`` (file or folder names).
+
+    A folder already holding any of them is an earlier ``what``: refused (naming what was found) unless
+    ``overwrite``, which removes exactly those outputs first, so two runs never mix. Then checked
+    writable (:func:`check_output_dir`, errors naming it ``label``). ``hint`` says what else the user can do.
+    """
+    path = Path(path)
+    found = [name for name in outputs if (path / name).exists()] if path.is_dir() else []
+    if found and not overwrite:
+        raise InputError(
+            f"{path} already holds {what} ({', '.join(found[:4])}); "
+            + (hint or "pass --overwrite to replace it, or choose another folder")
+        )
+    for name in found:
+        log.warning(
+            "--overwrite: removing the previous %s's %s",
+            what.removeprefix("a ").removeprefix("an "),
+            path / name,
+        )
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    return check_output_dir(path, label)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import numpy as np
 
 from histokg.config import Component, check, save_config
 from histokg.errors import InputError
-from histokg.io import atomic_open, check_output_dir
+from histokg.io import atomic_open, claim_output_dir
 from histokg.models import ModelConfig
 from histokg.st.pairing import PairingConfig
 from histokg.synth.study import SynthConfig
@@ -87,21 +86,14 @@ DEMO_OUTPUTS = (
 
 def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Refuse a folder holding an earlier demo unless ``overwrite`` (then remove its outputs); check it is writable."""
-    out_dir = Path(out_dir)
-    found = [name for name in DEMO_OUTPUTS if (out_dir / name).exists()] if out_dir.is_dir() else []
-    if found and not overwrite:
-        raise InputError(
-            f"{out_dir} already holds a demo ({', '.join(found[:4])}); pass --overwrite to replace it, "
-            "or choose another --out"
-        )
-    for name in found:
-        log.warning("--overwrite: removing the previous demo's %s", out_dir / name)
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    return check_output_dir(out_dir, "demo folder")
+    return claim_output_dir(
+        out_dir,
+        DEMO_OUTPUTS,
+        what="a demo",
+        overwrite=overwrite,
+        label="demo folder",
+        hint="pass --overwrite to replace it, or choose another --out",
+    )
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: bool = False) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import yaml
 
 from histokg.config import load_config, read_yaml, to_dict
 from histokg.errors import ConfigError, InputError
-from histokg.io import check_output_dir
+from histokg.io import check_output_dir, claim_output_dir
 from histokg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -54,25 +53,15 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool = False, overwrite: bool =
                 f"{'; '.join(differences[:5])}{' ...' if len(differences) > 5 else ''}; only "
                 f"{' and '.join(RESUMABLE_KEYS)} may change when resuming (start a new run for the rest)"
             )
-    elif existing and not overwrite:
-        found = [name for name in (*RUN_FILES, *RUN_DIRS) if (out / name).exists()]
-        raise InputError(
-            f"{out} already holds a training run ({', '.join(found[:4])}); pass --resume to continue it, "
-            "--overwrite to replace it, or choose another out_dir"
-        )
-    elif existing:
-        log.warning("--overwrite: removing the previous run's files from %s", out)
-        clear_run(out)
-    return check_output_dir(out, "out_dir")
-
-
-def clear_run(out: Path) -> None:
-    """Remove what a training run wrote into ``out`` (and nothing else)."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        if (out / name).exists():
-            shutil.rmtree(out / name)
+        return check_output_dir(out, "out_dir")
+    return claim_output_dir(
+        out,
+        (*RUN_FILES, *RUN_DIRS),
+        what="a training run",
+        overwrite=overwrite,
+        label="out_dir",
+        hint="pass --resume to continue it, --overwrite to replace it, or choose another out_dir",
+    )
 
 
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
