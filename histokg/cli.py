@@ -319,6 +319,12 @@ def embed_cmd(
 )
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours for retrieval prediction.")
+@click.option(
+    "--key",
+    default="X_histokg",
+    show_default=True,
+    help="obsm key of the image embeddings (embed's key_added); the expression ones are KEY_expr.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier evaluation in --out.")
 def evaluate_cmd(
     embedded: Path,
@@ -327,6 +333,7 @@ def evaluate_cmd(
     heldout_libs: tuple[str, ...],
     out_dir: Path,
     k: int,
+    key: str,
     overwrite: bool,
 ) -> None:
     """Evaluate embeddings of EMBEDDED (from `histokg embed`) on held-out slides.
@@ -344,7 +351,13 @@ def evaluate_cmd(
     check_output_file(out_dir / "results.json", "evaluation results", overwrite=overwrite)
     adata = read_h5ad(embedded)
     results = evaluate_embedded(
-        adata, out_dir, checkpoint=checkpoint, reference_libs=reference_libs, heldout_libs=heldout_libs, k=k
+        adata,
+        out_dir,
+        checkpoint=checkpoint,
+        reference_libs=reference_libs,
+        heldout_libs=heldout_libs,
+        k=k,
+        key=key,
     )
     click.echo(format_summary_table(results))
     click.echo(f"\nresults.json, predicted.h5ad and report.html in {out_dir}")

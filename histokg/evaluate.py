@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from histokg import keys
 from histokg.errors import InputError
 from histokg.metrics import (
     chance_recall,
@@ -58,8 +59,8 @@ def evaluate(
     label_key: str | None = "region",
     library_key: str = "library_id",
     genes: Sequence[str] | None = None,
-    use_rep: str = "X_histokg",
-    expr_rep: str = "X_histokg_expr",
+    use_rep: str = keys.IMAGE,
+    expr_rep: str | None = None,
     layer: str = "counts",
     ks: Sequence[int] = RECALL_KS,
     n_neighbors: int = 15,
@@ -75,6 +76,7 @@ def evaluate(
     (measured ``X``, ``layers[f"pred_{method}"]``) for plotting (:mod:`histokg.report`).
     """
     start = time.perf_counter()
+    expr_rep = expr_rep or keys.expr_key(use_rep)
     methods = list(dict.fromkeys(methods))
     bad = [m for m in methods if m not in METHODS]
     if bad:

@@ -22,6 +22,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
+from histokg import keys
 from histokg.config import Component, check, save_config
 from histokg.errors import InputError
 from histokg.io import atomic_open, claim_output_dir
@@ -230,8 +231,12 @@ def evaluate_embedded(
     reference_libs: Sequence[str] = (),
     heldout_libs: Sequence[str] = (),
     k: int = 10,
+    key: str = keys.IMAGE,
 ) -> dict:
     """Evaluate an embedded AnnData (reference = training slides, held out = the rest or as given).
+
+    ``key``: the image embeddings ``obsm[key]`` (``tl.embed``'s ``key_added``); the expression
+    embeddings are read from ``obsm[keys.expr_key(key)]``.
 
     The model is read from ``uns["histokg"]["params"]`` and, when given, ``checkpoint`` (which must be
     the one the embeddings came from). Writes ``results.json``, ``predicted.h5ad`` (held-out spots x
@@ -267,12 +272,12 @@ def evaluate_embedded(
     reference = adata[np.isin(lib, list(reference_libs))].copy()
     heldout = adata[np.isin(lib, heldout_libs)].copy()
     label_key = "region" if "region" in adata.obs else None
-    results, panel = evaluate(reference, heldout, k=k, label_key=label_key, return_panel=True)
+    results, panel = evaluate(reference, heldout, k=k, label_key=label_key, use_rep=key, return_panel=True)
     results["model"] = model
     results["warnings"] = warnings
     if panel.n_vars:
         write_h5ad(panel, Path(out_dir) / "predicted.h5ad")
-    write_report(results, out_dir, heldout_panel_adata=panel, reference=reference)
+    write_report(results, out_dir, heldout_panel_adata=panel, reference=reference, use_rep=key)
     return results
 
 

@@ -20,6 +20,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from histokg import keys
 from histokg.io import atomic_open, write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def write_report(
     max_slides: int = 3,
     label_key: str | None = "region",
     library_key: str = "library_id",
-    use_rep: str = "X_histokg",
+    use_rep: str = keys.IMAGE,
     title: str = "histokg evaluation",
 ) -> dict[str, Path]:
     """Write ``results.json``, ``report.md``, ``report.html`` and figures to ``out_dir``.

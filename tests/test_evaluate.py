@@ -158,3 +158,14 @@ def test_report_without_adata_or_predictions(study, tmp_path):
     assert set(paths) == {"results", "markdown", "html"}
     assert "<img" not in paths["html"].read_text()
     assert "Cross-modal retrieval" in format_summary_table(results)
+
+
+def test_a_custom_embedding_key_carries_through_evaluate(study):
+    """tl.embed(key_added=K) writes obsm[K] and obsm[K + "_expr"]: evaluate finds both from K alone."""
+    adata = with_embeddings(study.copy(), informative=True)
+    for old, new in (("X_histokg", "X_mine"), ("X_histokg_expr", "X_mine_expr")):
+        adata.obsm[new] = adata.obsm.pop(old)
+    ref, held = split(adata)
+    results = evaluate(ref, held, use_rep="X_mine")
+    assert results["protocol"]["prediction"]["knn"].count("X_mine") == 2
+    assert results["summary"]["retrieval"]["image_to_expression"]["R@10"] > 0

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from histokg import keys
 from histokg.errors import InputError
 from histokg.metrics import log1p_cp10k
 
@@ -30,7 +31,7 @@ KG_TYPES = ("pathway", "celltype")
 def cluster(
     adata: ad.AnnData,
     *,
-    use_rep: str = "X_histokg",
+    use_rep: str = keys.IMAGE,
     n_neighbors: int = 15,
     resolution: float = 1.0,
     key_added: str = "histokg_leiden",
@@ -110,8 +111,8 @@ def spatial_statistics(
     graph = spatial_graph(adata, library_key=library_key, coord_type=coord_type, n_neighs=n_neighs)
     if cluster_key is not None:
         _nhood(adata, cluster_key, library_key, n_perms=n_perms, seed=seed)
-    if genes is None and use_rep is None and "X_histokg" in adata.obsm:
-        use_rep = "X_histokg"
+    if genes is None and use_rep is None and keys.IMAGE in adata.obsm:
+        use_rep = keys.IMAGE
     values, names, kinds = _moran_features(adata, genes, use_rep, n_dims, layer)
     if values.shape[1]:
         pooled, tidy = _moran_tables(adata, values, names, kinds, library_key, moran_perms, seed)

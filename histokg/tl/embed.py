@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from histokg import keys
 from histokg.config import from_dict
 from histokg.errors import InputError
 from histokg.io import file_sha256
@@ -99,7 +100,7 @@ def embed(
     adata: ad.AnnData,
     model: LoadedModel | str | Path,
     *,
-    key_added: str = "X_histokg",
+    key_added: str = keys.IMAGE,
     expression: bool = True,
     slide_dir: str | Path | None = None,
     batch_size: int = 64,
@@ -110,7 +111,7 @@ def embed(
     """Embed every observation of ``adata`` (spots or tiles) with a trained model.
 
     Writes ``obsm[key_added]`` (image tower, L2-normalised) and, when ``expression`` and the data
-    carry ``layers["counts"]``, ``obsm[key_added + "_expr"]`` (expression tower); records the model
+    carry ``layers["counts"]``, ``obsm[keys.expr_key(key_added)]`` (expression tower); records the model
     in ``uns["histokg"]["params"]``. Panel genes the data lacks are measured zeros (logged); when
     most of the panel is missing this raises (``expression=False`` embeds the images only).
     ``slide_dir`` finds slides that moved since reading by their file name.
@@ -140,8 +141,8 @@ def embed(
             for i in range(0, len(inputs), 1024)
         ]
         expr_emb = np.concatenate(g).astype(np.float32)
-        _check_finite(expr_emb, f"obsm[{key_added + '_expr'!r}] (expression tower, {expr_input} input)")
-        adata.obsm[f"{key_added}_expr"] = expr_emb
+        _check_finite(expr_emb, f"obsm[{keys.expr_key(key_added)!r}] (expression tower, {expr_input} input)")
+        adata.obsm[keys.expr_key(key_added)] = expr_emb
     adata.uns.setdefault("histokg", {})["params"] = loaded.params
     ds.close()
     return adata if copy else None

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from histokg import keys
 from histokg.errors import InputError
 from histokg.metrics import knn_predict, log1p_cp10k
 from histokg.st.dataset import panel_columns, take_columns
@@ -72,8 +73,8 @@ def predict_expression(
     k: int = 10,
     alpha: float = 1.0,
     temperature: float = 0.1,
-    use_rep: str = "X_histokg",
-    ref_rep: str = "X_histokg_expr",
+    use_rep: str = keys.IMAGE,
+    ref_rep: str | None = None,
     layer: str | None = "counts",
     key_added: str | None = None,
     out: ad.AnnData | None = None,
@@ -86,7 +87,8 @@ def predict_expression(
     counts; ``layers[key_added or f"pred_{method}"]`` the prediction; ``uns["histokg"]["panel"]`` the
     genes and ``uns["histokg"]["prediction"][layer_name]`` the method and its parameters.
 
-    ``method="knn"``: query ``obsm[use_rep]`` (image) against ``reference.obsm[ref_rep]`` (expression),
+    ``method="knn"``: query ``obsm[use_rep]`` (image) against ``reference.obsm[ref_rep]`` (expression;
+    default ``use_rep + "_expr"``, what :func:`histokg.tl.embed` writes beside ``use_rep``),
     cosine, ``k`` neighbours, softmax(sim / ``temperature``) weights. ``method="ridge"``: ``Ridge(alpha)``
     from ``reference.obsm[use_rep]`` to the reference's expression. ``genes`` defaults to the panel in
     ``reference.uns["histokg"]["params"]["genes"]``, else all genes shared by both.
@@ -96,6 +98,7 @@ def predict_expression(
     if k < 1:
         raise InputError(f"predict_expression: k must be >= 1, got {k}")
     name = key_added or f"pred_{method}"
+    ref_rep = ref_rep or keys.expr_key(use_rep)
     if out is not None and genes is None:
         genes = list(map(str, out.var_names))
     genes = [str(g) for g in genes] if genes is not None else panel_genes(reference, adata)
