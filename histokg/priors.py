@@ -300,6 +300,12 @@ class KGPrior:
         return {f: packed[..., s] for f, s in self._slices.items()}
 
     @property
+    def scored_directly(self) -> tuple[str, ...]:
+        """Ids of the gene sets scored from expression (pathways with >= min_genes, cell types with
+        >= min_markers genes in the data); the other activations are propagated from these."""
+        return tuple(self._direct_ids)
+
+    @property
     def packed_dim(self) -> int:
         return sum(self._dims[k] for k in self.kernels)
 

@@ -36,6 +36,7 @@ def test_zmean_scores_ignore_library_size_and_find_the_raised_set(bundle_dir):
     prior = KGPrior.from_bundle(bundle_dir, GENES, PriorConfig(score="zmean"))
     X, group = _counts()
     A = prior.activations(X)
+    assert "pathway:R-HSA-1002" in prior.scored_directly and "pathway:R-HSA-1000" in prior.entity_ids
     col = prior.entity_ids.index("pathway:R-HSA-1002")
     assert A[group, col].mean() > A[~group, col].mean() + 0.5
     fib = prior.entity_ids.index("celltype:fibroblast")

@@ -228,7 +228,7 @@ class Bench:
         groups, train_pw, test_pw = {}, None, {}
         if self.target_prior is not None:
             tp = self.target_prior
-            own = set(tp._direct_ids)
+            own = set(tp.scored_directly)
             groups = {
                 "hallmark": np.array([i for i, e in enumerate(tp.entity_ids) if e.startswith("pathway:HALLMARK_") and e in own]),
                 "reactome": np.array([i for i, e in enumerate(tp.entity_ids) if e.startswith("pathway:R-HSA-") and e in own]),
