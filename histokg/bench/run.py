@@ -32,8 +32,7 @@ from histokg.bench.features import FeatureCache
 from histokg.bench.prior import bundle_for, describe, expression_quality, prior_quality, tune_prior
 from histokg.bench.scoring import Panel, Targets, retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
-from histokg.errors import InputError
-from histokg.io import check_output_dir, write_json
+from histokg.io import claim_output_dir, write_json
 from histokg.metrics import knn_predict, log1p_cp10k, top_genes
 from histokg.st.dataset import panel_columns, take_columns
 
@@ -62,17 +61,14 @@ class Clock:
 
 def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
     """Refuse a folder holding results unless ``overwrite`` (then remove exactly those files)."""
-    out = Path(out)
-    found = [n for n in RESULT_FILES if (out / n).exists()] if out.is_dir() else []
-    if found and not overwrite:
-        raise InputError(
-            f"{out} already holds bench results ({', '.join(found)}); pass --overwrite to replace them, "
-            "or choose another --out"
-        )
-    for name in found:
-        log.warning("--overwrite: removing the previous bench's %s", out / name)
-        (out / name).unlink()
-    return check_output_dir(out, "bench output folder")
+    return claim_output_dir(
+        out,
+        (*RESULT_FILES, "bench_config.yaml"),
+        what="bench results",
+        overwrite=overwrite,
+        hint="pass --overwrite to replace them, or choose another --out",
+        label="bench output folder",
+    )
 
 
 # --------------------------------------------------------------------------------------- helpers
