@@ -216,7 +216,7 @@ def embed(
 
     extra = []
     if model:
-        spec = get_model(model)
+        spec = get_model(model, "--model")
         extra.append(f"embed.model.name={spec.name}")
     if epochs is not None:
         extra.append(f"embed.training.epochs={epochs}")

@@ -145,13 +145,10 @@ def check_build(cfg: BuildConfig, where: str = "build") -> BuildConfig:
     """Raise :class:`KGError` naming the key of a value out of range."""
     _require(cfg.min_genes >= 0, f"{where}.min_genes", "must be 0 or more", cfg.min_genes)
     _require(cfg.min_markers >= 0, f"{where}.min_markers", "must be 0 or more", cfg.min_markers)
-    from pathways_kg.registry import check_kwargs
-    from pathways_kg.sources import get_source
+    from pathways_kg.sources import make_source
 
     for i, part in enumerate(cfg.sources.add):  # names and kwargs; the files are read by build_graph
-        key = f"{where}.sources.add[{i}]"
-        cls = get_source(part.name, f"{key}.name")
-        check_kwargs(cls, part.kwargs, f"{key}.kwargs: KG source {cls.name!r}")
+        make_source(part.name, part.kwargs, f"{where}.sources.add[{i}]")
     return cfg
 
 

@@ -1,20 +1,14 @@
 """KG sources: the registry of input files the graph is built from, one class per file in this folder.
 
-Registered names (``build.sources.add: [{name: ..., kwargs: {...}}]`` in the KG config; the
-``build.sources`` shorthand keys such as ``hallmark_gmt`` or ``panglao`` name the same classes):
-
-- ``reactome``: Reactome gene sets (GMT) and pathway hierarchy
-- ``hallmark``: MSigDB Hallmark gene sets (GMT)
-- ``markers``: curated cell-type markers (``cell_type, gene, reference``)
-- ``entities``: curated entity declarations (``id, definition, reference``)
-- ``triples``: curated triples (``head, relation, tail, reference``)
-- ``panglao``: PanglaoDB markers, from the user's copy only
-- ``gmt``: any MSigDB-style GMT gene-set file the user names
+A source is named by its registry name in the KG config: ``build.sources.add: [{name: gmt, kwargs:
+{path: my_sets.gmt}}]``; the ``build.sources`` shorthand keys (``hallmark_gmt``, ``panglao``...)
+name the built-in ones (:meth:`~pathways_kg.config.SourcesConfig.plan`). Each module's docstring
+says what its file holds; ``sorted(source_resolver.lookup_dict)`` lists the names.
 
 How to add a source: one file here with a :class:`~pathways_kg.sources.base.Source` subclass, plus
-its test case in ``tests/kg`` (a ``SourceCase`` subclass). Every module of this folder is imported
-below, so nothing else needs editing. The file readers live in :mod:`pathways_kg.readers` (also
-re-exported here).
+its test case in ``tests/kg`` (a ``SourceCase`` subclass, see ``test_kg_source_gmt.py``). Every
+module of this folder is imported below, so nothing else needs editing. The file readers live in
+:mod:`pathways_kg.readers` (also re-exported here).
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pathways_kg.errors import KGError
 from pathways_kg.readers import (
     CuratedEntity,
     CuratedTriple,
@@ -75,8 +70,11 @@ def get_source(name: str, key: str = "") -> type[Source]:
 
 
 def make_source(name: str, kwargs: Mapping[str, Any] | None = None, key: str = "") -> Source:
-    """A configured source; unknown names and keyword arguments are KGErrors naming ``key``."""
+    """A configured source (its files are not read yet); errors name ``key`` (``build.sources.add[0]``)."""
     cls = get_source(name, f"{key}.name" if key else "")
     kwargs = dict(kwargs or {})
     check_kwargs(cls, kwargs, f"{key}.kwargs: KG source {cls.name!r}" if key else f"KG source {cls.name!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except KGError as exc:
+        raise KGError(f"{key}: {exc}" if key else str(exc)) from None
