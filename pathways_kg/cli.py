@@ -30,6 +30,7 @@ import yaml
 from pathways_kg.config import Component, KGConfig, load_config, to_dict
 from pathways_kg.errors import KGError
 from pathways_kg.io import atomic_open
+from pathways_kg.models import MODELS, get_model
 
 
 class InputError(click.ClickException):
@@ -187,7 +188,7 @@ def build(
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output bundle folder.")
 @config_option
 @set_option
-@click.option("--model", help="KG model: transe, rotate, complex, kg2e.")
+@click.option("--model", help=f"KG model: {', '.join(MODELS)}.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, help="Random seed (split, initialisation, sampling).")
@@ -212,11 +213,10 @@ def embed(
 ) -> None:
     """Train a KG embedding on GRAPH (a `build` output folder) and write a bundle."""
     from pathways_kg.embed import embed_graph
-    from pathways_kg.models import get_model
 
     extra = []
     if model:
-        spec = get_model(model)
+        spec = get_model(model, "--model")
         extra.append(f"embed.model.name={spec.name}")
     if epochs is not None:
         extra.append(f"embed.training.epochs={epochs}")

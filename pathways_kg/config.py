@@ -34,7 +34,12 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class SourcesConfig:
-    """Input files of the graph; ``None`` means the copy shipped in ``pathways_kg/data``."""
+    """Input files of the graph; ``None`` means the copy shipped in ``pathways_kg/data``.
+
+    The keys up to ``hallmark`` are shorthands for the registered sources the graph is always built
+    from (:meth:`plan`); ``add`` appends any registered source by name, e.g.
+    ``add: [{name: gmt, kwargs: {path: my_sets.gmt}}]`` (names: :mod:`pathways_kg.sources`).
+    """
 
     reactome_gmt: str | None = None
     reactome_hierarchy: str | None = None
@@ -49,6 +54,35 @@ class SourcesConfig:
     extra: tuple[str, ...] = ()  # more curated triple files (head, relation, tail, reference)
     reactome: bool = True
     hallmark: bool = True
+    add: tuple[Component, ...] = ()  # more registered sources, built after all of the above
+
+    def plan(self) -> list[Component]:
+        """The registered sources in build order: Reactome, Hallmark, markers, curated entities and
+        triples, PanglaoDB, the ``extra`` triple files, then ``add``."""
+        from pathways_kg.io import data_path
+        from pathways_kg.sources.triples import CURATED_TRIPLE_FILES
+
+        parts = []
+        if self.reactome:
+            parts.append(
+                Component("reactome", {"path": self.reactome_gmt, "hierarchy": self.reactome_hierarchy})
+            )
+        if self.hallmark:
+            parts.append(Component("hallmark", {"path": self.hallmark_gmt}))
+        parts.append(Component("markers", {"path": self.markers}))
+        parts.append(Component("entities", {"path": self.curated_entities}))
+        curated = self.curated if self.curated is not None else [data_path(n) for n in CURATED_TRIPLE_FILES]
+        parts += [Component("triples", {"path": path}) for path in curated]
+        if self.panglao:
+            kwargs = {
+                "path": self.panglao,
+                "organs": self.panglao_organs,
+                "canonical_only": self.panglao_canonical_only,
+                "name_map": self.panglao_map,
+            }
+            parts.append(Component("panglao", kwargs))
+        parts += [Component("triples", {"path": path}) for path in self.extra]
+        return parts + list(self.add)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +145,10 @@ def check_build(cfg: BuildConfig, where: str = "build") -> BuildConfig:
     """Raise :class:`KGError` naming the key of a value out of range."""
     _require(cfg.min_genes >= 0, f"{where}.min_genes", "must be 0 or more", cfg.min_genes)
     _require(cfg.min_markers >= 0, f"{where}.min_markers", "must be 0 or more", cfg.min_markers)
+    from pathways_kg.sources import make_source
+
+    for i, part in enumerate(cfg.sources.add):  # names and kwargs; the files are read by build_graph
+        make_source(part.name, part.kwargs, f"{where}.sources.add[{i}]")
     return cfg
 
 

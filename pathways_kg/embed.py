@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import inspect
 import logging
 import sys
 import time
@@ -25,10 +24,11 @@ import numpy as np
 
 from pathways_kg.bundle import Bundle, save_bundle
 from pathways_kg.config import EmbedConfig, check_embed, to_dict
-from pathways_kg.errors import KGError, suggest
+from pathways_kg.errors import KGError
 from pathways_kg.graph import Graph, read_graph, resolve_graph_dir
 from pathways_kg.io import file_sha256
-from pathways_kg.models import ModelSpec, get_model
+from pathways_kg.models import KGModel, get_model
+from pathways_kg.registry import check_kwargs, lookup
 from pathways_kg.schema import RELATIONS
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def embed_graph(
     stderr; ``None`` shows them when stderr is a terminal.
     """
     cfg = check_embed(cfg or EmbedConfig())
-    spec = get_model(cfg.model.name)
+    spec = get_model(cfg.model.name, "embed.model.name")
     _, triples_path = resolve_graph_dir(graph_dir)
     sha256 = file_sha256(triples_path)
     graph = read_graph(graph_dir)
@@ -81,7 +81,7 @@ def embed_graph(
 
 
 def train(
-    graph: Graph, spec: ModelSpec, model_kwargs: dict[str, Any], cfg: EmbedConfig, progress: bool = False
+    graph: Graph, spec: type[KGModel], model_kwargs: dict[str, Any], cfg: EmbedConfig, progress: bool = False
 ) -> Bundle:
     """Run the pykeen pipeline on ``graph``; return an (unsaved) bundle with metrics.
 
@@ -255,11 +255,11 @@ def extract_tensors(model: Any, storage: str) -> tuple[dict[str, np.ndarray], di
     }
 
 
-def _model_kwargs(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
+def _model_kwargs(spec: type[KGModel], given: dict[str, Any]) -> dict[str, Any]:
     """Registry defaults updated by ``given``; unknown names fail here, not deep inside pykeen."""
     from pykeen.models import model_resolver
 
-    _check_kwargs(model_resolver.lookup(spec.pykeen_name), given, f"model {spec.name!r}")
+    check_kwargs(model_resolver.lookup(spec.pykeen_name), given, f"model {spec.name!r}")
     return {**spec.defaults, **given}
 
 
@@ -273,27 +273,9 @@ def _check_training(cfg: EmbedConfig) -> None:
     if t.loss is not None:
         named.append(("embed.training.loss.name", loss_resolver, t.loss.name, t.loss.kwargs))
     for key, resolver, name, kwargs in named:
-        try:
-            cls = resolver.lookup(name)
-        except (KeyError, ValueError):
-            options = sorted(resolver.lookup_dict)
-            raise KGError(
-                f"{key}: unknown {resolver.base.__name__.lower()} {name!r}"
-                f"{suggest(resolver.normalize(name), options)} (known: {', '.join(options)})"
-            ) from None
+        cls = lookup(resolver, name, resolver.base.__name__.lower(), key)
         if kwargs:
-            _check_kwargs(cls, kwargs, f"{key.rpartition('.')[0]} {name!r}")
-
-
-def _check_kwargs(cls: type, given: dict[str, Any], what: str) -> None:
-    valid = [
-        p
-        for p in inspect.signature(cls.__init__).parameters
-        if p not in ("self", "args", "kwargs", "triples_factory")
-    ]
-    for key in given:
-        if key not in valid:
-            raise KGError(f"{what} has no argument {key!r}{suggest(key, valid)} (valid: {', '.join(valid)})")
+            check_kwargs(cls, kwargs, f"{key.rpartition('.')[0]} {name!r}")
 
 
 def _subsample(testing: Any, max_triples: int | None, seed: int) -> tuple[Any, tuple]:

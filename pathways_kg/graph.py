@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pathways_kg.errors import KGError, at, suggest
 from pathways_kg.io import atomic_open, file_sha256, write_json
+from pathways_kg.readers import check_entity_id, check_relation, tsv_rows
 from pathways_kg.schema import (
     ENTITY_TYPES,
     FAMILIES,
@@ -26,7 +27,6 @@ from pathways_kg.schema import (
     RELATIONS,
     split_id,
 )
-from pathways_kg.sources import check_entity_id, check_relation, tsv_rows
 
 logger = logging.getLogger(__name__)
 

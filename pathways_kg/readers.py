@@ -8,6 +8,7 @@
 
 Lines starting with ``#`` and blank lines are skipped in the TSVs. Every reader checks the column
 count, empty fields and duplicates, and raises :class:`~pathways_kg.errors.KGError` with ``file:line``.
+The KG sources (:mod:`pathways_kg.sources`) read their files with these functions.
 """
 
 from __future__ import annotations
@@ -19,27 +20,6 @@ from pathlib import Path
 
 from pathways_kg.errors import KGError, at, suggest
 from pathways_kg.schema import ENTITY_TYPES, RELATIONS, split_id
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a fact comes from and under which licence."""
-
-    name: str
-    licence: str
-    citation: str
-
-
-REACTOME = Source(
-    "Reactome", "CC0 1.0", "Gillespie et al. 2022 Nucleic Acids Res (Reactome pathway knowledgebase)"
-)
-HALLMARK = Source(
-    "MSigDB Hallmark v2024.1",
-    "CC BY 4.0",
-    "Liberzon et al. 2015 Cell Systems 1:417 (MSigDB Hallmark gene sets)",
-)
-CURATED = Source("histokg curated", "MIT", "written for histokg from the cited literature (reference column)")
-PANGLAO = Source("PanglaoDB 27 Mar 2020", "not established", "Franzen et al. 2019 Database (Oxford) baz046")
 
 _REACTOME_ID = re.compile(r"^R-HSA-\d+$")
 
@@ -80,7 +60,7 @@ class PanglaoRow:
 # --------------------------------------------------------------------------- helpers
 
 
-def _open_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+def open_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     path = Path(path)
     if path.is_dir():
         raise KGError(f"{path}: is a folder, expected a file")
@@ -99,7 +79,7 @@ def _open_lines(path: str | Path) -> Iterator[tuple[int, str]]:
 def tsv_rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
     """Rows of a TSV with a header line naming ``columns``; comments and blank lines skipped."""
     header_seen = False
-    for number, line in _open_lines(path):
+    for number, line in open_lines(path):
         if not line.strip() or line.startswith("#"):
             continue
         fields = [f.strip() for f in line.split("\t")]
@@ -159,7 +139,7 @@ def read_gmt(path: str | Path, kind: str) -> list[GeneSet]:
         raise ValueError(f"unknown GMT kind {kind!r}")
     sets: list[GeneSet] = []
     seen: dict[str, int] = {}
-    for number, line in _open_lines(path):
+    for number, line in open_lines(path):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -185,7 +165,7 @@ def read_gmt(path: str | Path, kind: str) -> list[GeneSet]:
         if set_id in seen:
             raise at(path, number, f"duplicate gene set {set_id!r} (first on line {seen[set_id]})")
         seen[set_id] = number
-        dup = _first_duplicate(genes)
+        dup = first_duplicate(genes)
         if dup is not None:
             raise at(path, number, f"gene set {name!r} lists gene {dup!r} twice")
         sets.append(GeneSet(id=set_id, label=name, genes=tuple(genes), line=number))
@@ -198,7 +178,7 @@ def read_reactome_hierarchy(path: str | Path) -> list[tuple[str, str, int]]:
     """``(parent, child, line)`` rows of a Reactome ``parent<TAB>child`` relation file."""
     rows: list[tuple[str, str, int]] = []
     seen: dict[tuple[str, str], int] = {}
-    for number, line in _open_lines(path):
+    for number, line in open_lines(path):
         if not line.strip():
             continue
         fields = [f.strip() for f in line.split("\t")]
@@ -280,7 +260,7 @@ def read_panglao(
     path: str | Path, organs: Sequence[str] = (), canonical_only: bool = False
 ) -> list[PanglaoRow]:
     """Human rows (species contains ``Hs``) of a PanglaoDB marker export, optionally for some organs."""
-    lines = _open_lines(path)
+    lines = open_lines(path)
     try:
         number, header = next(lines)
     except StopIteration:
@@ -336,7 +316,7 @@ def read_panglao_map(path: str | Path) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def _first_duplicate(items: Sequence[str]) -> str | None:
+def first_duplicate(items: Sequence[str]) -> str | None:
     seen: set[str] = set()
     for item in items:
         if item in seen:
