@@ -370,6 +370,32 @@ def test_panel_adata_contract_h5ad_and_squidpy(embedded, tmp_path):
     assert png.stat().st_size > 5000
 
 
+def test_predictions_of_some_spots_go_into_the_whole_adata_and_through_h5ad(embedded, tmp_path):
+    """What the demo's embedded.h5ad holds: held-out predictions over the panel, NaN for the reference."""
+    from histokg.st.contract import write_h5ad
+
+    whole = embedded.copy()
+    ref, held = split(whole)
+    panel = tl.panel_adata(held, embedded.uns["histokg"]["params"]["genes"])
+    tl.predict_expression(panel, ref, method="knn", k=5)
+    assert "pred_knn" in panel.layers  # the panel is var: a layer
+    tl.add_predictions(whole, panel)
+    back = ad.read_h5ad(write_h5ad(whole, tmp_path / "whole.h5ad"))
+    frame = tl.predicted(back, "pred_knn")
+    assert list(frame.columns) == list(panel.var_names) and frame.shape == (whole.n_obs, panel.n_vars)
+    is_held = (back.obs["library_id"].astype(str) == "S3").to_numpy()
+    assert frame[~is_held].isna().all().all() and np.isfinite(frame[is_held].to_numpy()).all()
+    np.testing.assert_array_equal(frame.loc[panel.obs_names].to_numpy(), panel.layers["pred_knn"])
+    record = back.uns["histokg"]["prediction"]["pred_knn"]
+    assert record["where"] == "obsm" and record["n_predicted"] == panel.n_obs
+    # back to a panel AnnData: the prediction becomes a layer again, not an obsm entry
+    again = tl.panel_adata(back[is_held].copy())
+    np.testing.assert_array_equal(again.layers["pred_knn"], panel.layers["pred_knn"])
+    assert "pred_knn" not in again.obsm
+    with pytest.raises(InputError, match="has no 'pred_ridge'"):
+        tl.predicted(back, "pred_ridge")
+
+
 # --------------------------------------------------------------------------- analysis
 
 
