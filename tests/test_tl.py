@@ -460,11 +460,13 @@ def test_spatial_graph_detects_lattices():
     square = np.stack(np.meshgrid(np.arange(12), np.arange(10)), -1).reshape(-1, 2) * 200.0
     square += np.random.default_rng(0).normal(scale=3.0, size=square.shape)  # spot-detector jitter
     a = _grid_adata(square)
-    assert tl.spatial_graph(a)["coord_type"] == "grid"
+    assert tl.spatial_graph(a) is None  # in place, scanpy style
+    assert a.uns["histokg_spatial"]["coord_type"] == "grid"
     assert a.obsp["spatial_connectivities"].sum(axis=1).max() == 4
     scattered = _grid_adata(np.random.default_rng(1).uniform(0, 1000, size=(80, 2)))
-    info = tl.spatial_graph(scattered)
+    info = tl.spatial_graph(scattered, copy=True).uns["histokg_spatial"]
     assert info["coord_type"] == "generic" and info["n_neighs"] == 6
+    assert "histokg_spatial" not in scattered.uns  # copy=True leaves the input alone
 
 
 class FakePrior:
