@@ -1,16 +1,22 @@
-"""Expression prediction from H&E alone, into a panel AnnData that keeps the contract.
+"""Expression prediction from H&E alone, written into the query AnnData (scanpy style).
 
 Two predictors, both fitted on a *reference* AnnData (the training slides) and applied to the image
 embeddings of a *query* (held-out slides, or slides without expression):
 
 - ``knn`` (BLEEP-style retrieval): for each query spot, the ``k`` reference spots whose *expression*
-  embedding is closest (cosine) to the query's *image* embedding; the prediction is their
-  softmax(similarity / temperature)-weighted mean log1p CP10k expression.
+  embedding is closest (cosine, exact search with faiss: :func:`histokg.metrics.knn_search`) to the
+  query's *image* embedding; the prediction is their softmax(similarity / temperature)-weighted mean
+  log1p CP10k expression.
 - ``ridge`` (HEST-Benchmark-style linear probe): scikit-learn ``Ridge`` fitted on the reference's image
   embeddings -> its log1p CP10k expression, applied to the query's image embeddings.
 
 Expression is ``log1p(counts / total * 1e4)`` with the library size over all measured genes, then
 restricted to the gene panel (as :func:`histokg.st.dataset.panel_expression` does).
+
+Where a prediction lands: ``layers[key]`` when the panel is the query's ``var`` (in order), else
+``obsm[key]`` as a DataFrame over the panel genes; ``uns["histokg"]["prediction"][key]`` says which,
+with the method, its parameters and the checkpoint's hash. :func:`panel_adata` gives the panel view
+(measured ``X``, predictions as layers) that plots and ``predicted.h5ad`` use.
 """
 
 from __future__ import annotations
@@ -205,8 +211,9 @@ def panel_adata(
 
     With ``predictions``, the predictions of :func:`predict_expression` recorded in ``adata`` that
     cover ``genes`` become ``layers[key]`` (when nothing is measured, ``X`` is the last of them);
-    ``genes`` defaults to the genes of the last prediction. ``layers["counts"]`` holds the measured counts; panel genes a
-    measured query lacks are measured zeros, listed in ``uns["histokg"]["absent_genes"]``.
+    ``genes`` defaults to the genes of the last prediction. ``layers["counts"]`` holds the measured
+    counts; panel genes a measured query lacks are measured zeros, listed in
+    ``uns["histokg"]["absent_genes"]``.
     """
     records = _records(adata) if predictions else {}
     if genes is None:
