@@ -94,7 +94,8 @@ def evaluate(
     heg = top_genes(reference, n_top, "mean", genes=genes, layer=layer) if methods else []
     hvg = top_genes(reference, n_top, "variance", genes=genes, layer=layer) if methods else []
 
-    panel = None
+    # the held-out spots over the panel (measured X); each method's prediction lands in its layers
+    panel = panel_adata(heldout, genes, layer=layer, predictions=False) if methods else None
     for method in methods:
         log.info(
             "predicting %d panel genes of %d held-out spots with %s (reference: %d spots)",
@@ -103,8 +104,8 @@ def evaluate(
             method,
             reference.n_obs,
         )
-        panel = predict_expression(
-            heldout,
+        predict_expression(
+            panel,
             reference,
             method=method,
             genes=genes,
@@ -114,7 +115,7 @@ def evaluate(
             use_rep=use_rep,
             ref_rep=expr_rep,
             layer=layer,
-            out=panel,
+            key_added=f"pred_{method}",
         )
     if expr_rep not in heldout.obsm:
         log.warning("evaluate: held-out obsm[%r] is missing; cross-modal retrieval is skipped", expr_rep)
@@ -157,7 +158,9 @@ def evaluate(
     if not return_panel:
         return results
     if panel is None:
-        panel = panel_adata(heldout, genes if has_counts(heldout, layer) else [], layer=layer)
+        panel = panel_adata(
+            heldout, genes if has_counts(heldout, layer) else [], layer=layer, predictions=False
+        )
     return results, panel
 
 

@@ -88,23 +88,50 @@ def _constant_columns(x: np.ndarray, centred_sq_sum: np.ndarray) -> np.ndarray:
     return std <= CONSTANT_RTOL * np.abs(x).max(axis=0)
 
 
+def knn_search(query: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` reference rows of highest inner product with each query row (exact, faiss).
+
+    Returns ``(similarity, index)``, both ``(n_query, min(k, n_reference))``, best first. On
+    L2-normalised rows the inner product is the cosine similarity. Ties keep the lower reference
+    index (first at equal similarity, and the one kept at the k-th place). faiss searches in blocks,
+    so memory grows with ``n_query * k``, never with ``n_query * n_reference``.
+    """
+    import faiss
+
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    r = np.ascontiguousarray(reference, dtype=np.float32)
+    require_finite("kNN query embeddings", torch.from_numpy(q))  # torch: no float64 copy
+    require_finite("kNN reference embeddings", torch.from_numpy(r))
+    if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1]:
+        raise MetricInputError(f"query {q.shape} and reference {r.shape} must be 2-D with the same width")
+    if len(r) == 0:
+        raise MetricInputError("kNN: the reference is empty")
+    k = int(min(k, len(r)))
+    if len(q) == 0:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    sims, idx = faiss.knn(q, r, k, metric=faiss.METRIC_INNER_PRODUCT)
+    order = np.lexsort((idx, -sims), axis=1)  # best first; equal similarity: lower index first
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
 def knn_predict(
     query: np.ndarray, reference: np.ndarray, values: np.ndarray, k: int = 10, temperature: float = 0.1
 ) -> np.ndarray:
     """Similarity-weighted mean of ``values`` over the ``k`` nearest reference rows (cosine).
 
     BLEEP-style expression prediction: query = image embeddings, reference = expression
-    embeddings of a reference set, values = its measured expression.
+    embeddings of a reference set, values = its measured expression. Neighbours come from
+    :func:`knn_search` (inner product = cosine on L2-normalised embeddings); the weights are
+    ``softmax(similarity / temperature)`` over the ``k`` neighbours.
     """
-    q = torch.as_tensor(query, dtype=torch.float32)
-    r = torch.as_tensor(reference, dtype=torch.float32)
-    vals = torch.as_tensor(values, dtype=torch.float32)
-    require_finite("kNN query embeddings", q)
-    require_finite("kNN reference embeddings", r)
+    vals = torch.as_tensor(np.asarray(values), dtype=torch.float32)
     require_finite("kNN reference values", vals)
-    sims = q @ r.T
-    k = min(k, r.shape[0])
-    top, idx = sims.topk(k, dim=1)
+    if vals.ndim != 2 or len(vals) != len(reference):
+        raise MetricInputError(
+            f"values {tuple(vals.shape)} must have one row per reference row ({len(reference)})"
+        )
+    sims, idx = knn_search(query, reference, k)
+    top, idx = torch.from_numpy(sims), torch.from_numpy(idx)
     weights = torch.softmax(top / temperature, dim=1)
     return (weights.unsqueeze(-1) * vals[idx]).sum(dim=1).numpy()
 

@@ -220,16 +220,19 @@ def evaluate_checkpoint(
     adata: ad.AnnData, checkpoint: str | Path, out_dir: str | Path, *, heldout_libs: Sequence[str] = ()
 ) -> dict:
     """Embed ``adata`` with a checkpoint, evaluate on held-out slides; writes ``embedded.h5ad`` (all
-    sections, embeddings in ``obsm``), ``predicted.h5ad`` and the report into ``out_dir``; returns the results."""
+    sections, embeddings in ``obsm``, the held-out predictions too), ``predicted.h5ad`` and the report
+    into ``out_dir``; returns the results."""
     from histokg.st.contract import write_h5ad
     from histokg.tl.embed import embed, load_model
 
     out_dir = Path(out_dir)
     model = load_model(checkpoint)
-    embedded = adata.copy()
-    embed(embedded, model)
+    embedded = embed(adata, model, copy=True)
+    results = evaluate_embedded(
+        embedded, out_dir, checkpoint=checkpoint, heldout_libs=heldout_libs, store_predictions=True
+    )
     write_h5ad(embedded, out_dir / "embedded.h5ad")
-    return evaluate_embedded(embedded, out_dir, checkpoint=checkpoint, heldout_libs=heldout_libs)
+    return results
 
 
 def evaluate_embedded(
@@ -241,6 +244,7 @@ def evaluate_embedded(
     heldout_libs: Sequence[str] = (),
     k: int = 10,
     key: str = keys.IMAGE,
+    store_predictions: bool = False,
 ) -> dict:
     """Evaluate an embedded AnnData (reference = training slides, held out = the rest or as given).
 
@@ -251,11 +255,14 @@ def evaluate_embedded(
     the one the embeddings came from). Writes ``results.json``, ``predicted.h5ad`` (held-out spots x
     panel genes: measured log1p CP10k in ``X``, raw ``layers["counts"]``, predictions in
     ``layers["pred_knn"]``/``["pred_ridge"]``) and the report into ``out_dir``; returns the results,
-    whose ``warnings`` list what makes them less than a clean held-out score.
+    whose ``warnings`` list what makes them less than a clean held-out score. ``store_predictions``
+    also writes the held-out predictions into ``adata`` (:func:`histokg.tl.predict.add_predictions`:
+    ``obsm["pred_knn"]``/``["pred_ridge"]`` over the panel genes, NaN for the reference spots).
     """
     from histokg.evaluate import evaluate
     from histokg.report import write_report
     from histokg.st.contract import write_h5ad
+    from histokg.tl.predict import add_predictions
 
     model = embedded_model(adata, checkpoint)
     libs = [str(x) for x in adata.obs["library_id"].astype("category").cat.categories]
@@ -286,6 +293,8 @@ def evaluate_embedded(
     results["warnings"] = warnings
     if panel.n_vars:
         write_h5ad(panel, Path(out_dir) / "predicted.h5ad")
+        if store_predictions:
+            add_predictions(adata, panel)
     write_report(results, out_dir, heldout_panel_adata=panel, reference=reference, use_rep=key)
     return results
 

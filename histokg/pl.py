@@ -1,7 +1,9 @@
 """Plots for reports: measured vs predicted spatial maps, UMAPs, per-gene Pearson histograms.
 
-Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot state, no
-display needed) and saved atomically as PNG. Every function returns the path it wrote.
+scanpy style: every function returns its :class:`matplotlib.figure.Figure`; ``ax=`` draws a one-panel
+plot into a given Axes; ``path=`` also saves it atomically as PNG; ``show=`` shows it with pyplot
+(default: only in an interactive matplotlib session, so scripts and tests never block). Figures not
+shown are drawn on the Agg canvas without pyplot (no global state, no display needed).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import anndata as ad
+import matplotlib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
@@ -36,12 +40,14 @@ def spatial_genes(
     library_id: str,
     *,
     layers: Sequence[str] = ("X", "pred_knn"),
-    path: str | Path,
+    path: str | Path | None = None,
     library_key: str = "library_id",
     image: bool = True,
     cmap: str = "viridis",
     dpi: int = 110,
-) -> Path:
+    ax: Axes | None = None,
+    show: bool | None = None,
+) -> Figure:
     """Grid of spatial maps: one row per gene, one column per layer (``"X"`` = measured).
 
     Spots are drawn at their true diameter over the library's hires image
@@ -49,7 +55,8 @@ def spatial_genes(
     gene share one colour scale, the 1st-99th percentile of the measured values (of all shown values
     when nothing is measured), so a prediction that compresses the range looks compressed; every
     colour bar is labelled. Predicted panels are titled with their Pearson r against ``X`` when ``X``
-    is measured.
+    is measured. ``ax`` takes one gene and one layer. The panel AnnData comes from
+    :func:`histokg.tl.panel_adata` (or ``predicted.h5ad``).
     """
     genes = [str(g) for g in genes]
     if not genes:
@@ -79,35 +86,38 @@ def spatial_genes(
     background = _background(hires, xy, diameter)
 
     n_rows, n_cols = len(genes), len(layers)
-    fig = Figure(figsize=(3.3 * n_cols, 3.0 * n_rows), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(ax, show, (3.3 * n_cols, 3.0 * n_rows), dpi, n_rows * n_cols, "spatial_genes")
     col_of = {g: i for i, g in enumerate(map(str, panel_adata.var_names))}
     for r, gene in enumerate(genes):
         truth = _column(sub, "X", col_of[gene])
         row = {layer: truth if layer == "X" else _column(sub, layer, col_of[gene]) for layer in layers}
         clim = _clim(truth if measured else np.concatenate(list(row.values())))
         for c, layer in enumerate(layers):
-            ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
+            panel_ax = ax or fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
             kind = "measured" if layer == "X" and measured else f"predicted ({layer})"
             title = f"{gene} {kind}"
             if layer != "X" and measured:
                 title += f" r={_pearson(row[layer], truth):.2f}"
-            _spot_map(ax, xy, row[layer], diameter, background, cmap, clim, f"{gene} log1p CP10k")
-            ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{library_id}: measured vs predicted (log1p CP10k)", fontsize=10)
-    return _save(fig, path)
+            _spot_map(panel_ax, xy, row[layer], diameter, background, cmap, clim, f"{gene} log1p CP10k")
+            panel_ax.set_title(title, fontsize=9)
+    if ax is None:
+        fig.suptitle(f"{library_id}: measured vs predicted (log1p CP10k)", fontsize=10)
+    return _finish(fig, path, show)
 
 
 def umap(
     adata: ad.AnnData,
     color: Sequence[str],
     *,
-    path: str | Path,
+    path: str | Path | None = None,
     basis: str = "X_umap",
     point_size: float | None = None,
     dpi: int = 110,
-) -> Path:
-    """One UMAP panel per ``obs`` column in ``color`` (categorical: legend; numeric: colour bar)."""
+    ax: Axes | None = None,
+    show: bool | None = None,
+) -> Figure:
+    """One UMAP panel per ``obs`` column in ``color`` (categorical: legend; numeric: colour bar);
+    ``ax`` takes one colour key."""
     if basis not in adata.obsm:
         raise InputError(f"umap: obsm[{basis!r}] is missing; run histokg.tl.cluster (umap=True) first")
     color = [c for c in color if c in adata.obs]
@@ -117,46 +127,46 @@ def umap(
     size = point_size or max(2.0, min(30.0, 3000.0 / max(adata.n_obs, 1)))
     n_cols = min(len(color), 2)
     n_rows = -(-len(color) // n_cols)
-    fig = Figure(figsize=(5.2 * n_cols, 4.2 * n_rows), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(ax, show, (5.2 * n_cols, 4.2 * n_rows), dpi, len(color), "umap")
     for i, key in enumerate(color):
-        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        panel_ax = ax or fig.add_subplot(n_rows, n_cols, i + 1)
         values = adata.obs[key]
         if isinstance(values.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(values):
             cats = values.astype("category")
             colors = _category_colors(adata, key, list(cats.cat.categories))
             for j, cat in enumerate(cats.cat.categories):
                 sel = (cats == cat).to_numpy()
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=size, c=colors[j], label=str(cat), linewidths=0)
-            ax.legend(
+                panel_ax.scatter(xy[sel, 0], xy[sel, 1], s=size, c=colors[j], label=str(cat), linewidths=0)
+            panel_ax.legend(
                 fontsize=7, markerscale=2.0, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5)
             )
         else:
-            art = ax.scatter(
+            art = panel_ax.scatter(
                 xy[:, 0], xy[:, 1], s=size, c=values.to_numpy(dtype=float), cmap="viridis", linewidths=0
             )
-            fig.colorbar(art, ax=ax, shrink=0.8)
-        ax.set_title(key, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("UMAP1", fontsize=8)
-        ax.set_ylabel("UMAP2", fontsize=8)
-    return _save(fig, path)
+            fig.colorbar(art, ax=panel_ax, shrink=0.8)
+        panel_ax.set_title(key, fontsize=10)
+        panel_ax.set_xticks([])
+        panel_ax.set_yticks([])
+        panel_ax.set_xlabel("UMAP1", fontsize=8)
+        panel_ax.set_ylabel("UMAP2", fontsize=8)
+    return _finish(fig, path, show)
 
 
 def pearson_hist(
     per_gene: np.ndarray | Sequence[float] | Mapping[str, np.ndarray | Sequence[float]],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     bins: int = 30,
     title: str = "per-gene Pearson r (held-out)",
     dpi: int = 110,
-) -> Path:
+    ax: Axes | None = None,
+    show: bool | None = None,
+) -> Figure:
     """Histogram of per-gene Pearson correlations; a mapping draws one overlaid histogram per name."""
     series = per_gene if isinstance(per_gene, Mapping) else {"pearson": per_gene}
-    fig = Figure(figsize=(5.0, 3.5), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig = _figure(ax, show, (5.0, 3.5), dpi, 1, "pearson_hist")
+    ax = ax or fig.add_subplot(1, 1, 1)
     edges = np.linspace(-1.0, 1.0, bins + 1)
     for i, (name, values) in enumerate(series.items()):
         r = np.asarray(values, dtype=np.float64)
@@ -168,10 +178,43 @@ def pearson_hist(
     ax.set_ylabel("genes")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    return _finish(fig, path, show)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _wants_show(show: bool | None) -> bool:
+    return matplotlib.is_interactive() if show is None else bool(show)
+
+
+def _figure(
+    ax: Axes | None, show: bool | None, figsize: tuple[float, float], dpi: int, n_panels: int, what: str
+):
+    """The figure to draw on: ``ax``'s (one panel only), a pyplot one when shown, else a bare Agg one."""
+    if ax is not None:
+        if n_panels != 1:
+            raise InputError(
+                f"{what}: ax= takes a one-panel plot, this one has {n_panels} panels; leave ax=None"
+            )
+        return ax.get_figure()
+    if _wants_show(show):
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize, dpi=dpi, layout="constrained")
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finish(fig: Figure, path: str | Path | None, show: bool | None) -> Figure:
+    if path is not None:
+        _save(fig, path)
+    if _wants_show(show):
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    return fig
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

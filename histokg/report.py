@@ -205,7 +205,8 @@ def _pearson_figure(results: Mapping[str, Any], out_dir: Path) -> list[tuple[str
     }
     if not series:
         return []
-    path = pl.pearson_hist(series, out_dir / "pearson_hist.png")
+    path = out_dir / "pearson_hist.png"
+    pl.pearson_hist(series, path, show=False)
     n = len(results.get("genes", {}).get("panel", []))
     return [
         (
@@ -238,7 +239,13 @@ def _spatial_figures(
     for lib in libs:
         path = out_dir / f"spatial_{_safe(lib)}.png"
         pl.spatial_genes(
-            panel, genes, lib, layers=(["X"] if measured else []) + layers, path=path, library_key=library_key
+            panel,
+            genes,
+            lib,
+            layers=(["X"] if measured else []) + layers,
+            path=path,
+            library_key=library_key,
+            show=False,
         )
         out.append(
             (f"{lib}: measured vs predicted log1p CP10k of the top reference HVGs {', '.join(genes)}", path)
@@ -278,7 +285,8 @@ def _umap_figure(
     tmp.obsm[use_rep] = emb
     cluster(tmp, use_rep=use_rep, key_added="leiden")
     colors = ["slide", "split", *([label_key] if label_key and label_key in tmp.obs else []), "leiden"]
-    path = pl.umap(tmp, colors, path=out_dir / "umap.png")
+    path = out_dir / "umap.png"
+    pl.umap(tmp, colors, path=path, show=False)
     return [(f"UMAP of the image embeddings obsm[{use_rep!r}] of reference and held-out spots", path)]
 
 

@@ -169,3 +169,41 @@ def test_a_custom_embedding_key_carries_through_evaluate(study):
     results = evaluate(ref, held, use_rep="X_mine")
     assert results["protocol"]["prediction"]["knn"].count("X_mine") == 2
     assert results["summary"]["retrieval"]["image_to_expression"]["R@10"] > 0
+
+
+def test_plots_return_figures_draw_into_a_given_ax_and_show_only_when_asked(
+    informative, tmp_path, monkeypatch
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from histokg import pl
+
+    results, panel, _ = informative
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(True))
+    gene = results["genes"]["hvg"][0]
+    r = results["per_gene_pearson"]["knn"]["S3"]
+    fig = pl.spatial_genes(panel, [gene], "S3")  # measured and kNN-predicted, each with a colour bar
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    assert isinstance(pl.pearson_hist(r, tmp_path / "h.png"), Figure)
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown == []  # not an interactive session: nothing is shown (a test never blocks)
+
+    given, axes = plt.subplots(1, 3)
+    assert pl.pearson_hist(r, ax=axes[0]) is given and axes[0].patches
+    assert pl.spatial_genes(panel, [gene], "S3", layers=("pred_knn",), ax=axes[1]) is given
+    assert axes[1].collections and axes[1].get_title().startswith(f"{gene} predicted (pred_knn) r=")
+    tiny = ad.AnnData(obs=pd.DataFrame({"c": pd.Categorical(list("abab"))}, index=list("wxyz")))
+    tiny.obsm["X_umap"] = np.arange(8, dtype=np.float32).reshape(4, 2)
+    assert pl.umap(tiny, ["c"], ax=axes[2]) is given and axes[2].get_title() == "c"
+    with pytest.raises(InputError, match="one-panel plot, this one has 2 panels"):
+        pl.spatial_genes(panel, [gene], "S3", ax=axes[1])
+    assert shown == []
+    pl.pearson_hist(r, show=True)
+    assert shown == [True]
+    plt.close("all")

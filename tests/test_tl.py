@@ -17,6 +17,7 @@ from histokg.metrics import (
     chance_recall,
     cluster_agreement,
     knn_predict,
+    knn_search,
     log1p_cp10k,
     mse_mae,
     pearson_per_gene,
@@ -113,6 +114,63 @@ def test_metrics_refuse_non_finite_input(bad):
         knn_predict(x, y, x)
 
 
+def brute_force_knn(query, reference, values, k, temperature):
+    """The reference kNN: every similarity in float64, a stable sort (ties: lower index first)."""
+    sims = np.asarray(query, np.float64) @ np.asarray(reference, np.float64).T
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(sims, idx, axis=1)
+    w = np.exp((top - top[:, :1]) / temperature)
+    w /= w.sum(axis=1, keepdims=True)
+    return idx, top, np.einsum("nk,nkg->ng", w, np.asarray(values, np.float64)[idx])
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("n_query", "n_ref", "k"), [(300, 2000, 10), (7, 50, 50), (5, 3, 10)])
+def test_knn_matches_a_brute_force_reference(n_query, n_ref, k):
+    rng = np.random.default_rng(n_ref)
+    q, r = _unit_rows(rng.normal(size=(n_query, 32))), _unit_rows(rng.normal(size=(n_ref, 32)))
+    values = rng.gamma(1.0, size=(n_ref, 20)).astype(np.float32)
+    idx, top, expected = brute_force_knn(q, r, values, min(k, n_ref), 0.1)
+    sims, found = knn_search(q, r, k)
+    np.testing.assert_array_equal(found, idx)  # the same neighbours, in the same order
+    np.testing.assert_allclose(sims, top, atol=1e-6)
+    np.testing.assert_allclose(
+        knn_predict(q, r, values, k=k, temperature=0.1), expected, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_knn_ties_keep_the_lower_reference_index():
+    r = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+    values = np.arange(10, dtype=np.float32).reshape(5, 2)
+    sims, idx = knn_search(np.array([[1.0, 0.0]], np.float32), r, 2)  # rows 0, 2, 4 tie at 1.0
+    assert idx.tolist() == [[0, 2]] and sims.tolist() == [[1.0, 1.0]]
+    pred = knn_predict(np.array([[1.0, 0.0]], np.float32), r, values, k=2, temperature=0.1)
+    np.testing.assert_allclose(pred, values[[0, 2]].mean(axis=0, keepdims=True))
+    with pytest.raises(MetricInputError, match="one row per reference row"):
+        knn_predict(r, r, values[:3])
+
+
+def test_knn_on_real_expression_matches_the_brute_force_reference(shared_data):
+    """her2st C2 as the reference, C3 as the query: embeddings = a random projection of log1p CP10k."""
+    from histokg.st.legacy import read_counts_table
+
+    tables = [read_counts_table(shared_data / "her2st" / "counts" / f"{s}.tsv.gz") for s in ("C2", "C3")]
+    tables = [t.loc[:, ~t.columns.duplicated()] for t in tables]
+    genes = sorted(set(tables[0].columns) & set(tables[1].columns))
+    rng = np.random.default_rng(0)
+    proj = rng.normal(size=(len(genes), 64))
+    ref_x, query_x = (log1p_cp10k(t[genes].to_numpy(np.float32)) for t in tables)
+    r, q = _unit_rows(ref_x @ proj), _unit_rows(query_x @ proj)
+    values = ref_x[:, :200]
+    idx, _, expected = brute_force_knn(q, r, values, 10, 0.1)
+    _, found = knn_search(q, r, 10)
+    np.testing.assert_array_equal(found, idx)
+    np.testing.assert_allclose(knn_predict(q, r, values), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_cluster_agreement_tiny():
     same = cluster_agreement(["a", "a", "b", "b"], [1, 1, 0, 0])
     assert same == {"ari": pytest.approx(1.0), "nmi": pytest.approx(1.0)}
@@ -181,11 +239,16 @@ def test_knn_prediction_equals_hand_computed_weighted_mean():
     expr_emb = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
     ref = _reference(counts, expr_emb)
     query = _query(np.array([[1.0, 0.0]]))
-    out = tl.predict_expression(query, ref, method="knn", k=2, temperature=0.1)
+    assert tl.predict_expression(query, ref, method="knn", k=2, temperature=0.1) is None  # in place
+    # the query has no genes, so the panel (G0, G1) is not its var: the prediction is an obsm DataFrame
+    assert list(query.obsm["pred_knn"].columns) == ["G0", "G1"]
+    assert query.uns["histokg"]["prediction"]["pred_knn"]["where"] == "obsm"
+    out = tl.panel_adata(query)  # the panel AnnData: predictions as layers
     # cosine similarities 1.0, 0.6, 0.0, -1.0 -> the two nearest are spots 0 and 1
     w0 = math.exp(1.0 / 0.1) / (math.exp(1.0 / 0.1) + math.exp(0.6 / 0.1))
     expected = w0 * np.log1p(counts[0]) + (1 - w0) * np.log1p(counts[1])
     np.testing.assert_allclose(out.layers["pred_knn"][0], expected, rtol=1e-5)
+    np.testing.assert_array_equal(query.obsm["pred_knn"].to_numpy(), out.layers["pred_knn"])
     # the query has no measured expression: X is the prediction, no counts layer
     np.testing.assert_allclose(out.X, out.layers["pred_knn"])
     assert "counts" not in out.layers
@@ -193,8 +256,11 @@ def test_knn_prediction_equals_hand_computed_weighted_mean():
     assert out.uns["histokg"]["prediction"]["pred_knn"]["method"] == "knn"
     assert out.uns["histokg"]["prediction"]["pred_knn"]["params"]["k"] == 2
     # a very high temperature gives the plain mean of the k neighbours
-    flat = tl.predict_expression(query, ref, method="knn", k=3, temperature=1e6, key_added="flat")
-    np.testing.assert_allclose(flat.layers["flat"][0], np.log1p(counts[:3]).mean(axis=0), rtol=1e-4)
+    flat = tl.predict_expression(query, ref, method="knn", k=3, temperature=1e6, key_added="flat", copy=True)
+    assert "flat" not in query.obsm  # copy=True leaves the query alone
+    np.testing.assert_allclose(
+        tl.predicted(flat, "flat").iloc[0], np.log1p(counts[:3]).mean(axis=0), rtol=1e-4
+    )
 
 
 def test_ridge_recovers_a_linear_map():
@@ -209,9 +275,9 @@ def test_ridge_recovers_a_linear_map():
     ref = _reference(counts, emb, img_emb=emb)
     q_emb = rng.normal(size=(20, d))
     out = tl.predict_expression(
-        _query(q_emb), ref, method="ridge", alpha=1e-6, genes=[f"G{j}" for j in range(g)]
+        _query(q_emb), ref, method="ridge", alpha=1e-6, genes=[f"G{j}" for j in range(g)], copy=True
     )
-    np.testing.assert_allclose(out.layers["pred_ridge"], q_emb @ weights + 3.0, atol=2e-3)
+    np.testing.assert_allclose(tl.predicted(out, "pred_ridge"), q_emb @ weights + 3.0, atol=2e-3)
     assert out.uns["histokg"]["prediction"]["pred_ridge"]["params"]["alpha"] == pytest.approx(1e-6)
 
 
@@ -234,14 +300,15 @@ def test_a_panel_gene_missing_from_a_section_is_a_measured_zero(embedded, caplog
     panel = list(embedded.uns["histokg"]["params"]["genes"])
     dropped = panel[3]
     lacking = held[:, [g for g in held.var_names if g != dropped]].copy()
-    out = tl.predict_expression(lacking, ref, method="knn", k=5)
+    tl.predict_expression(lacking, ref, method="knn", k=5)
+    out = tl.panel_adata(lacking)
     assert "query lacks 1 of the" in caplog.text and "measured zeros" in caplog.text
     col = panel.index(dropped)
     assert out.uns["histokg"]["absent_genes"] == [dropped]
     assert np.all(out.X[:, col] == 0) and out.layers["counts"][:, col].nnz == 0
     assert np.isfinite(out.layers["pred_knn"]).all()
-    full = tl.predict_expression(held, ref, method="knn", k=5)
-    np.testing.assert_allclose(out.layers["pred_knn"], full.layers["pred_knn"], rtol=1e-5)
+    full = tl.predict_expression(held, ref, method="knn", k=5, copy=True)
+    np.testing.assert_allclose(out.layers["pred_knn"], tl.predicted(full, "pred_knn"), rtol=1e-5)
 
 
 def test_embeddings_of_two_checkpoints_never_mix(embedded):
@@ -266,16 +333,22 @@ def test_panel_adata_contract_h5ad_and_squidpy(embedded, tmp_path):
 
     ref, held = split(embedded)
     panel = embedded.uns["histokg"]["params"]["genes"]
-    out = tl.predict_expression(held, ref, method="knn", k=5)
+    tl.predict_expression(held, ref, method="knn", k=5)
+    tl.predict_expression(held, ref, method="ridge")
+    assert set(held.uns["histokg"]["prediction"]) == {"pred_knn", "pred_ridge"}
+    out = tl.panel_adata(held)
     assert list(out.var_names) == panel  # default genes: the model's panel
     assert list(out.obs_names) == list(held.obs_names)
     measured = log1p_cp10k(held.layers["counts"]).toarray()[:, [list(held.var_names).index(g) for g in panel]]
     np.testing.assert_allclose(out.X, measured, rtol=1e-6)
     np.testing.assert_array_equal(out.layers["counts"].toarray(), held[:, panel].layers["counts"].toarray())
     assert out.layers["pred_knn"].shape == (held.n_obs, len(panel))
-    again = tl.predict_expression(held, ref, method="ridge", out=out)
-    assert again is out and {"pred_knn", "pred_ridge"} <= set(out.layers)
+    assert {"pred_knn", "pred_ridge"} <= set(out.layers) and "pred_knn" not in out.obsm
     assert set(out.uns["histokg"]["prediction"]) == {"pred_knn", "pred_ridge"}
+    # predicting into the panel AnnData itself (genes = var) writes layers, as evaluate does
+    tl.predict_expression(out, ref, method="knn", k=5, key_added="again")
+    np.testing.assert_array_equal(out.layers["again"], out.layers["pred_knn"])
+    assert out.uns["histokg"]["prediction"]["again"]["where"] == "layers"
     assert out.uns["histokg"]["params"]["model"] == "fake"
     np.testing.assert_array_equal(out.obsm["X_histokg"], held.obsm["X_histokg"])
     validate(out, source="panel")
@@ -295,6 +368,32 @@ def test_panel_adata_contract_h5ad_and_squidpy(embedded, tmp_path):
     plt.savefig(png)
     plt.close("all")
     assert png.stat().st_size > 5000
+
+
+def test_predictions_of_some_spots_go_into_the_whole_adata_and_through_h5ad(embedded, tmp_path):
+    """What the demo's embedded.h5ad holds: held-out predictions over the panel, NaN for the reference."""
+    from histokg.st.contract import write_h5ad
+
+    whole = embedded.copy()
+    ref, held = split(whole)
+    panel = tl.panel_adata(held, embedded.uns["histokg"]["params"]["genes"])
+    tl.predict_expression(panel, ref, method="knn", k=5)
+    assert "pred_knn" in panel.layers  # the panel is var: a layer
+    tl.add_predictions(whole, panel)
+    back = ad.read_h5ad(write_h5ad(whole, tmp_path / "whole.h5ad"))
+    frame = tl.predicted(back, "pred_knn")
+    assert list(frame.columns) == list(panel.var_names) and frame.shape == (whole.n_obs, panel.n_vars)
+    is_held = (back.obs["library_id"].astype(str) == "S3").to_numpy()
+    assert frame[~is_held].isna().all().all() and np.isfinite(frame[is_held].to_numpy()).all()
+    np.testing.assert_array_equal(frame.loc[panel.obs_names].to_numpy(), panel.layers["pred_knn"])
+    record = back.uns["histokg"]["prediction"]["pred_knn"]
+    assert record["where"] == "obsm" and record["n_predicted"] == panel.n_obs
+    # back to a panel AnnData: the prediction becomes a layer again, not an obsm entry
+    again = tl.panel_adata(back[is_held].copy())
+    np.testing.assert_array_equal(again.layers["pred_knn"], panel.layers["pred_knn"])
+    assert "pred_knn" not in again.obsm
+    with pytest.raises(InputError, match="has no 'pred_ridge'"):
+        tl.predicted(back, "pred_ridge")
 
 
 # --------------------------------------------------------------------------- analysis
@@ -361,11 +460,13 @@ def test_spatial_graph_detects_lattices():
     square = np.stack(np.meshgrid(np.arange(12), np.arange(10)), -1).reshape(-1, 2) * 200.0
     square += np.random.default_rng(0).normal(scale=3.0, size=square.shape)  # spot-detector jitter
     a = _grid_adata(square)
-    assert tl.spatial_graph(a)["coord_type"] == "grid"
+    assert tl.spatial_graph(a) is None  # in place, scanpy style
+    assert a.uns["histokg_spatial"]["coord_type"] == "grid"
     assert a.obsp["spatial_connectivities"].sum(axis=1).max() == 4
     scattered = _grid_adata(np.random.default_rng(1).uniform(0, 1000, size=(80, 2)))
-    info = tl.spatial_graph(scattered)
+    info = tl.spatial_graph(scattered, copy=True).uns["histokg_spatial"]
     assert info["coord_type"] == "generic" and info["n_neighs"] == 6
+    assert "histokg_spatial" not in scattered.uns  # copy=True leaves the input alone
 
 
 class FakePrior:

@@ -108,7 +108,8 @@ def spatial_statistics(
     """
     adata = adata.copy() if copy else adata
     _check_spatial(adata, library_key)
-    graph = spatial_graph(adata, library_key=library_key, coord_type=coord_type, n_neighs=n_neighs)
+    spatial_graph(adata, library_key=library_key, coord_type=coord_type, n_neighs=n_neighs)
+    graph = dict(adata.uns["histokg_spatial"])
     if cluster_key is not None:
         _nhood(adata, cluster_key, library_key, n_perms=n_perms, seed=seed)
     if genes is None and use_rep is None and keys.IMAGE in adata.obsm:
@@ -136,9 +137,16 @@ def spatial_graph(
     library_key: str = "library_id",
     coord_type: str | None = None,
     n_neighs: int | None = None,
-) -> dict[str, Any]:
-    """Build the squidpy spatial graph per library; returns what was built (also in ``uns``)."""
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Build the squidpy spatial graph per library (see :func:`spatial_statistics` for the lattice rule).
+
+    Writes ``obsp["spatial_connectivities"/"spatial_distances"]`` (squidpy) and what was built to
+    ``uns["histokg_spatial"]``: ``coord_type``, ``n_neighs``, ``library_key``, ``mean_degree``.
+    """
     import squidpy as sq
+
+    adata = adata.copy() if copy else adata
 
     if coord_type is None:
         lattice = _lattice(adata, library_key)
@@ -159,12 +167,13 @@ def spatial_graph(
     conn = adata.obsp["spatial_connectivities"]
     mean_degree = float(np.asarray(conn.sum(axis=1)).mean()) if adata.n_obs else 0.0
     log.info("spatial graph: %s, %d neighbours, mean degree %.2f", coord_type, n_neighs, mean_degree)
-    return {
+    adata.uns["histokg_spatial"] = {
         "coord_type": coord_type,
         "n_neighs": n_neighs,
         "library_key": library_key,
         "mean_degree": mean_degree,
     }
+    return adata if copy else None
 
 
 def kg_scores(

@@ -1,16 +1,22 @@
-"""Expression prediction from H&E alone, into a panel AnnData that keeps the contract.
+"""Expression prediction from H&E alone, written into the query AnnData (scanpy style).
 
 Two predictors, both fitted on a *reference* AnnData (the training slides) and applied to the image
 embeddings of a *query* (held-out slides, or slides without expression):
 
 - ``knn`` (BLEEP-style retrieval): for each query spot, the ``k`` reference spots whose *expression*
-  embedding is closest (cosine) to the query's *image* embedding; the prediction is their
-  softmax(similarity / temperature)-weighted mean log1p CP10k expression.
+  embedding is closest (cosine, exact search with faiss: :func:`histokg.metrics.knn_search`) to the
+  query's *image* embedding; the prediction is their softmax(similarity / temperature)-weighted mean
+  log1p CP10k expression.
 - ``ridge`` (HEST-Benchmark-style linear probe): scikit-learn ``Ridge`` fitted on the reference's image
   embeddings -> its log1p CP10k expression, applied to the query's image embeddings.
 
 Expression is ``log1p(counts / total * 1e4)`` with the library size over all measured genes, then
 restricted to the gene panel (as :func:`histokg.st.dataset.panel_expression` does).
+
+Where a prediction lands: ``layers[key]`` when the panel is the query's ``var`` (in order), else
+``obsm[key]`` as a DataFrame over the panel genes; ``uns["histokg"]["prediction"][key]`` says which,
+with the method, its parameters and the checkpoint's hash. :func:`panel_adata` gives the panel view
+(measured ``X``, predictions as layers) that plots and ``predicted.h5ad`` use.
 """
 
 from __future__ import annotations
@@ -77,21 +83,30 @@ def predict_expression(
     ref_rep: str | None = None,
     layer: str | None = "counts",
     key_added: str | None = None,
-    out: ad.AnnData | None = None,
-) -> ad.AnnData:
+    copy: bool = False,
+) -> ad.AnnData | None:
     """Predict the expression of ``genes`` for the spots of ``adata`` from their image embeddings.
 
-    Returns a new AnnData over the panel genes (or ``out``, an AnnData an earlier call returned, with
-    one more layer): ``obs``/``obsm``/``uns`` carried over from ``adata``; ``X`` = measured log1p CP10k
-    when ``adata`` has counts in ``layer``, else the prediction; ``layers["counts"]`` the measured
-    counts; ``layers[key_added or f"pred_{method}"]`` the prediction; ``uns["histokg"]["panel"]`` the
-    genes and ``uns["histokg"]["prediction"][layer_name]`` the method and its parameters.
+    Writes the prediction (log1p CP10k, float32) under ``key = key_added or f"pred_{method}"``:
+
+    - ``adata.layers[key]`` when ``genes`` are ``adata.var_names`` in order (a panel AnnData, or a
+      query measured on exactly the panel): squidpy plots it with ``layer=key``;
+    - otherwise ``adata.obsm[key]``, a DataFrame (index ``obs_names``, columns ``genes``), since the
+      panel is not ``var`` (a query with more genes than the panel, or with none).
+
+    ``uns["histokg"]["prediction"][key]`` records the method and its parameters, where it went
+    (``"where"``: ``"layers"`` or ``"obsm"``; ``"genes"`` for obsm), the reference slides and the
+    checkpoint hash. :func:`predicted` reads a prediction back as a DataFrame wherever it is;
+    :func:`panel_adata` turns the predictions into layers of a panel AnnData (measured ``X``) for
+    plots and ``predicted.h5ad``. ``copy=True`` returns a new AnnData and leaves ``adata`` alone;
+    otherwise ``adata`` is modified and None returned.
 
     ``method="knn"``: query ``obsm[use_rep]`` (image) against ``reference.obsm[ref_rep]`` (expression;
     default ``use_rep + "_expr"``, what :func:`histokg.tl.embed` writes beside ``use_rep``),
     cosine, ``k`` neighbours, softmax(sim / ``temperature``) weights. ``method="ridge"``: ``Ridge(alpha)``
-    from ``reference.obsm[use_rep]`` to the reference's expression. ``genes`` defaults to the panel in
-    ``reference.uns["histokg"]["params"]["genes"]``, else all genes shared by both.
+    from ``reference.obsm[use_rep]`` to the reference's expression (raw counts in ``layers[layer]``).
+    ``genes`` defaults to the panel in ``reference.uns["histokg"]["params"]["genes"]``, else all genes
+    shared by both. Embeddings of two different checkpoints are refused.
     """
     if method not in METHODS:
         raise InputError(f"predict_expression: method={method!r} is not one of {', '.join(METHODS)}")
@@ -99,8 +114,6 @@ def predict_expression(
         raise InputError(f"predict_expression: k must be >= 1, got {k}")
     name = key_added or f"pred_{method}"
     ref_rep = ref_rep or keys.expr_key(use_rep)
-    if out is not None and genes is None:
-        genes = list(map(str, out.var_names))
     genes = [str(g) for g in genes] if genes is not None else panel_genes(reference, adata)
     if not genes:
         raise InputError(
@@ -132,23 +145,81 @@ def predict_expression(
         "checkpoint_sha256": checkpoint or "",
         "normalisation": "log1p CP10k (library size over all measured genes)",
     }
-    if out is None:
-        out = panel_adata(adata, genes, layer=layer)
-    else:
-        _check_out(out, adata, genes)
-    out.layers[name] = pred.astype(np.float32)
-    if not out.uns["histokg"].get("measured", False):
-        out.X = out.layers[name].copy()
-    out.uns["histokg"].setdefault("prediction", {})[name] = record
-    log.info("predicted %d genes for %d spots with %s into layers[%r]", len(genes), adata.n_obs, method, name)
-    return out
+    adata = adata.copy() if copy else adata
+    _store(adata, name, pred.astype(np.float32), genes, record)
+    log.info(
+        "predicted %d genes for %d spots with %s into %s",
+        len(genes),
+        adata.n_obs,
+        method,
+        _where(adata, name),
+    )
+    return adata if copy else None
 
 
-def panel_adata(adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = "counts") -> ad.AnnData:
+def predicted(adata: ad.AnnData, key: str) -> pd.DataFrame:
+    """The prediction ``key`` of :func:`predict_expression` as a DataFrame (spots x genes)."""
+    record = _records(adata).get(key)
+    if record is None:
+        raise InputError(
+            f"uns['histokg']['prediction'] has no {key!r} (it has {sorted(_records(adata))}); "
+            "run histokg.tl.predict_expression first"
+        )
+    if record.get("where") == "obsm":
+        if key not in adata.obsm:
+            raise InputError(f"obsm[{key!r}] is missing though uns['histokg']['prediction'] records it")
+        value = adata.obsm[key]
+        if isinstance(value, pd.DataFrame):
+            return value
+        genes = [str(g) for g in np.asarray(record["genes"]).ravel()]
+        return pd.DataFrame(np.asarray(value), index=adata.obs_names, columns=genes)
+    if key not in adata.layers:
+        raise InputError(f"layers[{key!r}] is missing though uns['histokg']['prediction'] records it")
+    value = adata.layers[key]
+    value = value.toarray() if sp.issparse(value) else np.asarray(value)
+    return pd.DataFrame(value, index=adata.obs_names, columns=list(map(str, adata.var_names)))
+
+
+def add_predictions(adata: ad.AnnData, panel: ad.AnnData) -> None:
+    """Copy the predictions of ``panel`` (some spots of ``adata``, e.g. its held-out slides) into ``adata``.
+
+    Spots are matched by ``obs_names``; spots ``panel`` lacks get NaN (not predicted: e.g. reference
+    slides, whose in-sample prediction would echo their own measurement). Stored as
+    :func:`predict_expression` stores them; the record gains ``n_predicted`` (spots with a prediction).
+    """
+    missing = panel.obs_names.difference(adata.obs_names)
+    if len(missing):
+        raise InputError(f"add_predictions: {len(missing)} panel spots are not in adata, e.g. {missing[0]!r}")
+    rows = adata.obs_names.get_indexer(panel.obs_names)
+    for name, record in _records(panel).items():
+        frame = predicted(panel, name)
+        values = np.full((adata.n_obs, frame.shape[1]), np.nan, dtype=np.float32)
+        values[rows] = frame.to_numpy(dtype=np.float32)
+        _store(
+            adata, name, values, list(map(str, frame.columns)), {**record, "n_predicted": int(panel.n_obs)}
+        )
+
+
+def panel_adata(
+    adata: ad.AnnData,
+    genes: Sequence[str] | None = None,
+    *,
+    layer: str | None = "counts",
+    predictions: bool = True,
+) -> ad.AnnData:
     """A new AnnData over ``genes`` for the spots of ``adata``; ``X`` = measured log1p CP10k when known.
 
-    Panel genes a measured query lacks are measured zeros, listed in ``uns["histokg"]["absent_genes"]``.
+    With ``predictions``, the predictions of :func:`predict_expression` recorded in ``adata`` that
+    cover ``genes`` become ``layers[key]`` (when nothing is measured, ``X`` is the last of them);
+    ``genes`` defaults to the genes of the last prediction. ``layers["counts"]`` holds the measured
+    counts; panel genes a measured query lacks are measured zeros, listed in
+    ``uns["histokg"]["absent_genes"]``.
     """
+    records = _records(adata) if predictions else {}
+    if genes is None:
+        if not records:
+            raise InputError("panel_adata: pass genes=[...] (adata holds no prediction to take them from)")
+        genes = predicted(adata, list(records)[-1]).columns
     genes = [str(g) for g in genes]
     measured = has_counts(adata, layer)
     var = pd.DataFrame(index=pd.Index(genes, name=adata.var_names.name or "gene"))
@@ -168,7 +239,8 @@ def panel_adata(adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = 
     if measured:
         out.layers["counts"] = sp.csr_matrix(raw)
     for key, value in adata.obsm.items():
-        out.obsm[key] = value.copy()
+        if _records(adata).get(key, {}).get("where") != "obsm":  # predictions are layers here, or left out
+            out.obsm[key] = value.copy()
     for key, value in adata.obsp.items():
         out.obsp[key] = value.copy()
     out.uns = _copy.deepcopy(dict(adata.uns))
@@ -178,10 +250,49 @@ def panel_adata(adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = 
     info["absent_genes"] = absent
     info["prediction"] = {}
     out.uns["histokg"] = info
+    for name, record in records.items():
+        frame = predicted(adata, name)
+        if not set(genes) <= set(map(str, frame.columns)):
+            log.info("panel_adata: prediction %r does not cover the panel, so it is left out", name)
+            continue
+        _store(out, name, frame[genes].to_numpy(dtype=np.float32), genes, record)
     return out
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _records(adata: ad.AnnData) -> dict:
+    """``uns["histokg"]["prediction"]``: one record per prediction, by key."""
+    info = adata.uns.get("histokg")
+    records = info.get("prediction") if isinstance(info, dict) else None
+    return dict(records) if isinstance(records, dict) else {}
+
+
+def _store(adata: ad.AnnData, name: str, values: np.ndarray, genes: list[str], record: dict) -> None:
+    """Write one prediction to ``layers`` (genes = var, in order) or ``obsm`` (a DataFrame), and its record."""
+    record = {k: v for k, v in record.items() if k not in ("where", "genes")}
+    if genes == list(map(str, adata.var_names)):
+        if name in adata.obsm:
+            del adata.obsm[name]
+        adata.layers[name] = values
+        record["where"] = "layers"
+        info = adata.uns.get("histokg")
+        if isinstance(info, dict) and "panel" in info and not info.get("measured", True):
+            adata.X = values.copy()  # a panel AnnData of unmeasured spots shows the prediction in X
+    else:
+        if name in adata.layers:
+            del adata.layers[name]
+        adata.obsm[name] = pd.DataFrame(values, index=adata.obs_names.copy(), columns=pd.Index(genes))
+        record.update(where="obsm", genes=list(genes))
+    info = adata.uns.get("histokg")
+    info = dict(info) if isinstance(info, dict) else {}
+    info["prediction"] = {**_records(adata), name: record}
+    adata.uns["histokg"] = info
+
+
+def _where(adata: ad.AnnData, name: str) -> str:
+    return f"{_records(adata)[name]['where']}[{name!r}]"
 
 
 def _knn(query: np.ndarray, ref: np.ndarray, values: np.ndarray, *, k: int, temperature: float) -> np.ndarray:
@@ -267,16 +378,3 @@ def _libraries(adata: ad.AnnData) -> list[str]:
     if "library_id" not in adata.obs:
         return []
     return sorted(map(str, pd.unique(adata.obs["library_id"].astype(str))))
-
-
-def _check_out(out: ad.AnnData, adata: ad.AnnData, genes: Sequence[str]) -> None:
-    if list(map(str, out.obs_names)) != list(map(str, adata.obs_names)):
-        raise InputError(
-            "out: its spots (obs_names) differ from the query's; pass the AnnData returned for this query"
-        )
-    if list(map(str, out.var_names)) != list(genes):
-        raise InputError("out: its genes (var_names) differ from genes=[...]; predict the same panel into it")
-    if not isinstance(out.uns.get("histokg"), dict) or "panel" not in out.uns["histokg"]:
-        raise InputError(
-            "out: uns['histokg']['panel'] is missing; pass an AnnData that predict_expression returned"
-        )
