@@ -11,9 +11,10 @@ The AnnData contract (see :mod:`histokg.st.contract`) in names, as squidpy's ``K
     adata.layers[Key.layers.counts], adata.var[Key.var.gene_ids]
     adata.uns[Key.uns.histokg][Key.histokg.<field>]                 the model that embedded / predicted
 
-The values are the names scanpy and squidpy read (``obsm["spatial"]``, ``uns["spatial"]``, ...), so
-they are fixed; ``tests/test_keys.py`` checks them against squidpy and that no module spells them
-as string literals.
+Values shared with scanpy and squidpy (``obsm["spatial"]``, ``uns["spatial"]`` and its entry,
+``layers["counts"]``, ``var["gene_ids"]``) are theirs; the others are already in users' .h5ad files:
+none may change. ``tests/test_keys.py`` checks the shared ones against squidpy and scanpy, and that
+no module spells a key as a string literal. A new key is one line here, used by its name.
 
 The embedding keys: ``tl.embed(adata, key_added=K)`` writes the image tower to ``obsm[K]`` and the
 expression tower to ``obsm[expr_key(K)]``; everything that reads embeddings derives the second from

@@ -1,4 +1,5 @@
-"""The AnnData contract every reader produces (see docs/architecture.md).
+"""The AnnData contract every reader produces (see docs/architecture.md); its names are in
+:class:`histokg.keys.Key` (``Key.obs.library_id``, ``Key.obsm.spatial``, ...).
 
 - ``obs_names``: unique spot ids ``<library_id>_<barcode>``; ``obs["barcode"]`` keeps the raw id.
 - ``obs["library_id"]`` (categorical), ``obs["in_tissue"]`` (a flag: categorical with bool categories,
