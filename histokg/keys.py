@@ -102,7 +102,7 @@ class Key:
         gene_ids = "gene_ids"  # stable ids where known (";"-joined for genes summed from several columns)
 
     class scalefactors:
-        """Fields of ``uns["spatial"][library_id]["scalefactors"]`` (Space Ranger's names, as scanpy reads them)."""
+        """Fields of ``uns["spatial"][library_id]["scalefactors"]`` (Space Ranger's names, read by scanpy)."""
 
         tissue_hires_scalef = "tissue_hires_scalef"  # thumbnail px per level-0 px
         spot_diameter_fullres = "spot_diameter_fullres"  # spot diameter in level-0 px

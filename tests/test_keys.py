@@ -11,9 +11,11 @@ The rule (``contract_literals``), for every module of histokg/ and app/ except h
   ``x.obs``/``.obsm``/``.obsp``/``.uns``/``.layers``/``.var``/``.varm``, a variable named so, anything
   taken from one (``adata.uns["spatial"][lib]``, ``.get(...)``, ``.items()``), or a local variable
   assigned or looped from one; nor as a key of a dict literal that holds a name of an uns entry
-  (``scalefactors``, ``spot_diameter_fullres``, ``Key.uns.images``, ...: the entry being built); nor as the value of a key-naming argument or parameter default
-  (``layer="counts"``, ``label_key="region"``) or of a variable or field named so
-  (``label_key: str = "label"``).
+  (``scalefactors``, ``spot_diameter_fullres``, ``Key.uns.images``, ...: the entry being built);
+  nor as the value of a key-naming argument, parameter default, variable or field
+  (``layer="counts"``, ``label_key: str = "label"``).
+
+The batch keys (:class:`histokg.keys.Batch`) are not AnnData keys and are not checked here.
 
 Docstrings, the text of f-strings and click parameter declarations are not code and are skipped.
 """
