@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.uploads import UploadError, UploadJobs, check_suffix, validate_upload
 from histokg.errors import HistokgError, InputError
+from histokg.keys import Key
 from histokg.retrieval import query as q
 from histokg.retrieval.ids import SLIDE_ID_PATTERN, check_slide_id
 from histokg.retrieval.index import RetrievalIndex
@@ -129,7 +130,7 @@ class _State:
         for start in range(0, tiles.n_obs, chunk):
             part = tiles[start : start + chunk].copy()
             embed(part, model, batch_size=32)
-            parts.append(part.obsm["X_histokg"])
+            parts.append(part.obsm[Key.obsm.image])
             job.progress = min(0.99, (start + len(part)) / tiles.n_obs)
         vectors = np.concatenate(parts)
         return {

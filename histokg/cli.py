@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from histokg.errors import HistokgError
+from histokg.keys import Key
 
 log = logging.getLogger("histokg")
 
@@ -186,7 +187,7 @@ def pair(
     adata = pair_spots(read_h5ad(h5ad), cfg, slide_dir=slide_dir)
     write_h5ad(adata, out)
     if overlay_dir is not None:
-        for lib in adata.obs["library_id"].astype(str).unique():
+        for lib in adata.obs[Key.obs.library_id].astype(str).unique():
             save_png(spots_overlay(adata, lib), overlay_dir / f"{lib}_spots.png")
     click.echo(f"paired {adata.n_obs} spots -> {out}")
 
@@ -297,11 +298,10 @@ def embed_cmd(
             )
         parts.append(adata)
     adata = concat_embedded(parts)
-    adata.uns.setdefault("histokg", {})["params"] = model.params
+    adata.uns.setdefault(Key.uns.histokg, {})[Key.histokg.params] = model.params
     write_h5ad(adata, out)
-    click.echo(
-        f"{adata.n_obs} observations embedded ({', '.join(k for k in adata.obsm if k.startswith('X_histokg'))}) -> {out}"
-    )
+    embedded = ", ".join(k for k in adata.obsm if k.startswith(Key.obsm.image))
+    click.echo(f"{adata.n_obs} observations embedded ({embedded}) -> {out}")
 
 
 @cli.command("evaluate")
@@ -321,7 +321,7 @@ def embed_cmd(
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours for retrieval prediction.")
 @click.option(
     "--key",
-    default="X_histokg",
+    default=Key.obsm.image,
     show_default=True,
     help="obsm key of the image embeddings (embed's key_added); the expression ones are KEY_expr.",
 )

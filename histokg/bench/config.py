@@ -8,6 +8,7 @@ from histokg.bench.engine import HeadsConfig
 from histokg.bench.features import FeatureConfig
 from histokg.bench.prior import KGBenchConfig
 from histokg.config import Component
+from histokg.keys import Key
 from pathways_kg.dataconf import check
 
 DEFAULT_LOSSES = (
@@ -65,7 +66,7 @@ class BenchConfig:
     folds: str = "loso"
     train: tuple[str, ...] = ()  # explicit split instead of folds
     test: tuple[str, ...] = ()
-    label_key: str = "label"  # obs column (or cluster_labels/) for the prior-quality AUROC
+    label_key: str = Key.obs.label  # obs column (or cluster_labels/) for the prior-quality AUROC
     in_tissue_only: bool = True
     seeds: int = 3
     losses: tuple[Component, ...] = DEFAULT_LOSSES

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from histokg.errors import InputError
+from histokg.keys import Key
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,15 @@ def read_labels(path: Path, adata: ad.AnnData, label_key: str) -> None:
     ids = table["x"].round().astype(int).astype(str) + "x" + table["y"].round().astype(int).astype(str)
     labels = pd.Series(table["label"].astype(str).to_numpy(), index=ids)
     labels = labels[~labels.index.duplicated()]
-    spot = adata.obs["array_x"].astype(int).astype(str) + "x" + adata.obs["array_y"].astype(int).astype(str)
+    obs = adata.obs
+    spot = obs[Key.obs.array_x].astype(int).astype(str) + "x" + obs[Key.obs.array_y].astype(int).astype(str)
     values = labels.reindex(spot.to_numpy())
     adata.obs[label_key] = pd.Categorical(values.to_numpy())
     log.info("%s: %d of %d spots have a cluster label", path.name, int(values.notna().sum()), adata.n_obs)
 
 
 def load_sections(
-    data: Sequence[str | Path], label_key: str = "label", in_tissue_only: bool = True
+    data: Sequence[str | Path], label_key: str = Key.obs.label, in_tissue_only: bool = True
 ) -> dict[str, ad.AnnData]:
     """Section id -> AnnData (contract) for one legacy-ST folder or several .h5ad files."""
     from histokg.st.contract import read_h5ad
@@ -125,17 +127,18 @@ def load_sections(
             if path.suffix != ".h5ad":
                 raise InputError(f"--data {path}: not an .h5ad file (or give one legacy-ST folder)")
             adata = read_h5ad(path)
-            if "library_id" not in adata.obs:
+            if Key.obs.library_id not in adata.obs:
                 raise InputError(f"--data {path}: obs['library_id'] is missing (see the AnnData contract)")
-            if "counts" not in adata.layers:
+            if Key.layers.counts not in adata.layers:
                 raise InputError(f"--data {path}: layers['counts'] (raw counts) is missing")
-            for lib in pd.unique(adata.obs["library_id"].astype(str)):
+            libs = adata.obs[Key.obs.library_id].astype(str)
+            for lib in pd.unique(libs):
                 if lib in sections:
                     raise InputError(f"--data {path}: section {lib!r} appears in more than one input")
-                sections[str(lib)] = adata[adata.obs["library_id"].astype(str).to_numpy() == lib].copy()
+                sections[str(lib)] = adata[libs.to_numpy() == lib].copy()
     for sid, adata in list(sections.items()):
-        if in_tissue_only and "in_tissue" in adata.obs:
-            adata = adata[adata.obs["in_tissue"].to_numpy(bool)].copy()
+        if in_tissue_only and Key.obs.in_tissue in adata.obs:
+            adata = adata[adata.obs[Key.obs.in_tissue].to_numpy(bool)].copy()
         if adata.n_obs < 5:
             raise InputError(f"section {sid}: only {adata.n_obs} spots under tissue; too few to benchmark")
         sections[sid] = adata
@@ -175,7 +178,7 @@ def combine(sections: dict[str, ad.AnnData], ids: Sequence[str]) -> ad.AnnData:
 
     parts = [sections[i] for i in ids]
     out = concat_sections(parts) if len(parts) > 1 else parts[0].copy()
-    out.obs["library_id"] = out.obs["library_id"].astype(str).astype("category")
+    out.obs[Key.obs.library_id] = out.obs[Key.obs.library_id].astype(str).astype("category")
     return out
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 from histokg.io import atomic_path, file_sha256
+from histokg.keys import Key
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,14 @@ def weights_identity(cfg: FeatureConfig) -> str:
 
 
 def _slide_identity(adata: ad.AnnData, lib: str) -> str:
-    meta = adata.uns["spatial"][lib]["metadata"]
-    path = Path(str(meta.get("source_image_path")))
+    meta = adata.uns[Key.uns.spatial][lib][Key.uns.metadata]
+    path = Path(str(meta.get(Key.metadata.source_image_path)))
     stat = path.stat() if path.is_file() else None
-    xy = np.ascontiguousarray(np.asarray(adata.obsm["spatial"], dtype=np.float64))
+    xy = np.ascontiguousarray(np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64))
     digest = hashlib.sha256(xy.tobytes())
     digest.update("\n".join(map(str, adata.obs_names)).encode())
     size = f"{stat.st_size}|{stat.st_mtime_ns}" if stat else "missing"
-    return f"{path.resolve()}|{size}|mpp={meta.get('mpp')}|{digest.hexdigest()}"
+    return f"{path.resolve()}|{size}|mpp={meta.get(Key.metadata.mpp)}|{digest.hexdigest()}"
 
 
 def _key(*parts: str) -> str:
@@ -151,8 +152,8 @@ class FeatureCache:
         cfg = self.cfg
         model, mean, std, device = self.backbone()
         sub = (
-            adata[adata.obs["library_id"].astype(str).to_numpy() == lib]
-            if "library_id" in adata.obs
+            adata[adata.obs[Key.obs.library_id].astype(str).to_numpy() == lib]
+            if Key.obs.library_id in adata.obs
             else adata
         )
         if sub.n_obs != adata.n_obs:

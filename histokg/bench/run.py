@@ -33,6 +33,7 @@ from histokg.bench.prior import bundle_for, describe, expression_quality, prior_
 from histokg.bench.scoring import Panel, Targets, retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
 from histokg.io import claim_output_dir, write_json
+from histokg.keys import Key
 from histokg.metrics import knn_predict, log1p_cp10k, top_genes
 from histokg.st.dataset import panel_columns, take_columns
 
@@ -76,14 +77,14 @@ def counts_of(adata: ad.AnnData, genes: list[str]):
     """Raw counts of ``genes`` (sparse CSR, genes a section lacks are zeros)."""
     import scipy.sparse as sp
 
-    cols = panel_columns(genes, adata.var_names, f"section {adata.obs['library_id'].iloc[0]}")
-    return sp.csr_matrix(take_columns(adata.layers["counts"], cols))
+    cols = panel_columns(genes, adata.var_names, f"section {adata.obs[Key.obs.library_id].iloc[0]}")
+    return sp.csr_matrix(take_columns(adata.layers[Key.layers.counts], cols))
 
 
 def log1p_of(adata: ad.AnnData, genes: list[str]) -> np.ndarray:
     """log1p CP10k of ``genes`` (library size over all measured genes of the spot)."""
-    cols = panel_columns(genes, adata.var_names, f"section {adata.obs['library_id'].iloc[0]}")
-    return take_columns(log1p_cp10k(adata.layers["counts"]), cols)
+    cols = panel_columns(genes, adata.var_names, f"section {adata.obs[Key.obs.library_id].iloc[0]}")
+    return take_columns(log1p_cp10k(adata.layers[Key.layers.counts]), cols)
 
 
 def _labels(adata: ad.AnnData, key: str) -> np.ndarray | None:
@@ -263,7 +264,7 @@ class Bench:
             return
         genes = self.genes
         train_counts = counts_of(train_ad, genes)
-        libs = train_ad.obs["library_id"].astype(str).to_numpy()
+        libs = train_ad.obs[Key.obs.library_id].astype(str).to_numpy()
         labels = _labels(train_ad, cfg.label_key)
         tuned, table = tune_prior(self.bundles[cfg.kg.model], genes, train_counts, libs, labels, cfg.kg)
         info: dict[str, Any] = {

@@ -27,6 +27,7 @@ from PIL import Image
 
 from histokg.errors import InputError
 from histokg.io import atomic_open, atomic_path
+from histokg.keys import Key
 from histokg.retrieval.ids import check_slide_id, safe_slide_id
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def specs_from_paths(
                 raise InputError(f"{path} is a folder without study.json; give slide files or .h5ad files")
             study = json.loads(manifest.read_text(encoding="utf-8"))
             for sec in study["sections"]:
-                lib = str(sec["library_id"])
+                lib = str(sec[Key.obs.library_id])
                 labels = {k: str(v) for k, v in (sec.get("labels") or {}).items()}
                 specs.append(SlideSpec(safe_slide_id(lib), str(path), "study", lib, patient, labels, mpp))
         elif path.suffix == ".h5ad":
@@ -146,8 +147,8 @@ def specs_from_paths(
 
             obs = ad.read_h5ad(path, backed="r").obs
             libs = (
-                [str(x) for x in obs["library_id"].astype(str).unique()]
-                if "library_id" in obs
+                [str(x) for x in obs[Key.obs.library_id].astype(str).unique()]
+                if Key.obs.library_id in obs
                 else [path.stem]
             )
             for lib in libs:
@@ -170,7 +171,7 @@ def specs_from_table(table: str | Path) -> list[SlideSpec]:
     frame = pd.read_csv(table, sep=sep, dtype=str, keep_default_na=False)
     if "path" not in frame.columns:
         raise InputError(f"slide table {table}: no 'path' column (columns: {list(frame.columns)})")
-    known = {"path", "slide_id", "kind", "library_id", "patient", "mpp", "label_key"}
+    known = {"path", "slide_id", "kind", Key.obs.library_id, "patient", "mpp", "label_key"}
     specs = []
     for i, row in frame.iterrows():
         path = Path(row["path"])
@@ -181,7 +182,7 @@ def specs_from_table(table: str | Path) -> list[SlideSpec]:
         kind = row.get("kind") or (
             "study" if path.is_dir() else "h5ad" if path.suffix == ".h5ad" else "slide"
         )
-        lib = row.get("library_id") or None
+        lib = row.get(Key.obs.library_id) or None
         sid = row.get("slide_id") or safe_slide_id(lib or path.stem)
         try:
             mpp = float(row["mpp"]) if row.get("mpp") else None
@@ -243,8 +244,8 @@ def read_spec(spec: SlideSpec, model) -> Any:
         return tile_adata(path, model.pairing, library_id=spec.slide_id, mpp=spec.mpp)
     if spec.kind == "h5ad":
         adata = ad.read_h5ad(path)
-        if "library_id" in adata.obs:
-            adata = adata[adata.obs["library_id"].astype(str) == lib].copy()
+        if Key.obs.library_id in adata.obs:
+            adata = adata[adata.obs[Key.obs.library_id].astype(str) == lib].copy()
         if adata.n_obs == 0:
             raise InputError(f"{path}: no observations with library_id {lib!r}")
         return adata
@@ -257,7 +258,7 @@ def _read_study_section(study_dir: Path, lib: str):
     from histokg.st.visium import read_visium
 
     manifest = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
-    sections = {str(s["library_id"]): s for s in manifest["sections"]}
+    sections = {str(s[Key.obs.library_id]): s for s in manifest["sections"]}
     if lib not in sections:
         raise InputError(f"study {study_dir}: no section {lib!r} (sections: {sorted(sections)})")
     sec = sections[lib]
@@ -265,7 +266,8 @@ def _read_study_section(study_dir: Path, lib: str):
     truth_path = study_dir / sec.get("truth", "")
     if sec.get("truth") and truth_path.is_file():
         truth = pd.read_csv(truth_path, index_col=0)
-        adata.obs["region"] = truth.loc[adata.obs["barcode"].to_numpy(), "region"].astype(str).to_numpy()
+        region = truth.loc[adata.obs[Key.obs.barcode].to_numpy(), Key.obs.region]
+        adata.obs[Key.obs.region] = region.astype(str).to_numpy()
     return adata
 
 
@@ -289,14 +291,14 @@ def embed_spec(
     # the model's gene panel), then keep the counts for expression and KG activations
     view = adata[:, []].copy()
     embed(view, model, batch_size=batch_size, device=device)
-    adata.obsm["X_histokg"] = view.obsm["X_histokg"]
-    adata.uns["histokg"] = view.uns["histokg"]
+    adata.obsm[Key.obsm.image] = view.obsm[Key.obsm.image]
+    adata.uns[Key.uns.histokg] = view.uns[Key.uns.histokg]
     shard = shard_from_adata(adata, spec, model, bundle=bundle)
     return write_shard(shard, _spatial_entry(adata, spec), out_dir)
 
 
 def _spatial_entry(adata, spec: SlideSpec) -> dict:
-    entries = adata.uns.get("spatial", {})
+    entries = adata.uns.get(Key.uns.spatial, {})
     for lib in (spec.library_id, spec.slide_id):
         if lib in entries:
             return entries[lib]
@@ -307,13 +309,13 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
     """A shard from an embedded AnnData of one slide (``obsm["X_histokg"]``, ``obsm["spatial"]``)."""
     from histokg.st.dataset import panel_expression
 
-    if "X_histokg" not in adata.obsm:
+    if Key.obsm.image not in adata.obsm:
         raise InputError(f"slide {spec.slide_id}: obsm['X_histokg'] is missing; embed it first")
     spatial = _spatial_entry(adata, spec)
-    scalef = spatial.get("scalefactors", {})
-    meta_src = spatial.get("metadata", {})
-    has_counts = "counts" in adata.layers and adata.n_vars > 0
-    params = adata.uns.get("histokg", {}).get("params", model.params)
+    scalef = spatial.get(Key.uns.scalefactors, {})
+    meta_src = spatial.get(Key.uns.metadata, {})
+    has_counts = Key.layers.counts in adata.layers and adata.n_vars > 0
+    params = adata.uns.get(Key.uns.histokg, {}).get(Key.histokg.params, model.params)
     meta: dict[str, Any] = {
         "version": SHARD_VERSION,
         "slide_id": spec.slide_id,
@@ -321,25 +323,25 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
         "labels": dict(spec.labels),
         "kind": "spots" if spec.kind != "slide" else "tiles",
         "source": str(spec.path),
-        "library_id": spec.library_id,
+        Key.obs.library_id: spec.library_id,
         "spec": spec.key(),
         "checkpoint_sha256": params["checkpoint_sha256"],
         "checkpoint": str(params.get("checkpoint", "")),
         "model": {
             k: params[k] for k in ("model", "loss", "patch_um", "patch_px", "mpp", "embed_dim") if k in params
         },
-        "slide_mpp": float(meta_src.get("mpp", np.nan)),
-        "source_image": str(meta_src.get("source_image_path", "")),
-        "region_diameter_px": float(scalef.get("spot_diameter_fullres", np.nan)),
-        "thumbnail_scale": float(scalef.get("tissue_hires_scalef", np.nan)),
+        "slide_mpp": float(meta_src.get(Key.metadata.mpp, np.nan)),
+        "source_image": str(meta_src.get(Key.metadata.source_image_path, "")),
+        "region_diameter_px": float(scalef.get(Key.scalefactors.spot_diameter_fullres, np.nan)),
+        "thumbnail_scale": float(scalef.get(Key.scalefactors.tissue_hires_scalef, np.nan)),
         "n_regions": int(adata.n_obs),
     }
     if meta["kind"] == "spots":  # the patch around a spot is what was embedded
         meta["region_diameter_px"] = float(model.pairing.patch_um / meta["slide_mpp"])
     shard = SlideShard(
         meta=meta,
-        vectors=np.asarray(adata.obsm["X_histokg"], np.float32),
-        coords=np.asarray(adata.obsm["spatial"], np.float32),
+        vectors=np.asarray(adata.obsm[Key.obsm.image], np.float32),
+        coords=np.asarray(adata.obsm[Key.obsm.spatial], np.float32),
         names=np.asarray(adata.obs_names, dtype=str),
     )
     if has_counts:
@@ -352,14 +354,14 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
         if bundle and Path(bundle).exists():
             try:
                 prior = _prior(str(bundle), tuple(map(str, adata.var_names)))
-                shard.kg = np.asarray(prior.activations(adata.layers["counts"]), np.float32)
+                shard.kg = np.asarray(prior.activations(adata.layers[Key.layers.counts]), np.float32)
                 shard.entities = list(prior.entity_ids)
                 meta["kg_bundle"] = str(bundle)
             except InputError as exc:  # e.g. genes the KG does not name
                 log.warning("slide %s: no KG activations: %s", spec.slide_id, exc)
         elif bundle:
             log.warning("slide %s: KG bundle %s does not exist; no KG activations", spec.slide_id, bundle)
-    key = spec.label_key or ("region" if "region" in adata.obs else None)
+    key = spec.label_key or (Key.obs.region if Key.obs.region in adata.obs else None)
     if key is not None:
         if key not in adata.obs:
             raise InputError(f"slide {spec.slide_id}: label column obs[{key!r}] is missing")
@@ -371,8 +373,8 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
 def write_shard(shard: SlideShard, spatial: dict, out_dir: str | Path) -> Path:
     """Write the shard and the slide's thumbnail (from ``spatial["images"]["hires"]``) under ``out_dir``."""
     out_dir = Path(out_dir)
-    if "hires" in spatial.get("images", {}):
-        img = np.asarray(spatial["images"]["hires"])
+    if Key.uns.hires in spatial.get(Key.uns.images, {}):
+        img = np.asarray(spatial[Key.uns.images][Key.uns.hires])
         scale = float(shard.meta["thumbnail_scale"])
         if img.dtype.kind == "f":  # scanpy also accepts floats in [0, 1]
             img = np.clip(img * 255.0, 0, 255)

@@ -1,4 +1,5 @@
-"""The AnnData contract every reader produces (see docs/architecture.md).
+"""The AnnData contract every reader produces (see docs/architecture.md); its names are in
+:class:`histokg.keys.Key` (``Key.obs.library_id``, ``Key.obsm.spatial``, ...).
 
 - ``obs_names``: unique spot ids ``<library_id>_<barcode>``; ``obs["barcode"]`` keeps the raw id.
 - ``obs["library_id"]`` (categorical), ``obs["in_tissue"]`` (a flag: categorical with bool categories,
@@ -28,6 +29,7 @@ import scipy.sparse as sp
 
 from histokg.errors import InputError
 from histokg.io import atomic_path
+from histokg.keys import Key
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +45,19 @@ def spatial_uns(
 ) -> dict:
     """The ``uns["spatial"][library_id]`` entry scanpy and squidpy read."""
     scalefactors = {
-        "tissue_hires_scalef": float(hires_scalef),
-        "spot_diameter_fullres": float(spot_diameter_fullres),
+        Key.scalefactors.tissue_hires_scalef: float(hires_scalef),
+        Key.scalefactors.spot_diameter_fullres: float(spot_diameter_fullres),
     }
     scalefactors.update({k: float(v) for k, v in (extra_scalefactors or {}).items()})
     metadata = {
-        "source_image_path": str(Path(source_image_path).resolve()) if source_image_path else "",
-        "mpp": float(mpp),
+        Key.metadata.source_image_path: str(Path(source_image_path).resolve()) if source_image_path else "",
+        Key.metadata.mpp: float(mpp),
     }
     metadata.update(extra_metadata or {})
     return {
-        "images": {"hires": np.ascontiguousarray(hires, dtype=np.uint8)},
-        "scalefactors": scalefactors,
-        "metadata": metadata,
+        Key.uns.images: {Key.uns.hires: np.ascontiguousarray(hires, dtype=np.uint8)},
+        Key.uns.scalefactors: scalefactors,
+        Key.uns.metadata: metadata,
     }
 
 
@@ -166,19 +168,19 @@ def build_anndata(
     gene_ids = list(gene_ids) if gene_ids is not None else genes
     counts, genes, gene_ids = aggregate_duplicate_genes(counts, genes, gene_ids, source)
     obs = pd.DataFrame(index=pd.Index([f"{library_id}_{b}" for b in barcodes], name="spot_id"))
-    obs["barcode"] = barcodes
-    obs["library_id"] = pd.Categorical([library_id] * len(barcodes))
-    obs["in_tissue"] = bool_flag(np.ones(len(barcodes), bool) if in_tissue is None else in_tissue)
+    obs[Key.obs.barcode] = barcodes
+    obs[Key.obs.library_id] = pd.Categorical([library_id] * len(barcodes))
+    obs[Key.obs.in_tissue] = bool_flag(np.ones(len(barcodes), bool) if in_tissue is None else in_tissue)
     if obs_extra is not None:
         for col in obs_extra.columns:
             obs[col] = obs_extra[col].to_numpy()
     var = pd.DataFrame(index=pd.Index(genes, name="gene"))
-    var["gene_ids"] = gene_ids
+    var[Key.var.gene_ids] = gene_ids
     adata = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=var)
-    adata.layers["counts"] = counts
-    adata.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
-    spatial = {**spatial, "metadata": {**spatial.get("metadata", {}), "counts_integer": is_integer}}
-    adata.uns["spatial"] = {library_id: spatial}
+    adata.layers[Key.layers.counts] = counts
+    adata.obsm[Key.obsm.spatial] = np.asarray(xy, dtype=np.float64)
+    metadata = {**spatial.get(Key.uns.metadata, {}), Key.metadata.counts_integer: is_integer}
+    adata.uns[Key.uns.spatial] = {library_id: {**spatial, Key.uns.metadata: metadata}}
     validate(adata, source=source)
     return adata
 
@@ -188,25 +190,25 @@ def validate(adata: ad.AnnData, source: str = "AnnData") -> None:
     if not adata.obs_names.is_unique:
         dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
         raise InputError(f"{source}: duplicate spot ids, e.g. {dup}")
-    for col in ("library_id", "in_tissue"):
+    for col in (Key.obs.library_id, Key.obs.in_tissue):
         if col not in adata.obs:
             raise InputError(f"{source}: obs[{col!r}] is missing")
-    spatial = adata.obsm.get("spatial")
+    spatial = adata.obsm.get(Key.obsm.spatial)
     if spatial is None or np.asarray(spatial).shape != (adata.n_obs, 2):
         raise InputError(f"{source}: obsm['spatial'] must be an (n_obs, 2) array of (x, y) level-0 pixels")
     if not np.isfinite(np.asarray(spatial, dtype=float)).all():
         raise InputError(f"{source}: obsm['spatial'] has non-finite coordinates")
-    libs = adata.obs["library_id"].astype(str).unique()
+    libs = adata.obs[Key.obs.library_id].astype(str).unique()
     for lib in libs:
-        entry = adata.uns.get("spatial", {}).get(lib)
+        entry = adata.uns.get(Key.uns.spatial, {}).get(lib)
         if entry is None:
             raise InputError(f"{source}: uns['spatial'][{lib!r}] is missing")
-        for key in ("tissue_hires_scalef", "spot_diameter_fullres"):
-            if key not in entry.get("scalefactors", {}):
+        for key in (Key.scalefactors.tissue_hires_scalef, Key.scalefactors.spot_diameter_fullres):
+            if key not in entry.get(Key.uns.scalefactors, {}):
                 raise InputError(f"{source}: uns['spatial'][{lib!r}]['scalefactors'][{key!r}] is missing")
-        if "hires" not in entry.get("images", {}):
+        if Key.uns.hires not in entry.get(Key.uns.images, {}):
             raise InputError(f"{source}: uns['spatial'][{lib!r}]['images']['hires'] is missing")
-        mpp = entry.get("metadata", {}).get("mpp")
+        mpp = entry.get(Key.uns.metadata, {}).get(Key.metadata.mpp)
         if mpp is None or not np.isfinite(float(mpp)) or float(mpp) <= 0:
             raise InputError(
                 f"{source}: uns['spatial'][{lib!r}]['metadata']['mpp'] is missing or not positive"
@@ -273,11 +275,12 @@ def concat_sections(adatas: Sequence[ad.AnnData], join: str = "inner") -> ad.Ann
     """
     if len(adatas) == 1:
         return adatas[0]
-    keys = [str(a.obs["library_id"].iloc[0]) for a in adatas]
+    keys = [str(a.obs[Key.obs.library_id].iloc[0]) for a in adatas]
     if len(set(keys)) != len(keys):
         raise InputError(f"sections share a library_id: {keys}; give each slide its own library_id")
-    out = ad.concat(list(adatas), label="library_id", keys=keys, uns_merge="unique", join=join, merge="first")
-    out.obs["library_id"] = out.obs["library_id"].astype("category")
+    label = Key.obs.library_id
+    out = ad.concat(list(adatas), label=label, keys=keys, uns_merge="unique", join=join, merge="first")
+    out.obs[label] = out.obs[label].astype("category")
     validate(out, source="concatenated sections")
     return out
 

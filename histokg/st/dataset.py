@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from histokg.errors import InputError
+from histokg.keys import Batch, Key
 from histokg.metrics import log1p_cp10k
 from histokg.st.pairing import PairingConfig, open_library_slide, slide_paths
 from histokg.wsi.slide import Slide
@@ -42,7 +43,10 @@ MAX_MISSING_PANEL_FRACTION = 0.5
 
 
 def panel_expression(
-    adata: ad.AnnData, genes: Sequence[str] | None = None, layer: str | None = "counts", source: str = "data"
+    adata: ad.AnnData,
+    genes: Sequence[str] | None = None,
+    layer: str | None = Key.layers.counts,
+    source: str = "data",
 ) -> np.ndarray:
     """Log-normalised expression of ``genes`` (all genes if None), normalised over all genes of the spot.
 
@@ -106,7 +110,8 @@ def check_panel(genes: Sequence[str], available: Sequence[str], source: str = "g
 
 
 class SpotPatchDataset(Dataset):
-    """Yields dicts ``{"image": (3, H, W) float in [0, 1], "expr", "spot_id", "slide_id", "index"}``."""
+    """Yields dicts with the keys of :class:`histokg.keys.Batch`: ``image`` (3, H, W) float in [0, 1],
+    ``expr``, ``spot_id``, ``slide_id``, ``index``, and one per ``extra`` array (the KG inputs)."""
 
     def __init__(
         self,
@@ -128,8 +133,8 @@ class SpotPatchDataset(Dataset):
         # slides (library -> path) win; else the recorded slide, or its namesake in slide_dir
         self.paths = slide_paths(adata, slides, slide_dir=slide_dir)
         self.spot_ids = np.asarray(adata.obs_names, dtype=object)
-        self.libraries = adata.obs["library_id"].astype(str).to_numpy()
-        self.xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        self.libraries = adata.obs[Key.obs.library_id].astype(str).to_numpy()
+        self.xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
         if expression is None:
             expression = panel_expression(adata, genes)
         if len(expression) != adata.n_obs:
@@ -168,25 +173,27 @@ class SpotPatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = {
-            "expr": torch.from_numpy(self.expression[index]),
-            "spot_id": str(self.spot_ids[index]),
-            "slide_id": str(self.libraries[index]),
-            "index": index,
+            Batch.expr: torch.from_numpy(self.expression[index]),
+            Batch.spot_id: str(self.spot_ids[index]),
+            Batch.slide_id: str(self.libraries[index]),
+            Batch.index: index,
         }
         for key, values in self.extra.items():
             item[key] = torch.as_tensor(values[index])
         if not self.load_images:
             return item
         patch = self.read_image(index)
-        item["image"] = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).float().div_(255.0)
+        item[Batch.image] = (
+            torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).float().div_(255.0)
+        )
         if self.transform is not None:
             if self.aug_seed is not None and hasattr(self.transform, "set_random_state"):
                 self.transform.set_random_state(
                     seed=(self.aug_seed * 1_000_003 + self.epoch * 10_007 + index) % 2**32
                 )
             item = self.transform(item)
-            image = item["image"]
-            item["image"] = (
+            image = item[Batch.image]
+            item[Batch.image] = (
                 image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
             ).float()
         return item

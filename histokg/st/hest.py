@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histokg.errors import InputError
+from histokg.keys import Key
 from histokg.st.contract import read_h5ad
 from histokg.st.legacy import pitch_pixels
 from histokg.st.reader import Reader, Spots
@@ -82,8 +83,8 @@ class HESTReader(Reader):
 
     def load(self) -> Spots:
         src = read_h5ad(self.h5ad)
-        if "spatial" in src.obsm:
-            xy = np.asarray(src.obsm["spatial"], dtype=np.float64)[:, :2]
+        if Key.obsm.spatial in src.obsm:
+            xy = np.asarray(src.obsm[Key.obsm.spatial], dtype=np.float64)[:, :2]
         elif {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(src.obs.columns):
             xy = src.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
         else:
@@ -92,11 +93,13 @@ class HESTReader(Reader):
             )
         if self.metadata_json is not None:
             self._meta = _read_metadata(self.metadata_json)
-        counts = src.layers["counts"] if "counts" in src.layers else src.X
-        extra = src.obs.drop(
-            columns=[c for c in ("in_tissue", "library_id", "barcode") if c in src.obs], errors="ignore"
-        )
+        counts = src.layers[Key.layers.counts] if Key.layers.counts in src.layers else src.X
+        own = (Key.obs.in_tissue, Key.obs.library_id, Key.obs.barcode)  # build_anndata sets these
+        extra = src.obs.drop(columns=[c for c in own if c in src.obs], errors="ignore")
         diameter_um, diameter_px, diameter_source = self._recorded_spot_diameter(src)
+        obs, var = src.obs, src.var
+        gene_ids = var[Key.var.gene_ids].astype(str).to_list() if Key.var.gene_ids in var else None
+        in_tissue = obs[Key.obs.in_tissue].to_numpy().astype(bool) if Key.obs.in_tissue in obs else None
         return Spots(
             counts=sp.csr_matrix(counts),
             barcodes=src.obs_names,
@@ -107,10 +110,10 @@ class HESTReader(Reader):
             spot_diameter_um=diameter_um,
             spot_diameter_fullres=diameter_px,
             spot_diameter_source=diameter_source,
-            gene_ids=src.var["gene_ids"].astype(str).to_list() if "gene_ids" in src.var else None,
-            in_tissue=src.obs["in_tissue"].to_numpy().astype(bool) if "in_tissue" in src.obs else None,
+            gene_ids=gene_ids,
+            in_tissue=in_tissue,
             obs_extra=pd.DataFrame({c: extra[c].to_numpy() for c in extra.columns}),
-            extra_metadata={"source_path": str(self.h5ad.resolve())},
+            extra_metadata={Key.metadata.source_path: str(self.h5ad.resolve())},
         )
 
     def platform_mpp(self, spots: Spots) -> tuple[float, str] | None:
@@ -132,9 +135,9 @@ class HESTReader(Reader):
                 None,
                 f"HEST metadata spot_diameter ({self.metadata_json})",
             )
-        for lib, entry in (src.uns.get("spatial") or {}).items():
+        for lib, entry in (src.uns.get(Key.uns.spatial) or {}).items():
             value = (
-                (entry.get("scalefactors") or {}).get("spot_diameter_fullres")
+                (entry.get(Key.uns.scalefactors) or {}).get(Key.scalefactors.spot_diameter_fullres)
                 if isinstance(entry, dict)
                 else None
             )

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from histokg.errors import InputError
+from histokg.keys import Key
 from histokg.st.reader import Reader, Spots
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class LegacySTReader(Reader):
             spot_diameter_source=f"legacy ST spot ({self.spot_diameter_um:g} um)",
             in_tissue=spot_rows["selected"].to_numpy() == 1,
             obs_extra=pd.DataFrame(
-                {"array_x": spot_rows["x"].to_numpy(), "array_y": spot_rows["y"].to_numpy()}
+                {Key.obs.array_x: spot_rows["x"].to_numpy(), Key.obs.array_y: spot_rows["y"].to_numpy()}
             ),
             extra_metadata={"pitch_px": self.measured_pitch},
         )

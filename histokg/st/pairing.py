@@ -17,6 +17,7 @@ import anndata as ad
 import numpy as np
 
 from histokg.errors import InputError
+from histokg.keys import Key
 from histokg.st.contract import bool_flag, check_spots_in_image
 from histokg.wsi.mask import MaskConfig, detect_tissue
 from histokg.wsi.slide import Slide, open_slide
@@ -56,12 +57,12 @@ def slide_paths(
     slide_dir = Path(slide_dir) if slide_dir is not None else None
     if slide_dir is not None and not slide_dir.is_dir():
         raise InputError(f"slide folder {slide_dir} does not exist or is not a folder")
-    for lib in adata.obs["library_id"].astype(str).unique():
+    for lib in adata.obs[Key.obs.library_id].astype(str).unique():
         if slides and lib in slides:
             out[lib] = Path(slides[lib])
             continue
-        meta = adata.uns.get("spatial", {}).get(lib, {}).get("metadata", {})
-        recorded = meta.get("source_image_path")
+        meta = adata.uns.get(Key.uns.spatial, {}).get(lib, {}).get(Key.uns.metadata, {})
+        recorded = meta.get(Key.metadata.source_image_path)
         if not recorded:
             raise InputError(
                 f"library {lib!r}: no slide given and uns['spatial'][{lib!r}]['metadata']['source_image_path'] is empty"
@@ -99,7 +100,7 @@ def slide_paths(
 
 def library_mpp(adata: ad.AnnData, lib: str) -> float:
     """MPP recorded by the reader for a library (used for plain images without their own MPP)."""
-    return float(adata.uns["spatial"][lib]["metadata"]["mpp"])
+    return float(adata.uns[Key.uns.spatial][lib][Key.uns.metadata][Key.metadata.mpp])
 
 
 def open_library_slide(adata: ad.AnnData, lib: str, path: Path) -> Slide:
@@ -126,8 +127,8 @@ def pair_spots(
     partial = np.zeros(adata.n_obs, dtype=bool)
     on_mask = np.zeros(adata.n_obs, dtype=bool)
     fraction = np.zeros(adata.n_obs, dtype=np.float32)
-    libs = adata.obs["library_id"].astype(str).to_numpy()
-    xy_all = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    libs = adata.obs[Key.obs.library_id].astype(str).to_numpy()
+    xy_all = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
     for lib, path in paths.items():
         idx = np.flatnonzero(libs == lib)
         xy = xy_all[idx]
@@ -151,17 +152,18 @@ def pair_spots(
             int(partial[idx].sum()),
             int((~on_mask[idx]).sum()),
         )
-    adata.obs["patch_partial"] = bool_flag(partial)
-    adata.obs["on_tissue_mask"] = bool_flag(on_mask)
-    adata.obs["patch_tissue_fraction"] = fraction
+    adata.obs[Key.obs.patch_partial] = bool_flag(partial)
+    adata.obs[Key.obs.on_tissue_mask] = bool_flag(on_mask)
+    adata.obs[Key.obs.patch_tissue_fraction] = fraction
     for lib, path in paths.items():
-        meta = adata.uns["spatial"][lib].setdefault("metadata", {})
+        meta = adata.uns[Key.uns.spatial][lib].setdefault(Key.uns.metadata, {})
         resolved = str(path.resolve())
-        if meta.get("source_image_path") != resolved:
-            log.info("%s: slide now recorded as %s (was %s)", lib, resolved, meta.get("source_image_path"))
-            meta["source_image_path"] = resolved
-    params = adata.uns.setdefault("histokg", {})
-    params["pairing"] = {
+        recorded = meta.get(Key.metadata.source_image_path)
+        if recorded != resolved:
+            log.info("%s: slide now recorded as %s (was %s)", lib, resolved, recorded)
+            meta[Key.metadata.source_image_path] = resolved
+    params = adata.uns.setdefault(Key.uns.histokg, {})
+    params[Key.histokg.pairing] = {
         **asdict(cfg),
         "mask": asdict(cfg.mask),
         "target_mpp": cfg.target_mpp,
@@ -186,18 +188,19 @@ def spots_overlay(
     Green: full patch on tissue; orange: patch padded at the image edge; red: spot off the tissue
     mask or not under tissue according to the reader.
     """
-    path = slide_paths(adata[adata.obs["library_id"].astype(str) == lib], slides, slide_dir=slide_dir)[lib]
-    sel = (adata.obs["library_id"].astype(str) == lib).to_numpy()
+    sel = (adata.obs[Key.obs.library_id].astype(str) == lib).to_numpy()
+    path = slide_paths(adata[sel], slides, slide_dir=slide_dir)[lib]
     obs = adata.obs.loc[sel]
-    xy = np.asarray(adata.obsm["spatial"], dtype=float)[sel]
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=float)[sel]
     colours = np.tile(np.array(SPOT_COLOURS["ok"]), (len(xy), 1))
-    if "patch_partial" in obs:
-        colours[obs["patch_partial"].to_numpy(bool)] = SPOT_COLOURS["partial"]
-    off = ~obs["in_tissue"].to_numpy(bool)
-    if "on_tissue_mask" in obs:
-        off |= ~obs["on_tissue_mask"].to_numpy(bool)
+    if Key.obs.patch_partial in obs:
+        colours[obs[Key.obs.patch_partial].to_numpy(bool)] = SPOT_COLOURS["partial"]
+    off = ~obs[Key.obs.in_tissue].to_numpy(bool)
+    if Key.obs.on_tissue_mask in obs:
+        off |= ~obs[Key.obs.on_tissue_mask].to_numpy(bool)
     colours[off] = SPOT_COLOURS["off_tissue"]
-    radius = float(adata.uns["spatial"][lib]["scalefactors"]["spot_diameter_fullres"]) / 2
+    scalefactors = adata.uns[Key.uns.spatial][lib][Key.uns.scalefactors]
+    radius = float(scalefactors[Key.scalefactors.spot_diameter_fullres]) / 2
     with open_library_slide(adata, lib, path) as slide:
         thumb, scale = slide.thumbnail(max_side)
     return draw_overlay(thumb, scale, circles=xy, radius0=radius, colors=colours)

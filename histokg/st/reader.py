@@ -35,6 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histokg.errors import InputError, SlideError
+from histokg.keys import Key
 from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
 from histokg.wsi.slide import PLAIN_SUFFIXES, open_slide
 
@@ -198,10 +199,10 @@ class Reader(ABC):
             view.mpp,
             extra_scalefactors=spots.extra_scalefactors,
             extra_metadata={
-                "mpp_source": view.mpp_source,
-                "reader": self.name,
-                "spot_diameter_um": float(diameter_px * view.mpp),
-                "spot_diameter_source": diameter_source,
+                Key.metadata.mpp_source: view.mpp_source,
+                Key.metadata.reader: self.name,
+                Key.metadata.spot_diameter_um: float(diameter_px * view.mpp),
+                Key.metadata.spot_diameter_source: diameter_source,
                 **spots.extra_metadata,
             },
         )

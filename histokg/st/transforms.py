@@ -23,6 +23,8 @@ with contextlib.suppress(ImportError):
 from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform, RandFlipd, RandomizableTransform, RandRotate90d
 
+from histokg.keys import Batch
+
 # Rows: stain optical-density vectors of hematoxylin, eosin and DAB (Ruifrok & Johnston 2001).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
@@ -87,7 +89,7 @@ def hed_jitter(image: torch.Tensor | np.ndarray, alpha: np.ndarray, beta: np.nda
     return rgb.clamp(0.0, 1.0)
 
 
-def build_transforms(cfg: AugmentConfig = AugmentConfig(), key: str = "image") -> Compose:
+def build_transforms(cfg: AugmentConfig = AugmentConfig(), key: str = Batch.image) -> Compose:
     """The training augmentation pipeline for spot patches."""
     steps = []
     if cfg.flips:

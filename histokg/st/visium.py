@@ -24,17 +24,19 @@ from PIL import Image
 
 from histokg.errors import InputError
 from histokg.io import atomic_open, atomic_path, read_json_object, write_json
+from histokg.keys import Key
 from histokg.st.contract import check_spots_in_image
 from histokg.st.reader import Reader, SlideView, Spots
 
 log = logging.getLogger(__name__)
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
+# Space Ranger's columns; scanpy keeps the first four under these names in obs, and so do we.
 POSITION_COLUMNS = [
-    "barcode",
-    "in_tissue",
-    "array_row",
-    "array_col",
+    Key.obs.barcode,
+    Key.obs.in_tissue,
+    Key.obs.array_row,
+    Key.obs.array_col,
     "pxl_row_in_fullres",
     "pxl_col_in_fullres",
 ]
@@ -84,7 +86,8 @@ class VisiumReader(Reader):
         positions, positions_file = read_positions(path / "spatial")
         scalefactors_file = path / "spatial" / "scalefactors_json.json"
         scalefactors = read_json_object(scalefactors_file, InputError)
-        if "spot_diameter_fullres" not in scalefactors:
+        diameter_key = Key.scalefactors.spot_diameter_fullres
+        if diameter_key not in scalefactors:
             raise InputError(f"{scalefactors_file}: field 'spot_diameter_fullres' is missing")
         found = self.match(adata_counts.obs_names, positions.index, str(counts_file), str(positions_file))
         adata_counts = adata_counts[found].copy()
@@ -99,19 +102,13 @@ class VisiumReader(Reader):
             xy=pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64),
             source=str(counts_file),
             positions=str(positions_file),
-            spot_diameter_fullres=float(scalefactors["spot_diameter_fullres"]),
+            spot_diameter_fullres=float(scalefactors[diameter_key]),
             spot_diameter_source="scalefactors_json.json spot_diameter_fullres",
-            gene_ids=adata_counts.var.get("gene_ids", pd.Series(adata_counts.var_names)).to_list(),
-            in_tissue=pos["in_tissue"].to_numpy().astype(bool),
-            obs_extra=pd.DataFrame(
-                {"array_row": pos["array_row"].to_numpy(), "array_col": pos["array_col"].to_numpy()}
-            ),
-            extra_scalefactors={
-                k: v
-                for k, v in scalefactors.items()
-                if k not in ("tissue_hires_scalef", "spot_diameter_fullres") and _is_number(v)
-            },
-            extra_metadata={"source_path": str(path.resolve())},
+            gene_ids=adata_counts.var.get(Key.var.gene_ids, pd.Series(adata_counts.var_names)).to_list(),
+            in_tissue=pos[Key.obs.in_tissue].to_numpy().astype(bool),
+            obs_extra=pd.DataFrame({c: pos[c].to_numpy() for c in (Key.obs.array_row, Key.obs.array_col)}),
+            extra_scalefactors=other_scalefactors(scalefactors),
+            extra_metadata={Key.metadata.source_path: str(path.resolve())},
         )
 
     def platform_hires(self) -> tuple[np.ndarray, float] | None:
@@ -119,9 +116,8 @@ class VisiumReader(Reader):
 
     def fallback_mpp(self, spots: Spots) -> tuple[float, str]:
         """A slide without MPP metadata (a plain image): from the 55 um Visium spot diameter."""
-        return VISIUM_SPOT_DIAMETER_UM / float(
-            self._scalefactors["spot_diameter_fullres"]
-        ), "spot diameter (55 um)"
+        diameter = float(self._scalefactors[Key.scalefactors.spot_diameter_fullres])
+        return VISIUM_SPOT_DIAMETER_UM / diameter, "spot diameter (55 um)"
 
     def without_slide(self, spots: Spots) -> SlideView:
         """Space Ranger's hires (or lowres) PNG; the MPP from the 55 um Visium spot unless given."""
@@ -140,7 +136,7 @@ class VisiumReader(Reader):
         )
         if self.mpp is not None:
             return SlideView(hires, scalef, float(self.mpp), "given", None)
-        mpp = VISIUM_SPOT_DIAMETER_UM / float(self._scalefactors["spot_diameter_fullres"])
+        mpp = VISIUM_SPOT_DIAMETER_UM / float(self._scalefactors[Key.scalefactors.spot_diameter_fullres])
         log.info("%s: no slide given; MPP %.4f derived from spot_diameter_fullres", self.library_id, mpp)
         return SlideView(hires, scalef, mpp, "spot diameter (55 um)", None)
 
@@ -189,15 +185,15 @@ def read_positions(spatial_dir: Path) -> tuple[pd.DataFrame, Path]:
     missing = [c for c in POSITION_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(f"{file}: missing columns {missing}; found {list(table.columns)}")
-    table["barcode"] = table["barcode"].astype(str)
-    if table["barcode"].duplicated().any():
-        raise InputError(
-            f"{file}: duplicate barcodes, e.g. {table.loc[table['barcode'].duplicated(), 'barcode'].iloc[0]!r}"
-        )
+    barcode = Key.obs.barcode
+    table[barcode] = table[barcode].astype(str)
+    duplicated = table[barcode].duplicated()
+    if duplicated.any():
+        raise InputError(f"{file}: duplicate barcodes, e.g. {table.loc[duplicated, barcode].iloc[0]!r}")
     for col in POSITION_COLUMNS[1:]:
         if not pd.api.types.is_numeric_dtype(table[col]):
             raise InputError(f"{file}: column {col!r} must be numeric")
-    return table.set_index("barcode"), file
+    return table.set_index(barcode), file
 
 
 _EXPECTED_COLUMNS = f"{len(POSITION_COLUMNS)} columns ({', '.join(POSITION_COLUMNS)})"
@@ -206,7 +202,7 @@ _EXPECTED_COLUMNS = f"{len(POSITION_COLUMNS)} columns ({', '.join(POSITION_COLUM
 def _read_v1_positions(file: Path) -> pd.DataFrame:
     """Space Ranger 1.x ``tissue_positions_list.csv``: six columns, no header (a header row is tolerated)."""
     table = pd.read_csv(file, header=None)
-    if len(table) and str(table.iloc[0, 0]).strip().lower() == "barcode":
+    if len(table) and str(table.iloc[0, 0]).strip().lower() == Key.obs.barcode:
         table = pd.read_csv(file)  # a header row after all: the v2 layout under the v1 name
         _check_v2_header(table, file)
         return table
@@ -225,7 +221,7 @@ def _check_v2_header(table: pd.DataFrame, file: Path) -> None:
     found = [str(c) for c in table.columns]
     if found == POSITION_COLUMNS or set(POSITION_COLUMNS) <= set(found):
         return
-    if len(found) == len(POSITION_COLUMNS) and "barcode" not in found:
+    if len(found) == len(POSITION_COLUMNS) and Key.obs.barcode not in found:
         with file.open(encoding="utf-8", errors="replace") as fh:
             first = fh.readline().strip()  # as written: pandas renames repeated header cells
         raise InputError(
@@ -263,8 +259,8 @@ def _read_counts(path: Path) -> tuple[ad.AnnData, Path]:
 
 def _read_hires(spatial_dir: Path, scalefactors: dict) -> tuple[np.ndarray | None, float]:
     for name, key in (
-        ("tissue_hires_image.png", "tissue_hires_scalef"),
-        ("tissue_lowres_image.png", "tissue_lowres_scalef"),
+        ("tissue_hires_image.png", Key.scalefactors.tissue_hires_scalef),
+        ("tissue_lowres_image.png", Key.scalefactors.tissue_lowres_scalef),
     ):
         file = spatial_dir / name
         if file.is_file():
@@ -286,6 +282,12 @@ def _read_hires(spatial_dir: Path, scalefactors: dict) -> tuple[np.ndarray | Non
 
 def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def other_scalefactors(scalefactors: dict) -> dict:
+    """The numeric fields of a ``scalefactors_json.json`` other than the two the contract sets itself."""
+    own = (Key.scalefactors.tissue_hires_scalef, Key.scalefactors.spot_diameter_fullres)
+    return {k: v for k, v in scalefactors.items() if k not in own and _is_number(v)}
 
 
 # --------------------------------------------------------------------------- writer

@@ -20,8 +20,9 @@ import pandas as pd
 
 from histokg.errors import InputError
 from histokg.io import read_json_object
+from histokg.keys import Key
 from histokg.st.reader import Reader, Spots
-from histokg.st.visium import _is_number, _read_counts, read_positions
+from histokg.st.visium import _is_number, _read_counts, other_scalefactors, read_positions
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +127,14 @@ class VisiumHDReader(Reader):
             positions=str(positions_file),
             spot_diameter_um=bin_size,
             spot_diameter_source=f"bin size ({self.scalefactors_file.name} bin_size_um = {bin_size:g})",
-            gene_ids=adata_counts.var.get("gene_ids", pd.Series(adata_counts.var_names)).to_list(),
-            in_tissue=pos["in_tissue"].to_numpy().astype(bool),
-            obs_extra=pd.DataFrame(
-                {"array_row": pos["array_row"].to_numpy(), "array_col": pos["array_col"].to_numpy()}
-            ),
-            extra_scalefactors={
-                k: v
-                for k, v in scalefactors.items()
-                if k not in ("tissue_hires_scalef", "spot_diameter_fullres") and _is_number(v)
-            },
+            gene_ids=adata_counts.var.get(Key.var.gene_ids, pd.Series(adata_counts.var_names)).to_list(),
+            in_tissue=pos[Key.obs.in_tissue].to_numpy().astype(bool),
+            obs_extra=pd.DataFrame({c: pos[c].to_numpy() for c in (Key.obs.array_row, Key.obs.array_col)}),
+            extra_scalefactors=other_scalefactors(scalefactors),
             extra_metadata={
-                "source_path": str(self.bin_dir.resolve()),
+                Key.metadata.source_path: str(self.bin_dir.resolve()),
                 "bin_size_um": bin_size,
-                "spot_shape": "square",
+                Key.metadata.spot_shape: "square",
             },
         )
 

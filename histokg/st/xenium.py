@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 from histokg.io import read_json_object
+from histokg.keys import Key
 from histokg.st.reader import Reader, Spots
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,9 @@ class XeniumReader(Reader):
         xy = self.to_slide_pixels(centres_um)
         n_cells = self._cells_per_spot(rows, cols)
         barcodes = [f"s_{self.spot_um:g}um_{r:05d}_{c:05d}" for r, c in zip(rows, cols, strict=True)]
-        obs = pd.DataFrame({"array_row": rows, "array_col": cols})
+        obs = pd.DataFrame({Key.obs.array_row: rows, Key.obs.array_col: cols})
         if n_cells is not None:
-            obs["n_cells"] = n_cells
+            obs[Key.obs.n_cells] = n_cells
         log.info(
             "%s: %d transcripts (qv >= %g) in %d pseudo-spots of %g um; dropped %d below qv, %d control",
             self.library_id,
@@ -188,8 +189,8 @@ class XeniumReader(Reader):
             in_tissue=None if n_cells is None else n_cells > 0,
             obs_extra=obs,
             extra_metadata={
-                "source_path": str(self.path.resolve()),
-                "spot_shape": "square",
+                Key.metadata.source_path: str(self.path.resolve()),
+                Key.metadata.spot_shape: "square",
                 "xenium_pixel_size": self.pixel_size,
                 "min_qv": self.min_qv,
                 "alignment": str(self.alignment.resolve()) if self.alignment is not None else "",

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from histokg.config import save_config, to_dict
 from histokg.errors import InputError
 from histokg.io import atomic_open, read_json_object, write_json
-from histokg.st.visium import write_spaceranger_outs
+from histokg.keys import Key
+from histokg.st.visium import POSITION_COLUMNS, write_spaceranger_outs
 from histokg.synth.biology import REGION_NAMES
 from histokg.synth.expression import build_expression_model, draw_counts, spot_programs
 from histokg.synth.render import (
@@ -95,7 +96,7 @@ def hex_grid(cfg: SynthConfig) -> pd.DataFrame:
     rows, cols = np.asarray(rows), np.asarray(cols)
     x_um = margin + cols * cfg.spot_pitch_um / 2
     y_um = margin + rows * row_step
-    return pd.DataFrame({"array_row": rows, "array_col": cols, "x_um": x_um, "y_um": y_um})
+    return pd.DataFrame({Key.obs.array_row: rows, Key.obs.array_col: cols, "x_um": x_um, "y_um": y_um})
 
 
 def _barcodes(rng: np.random.Generator, n: int) -> list[str]:
@@ -137,8 +138,8 @@ def generate_section(cfg: SynthConfig, index: int, out_dir: Path, model) -> Sect
         label, spots[["x_um", "y_um"]].to_numpy() / cfg.layout_um, cfg.spot_diameter_um / 2 / cfg.layout_um
     )
     in_tissue = fractions[:, -1] >= cfg.min_tissue_in_spot
-    spots["barcode"] = _barcodes(rng, len(spots))
-    spots["in_tissue"] = in_tissue.astype(int)
+    spots[Key.obs.barcode] = _barcodes(rng, len(spots))
+    spots[Key.obs.in_tissue] = in_tissue.astype(int)
     spots["pxl_col_in_fullres"] = np.round(spots["x_um"] / cfg.mpp).astype(int)
     spots["pxl_row_in_fullres"] = np.round(spots["y_um"] / cfg.mpp).astype(int)
 
@@ -159,26 +160,25 @@ def generate_section(cfg: SynthConfig, index: int, out_dir: Path, model) -> Sect
     sr_dir = out_dir / "sections" / library_id
     write_spaceranger_outs(
         sr_dir,
-        positions=spots[
-            ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
-        ],
+        positions=spots[POSITION_COLUMNS],
         counts=counts,
-        barcodes=spots.loc[in_tissue, "barcode"].tolist(),
+        barcodes=spots.loc[in_tissue, Key.obs.barcode].tolist(),
         gene_ids=model.genes,
         gene_names=model.genes,
         scalefactors={
-            "spot_diameter_fullres": spot_px,
+            Key.scalefactors.spot_diameter_fullres: spot_px,
             "fiducial_diameter_fullres": spot_px * 1.6,
-            "tissue_hires_scalef": scale_hires,
-            "tissue_lowres_scalef": scale_lowres,
+            Key.scalefactors.tissue_hires_scalef: scale_hires,
+            Key.scalefactors.tissue_lowres_scalef: scale_lowres,
         },
         hires=hires,
         lowres=lowres,
         library_id=library_id,
     )
 
-    truth = pd.DataFrame(index=pd.Index(spots.loc[in_tissue, "barcode"].to_numpy(), name="barcode"))
-    truth["region"] = np.asarray(REGION_NAMES)[np.argmax(region_frac, axis=1)]
+    barcodes = spots.loc[in_tissue, Key.obs.barcode].to_numpy()
+    truth = pd.DataFrame(index=pd.Index(barcodes, name=Key.obs.barcode))
+    truth[Key.obs.region] = np.asarray(REGION_NAMES)[np.argmax(region_frac, axis=1)]
     truth["tissue_fraction"] = fractions[in_tissue, -1]
     for k, name in enumerate(REGION_NAMES):
         truth[f"frac:{name}"] = region_frac[:, k]
@@ -220,7 +220,7 @@ def generate_study(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> Pat
         "genes": len(model.genes),
         "sections": [
             {
-                "library_id": s.library_id,
+                Key.obs.library_id: s.library_id,
                 "slide": str(s.slide.relative_to(out_dir)),
                 "spaceranger": str(s.spaceranger.relative_to(out_dir)),
                 "truth": str(s.truth.relative_to(out_dir)),
@@ -266,24 +266,24 @@ def load_study(study_dir: str | Path, with_truth: bool = True):
         raise InputError(f"{manifest_path}: expected a JSON object with a 'sections' list")
     if not manifest["sections"]:
         raise InputError(f"{manifest_path}: the study lists no sections")
-    required = ("library_id", "slide", "spaceranger", "truth")
+    required = (Key.obs.library_id, "slide", "spaceranger", "truth")
     sections = []
     for sec in manifest["sections"]:
         missing = [k for k in required if not isinstance(sec, dict) or k not in sec]
         if missing:
             raise InputError(f"{manifest_path}: a section lacks {missing} (found {sec!r:.120})")
-        adata = read_visium(
-            study_dir / sec["spaceranger"], slide=study_dir / sec["slide"], library_id=sec["library_id"]
-        )
+        lib = sec[Key.obs.library_id]
+        adata = read_visium(study_dir / sec["spaceranger"], slide=study_dir / sec["slide"], library_id=lib)
         if with_truth:
             truth_path = study_dir / sec["truth"]
             if not truth_path.is_file():
-                raise InputError(
-                    f"{manifest_path}: truth file {truth_path} of {sec['library_id']} does not exist"
-                )
+                raise InputError(f"{manifest_path}: truth file {truth_path} of {lib} does not exist")
             truth = pd.read_csv(truth_path, index_col=0)
-            truth = truth.loc[adata.obs["barcode"].to_numpy()]
-            adata.obs["region"] = pd.Categorical(truth["region"].to_numpy(), categories=list(REGION_NAMES))
-            adata.obsm["truth"] = truth.drop(columns=["region"]).set_axis(adata.obs_names, axis=0)
+            truth = truth.loc[adata.obs[Key.obs.barcode].to_numpy()]
+            region = pd.Categorical(truth[Key.obs.region].to_numpy(), categories=list(REGION_NAMES))
+            adata.obs[Key.obs.region] = region
+            adata.obsm[Key.obsm.truth] = truth.drop(columns=[Key.obs.region]).set_axis(
+                adata.obs_names, axis=0
+            )
         sections.append(adata)
     return concat_sections(sections)

@@ -21,6 +21,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from histokg.errors import ConfigError
+from histokg.keys import Batch, Key
 from histokg.st.contract import concat_sections
 from histokg.st.dataset import SpotPatchDataset, check_panel, log_normalize, panel_expression
 from histokg.st.pairing import PairingConfig
@@ -50,13 +51,13 @@ def load_spots(cfg: DataConfig) -> ad.AnnData:
     else:
         raise ConfigError("no training data: set data.study or data.h5ad")
     if cfg.in_tissue_only:
-        adata = adata[adata.obs["in_tissue"].to_numpy(bool)].copy()
+        adata = adata[adata.obs[Key.obs.in_tissue].to_numpy(bool)].copy()
     return adata
 
 
 def split_slides(adata: ad.AnnData, cfg: DataConfig) -> tuple[list[str], list[str]]:
     """Training and validation library ids."""
-    libs = list(adata.obs["library_id"].astype("category").cat.categories)
+    libs = list(adata.obs[Key.obs.library_id].astype("category").cat.categories)
     unknown = [s for s in (*cfg.val_slides, *cfg.exclude_slides) if s not in libs]
     if unknown:
         raise ConfigError(
@@ -74,7 +75,7 @@ def split_slides(adata: ad.AnnData, cfg: DataConfig) -> tuple[list[str], list[st
 
 def select_panel(adata: ad.AnnData, n_genes: int) -> list[str]:
     """Highly variable genes (scanpy, Seurat flavour on log-normalised counts) of ``adata``."""
-    tmp = ad.AnnData(X=log_normalize(adata.layers["counts"]), var=adata.var[[]].copy())
+    tmp = ad.AnnData(X=log_normalize(adata.layers[Key.layers.counts]), var=adata.var[[]].copy())
     tmp.var_names = adata.var_names
     n = min(n_genes, tmp.n_vars)
     sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat", subset=False)
@@ -99,9 +100,10 @@ def data_hash(adata: ad.AnnData, genes: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update("\n".join(map(str, adata.obs_names)).encode())
     h.update("\n".join(genes).encode())
-    for lib, entry in sorted(adata.uns.get("spatial", {}).items()):
-        meta = entry.get("metadata", {})
-        h.update(f"{lib}|{meta.get('source_image_path')}|{meta.get('mpp')}".encode())
+    for lib, entry in sorted(adata.uns.get(Key.uns.spatial, {}).items()):
+        meta = entry.get(Key.uns.metadata, {})
+        path, mpp = meta.get(Key.metadata.source_image_path), meta.get(Key.metadata.mpp)
+        h.update(f"{lib}|{path}|{mpp}".encode())
     return h.hexdigest()
 
 
@@ -132,7 +134,7 @@ def build_split(
 ) -> SplitData:
     expression = panel_expression(adata, genes)
     extra: dict[str, np.ndarray] = {}
-    counts = adata.layers["counts"]
+    counts = adata.layers[Key.layers.counts]
     if expr_input == "kg":
         if prior is None:
             raise ConfigError("model.expr_input = 'kg' needs a KG bundle (prior.bundle)")
@@ -142,10 +144,11 @@ def build_split(
     else:
         raise ConfigError(f"model.expr_input: {expr_input!r} is not 'genes' or 'kg'")
     if needs_prior:
-        extra["kg"] = prior.encode(counts).cpu().numpy().astype(np.float32)
+        extra[Batch.kg] = prior.encode(counts).cpu().numpy().astype(np.float32)
     if needs_gaussians:
         mean, var = prior.spot_gaussians(counts)
-        extra["g_mean"], extra["g_var"] = np.asarray(mean, np.float32), np.asarray(var, np.float32)
+        extra[Batch.gauss_mean] = np.asarray(mean, np.float32)
+        extra[Batch.gauss_var] = np.asarray(var, np.float32)
     dataset = SpotPatchDataset(
         adata,
         pairing,
