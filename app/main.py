@@ -110,7 +110,7 @@ class _State:
 
     def model(self):
         if self._model is None:
-            from histokg.tl.embed import load_model
+            from histokg.checkpoint import load_model
 
             self._model = load_model(self.checkpoint)
         return self._model

@@ -62,8 +62,9 @@ def tiny_checkpoint(tmp: Path) -> Path:
 
 
 def real_vectors(checkpoint: Path, data: Path) -> np.ndarray:
+    from histokg.checkpoint import load_model
     from histokg.st.legacy import read_legacy_st
-    from histokg.tl.embed import embed, embed_slide, load_model
+    from histokg.tl.embed import embed, embed_slide
 
     model = load_model(checkpoint)
     parts = [embed_slide(data / "wsi" / "CMU-1-Small-Region.svs", model).obsm["X_histokg"]]

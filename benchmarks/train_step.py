@@ -25,8 +25,8 @@ from histokg.models import DualEncoder, ModelConfig
 from histokg.priors import KGPrior, PriorConfig
 from histokg.st.dataset import SpotPatchDataset, panel_expression
 from histokg.st.pairing import PairingConfig
+from histokg.st.study import load_study
 from histokg.synth import SynthConfig, generate_study
-from histokg.synth.study import load_study
 from histokg.train.distributed import DistInfo
 from histokg.train.trainer import JointModule
 

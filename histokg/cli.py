@@ -267,10 +267,11 @@ def embed_cmd(
     overwrite: bool,
 ) -> None:
     """Embed INPUTS with a trained model: .h5ad files (spots), study folders, or slides (whole-slide tiles)."""
+    from histokg.checkpoint import load_model
     from histokg.io import check_output_file
     from histokg.st.contract import read_h5ad, write_h5ad
-    from histokg.synth.study import load_study
-    from histokg.tl.embed import concat_embedded, embed, embed_slide, load_model
+    from histokg.st.study import load_study
+    from histokg.tl.embed import concat_embedded, embed, embed_slide
 
     check_output_file(out, "embedded .h5ad", overwrite=overwrite)
 

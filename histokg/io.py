@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes, content hashes, and output paths checked before any compute.
+"""Small file helpers: atomic writes, content hashes, output paths checked before any compute, and torch
+tensor files read without unpickling (:func:`load_tensor_file`).
 
 One implementation of the writers serves both packages (``pathways_kg.io``; ``pathways_kg`` must not
 import ``histokg``). ``atomic_path`` yields a temporary path beside the target that replaces it only when
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from histokg.errors import InputError
 from pathways_kg.io import atomic_open, atomic_path, file_sha256, read_json_object, write_json
@@ -28,6 +30,7 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "file_sha256",
+    "load_tensor_file",
     "read_json_object",
     "write_json",
 ]
@@ -96,3 +99,23 @@ def claim_output_dir(
         else:
             target.unlink()
     return check_output_dir(path, label)
+
+
+def load_tensor_file(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors: a file holding pickled Python objects
+    is refused as "not a plain tensor file" (it is never unpickled), a damaged one as unreadable."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: the file pickles Python objects
+        raise InputError(
+            f"{what} {path}: not a plain tensor file (it holds pickled Python objects, which histokg never "
+            "loads); save a state dict of tensors with torch.save or safetensors"
+        ) from None
+    except Exception as exc:  # zip errors, truncation, not a torch file at all
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
+        raise InputError(f"{what} {path}: cannot be read as a torch tensor file ({first})") from None

@@ -14,13 +14,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
 from torch import nn
 
 from histokg.errors import ConfigError, InputError
+from histokg.io import load_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"image weights {path}: expected a state dict of tensors")
     return obj
-
-
-def load_tensor_file(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors: a file holding pickled Python objects
-    is refused as "not a plain tensor file" (it is never unpickled), a damaged one as unreadable."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused a global: the file pickles Python objects
-        raise InputError(
-            f"{what} {path}: not a plain tensor file (it holds pickled Python objects, which histokg never "
-            "loads); save a state dict of tensors with torch.save or safetensors"
-        ) from None
-    except Exception as exc:  # zip errors, truncation, not a torch file at all
-        text = str(exc).strip()
-        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
-        raise InputError(f"{what} {path}: cannot be read as a torch tensor file ({first})") from None
 
 
 def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:

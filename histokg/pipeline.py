@@ -111,7 +111,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: 
     from histokg.retrieval.demo import build_demo_index
     from histokg.st.contract import write_h5ad
     from histokg.st.pairing import pair_spots, spots_overlay
-    from histokg.synth.study import generate_study, load_study
+    from histokg.st.study import load_study
+    from histokg.synth.study import generate_study
     from histokg.train import train
     from histokg.wsi import save_png
     from pathways_kg.build import build_graph
@@ -222,8 +223,9 @@ def evaluate_checkpoint(
     """Embed ``adata`` with a checkpoint, evaluate on held-out slides; writes ``embedded.h5ad`` (all
     sections, embeddings in ``obsm``, the held-out predictions too), ``predicted.h5ad`` and the report
     into ``out_dir``; returns the results."""
+    from histokg.checkpoint import load_model
     from histokg.st.contract import write_h5ad
-    from histokg.tl.embed import embed, load_model
+    from histokg.tl.embed import embed
 
     out_dir = Path(out_dir)
     model = load_model(checkpoint)
@@ -311,8 +313,8 @@ def embedded_model(adata: ad.AnnData, checkpoint: str | Path | None = None) -> d
         k: (list(map(str, v)) if k.endswith("slides") and v is not None else v) for k, v in model.items()
     }
     if checkpoint is not None:
+        from histokg.checkpoint import load_checkpoint
         from histokg.io import file_sha256
-        from histokg.train.checkpoint import load_checkpoint
 
         sha = file_sha256(checkpoint)
         if model.get("checkpoint_sha256") and model["checkpoint_sha256"] != sha:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from histokg.errors import ConfigError, InputError
+from histokg.io import load_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,6 @@ def state_dict(name: str, model: nn.Module, architecture: str) -> dict[str, torc
     Every mapped key must exist in ``model`` with the same shape (missing classifier keys are fine for a
     headless model); errors name the keys.
     """
-    from histokg.models import load_tensor_file
-
     spec = lookup(name)
     if architecture != spec.architecture:
         raise ConfigError(

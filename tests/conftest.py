@@ -56,6 +56,6 @@ def synth_study(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_adata(synth_study: Path):
-    from histokg.synth.study import load_study
+    from histokg.st.study import load_study
 
     return load_study(synth_study)

@@ -40,7 +40,7 @@ def retrieval_ckpt(synth_study, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def kg_bundle(synth_study, tmp_path_factory) -> Path:
     def build():
-        from histokg.synth.study import load_study
+        from histokg.st.study import load_study
         from pathways_kg.build import build_graph
         from pathways_kg.config import BuildConfig
         from pathways_kg.graph import write_graph

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from histokg import load_model
 from histokg.cli import cli
 from histokg.st import validate
 from histokg.st.contract import write_h5ad
 from histokg.tl import embed, embed_slide
-from histokg.tl.embed import load_model
 from histokg.train import train
 
 
@@ -93,3 +93,24 @@ def test_cli_embed_and_evaluate(synth_study, checkpoint, tmp_path):
 
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["protocol"] and "S3" in json.dumps(results["protocol"])
+
+
+def test_load_model_names_what_a_checkpoint_lacks(checkpoint, tmp_path):
+    from histokg.checkpoint import load_checkpoint
+    from histokg.errors import InputError
+    from histokg.train.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    del ckpt["meta"]["n_expr_inputs"]
+    save_checkpoint(tmp_path / "no_inputs.pt", ckpt)
+    with pytest.raises(InputError, match=r"no_inputs\.pt: it lacks meta\.n_expr_inputs"):
+        load_model(tmp_path / "no_inputs.pt")
+    ckpt = load_checkpoint(checkpoint)
+    ckpt["meta"]["config"]["data"]["patch_px"] = 2
+    save_checkpoint(tmp_path / "tiny_patch.pt", ckpt)
+    with pytest.raises(InputError, match=r"tiny_patch\.pt: its saved patch geometry .* is not valid"):
+        load_model(tmp_path / "tiny_patch.pt")
+    ckpt["meta"]["config"]["model"]["embed_dimm"] = 8
+    save_checkpoint(tmp_path / "typo.pt", ckpt)
+    with pytest.raises(InputError, match=r"typo\.pt: its saved config is not valid .*'model\.embed_dimm'"):
+        load_model(tmp_path / "typo.pt")

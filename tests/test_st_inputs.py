@@ -31,7 +31,7 @@ from histokg.st.contract import read_h5ad, write_h5ad
 from histokg.st.dataset import SpotPatchDataset
 from histokg.st.legacy import read_legacy_st
 from histokg.st.pairing import PairingConfig, pair_spots, slide_paths
-from histokg.synth.study import load_study
+from histokg.st.study import load_study
 from histokg.wsi import open_slide
 from histokg.wsi.memory import available_memory, check_image_memory
 
@@ -219,6 +219,10 @@ def test_load_study_errors(synth_study, tmp_path):
     broken.mkdir()
     (broken / "study.json").write_text("{ nope")
     with pytest.raises(InputError, match=r"study\.json:1: invalid JSON"):
+        load_study(broken)
+    # the region names of the truth come from the manifest itself (no synthesis code needed to read it)
+    (broken / "study.json").write_text('{"sections": [{"library_id": "S1"}]}')
+    with pytest.raises(InputError, match=r"study\.json: expected 'regions', a list of region names"):
         load_study(broken)
 
 

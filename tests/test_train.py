@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from histokg.checkpoint import load_checkpoint
 from histokg.config import load_config
 from histokg.errors import ConfigError, InputError
 from histokg.models import DualEncoder, ModelConfig, backbone_blocks, create_backbone
 from histokg.train import TrainConfig, TrainingError, train
-from histokg.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -342,7 +342,7 @@ def test_pickled_objects_in_a_weights_file_are_refused_in_one_line(tmp_path):
 
 
 def test_checkpoint_whose_config_does_not_fit_its_weights_names_keys(synth_study, tmp_path):
-    from histokg.tl.embed import load_model
+    from histokg import load_model
     from histokg.train.checkpoint import save_checkpoint
 
     result = train(tiny_cfg(synth_study, tmp_path / "run", "optim.epochs=1"))

@@ -3,7 +3,7 @@
 A :class:`SlideSpec` says what to embed: a whole-slide image (tissue tiles, no transcriptomics),
 one library of an ``.h5ad`` (spots), or one section of a synthetic study folder; plus the slide's
 id, patient and labels. :func:`embed_spec` embeds it with a checkpoint (through
-:func:`histokg.tl.embed.load_model`) and writes ``shards/<slide_id>.npz`` and ``thumbs/<slide_id>.png``
+:func:`histokg.checkpoint.load_model`) and writes ``shards/<slide_id>.npz`` and ``thumbs/<slide_id>.png``
 atomically; a shard records the checkpoint's SHA-256 so that an index never mixes models.
 
 Shard arrays: ``vectors`` (n, d) L2-normalised image-tower embeddings, ``coords`` (n, 2) level-0
@@ -220,7 +220,7 @@ def _check_unique(specs: list[SlideSpec]) -> None:
 
 @functools.lru_cache(maxsize=2)
 def _model(checkpoint: str, device: str):
-    from histokg.tl.embed import load_model
+    from histokg.checkpoint import load_model
 
     return load_model(checkpoint, device)
 

@@ -10,6 +10,9 @@ Layout of ``OUT_DIR``::
         spatial/tissue_positions.csv, scalefactors_json.json,
         spatial/tissue_hires_image.png, tissue_lowres_image.png
         truth.csv                   per spot: region label, region fractions, cell types, pathway activities
+
+Reading a study back is :func:`histokg.st.study.load_study` (a study folder is data, read beside the
+other readers).
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from histokg.config import save_config, to_dict
-from histokg.errors import InputError
-from histokg.io import atomic_open, read_json_object, write_json
+from histokg.io import atomic_open, write_json
 from histokg.keys import Key
 from histokg.st.visium import POSITION_COLUMNS, write_spaceranger_outs
 from histokg.synth.biology import REGION_NAMES
@@ -240,50 +242,3 @@ def generate_study(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> Pat
         time.perf_counter() - start,
     )
     return path
-
-
-def load_study(study_dir: str | Path, with_truth: bool = True):
-    """Read a synthetic study back through the Visium reader: one AnnData over all sections.
-
-    Ground truth (``region`` and the region fractions, cell-type and pathway columns) joins ``obs``
-    when ``with_truth``.
-    """
-    from histokg.st.contract import concat_sections
-    from histokg.st.visium import read_visium
-
-    study_dir = Path(study_dir)
-    manifest_path = study_dir / "study.json"
-    if not study_dir.is_dir():
-        raise InputError(f"study folder {study_dir} does not exist or is not a folder")
-    if not manifest_path.is_file():
-        raise InputError(
-            f"{study_dir} is not a histokg study folder: it has no study.json (the manifest "
-            f"`histokg synth {study_dir}` writes); for other data, read it into an .h5ad first "
-            "(`histokg read visium|legacy|hest`)"
-        )
-    manifest = read_json_object(manifest_path, InputError)
-    if not isinstance(manifest.get("sections"), list):
-        raise InputError(f"{manifest_path}: expected a JSON object with a 'sections' list")
-    if not manifest["sections"]:
-        raise InputError(f"{manifest_path}: the study lists no sections")
-    required = (Key.obs.library_id, "slide", "spaceranger", "truth")
-    sections = []
-    for sec in manifest["sections"]:
-        missing = [k for k in required if not isinstance(sec, dict) or k not in sec]
-        if missing:
-            raise InputError(f"{manifest_path}: a section lacks {missing} (found {sec!r:.120})")
-        lib = sec[Key.obs.library_id]
-        adata = read_visium(study_dir / sec["spaceranger"], slide=study_dir / sec["slide"], library_id=lib)
-        if with_truth:
-            truth_path = study_dir / sec["truth"]
-            if not truth_path.is_file():
-                raise InputError(f"{manifest_path}: truth file {truth_path} of {lib} does not exist")
-            truth = pd.read_csv(truth_path, index_col=0)
-            truth = truth.loc[adata.obs[Key.obs.barcode].to_numpy()]
-            region = pd.Categorical(truth[Key.obs.region].to_numpy(), categories=list(REGION_NAMES))
-            adata.obs[Key.obs.region] = region
-            adata.obsm[Key.obsm.truth] = truth.drop(columns=[Key.obs.region]).set_axis(
-                adata.obs_names, axis=0
-            )
-        sections.append(adata)
-    return concat_sections(sections)

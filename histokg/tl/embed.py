@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -21,74 +20,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from histokg import keys
+from histokg.checkpoint import LoadedModel, load_model
 from histokg.config import from_dict
 from histokg.errors import InputError
-from histokg.io import file_sha256
-from histokg.models import DualEncoder, ModelConfig, state_mismatch
 from histokg.st.contract import build_anndata, spatial_uns
 from histokg.st.dataset import SpotPatchDataset, panel_expression
 from histokg.st.pairing import PairingConfig
 from histokg.wsi import TilingConfig, detect_tissue, open_slide, tile_slide
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadedModel:
-    """A trained dual encoder with what it needs to embed new data."""
-
-    model: DualEncoder
-    genes: list[str]
-    pairing: PairingConfig
-    checkpoint: Path
-    sha256: str
-    meta: dict
-
-    @property
-    def params(self) -> dict:
-        cfg = self.meta["config"]
-        return {
-            "model": cfg["model"]["image_encoder"],
-            "loss": cfg["loss"]["name"],
-            "checkpoint": str(self.checkpoint),
-            "checkpoint_sha256": self.sha256,
-            "patch_um": self.pairing.patch_um,
-            "patch_px": self.pairing.patch_px,
-            "mpp": self.pairing.target_mpp,
-            "embed_dim": cfg["model"]["embed_dim"],
-            "genes": list(self.genes),
-            "train_slides": self.meta.get("train_slides", []),
-            "val_slides": self.meta.get("val_slides", []),
-        }
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the dual encoder of a ``histokg train`` checkpoint (weights-only loading)."""
-    from histokg.train.checkpoint import load_checkpoint
-    from histokg.train.config import TrainConfig
-
-    checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    meta = ckpt["meta"]
-    cfg = from_dict(TrainConfig, meta["config"])
-    model_cfg: ModelConfig = cfg.model
-    if model_cfg.image_weights:  # the checkpoint already holds the weights
-        model_cfg = ModelConfig(**{**model_cfg.__dict__, "image_weights": None})
-    model = DualEncoder(model_cfg, int(meta["n_expr_inputs"]))
-    load_weights(model, ckpt["model"], f"checkpoint {checkpoint}")
-    model.to(device).eval()
-    pairing = PairingConfig(patch_um=cfg.data.patch_um, patch_px=cfg.data.patch_px)
-    return LoadedModel(model, list(meta["genes"]), pairing, checkpoint, file_sha256(checkpoint), meta)
-
-
-def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
-    """``model.load_state_dict(state)`` with an error that names the first mismatching keys (not 100 lines)."""
-    problems = state_mismatch(model.state_dict(), state)
-    if problems:
-        raise InputError(
-            f"{source}: its weights do not fit the model its saved config describes: {'; '.join(problems)}"
-        )
-    model.load_state_dict(state)
 
 
 def _as_model(model: LoadedModel | str | Path, device) -> LoadedModel:

@@ -1,9 +1,10 @@
-"""Training checkpoints: written atomically, loaded with ``torch.load(weights_only=True)``.
+"""Writing training checkpoints (atomically) and the RNG states a resumed run restores.
 
 A checkpoint holds everything a resumed run needs to continue bit-for-bit: model, loss and
 optimiser parameters, scheduler and gradient-scaler state, the RNG states of Python, NumPy and
 torch, the position (epoch, batch within the epoch, global step), early-stopping state, the
-resolved config, the gene panel, and hashes of the data and the KG bundle.
+resolved config, the gene panel, and hashes of the data and the KG bundle. Reading one
+(``torch.load(weights_only=True)``) and rebuilding its model are library level: :mod:`histokg.checkpoint`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from histokg.errors import InputError
+from histokg.checkpoint import FORMAT_VERSION
 from histokg.io import atomic_path
-from histokg.models import load_tensor_file
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -72,15 +70,3 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist")
-    payload = load_tensor_file(path, "checkpoint", map_location)
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"checkpoint {path} is not a histokg checkpoint of format {FORMAT_VERSION}")
-    payload["meta"] = json.loads(payload.pop("meta_json"))
-    return payload

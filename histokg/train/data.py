@@ -35,7 +35,7 @@ def load_spots(cfg: DataConfig) -> ad.AnnData:
     if cfg.study and cfg.h5ad:
         raise ConfigError("data.study and data.h5ad are exclusive; give one")
     if cfg.study:
-        from histokg.synth.study import load_study
+        from histokg.st.study import load_study
 
         path = Path(cfg.study)
         if not (path / "study.json").is_file():

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from histokg.checkpoint import load_checkpoint
 from histokg.config import save_config, to_dict
 from histokg.errors import ConfigError, HistokgError
 from histokg.io import atomic_open, atomic_path, file_sha256, write_json
@@ -33,7 +34,7 @@ from histokg.models import DualEncoder
 from histokg.st.pairing import PairingConfig
 from histokg.st.transforms import build_transforms
 from histokg.train import distributed as dist_utils
-from histokg.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from histokg.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from histokg.train.config import TrainConfig
 from histokg.train.data import (
     ShardedBatchSampler,

@@ -1,0 +1,127 @@
+"""Trained checkpoints for inference: read one safely and rebuild its dual encoder (:func:`load_model`).
+
+A checkpoint is what ``histokg train`` writes (:func:`histokg.train.checkpoint.save_checkpoint`): a
+``torch.save`` dict of tensors and state dicts with ``format_version`` and ``meta_json``, a JSON object
+holding the resolved training config, the gene panel (``genes``), the slides it trained and validated on
+and ``n_expr_inputs``. It is read with ``torch.load(weights_only=True)``: nothing is ever unpickled.
+
+Inference needs only this module, never :mod:`histokg.train`: the saved config's ``model`` section
+builds the :class:`~histokg.models.DualEncoder` and its ``data`` section gives the patch geometry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histokg.config import from_dict
+from histokg.errors import ConfigError, InputError
+from histokg.io import file_sha256, load_tensor_file
+from histokg.models import DualEncoder, ModelConfig, state_mismatch
+from histokg.st.pairing import PairingConfig
+
+FORMAT_VERSION = 1
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects; ``meta_json`` comes back as ``meta``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    payload = load_tensor_file(path, "checkpoint", map_location)
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"checkpoint {path} is not a histokg checkpoint of format {FORMAT_VERSION}")
+    payload["meta"] = json.loads(payload.pop("meta_json"))
+    return payload
+
+
+@dataclass
+class LoadedModel:
+    """A trained dual encoder with what it needs to embed new data.
+
+    ``model`` (in eval mode), the gene panel of its expression tower (``genes``), the patch geometry it
+    was trained on (``pairing``), the checkpoint's path and SHA-256 and its ``meta`` (``meta["config"]``
+    is the resolved training config as a dict).
+    """
+
+    model: DualEncoder
+    genes: list[str]
+    pairing: PairingConfig
+    checkpoint: Path
+    sha256: str
+    meta: dict
+
+    @property
+    def params(self) -> dict:
+        """What ``tl.embed`` records in ``uns["histokg"]["params"]``."""
+        cfg = self.meta["config"]
+        return {
+            "model": cfg["model"]["image_encoder"],
+            "loss": cfg["loss"]["name"],
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha256": self.sha256,
+            "patch_um": self.pairing.patch_um,
+            "patch_px": self.pairing.patch_px,
+            "mpp": self.pairing.target_mpp,
+            "embed_dim": cfg["model"]["embed_dim"],
+            "genes": list(self.genes),
+            "train_slides": self.meta.get("train_slides", []),
+            "val_slides": self.meta.get("val_slides", []),
+        }
+
+
+def saved_model_config(meta: dict, source: str) -> tuple[ModelConfig, PairingConfig]:
+    """The architecture and patch geometry a checkpoint's saved config describes.
+
+    ``image_weights`` is cleared: the checkpoint itself holds the image tower's weights.
+    """
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise InputError(f"{source}: its metadata holds no training config")
+    data = config.get("data") or {}
+    try:
+        model_cfg = from_dict(ModelConfig, config.get("model"), "model")
+        geometry = {key: data[key] for key in ("patch_um", "patch_px") if key in data}
+        pairing = from_dict(PairingConfig, geometry, "data")
+    except ConfigError as exc:
+        raise InputError(f"{source}: its saved config is not valid ({exc})") from None
+    if not (pairing.patch_um > 0 and pairing.patch_px >= 8):
+        raise InputError(
+            f"{source}: its saved patch geometry ({pairing.patch_um} um at {pairing.patch_px} px) is not valid"
+        )
+    return replace(model_cfg, image_weights=None), pairing
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the dual encoder of a ``histokg train`` checkpoint (weights-only loading).
+
+    Returns a :class:`LoadedModel`: the model on ``device`` in eval mode, with its gene panel, patch
+    geometry, checkpoint hash and metadata. Errors name the checkpoint and what does not fit.
+    """
+    checkpoint = Path(checkpoint)
+    source = f"checkpoint {checkpoint}"
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt["meta"]
+    missing = [f"meta.{key}" for key in ("config", "genes", "n_expr_inputs") if key not in meta]
+    missing += [] if "model" in ckpt else ["model"]
+    if missing:
+        raise InputError(f"{source}: it lacks {', '.join(missing)} (not a checkpoint of `histokg train`)")
+    model_cfg, pairing = saved_model_config(meta, source)
+    model = DualEncoder(model_cfg, int(meta["n_expr_inputs"]))
+    load_weights(model, ckpt["model"], source)
+    model.to(device).eval()
+    return LoadedModel(model, list(meta["genes"]), pairing, checkpoint, file_sha256(checkpoint), meta)
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
+    """``model.load_state_dict(state)`` with an error that names the first mismatching keys (not 100 lines)."""
+    problems = state_mismatch(model.state_dict(), state)
+    if problems:
+        raise InputError(
+            f"{source}: its weights do not fit the model its saved config describes: {'; '.join(problems)}"
+        )
+    model.load_state_dict(state)
