@@ -2,7 +2,8 @@
 
 :class:`Registry` is a thin layer over class_resolver's ``ClassResolver.from_subclasses`` (the
 pattern of pykeen's losses): every subclass of a base class that sets a ``name`` is registered
-under that name, in the order the classes were defined. Names are looked up exactly (``kg_soft``,
+under that name, in the order the classes were defined (a subclass of a registered class comes
+just before it). Names are looked up exactly (``kg_soft``,
 not ``KG-Soft``); an unknown name or keyword argument raises :func:`unknown_name`'s error::
 
     loss_registry = Registry(ContrastiveLoss, "loss")
@@ -106,7 +107,7 @@ class Registry(Generic[X]):
             base, suffix="", exclude_predicate=lambda cls: not getattr(cls, "name", "")
         )
         registered = set(self.resolver)
-        # in definition order (from_subclasses registers a set, whose order is arbitrary)
+        # in definition order, subclasses first (from_subclasses registers a set, in no fixed order)
         self.classes: dict[str, type[X]] = {
             cls.name: cls  # type: ignore[attr-defined]
             for cls in get_subclasses(base)
