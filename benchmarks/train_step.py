@@ -119,7 +119,7 @@ def main() -> None:
                     if amp
                     else torch.autocast(device.type, enabled=False)
                 ):
-                    loss = joint(b)
+                    loss = joint(b)["loss"]
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -150,7 +150,7 @@ def main() -> None:
                     inputs.W = prior.pair_weights_from_packed(batch["kg"])
                 if loss_fn.needs_gaussians:
                     inputs.gauss_mean, inputs.gauss_var = batch["g_mean"], batch["g_var"]
-                loss_fn(inputs).backward()
+                loss_fn(inputs)["loss"].backward()
 
             loss_only[name] = time_steps(loss_step, 50, device, warmup=5)
         w_time = time_steps(lambda: prior.pair_weights_from_packed(batch["kg"]), 20, device)

@@ -132,13 +132,15 @@ def is_named(weights: str | Path | None) -> bool:
 
 def lookup(name: str) -> PretrainedWeights:
     if name not in PRETRAINED:
-        import difflib
+        from histokg.registry import unknown_name
 
-        near = difflib.get_close_matches(name, list(PRETRAINED), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(
-            f"model.image_weights: {name!r} is not a known pretrained name{hint}; known: {', '.join(PRETRAINED)} "
-            "(or give a local weights file)"
+        raise unknown_name(
+            "pretrained weights name",
+            name,
+            PRETRAINED,
+            where="model.image_weights",
+            listing="known",
+            note="; or give a local weights file",
         )
     return PRETRAINED[name]
 

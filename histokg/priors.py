@@ -411,13 +411,9 @@ class KGPrior:
 def _check_config(cfg: PriorConfig) -> None:
     for family, value in cfg.alpha.items():
         if family not in FAMILIES:
-            import difflib
+            from histokg.registry import unknown_name
 
-            close = difflib.get_close_matches(family, FAMILIES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"prior.alpha: unknown relation family {family!r}{hint} (families: {', '.join(FAMILIES)})"
-            )
+            raise unknown_name("relation family", family, FAMILIES, where="prior.alpha", plural="families")
         if value < 0:
             raise ConfigError(f"prior.alpha.{family}: weights must be >= 0, got {value}")
     if cfg.score not in ("rank", "mean", "zmean"):

@@ -41,7 +41,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     joint = make_joint(info)
     ddp = torch.nn.parallel.DistributedDataParallel(joint)
     images, expr = make_inputs()
-    loss = ddp({"image": images[rank * B : (rank + 1) * B], "expr": expr[rank * B : (rank + 1) * B]})
+    loss = ddp({"image": images[rank * B : (rank + 1) * B], "expr": expr[rank * B : (rank + 1) * B]})["loss"]
     loss.backward()
     grads = {n: p.grad.clone() for n, p in joint.named_parameters() if p.grad is not None}
     torch.save({"loss": loss.detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -59,7 +59,7 @@ def test_two_process_loss_and_grads_equal_single_process(tmp_path):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     joint = make_joint(DistInfo())
     images, expr = make_inputs()
-    loss = joint({"image": images, "expr": expr})
+    loss = joint({"image": images, "expr": expr})["loss"]
     loss.backward()
     for rank in (0, 1):
         res = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from class_resolver.utils import get_subclasses
 
-from histokg.losses import LOSSES, ContrastiveLoss, LossInputs, build_loss
+from histokg.errors import ConfigError
+from histokg.losses import LOSSES, ContrastiveLoss, LossInputs, build_loss, loss_kwargs, loss_resolver
 
 K_PRIOR = 3  # KG-space size k of the Gaussians
 
@@ -179,7 +181,8 @@ def ref_kg_uniformity(f, g, scale, W, lam=0.3, t=2.0, eps=1.0, uniformity_weight
     return ref_alignment(f, g) + uniformity_weight * ref_log_mean_gaussian_potential(smoothed, t)
 
 
-def ref_kg_gaussian(f, g, scale, mean, var, P, r, gamma=0.1, min_var=1e-2, **_):
+def ref_kg_gaussian(f, g, scale, mean, var, params, gamma=0.1, min_var=1e-2, **_):
+    P, r = params["proj.weight"], params["r"]
     n, d = f.shape
     k = mean.shape[1]
     nll = 0.0
@@ -192,83 +195,255 @@ def ref_kg_gaussian(f, g, scale, mean, var, P, r, gamma=0.1, min_var=1e-2, **_):
     return ref_infonce(f, g, scale) + gamma * nll / n / d
 
 
-REFS = {
-    "infonce": ref_infonce,
-    "bleep": ref_bleep,
-    "kg_soft": ref_kg_soft,
-    "kg_negatives": ref_kg_negatives,
-    "kg_uniformity": ref_kg_uniformity,
-    "kg_gaussian": ref_kg_gaussian,
-}
-
-KWARG_CASES = {
-    "infonce": [{}],
-    "bleep": [{}, {"tau_prime": 0.3}],
-    "kg_soft": [{}, {"lam": 0.8, "tau_kg": 0.5}],
-    "kg_negatives": [{}, {"beta": 1.0}, {"beta": 3.0}],
-    "kg_uniformity": [{}, {"lam": 0.5, "t": 1.0, "eps": 0.05, "uniformity_weight": 0.5}],
-    "kg_gaussian": [{}, {"gamma": 1.0, "min_var": 0.1}],
-}
-CASES = [(name, kw) for name in LOSSES for kw in KWARG_CASES.get(name, [{}])]
+def ref_siglip(f, g, scale, params, **_):
+    s = ref_sim(f, g, scale)
+    n = len(s)
+    b = params["bias"]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            y = 1.0 if i == j else -1.0
+            total = total - torch.log(1.0 / (1.0 + torch.exp(-y * (s[i][j] + b))))
+    return total / n
 
 
-def test_registry_is_covered_and_flags_are_right():
-    assert set(REFS) == set(LOSSES) == set(KWARG_CASES)
-    assert {n for n, c in LOSSES.items() if c.needs_prior} == {"kg_soft", "kg_negatives", "kg_uniformity"}
-    assert {n for n, c in LOSSES.items() if c.needs_gaussians} == {"kg_gaussian"}
-    for name, cls in LOSSES.items():
-        assert cls.name == name and issubclass(cls, ContrastiveLoss)
+# ------------------------------------------------- (1) generic cases: one per registered loss
+class LossTestCase:
+    """The checks every loss must pass; one subclass per registered loss (pykeen's tests/cases.py pattern).
+
+    A subclass sets ``name``, ``reference`` (a float64 loop implementation: ``reference(f, g, scale,
+    W=..., mean=..., var=..., params=..., **kwargs)``, ``params`` the loss's own parameters by name),
+    ``kwarg_cases`` (kwargs to check against the reference) and ``swap_symmetric`` (swapping the
+    modalities, with W transposed, leaves the loss unchanged). ``prepare`` may give the loss's
+    parameters non-trivial values.
+    """
+
+    name: str
+    reference = None
+    kwarg_cases: tuple[dict, ...] = ({},)
+    swap_symmetric = True
+
+    def prepare(self, loss: ContrastiveLoss, d: int) -> None:
+        pass
+
+    def build(self, d: int, **kwargs) -> ContrastiveLoss:
+        loss = make_loss(self.name, d, **kwargs)
+        self.prepare(loss, d)
+        return loss
+
+    def value(self, loss: ContrastiveLoss, f, g, scale, batch: dict) -> torch.Tensor:
+        return loss(inputs_of(f, g, scale, batch))["loss"]
+
+    def run_both(self, kwargs: dict, batch: dict):
+        """(impl terms, impl grads, ref value, ref grads); grads over f, g, logit_scale and the loss's parameters."""
+        loss = self.build(batch["f"].shape[1], **kwargs)
+        f, g, scale = leaves(batch)
+        terms = loss(inputs_of(f, g, scale, batch))
+        named = dict(loss.named_parameters())
+        impl_grads = grads(terms["loss"], [f, g, scale, *named.values()])
+        rf, rg, rs = (t.detach().double().requires_grad_() for t in (batch["f"], batch["g"], batch["scale"]))
+        params = {n: p.detach().double().requires_grad_() for n, p in named.items()}
+        ref = type(self).reference(
+            rf, rg, rs, W=batch["W"], mean=batch["mean"], var=batch["var"], params=params, **kwargs
+        )
+        return terms, impl_grads, ref, grads(ref, [rf, rg, rs, *params.values()])
+
+    # ------------------------------------------------------------------ the shared checks
+    def test_is_registered(self):
+        cls = LOSSES[self.name]
+        assert cls.name == self.name and issubclass(cls, ContrastiveLoss)
+        assert loss_resolver.lookup(self.name) is cls
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_matches_loop_reference(self, dtype):
+        tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+        for kwargs in self.kwarg_cases:
+            for seed, (n, d) in enumerate([(5, 4), (7, 8), (6, 5)]):
+                batch = make_batch(n, d, seed=seed, dtype=dtype)
+                terms, impl_grads, ref, ref_grads = self.run_both(kwargs, batch)
+                value = terms["loss"]
+                assert value.dtype == dtype and value.ndim == 0
+                torch.testing.assert_close(value, ref.to(dtype), **tol)
+                for got, want in zip(impl_grads, ref_grads, strict=True):
+                    torch.testing.assert_close(got, want.to(got.dtype), **tol)
+
+    def test_returns_named_finite_terms_with_loss(self):
+        batch = make_batch(5, 4, seed=6, dtype=torch.float32)
+        terms = self.build(4)(inputs_of(*leaves(batch), batch))
+        assert "loss" in terms and len(terms) >= 2, terms.keys()  # the total and at least one part
+        assert all(v.ndim == 0 and torch.isfinite(v) for v in terms.values())
+
+    def test_gradients_reach_both_towers(self):
+        batch = make_batch(6, 5, seed=12, dtype=torch.float32)
+        f, g, scale = leaves(batch)
+        self.value(self.build(5), f, g, scale, batch).backward()
+        for t in (f, g):
+            assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+    def test_invariant_to_the_order_of_the_batch(self):
+        batch = make_batch(6, 5, seed=13)
+        p = torch.tensor([3, 0, 5, 1, 4, 2])
+        shuffled = dict(batch, f=batch["f"][p], g=batch["g"][p], W=batch["W"][p][:, p],
+                        mean=batch["mean"][p], var=batch["var"][p])  # fmt: skip
+        loss = self.build(5)
+        torch.testing.assert_close(
+            self.value(loss, batch["f"], batch["g"], batch["scale"], batch),
+            self.value(loss, shuffled["f"], shuffled["g"], shuffled["scale"], shuffled),
+        )
+
+    def test_symmetric_in_the_two_modalities(self):
+        if not self.swap_symmetric:
+            pytest.skip(f"{self.name} treats the image and expression towers differently")
+        batch = make_batch(6, 5, seed=14, symmetric=False)
+        swapped = dict(batch, f=batch["g"], g=batch["f"], W=batch["W"].T)
+        loss = self.build(5)
+        torch.testing.assert_close(
+            self.value(loss, batch["f"], batch["g"], batch["scale"], batch),
+            self.value(loss, swapped["f"], swapped["g"], swapped["scale"], swapped),
+        )
+
+    def test_refuses_an_unknown_kwarg_naming_the_valid_ones(self):
+        valid = loss_kwargs(self.name)
+        with pytest.raises(ConfigError) as err:
+            make_loss(self.name, 4, not_a_kwarg=1)
+        message = str(err.value)
+        assert f"loss {self.name!r}: unknown kwarg 'not_a_kwarg'" in message
+        assert f"(valid kwargs: {', '.join(valid) or 'none'})" in message
+
+    def test_defaults_spelled_out_give_the_same_loss(self):
+        batch = make_batch(5, 4, seed=15)
+        plain, explicit = self.build(4), self.build(4, **loss_kwargs(self.name))
+        f, g, scale = batch["f"], batch["g"], batch["scale"]
+        assert torch.equal(self.value(plain, f, g, scale, batch), self.value(explicit, f, g, scale, batch))
+
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_tiny_batches_are_finite(self, n):
+        batch = make_batch(n, 4, seed=2, dtype=torch.float32)
+        f, g, scale = leaves(batch)
+        value = self.value(make_loss(self.name, 4), f, g, scale, batch)
+        value.backward()
+        assert torch.isfinite(value) and all(torch.isfinite(t.grad).all() for t in (f, g))
+
+    def test_prior_is_not_differentiated_and_terms_are_logged(self):
+        batch = make_batch(5, 4, seed=6, dtype=torch.float32)
+        batch["W"] = batch["W"].float().requires_grad_()
+        f, g, scale = leaves(batch)
+        terms = make_loss(self.name, 4)(inputs_of(f, g, scale, batch))
+        terms["loss"].backward()
+        assert batch["W"].grad is None
+        parts = {k: float(v.detach()) for k, v in terms.items() if k != "loss"}
+        assert parts and all(math.isfinite(v) for v in parts.values())
+
+    def test_bf16_autocast_returns_finite_float32(self):
+        batch = make_batch(6, 8, seed=8, dtype=torch.float32)
+        loss = make_loss(self.name, 8)
+        f = batch["f"].bfloat16().requires_grad_()
+        g = batch["g"].bfloat16().requires_grad_()
+        scale = batch["scale"].clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            value = self.value(loss, f, g, scale, batch)
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+        value.backward()
+        assert torch.isfinite(f.grad.float()).all() and torch.isfinite(g.grad.float()).all()
+        plain = self.value(loss, f.detach().float(), g.detach().float(), scale.detach(), batch)
+        torch.testing.assert_close(value.detach(), plain)
+
+    def test_adam_steps_reduce_loss(self):
+        torch.manual_seed(0)
+        batch = make_batch(8, 8, seed=9, dtype=torch.float32)
+        raw_f = torch.randn(8, 8, requires_grad=True)
+        raw_g = torch.randn(8, 8, requires_grad=True)
+        scale = torch.tensor(5.0)
+        loss = make_loss(self.name, 8)
+        opt = torch.optim.Adam([raw_f, raw_g, *loss.parameters()], lr=0.05)
+
+        def step() -> float:
+            opt.zero_grad()
+            value = self.value(loss, F.normalize(raw_f, dim=-1), F.normalize(raw_g, dim=-1), scale, batch)
+            value.backward()
+            opt.step()
+            return float(value.detach())
+
+        first = step()
+        for _ in range(25):
+            last = step()
+        assert last < first - 0.05
 
 
-# ------------------------------------------------------------------ (1) against the references
-def run_both(name: str, kwargs: dict, batch: dict):
-    """(impl value, impl grads, ref value, ref grads); grads over f, g, logit_scale (+ loss params)."""
-    d = batch["f"].shape[1]
-    loss = make_loss(name, d, **kwargs)
-    if name == "kg_gaussian":  # a non-trivial projection and translation
+class TestInfoNCE(LossTestCase):
+    name = "infonce"
+    reference = staticmethod(ref_infonce)
+
+
+class TestBleep(LossTestCase):
+    name = "bleep"
+    reference = staticmethod(ref_bleep)
+    kwarg_cases = ({}, {"tau_prime": 0.3})
+    swap_symmetric = False  # the targets are row-normalised: swapping does not transpose them
+
+
+class TestKGSoft(LossTestCase):
+    name = "kg_soft"
+    reference = staticmethod(ref_kg_soft)
+    kwarg_cases = ({}, {"lam": 0.8, "tau_kg": 0.5})
+
+
+class TestKGNegatives(LossTestCase):
+    name = "kg_negatives"
+    reference = staticmethod(ref_kg_negatives)
+    kwarg_cases = ({}, {"beta": 1.0}, {"beta": 3.0})
+
+
+class TestKGUniformity(LossTestCase):
+    name = "kg_uniformity"
+    reference = staticmethod(ref_kg_uniformity)
+    kwarg_cases = ({}, {"lam": 0.5, "t": 1.0, "eps": 0.05, "uniformity_weight": 0.5})
+
+
+class TestKGGaussian(LossTestCase):
+    name = "kg_gaussian"
+    reference = staticmethod(ref_kg_gaussian)
+    kwarg_cases = ({}, {"gamma": 1.0, "min_var": 0.1})
+    swap_symmetric = False  # the Gaussians regularise the image embeddings only
+
+    def prepare(self, loss, d):  # a non-trivial projection and translation
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             loss.proj.weight.copy_(torch.randn(d, K_PRIOR, generator=gen))
             loss.r.copy_(0.3 * torch.randn(d, generator=gen))
-    f, g, scale = leaves(batch)
-    value = loss(inputs_of(f, g, scale, batch))
-    params = [loss.proj.weight, loss.r] if name == "kg_gaussian" else list(loss.parameters())
-    impl_grads = grads(value, [f, g, scale, *params])
-
-    rf, rg, rs = (t.detach().double().requires_grad_() for t in (batch["f"], batch["g"], batch["scale"]))
-    extra = {}
-    ref_params = []
-    if name == "kg_gaussian":
-        ref_params = [
-            loss.proj.weight.detach().double().requires_grad_(),
-            loss.r.detach().double().requires_grad_(),
-        ]
-        extra = {"mean": batch["mean"], "var": batch["var"], "P": ref_params[0], "r": ref_params[1]}
-    ref = REFS[name](rf, rg, rs, W=batch["W"], **extra, **kwargs)
-    ref_grads = grads(ref, [rf, rg, rs, *ref_params])
-    return value, impl_grads, ref, ref_grads
 
 
-@pytest.mark.parametrize(
-    ("name", "kwargs"), CASES, ids=[f"{n}-{i}" for n, i in ((n, repr(k)) for n, k in CASES)]
-)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_loop_reference(name, kwargs, dtype):
-    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
-    for seed, (n, d) in enumerate([(5, 4), (7, 8), (6, 5)]):
-        batch = make_batch(n, d, seed=seed, dtype=dtype)
-        value, impl_grads, ref, ref_grads = run_both(name, kwargs, batch)
-        assert value.dtype == dtype and value.ndim == 0
-        torch.testing.assert_close(value, ref.to(dtype), **tol)
-        for got, want in zip(impl_grads, ref_grads, strict=True):
-            torch.testing.assert_close(got, want.to(got.dtype), **tol)
+class TestSigLIP(LossTestCase):
+    name = "siglip"
+    reference = staticmethod(ref_siglip)
+    kwarg_cases = ({}, {"bias_init": -2.0})
+
+    def prepare(self, loss, d):  # a bias away from its initial value
+        with torch.no_grad():
+            loss.bias.add_(0.7)
+
+
+CASES = {case.name: case for case in get_subclasses(LossTestCase)}
+
+
+def test_every_registered_loss_has_a_test_case():
+    """The meta-test: a loss added to histokg.losses without its LossTestCase fails here."""
+    registered = {cls.name for cls in loss_resolver.lookup_dict.values()}
+    assert registered == set(LOSSES)
+    assert registered - set(CASES) == set(), f"losses without a test case: {registered - set(CASES)}"
+    assert set(CASES) - registered == set(), f"test cases of unregistered losses: {set(CASES) - registered}"
+
+
+def test_flags_are_right():
+    assert {n for n, c in LOSSES.items() if c.needs_prior} == {"kg_soft", "kg_negatives", "kg_uniformity"}
+    assert {n for n, c in LOSSES.items() if c.needs_gaussians} == {"kg_gaussian"}
 
 
 @pytest.mark.parametrize("name", [n for n, c in LOSSES.items() if c.needs_prior])
 def test_asymmetric_prior_uses_its_transpose_for_the_other_direction(name):
     batch = make_batch(6, 5, seed=11, symmetric=False)
-    value, impl_grads, ref, ref_grads = run_both(name, {}, batch)
-    torch.testing.assert_close(value, ref)
+    terms, impl_grads, ref, ref_grads = CASES[name]().run_both({}, batch)
+    torch.testing.assert_close(terms["loss"], ref)
     for got, want in zip(impl_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want)
 
@@ -277,8 +452,8 @@ def test_asymmetric_prior_uses_its_transpose_for_the_other_direction(name):
 def compare_losses(loss_a, loss_b, batch, exact: bool = False):
     fa, ga, sa = leaves(batch)
     fb, gb, sb = leaves(batch)
-    va = loss_a(inputs_of(fa, ga, sa, batch))
-    vb = loss_b(inputs_of(fb, gb, sb, batch))
+    va = loss_a(inputs_of(fa, ga, sa, batch))["loss"]
+    vb = loss_b(inputs_of(fb, gb, sb, batch))["loss"]
     pairs = [(va, vb), *zip(grads(va, [fa, ga, sa]), grads(vb, [fb, gb, sb]), strict=True)]
     for a, b in pairs:
         if exact:
@@ -308,7 +483,7 @@ def test_kg_uniformity_lam0_is_plain_decoupled_uniformity(dtype):
     for seed in range(3):
         batch = make_batch(6, 5, seed=seed, dtype=dtype)
         f, g, scale = leaves(batch)
-        value = build_loss("kg_uniformity", 5, lam=0.0, t=1.5)(inputs_of(f, g, scale, batch))
+        value = build_loss("kg_uniformity", 5, lam=0.0, t=1.5)(inputs_of(f, g, scale, batch))["loss"]
         rf, rg = (t.detach().double().requires_grad_() for t in (batch["f"], batch["g"]))
         ref = ref_plain_decoupled_uniformity(rf, rg, t=1.5)
         torch.testing.assert_close(value, ref.to(dtype), **tol)
@@ -325,8 +500,8 @@ def test_aligned_batch_beats_shuffled():
     perm = torch.tensor([1, 2, 3, 4, 5, 0])
     loss = build_loss("infonce", 8)
     scale = torch.tensor(10.0)
-    aligned = loss(LossInputs(img=f, expr=f.clone(), logit_scale=scale))
-    shuffled = loss(LossInputs(img=f, expr=f[perm], logit_scale=scale))
+    aligned = loss(LossInputs(img=f, expr=f.clone(), logit_scale=scale))["loss"]
+    shuffled = loss(LossInputs(img=f, expr=f[perm], logit_scale=scale))["loss"]
     assert aligned < 0.01 < 5.0 < shuffled
 
 
@@ -350,7 +525,9 @@ def test_kg_soft_uninformative_prior_is_label_smoothing(fill):
         torch.zeros(6, 6, dtype=torch.float64) if fill == "zeros" else torch.eye(6, dtype=torch.float64)
     )
     lam = 0.4
-    value = build_loss("kg_soft", 5, lam=lam)(inputs_of(batch["f"], batch["g"], batch["scale"], batch))
+    value = build_loss("kg_soft", 5, lam=lam)(inputs_of(batch["f"], batch["g"], batch["scale"], batch))[
+        "loss"
+    ]
     s = batch["scale"] * batch["f"] @ batch["g"].T
     smooth = F.cross_entropy(
         s, torch.arange(6), label_smoothing=lam * 6 / 5
@@ -365,7 +542,9 @@ def test_kg_uniformity_prior_without_neighbours_is_plain(fill):
     batch["W"] = (
         torch.zeros(6, 6, dtype=torch.float64) if fill == "zeros" else torch.eye(6, dtype=torch.float64)
     )
-    value = build_loss("kg_uniformity", 5, lam=0.3)(inputs_of(batch["f"], batch["g"], batch["scale"], batch))
+    value = build_loss("kg_uniformity", 5, lam=0.3)(inputs_of(batch["f"], batch["g"], batch["scale"], batch))[
+        "loss"
+    ]
     torch.testing.assert_close(value, ref_plain_decoupled_uniformity(batch["f"], batch["g"]))
 
 
@@ -384,8 +563,8 @@ def two_cluster_batch():
 def test_kg_negatives_pushes_related_pairs_less():
     f, g, W = two_cluster_batch()
     scale = torch.tensor(10.0)
-    plain = build_loss("infonce", 8)(LossInputs(img=f, expr=g, logit_scale=scale))
-    kg = build_loss("kg_negatives", 8, beta=0.9)(LossInputs(img=f, expr=g, logit_scale=scale, W=W))
+    plain = build_loss("infonce", 8)(LossInputs(img=f, expr=g, logit_scale=scale))["loss"]
+    kg = build_loss("kg_negatives", 8, beta=0.9)(LossInputs(img=f, expr=g, logit_scale=scale, W=W))["loss"]
     assert kg < plain
 
 
@@ -403,29 +582,6 @@ def test_kg_uniformity_smoothing_is_row_stochastic_and_mixes_groups_only():
     torch.testing.assert_close(alpha.sum(-1), torch.ones(6))
     assert alpha[0, 1] > 0.05
     torch.testing.assert_close(alpha[:3, 3:], torch.zeros(3, 3), atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("name", list(LOSSES))
-@pytest.mark.parametrize("n", [1, 2])
-def test_tiny_batches_are_finite(name, n):
-    batch = make_batch(n, 4, seed=2, dtype=torch.float32)
-    f, g, scale = leaves(batch)
-    value = make_loss(name, 4)(inputs_of(f, g, scale, batch))
-    value.backward()
-    assert torch.isfinite(value) and all(torch.isfinite(t.grad).all() for t in (f, g))
-
-
-@pytest.mark.parametrize("name", list(LOSSES))
-def test_prior_is_not_differentiated_and_terms_are_logged(name):
-    batch = make_batch(5, 4, seed=6, dtype=torch.float32)
-    batch["W"] = batch["W"].float().requires_grad_()
-    loss = make_loss(name, 4)
-    f, g, scale = leaves(batch)
-    loss(inputs_of(f, g, scale, batch)).backward()
-    assert batch["W"].grad is None
-    assert loss.last_terms and all(
-        isinstance(v, float) and math.isfinite(v) for v in loss.last_terms.values()
-    )
 
 
 # ------------------------------------------------------------------------------------ (4) errors
@@ -495,43 +651,3 @@ def test_kg_gaussian_init_is_deterministic_and_configurable():
     assert torch.equal(a.proj.weight, b.proj.weight) and torch.equal(a.r, torch.zeros(8))
     assert not torch.equal(a.proj.weight, make_loss("kg_gaussian", 8, seed=1).proj.weight)
     assert "gamma=0.1" in repr(a)
-
-
-@pytest.mark.parametrize("name", list(LOSSES))
-def test_bf16_autocast_returns_finite_float32(name):
-    batch = make_batch(6, 8, seed=8, dtype=torch.float32)
-    loss = make_loss(name, 8)
-    f = batch["f"].bfloat16().requires_grad_()
-    g = batch["g"].bfloat16().requires_grad_()
-    scale = batch["scale"].clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = loss(inputs_of(f, g, scale, batch))
-    assert value.dtype == torch.float32 and torch.isfinite(value)
-    value.backward()
-    assert torch.isfinite(f.grad.float()).all() and torch.isfinite(g.grad.float()).all()
-    plain = loss(inputs_of(f.detach().float(), g.detach().float(), scale.detach(), batch))
-    torch.testing.assert_close(value.detach(), plain)
-
-
-# ---------------------------------------------------------------------------- (5) optimisation
-@pytest.mark.parametrize("name", list(LOSSES))
-def test_adam_steps_reduce_loss(name):
-    torch.manual_seed(0)
-    batch = make_batch(8, 8, seed=9, dtype=torch.float32)
-    raw_f = torch.randn(8, 8, requires_grad=True)
-    raw_g = torch.randn(8, 8, requires_grad=True)
-    scale = torch.tensor(5.0)
-    loss = make_loss(name, 8)
-    opt = torch.optim.Adam([raw_f, raw_g, *loss.parameters()], lr=0.05)
-
-    def step() -> float:
-        opt.zero_grad()
-        value = loss(inputs_of(F.normalize(raw_f, dim=-1), F.normalize(raw_g, dim=-1), scale, batch))
-        value.backward()
-        opt.step()
-        return float(value.detach())
-
-    first = step()
-    for _ in range(25):
-        last = step()
-    assert last < first - 0.05

@@ -354,3 +354,31 @@ def test_checkpoint_whose_config_does_not_fit_its_weights_names_keys(synth_study
     msg = str(err.value)
     assert "weights do not fit the model its saved config describes" in msg and "with other shapes" in msg
     assert len(msg) < 600 and "\n" not in msg
+
+
+def test_interrupt_saves_the_last_step_and_resume_matches_the_full_run(synth_study, tmp_path):
+    """Ctrl-C (KeyboardInterrupt) mid-accumulation: last.pt holds the last completed step; resuming
+    from it reaches the same weights as an uninterrupted run."""
+    from histokg.train import Trainer
+    from histokg.train.callbacks import CallbackList, TrainingCallback, default_callbacks
+
+    class InterruptMidStep(TrainingCallback):
+        def on_loss(self, trainer, loop, loss):
+            if loop.step == 3 and loop.batch_in_epoch % 2 == 1:  # a micro-batch after step 3
+                raise KeyboardInterrupt
+            return loss
+
+    extra = ["optim.batch_size=16", "optim.grad_accum=2", "checkpoint_every=100"]
+    full = train(tiny_cfg(synth_study, tmp_path / "full", *extra))
+    cfg = tiny_cfg(synth_study, tmp_path / "cut", *extra)
+    trainer = Trainer(cfg)
+    trainer.callbacks = CallbackList([*default_callbacks(trainer).callbacks, InterruptMidStep()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert (cut["step"], cut["batch_in_epoch"]) == (3, 6)
+    resumed = train(cfg, resume=True)
+    a, b = load_checkpoint(full.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    assert a["step"] == b["step"] and a["meta"]["history"] == b["meta"]["history"]
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)

@@ -81,11 +81,16 @@ class BenchConfig:
     threads: int = 0  # torch threads (0: leave torch's default)
 
     def __post_init__(self) -> None:
-        from histokg.losses import LOSSES
+        from histokg.losses import loss_registry
+        from histokg.registry import unknown_name_message
 
         check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
-        unknown = [c.name for c in self.losses if c.name not in LOSSES]
-        check(not unknown, "losses", f"unknown losses {unknown}; valid: {', '.join(LOSSES)}")
+        unknown = [c.name for c in self.losses if c.name not in loss_registry]
+        check(
+            not unknown,
+            "losses",
+            unknown_name_message("loss", unknown, loss_registry.names, plural="losses"),
+        )
         bad = [b for b in self.baselines if b not in BASELINES]
         check(not bad, "baselines", f"unknown baselines {bad}; valid: {', '.join(BASELINES)}")
         check(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")

@@ -115,14 +115,13 @@ def train_heads(
     inputs: RunInputs, loss_spec: Component, cfg: HeadsConfig, seed: int
 ) -> tuple[HeadModel, dict]:
     """Train one model; returns it (eval mode) and a few training facts (steps, last loss)."""
-    from histokg.losses import LOSSES, build_loss
+    from histokg.losses import build_loss, loss_registry
     from histokg.train import distributed as dist_utils
     from histokg.train.data import ShardedBatchSampler
-    from histokg.train.trainer import JointModule, lr_lambda, param_groups, seed_everything
+    from histokg.train.optim import build_optimizer, build_scheduler
+    from histokg.train.trainer import JointModule, seed_everything
 
-    if loss_spec.name not in LOSSES:
-        build_loss(loss_spec.name, cfg.embed_dim)  # raises naming the nearest loss
-    cls = LOSSES[loss_spec.name]
+    cls = loss_registry.lookup(loss_spec.name)  # an unknown name: ConfigError naming the nearest
     if cls.needs_prior and inputs.kg is None:
         raise ConfigError(f"loss {loss_spec.name!r} needs the KG prior, which this fold does not have")
     if cls.needs_gaussians and inputs.g_mean is None:
@@ -135,12 +134,10 @@ def train_heads(
     loss = build_loss(loss_spec.name, cfg.embed_dim, prior_dim, **dict(loss_spec.kwargs)).to(device)
     joint = JointModule(model, loss, inputs.prior, dist_utils.DistInfo())
     tcfg = _optim_cfg(cfg)
-    optimizer = torch.optim.AdamW(param_groups(model, loss, tcfg))
+    optimizer = build_optimizer(model, loss, tcfg)
     sampler = ShardedBatchSampler(n, min(cfg.batch_size, n), seed)
     total = sampler.batches_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.warmup_steps, total, cfg.min_lr_ratio)
-    )
+    scheduler = build_scheduler(optimizer, total, tcfg)
     feats = torch.from_numpy(np.ascontiguousarray(inputs.features, dtype=np.float32))
     expr = torch.from_numpy(np.ascontiguousarray(inputs.expr_inputs, dtype=np.float32))
     extra = {
@@ -159,7 +156,7 @@ def train_heads(
             idx_t = torch.as_tensor(idx)
             batch = {"features": feats[view_of[idx_t], idx_t].to(device), "expr": expr[idx_t].to(device)}
             batch.update({k: v[idx_t].to(device) for k, v in extra.items()})
-            value = joint(batch)
+            value = joint(batch)["loss"]
             if not torch.isfinite(value):
                 raise FloatingPointError(f"loss {loss_spec.name} became {float(value)} at step {steps + 1}")
             optimizer.zero_grad(set_to_none=True)

@@ -11,12 +11,11 @@ case in ``tests/test_readers_contract.py`` (docs/architecture.md, "How to add a 
 
 from __future__ import annotations
 
-import difflib
-
 import anndata as ad
 from class_resolver import ClassResolver
 
 from histokg.errors import InputError
+from histokg.registry import unknown_name
 from histokg.st.hest import HESTReader
 from histokg.st.legacy import LegacySTReader
 from histokg.st.reader import Reader
@@ -59,11 +58,16 @@ def get_reader(name: str) -> type[Reader]:
         return reader_resolver.lookup(name)
     except (KeyError, TypeError, ValueError):
         pass
-    known = reader_names()
-    spellings = {s: cls.name for cls in reader_classes() for s in (cls.name, *cls.synonyms)}
-    close = difflib.get_close_matches(str(name).lower(), list(spellings), n=1, cutoff=0.5)
-    hint = f"; did you mean {spellings[close[0]]!r}?" if close else ""
-    raise InputError(f"unknown reader {name!r}{hint} (registered readers: {', '.join(known)})")
+    spellings = {s: cls.name for cls in reader_classes() for s in cls.synonyms}
+    raise unknown_name(
+        "reader",
+        name,
+        reader_names(),
+        error=InputError,
+        listing="registered readers",
+        spellings=spellings,
+        cutoff=0.5,
+    )
 
 
 def read(tech: str, *args, **kwargs) -> ad.AnnData:

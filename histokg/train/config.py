@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 
@@ -98,16 +97,15 @@ class TrainConfig:
     log_every: int = 10  # optimiser steps between log lines
 
     def __post_init__(self) -> None:
-        from histokg.losses import LOSSES
+        from histokg.losses import loss_registry
+        from histokg.registry import unknown_name_message
 
-        near = difflib.get_close_matches(self.loss.name, list(LOSSES), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
         check(
-            self.loss.name in LOSSES,
+            self.loss.name in loss_registry,
             "loss.name",
-            f"{self.loss.name!r}{hint} is not one of {', '.join(LOSSES)}",
+            unknown_name_message("loss", self.loss.name, loss_registry.names, plural="losses"),
         )
-        loss = LOSSES[self.loss.name]
+        loss = loss_registry.lookup(self.loss.name)
         if loss.needs_prior or loss.needs_gaussians or self.model.expr_input == "kg":
             check(
                 bool(self.prior.bundle),

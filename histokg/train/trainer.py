@@ -1,18 +1,18 @@
 """The training loop: dual encoder + contrastive loss (+ KG prior), validation by slide, checkpoints.
 
-Single process or torchrun (DDP); mixed precision on GPU; gradient accumulation; AdamW with a
-linear warm-up and cosine decay; early stopping on a validation metric; atomic checkpoints every
-``checkpoint_every`` steps and at each epoch end, from which ``resume=True`` continues bit-for-bit.
+Single process or torchrun (DDP); mixed precision on GPU (:mod:`~histokg.train.precision`);
+gradient accumulation; AdamW with a linear warm-up and cosine decay (:mod:`~histokg.train.optim`).
+Checkpoints, early stopping and the fault hooks are callbacks (:mod:`~histokg.train.callbacks`):
+atomic checkpoints every ``checkpoint_every`` steps and at each epoch end, from which ``resume=True``
+continues bit-for-bit. Metrics go to CSV and TensorBoard (:mod:`~histokg.train.logs`) and
+``curves.png`` (:mod:`~histokg.train.curves`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
-import os
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,16 +26,25 @@ from tqdm.auto import tqdm
 
 from histokg.checkpoint import load_checkpoint
 from histokg.config import save_config, to_dict
-from histokg.errors import ConfigError, HistokgError
+from histokg.errors import ConfigError
 from histokg.io import atomic_open, atomic_path, file_sha256, write_json
-from histokg.losses import LOSSES, LossInputs, build_loss
+from histokg.losses import LossInputs, build_loss, loss_registry
 from histokg.metrics import chance_recall, knn_predict, pearson_per_gene, retrieval_recall
 from histokg.models import DualEncoder
 from histokg.st.pairing import PairingConfig
 from histokg.st.transforms import build_transforms
 from histokg.train import distributed as dist_utils
-from histokg.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from histokg.train.callbacks import (
+    FAULT_KILL_ENV,
+    FAULT_NAN_ENV,
+    CallbackList,
+    LoopState,
+    TrainingError,
+    default_callbacks,
+)
+from histokg.train.checkpoint import rng_state, set_rng_state
 from histokg.train.config import TrainConfig
+from histokg.train.curves import plot_curves
 from histokg.train.data import (
     ShardedBatchSampler,
     build_split,
@@ -46,17 +55,28 @@ from histokg.train.data import (
     select_panel,
     split_slides,
 )
+from histokg.train.logs import MetricLogger
+from histokg.train.optim import build_optimizer, build_scheduler, lr_lambda, param_groups
+from histokg.train.precision import Precision, amp_dtype
 from histokg.train.rundir import prepare_run_dir
 
+__all__ = [
+    "FAULT_KILL_ENV",
+    "FAULT_NAN_ENV",
+    "JointModule",
+    "MetricLogger",
+    "Trainer",
+    "TrainResult",
+    "TrainingError",
+    "amp_dtype",
+    "lr_lambda",
+    "param_groups",
+    "plot_curves",
+    "seed_everything",
+    "train",
+]
+
 log = logging.getLogger(__name__)
-
-# Test hooks: simulate a killed run or a diverging loss at a given optimiser step.
-FAULT_KILL_ENV = "HISTOKG_FAULT_KILL_AT_STEP"
-FAULT_NAN_ENV = "HISTOKG_FAULT_NAN_AT_STEP"
-
-
-class TrainingError(HistokgError):
-    """Training cannot go on (e.g. the loss became NaN)."""
 
 
 @dataclass
@@ -81,7 +101,8 @@ class JointModule(nn.Module):
         self.prior = prior
         self.info = info
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The loss's named terms for ``batch`` (``"loss"`` is the total)."""
         f, g, scale = self.model(batch.get("image"), batch["expr"], batch.get("features"))
         f = dist_utils.gather_with_grad(f, self.info)
         g = dist_utils.gather_with_grad(g, self.info)
@@ -104,16 +125,6 @@ def resolve_device(name: str, info: dist_utils.DistInfo) -> torch.device:
     return device
 
 
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None
-    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    if mode in ("fp16", "auto"):
-        return torch.float16
-    raise ConfigError(f"optim.amp: {mode!r} is not auto, bf16, fp16 or off")
-
-
 def seed_everything(seed: int) -> None:
     import random
 
@@ -122,62 +133,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return fn
-
-
-def param_groups(model: DualEncoder, loss: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: backbone at ``image_lr``; no weight decay on biases, norms and the temperature."""
-    groups = {(b, d): [] for b in (True, False) for d in (True, False)}
-    for name, p in list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss.named_parameters()]:
-        if not p.requires_grad:
-            continue
-        backbone = name.startswith("image.backbone.")
-        decay = p.ndim >= 2 and "log_logit_scale" not in name
-        groups[(backbone, decay)].append(p)
-    out = []
-    for (backbone, decay), params in groups.items():
-        if params:
-            out.append(
-                {
-                    "params": params,
-                    "lr": cfg.optim.image_lr if backbone else cfg.optim.lr,
-                    "weight_decay": cfg.optim.weight_decay if decay else 0.0,
-                }
-            )
-    return out
-
-
 class Trainer:
-    """One training run. ``Trainer(cfg).fit(resume=...)``."""
+    """One training run: ``Trainer(cfg).fit(resume=...)``; ``callbacks`` replace the default ones."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, callbacks: CallbackList | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
-        if cfg.loss.name not in LOSSES:
-            build_loss(cfg.loss.name, cfg.model.embed_dim)  # raises with the nearest valid name
-        self.loss_cls = LOSSES[cfg.loss.name]
-        needs_bundle = (
-            self.loss_cls.needs_prior or self.loss_cls.needs_gaussians or cfg.model.expr_input == "kg"
-        )
-        if needs_bundle and not Path(cfg.prior.bundle).is_dir():  # TrainConfig checked that it is set
+        self.last_path = self.out / "checkpoints" / "last.pt"
+        self.best_path = self.out / "checkpoints" / "best.pt"
+        self.loss_cls = loss_registry.lookup(cfg.loss.name)
+        if self.needs_bundle and not Path(cfg.prior.bundle).is_dir():  # TrainConfig checked that it is set
             raise ConfigError(f"prior.bundle: {cfg.prior.bundle} is not a KG bundle folder")
         self.info = dist_utils.init_distributed(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         self.device = resolve_device(cfg.device, self.info)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.amp = amp_dtype(cfg.optim.amp, self.device)
+        self.precision = Precision(cfg.optim.amp, self.device)
+        self.callbacks = callbacks if callbacks is not None else default_callbacks(self)
+
+    @property
+    def needs_bundle(self) -> bool:
+        """The loss or the expression tower's input needs the KG bundle."""
+        cls = self.loss_cls
+        return cls.needs_prior or cls.needs_gaussians or self.cfg.model.expr_input == "kg"
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Data, model, loss, optimiser and schedule, in this order (the order fixes the random draws)."""
+        seed_everything(self.cfg.seed)
+        self._setup_data()
+        self._setup_model()
+        self._setup_loader()
+        self._setup_optimizer()
+
+    def _setup_data(self) -> None:
+        """Split the slides, choose the gene panel on the training slides, build both splits."""
         cfg = self.cfg
-        seed_everything(cfg.seed)
         spots = load_spots(cfg.data)
         train_libs, val_libs = split_slides(spots, cfg.data)
         lib = spots.obs["library_id"].astype(str).to_numpy()
@@ -189,20 +180,18 @@ class Trainer:
             else select_panel(train_ad, cfg.data.n_genes)
         )
         self.prior = None
-        needs_prior = self.loss_cls.needs_prior
-        needs_gauss = self.loss_cls.needs_gaussians
-        if needs_prior or needs_gauss or cfg.model.expr_input == "kg":
+        if self.needs_bundle:
             from histokg.priors import KGPrior
 
             self.prior = KGPrior.from_bundle(cfg.prior.bundle, list(spots.var_names), cfg.prior)
         pairing = PairingConfig(patch_um=cfg.data.patch_um, patch_px=cfg.data.patch_px)
-        use_cache = cfg.model.freeze_image and cfg.model.unfreeze_last == 0 and cfg.model.cache_features
         common = dict(
             prior=self.prior,
             expr_input=cfg.model.expr_input,
-            needs_prior=needs_prior,
-            needs_gaussians=needs_gauss,
+            needs_prior=self.loss_cls.needs_prior,
+            needs_gaussians=self.loss_cls.needs_gaussians,
         )
+        use_cache = self.use_feature_cache
         self.train = build_split(
             train_ad,
             self.genes,
@@ -227,12 +216,21 @@ class Trainer:
         self.data_hash = data_hash(spots, self.genes)
         self.kg_hash = _bundle_hash(cfg.prior.bundle) if self.prior is not None else ""
 
+    @property
+    def use_feature_cache(self) -> bool:
+        """A frozen backbone's features are computed once and cached (``model.cache_features``)."""
+        m = self.cfg.model
+        return m.freeze_image and m.unfreeze_last == 0 and m.cache_features
+
+    def _setup_model(self) -> None:
+        """The dual encoder and the loss (their parameters), and the module DDP wraps."""
+        cfg = self.cfg
         self.model = DualEncoder(cfg.model, n_expr_inputs=self.train.expr_inputs.shape[1]).to(self.device)
-        prior_dim = self.train.dataset.extra["g_mean"].shape[1] if needs_gauss else None
+        prior_dim = self.train.dataset.extra["g_mean"].shape[1] if self.loss_cls.needs_gaussians else None
         self.loss = build_loss(cfg.loss.name, cfg.model.embed_dim, prior_dim, **cfg.loss.kwargs).to(
             self.device
         )
-        if use_cache:
+        if self.use_feature_cache:
             self._cache_features()
         self.joint = JointModule(self.model, self.loss, self.prior, self.info)
         if self.info.enabled:
@@ -241,6 +239,10 @@ class Trainer:
             )
         else:
             self.ddp = self.joint
+
+    def _setup_loader(self) -> None:
+        """The sharded batch sampler and loader of the training split; steps per epoch."""
+        cfg = self.cfg
         self.sampler = ShardedBatchSampler(
             len(self.train.dataset), cfg.optim.batch_size, cfg.seed, self.info.rank, self.info.world_size
         )
@@ -259,12 +261,12 @@ class Trainer:
             raise ConfigError(
                 f"optim.grad_accum {cfg.optim.grad_accum} exceeds the {self.sampler.batches_per_epoch} batches of an epoch"
             )
-        total = self.steps_per_epoch * cfg.optim.epochs
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, self.loss, cfg))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.optim.warmup_steps, total, cfg.optim.min_lr_ratio)
+
+    def _setup_optimizer(self) -> None:
+        self.optimizer = build_optimizer(self.model, self.loss, self.cfg)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.steps_per_epoch * self.cfg.optim.epochs, self.cfg
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
     def _cache_features(self) -> None:
         """Frozen backbone: compute its features once per spot, on disk, and train only the heads."""
@@ -298,27 +300,25 @@ class Trainer:
                     for i in range(start, min(start + 64, len(dataset)))
                 ]
             )
-            with self._autocast():
+            with self.precision.autocast():
                 out.append(self.model.image.features(imgs.to(self.device)).float().cpu())
         return torch.cat(out)
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
-
     # ------------------------------------------------------------------ state
-    def state(self, epoch: int, batch_in_epoch: int, step: int, best: float, bad: int, history: list) -> dict:
+    def state(self, loop: LoopState) -> dict:
+        """The checkpoint of the run at ``loop`` (weights, optimiser, schedule, RNG, counters, meta)."""
         return {
             "model": self.model.state_dict(),
             "loss": self.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
             "rng": rng_state(),
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "step": step,
-            "best_metric": best,
-            "bad_epochs": bad,
+            "epoch": loop.epoch,
+            "batch_in_epoch": loop.batch_in_epoch,
+            "step": loop.step,
+            "best_metric": loop.best_metric,
+            "bad_epochs": loop.bad_epochs,
             "meta": {
                 "config": to_dict(self.cfg),
                 "genes": self.genes,
@@ -327,11 +327,12 @@ class Trainer:
                 "data_hash": self.data_hash,
                 "kg_hash": self.kg_hash,
                 "n_expr_inputs": int(self.train.expr_inputs.shape[1]),
-                "history": history,
+                "history": loop.history,
             },
         }
 
-    def restore(self, ckpt: dict) -> tuple[int, int, int, float, int, list]:
+    def restore(self, ckpt: dict) -> LoopState:
+        """Load a checkpoint of this run (same data and KG bundle) and return where it stood."""
         meta = ckpt["meta"]
         if meta["data_hash"] != self.data_hash:
             raise TrainingError(
@@ -343,15 +344,15 @@ class Trainer:
         self.loss.load_state_dict(ckpt["loss"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        self.precision.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        return (
-            ckpt["epoch"],
-            ckpt["batch_in_epoch"],
-            ckpt["step"],
-            ckpt["best_metric"],
-            ckpt["bad_epochs"],
-            meta["history"],
+        return LoopState(
+            epoch=ckpt["epoch"],
+            batch_in_epoch=ckpt["batch_in_epoch"],
+            step=ckpt["step"],
+            best_metric=ckpt["best_metric"],
+            bad_epochs=ckpt["bad_epochs"],
+            history=meta["history"],
         )
 
     # ------------------------------------------------------------------ validation
@@ -365,7 +366,7 @@ class Trainer:
         fs, gs = [], []
         try:
             for batch in loader:
-                with self._autocast():
+                with self.precision.autocast():
                     img = batch["image"].to(self.device) if "image" in batch else None
                     feats = batch["features"].to(self.device) if "features" in batch else None
                     fs.append(self.model.encode_image(img, feats).cpu())
@@ -402,136 +403,157 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
-        cfg = self.cfg
-        main = self.info.is_main
-        if main:  # before any compute: a run folder is never mixed with another run's files
-            prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+        """Train for ``optim.epochs`` (or until early stopping); ``resume`` continues from last.pt."""
+        if self.info.is_main:  # before any compute: a run folder is never mixed with another run's files
+            prepare_run_dir(self.cfg, resume=resume, overwrite=overwrite)
         dist_utils.barrier(self.info)
         self.setup()
-        ckpt_dir = self.out / "checkpoints"
-        last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-        if main:
-            save_config(cfg, self.out / "config.yaml")
-            with atomic_open(self.out / "genes.txt", "w", encoding="utf-8") as fh:
-                fh.write("\n".join(self.genes) + "\n")
-        start_epoch, start_batch, step, best, bad, history = 0, 0, 0, -math.inf, 0, []
-        if resume:
-            start_epoch, start_batch, step, best, bad, history = self.restore(
-                load_checkpoint(last_path, self.device)
-            )
-            log.info(
-                "resuming from %s at epoch %d, batch %d, step %d", last_path, start_epoch, start_batch, step
-            )
-        logger = MetricLogger(self.out, step, enabled=main)
-        kill_at = int(os.environ.get(FAULT_KILL_ENV, "-1"))
-        nan_at = int(os.environ.get(FAULT_NAN_ENV, "-1"))
-        accum = cfg.optim.grad_accum
-        stopped_early = False
+        self._write_run_inputs()
+        loop = self._start(resume)
+        self.logger = MetricLogger(self.out, loop.step, enabled=self.info.is_main)
+        self.callbacks.on_fit_start(self, loop)
         started = time.perf_counter()
         self.model.train()
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            first = start_batch if epoch == start_epoch else 0
-            self.sampler.set_epoch(epoch, first)
-            self.train.dataset.set_epoch(epoch)
-            bar = tqdm(
-                self.loader,
-                desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                unit="batch",
-                disable=not main,
-                leave=False,
-            )
-            for offset, batch in enumerate(bar):
-                batch_index = first + offset
-                batch = {
-                    k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                    for k, v in batch.items()
-                }
-                boundary = (batch_index + 1) % accum == 0
-                sync = nullcontext() if boundary or not self.info.enabled else self.ddp.no_sync()
-                with sync:
-                    with self._autocast():
-                        loss = self.ddp(batch)
-                    if nan_at >= 0 and step + 1 == nan_at:
-                        loss = loss * float("nan")
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}, batch {batch_index + 1}); "
-                            f"training stopped. The last good checkpoint is {last_path if last_path.exists() else 'none yet'}; "
-                            "lower optim.lr or check the inputs"
-                        )
-                    self.scaler.scale(loss / accum).backward()
-                if not boundary:
-                    continue
-                if cfg.optim.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(
-                        [p for g in self.optimizer.param_groups for p in g["params"]], cfg.optim.grad_clip
-                    )
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                step += 1
-                terms = dict(getattr(self.loss, "last_terms", {}) or {})
-                row = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "loss": float(loss.detach()),
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "temperature": float(1.0 / self.model.logit_scale().detach()),
-                }
-                row.update({f"loss/{k}": v for k, v in terms.items()})
-                logger.train(row, log_now=step % cfg.log_every == 0)
-                bar.set_postfix(loss=f"{row['loss']:.3f}")
-                if main and step % cfg.checkpoint_every == 0:
-                    save_checkpoint(last_path, self.state(epoch, batch_index + 1, step, best, bad, history))
-                if step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            metrics = self.validate()
-            metric = metrics[cfg.early_stopping.metric]
-            improved = metric > best + cfg.early_stopping.min_delta
-            if improved:
-                best, bad = metric, 0
-            else:
-                bad += 1
-            history.append({"epoch": epoch + 1, "step": step, **metrics})
-            logger.val(history[-1])
-            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if main:
-                state = self.state(epoch + 1, 0, step, best, bad, history)
-                save_checkpoint(last_path, state)
-                if improved:
-                    save_checkpoint(best_path, state)
-            dist_utils.barrier(self.info)
-            if cfg.early_stopping.patience and bad >= cfg.early_stopping.patience:
-                stopped_early = True
-                log.info(
-                    "early stopping after epoch %d: no %s improvement for %d epochs",
-                    epoch + 1,
-                    cfg.early_stopping.metric,
-                    bad,
-                )
-                break
+        try:
+            while loop.epoch < self.cfg.optim.epochs and not loop.stop:
+                self._train_epoch(loop)
+                self._end_epoch(loop)
+        except KeyboardInterrupt:
+            self.callbacks.on_interrupt(self, loop)
+            raise
         seconds = time.perf_counter() - started
-        logger.close()
-        result = TrainResult(self.out, last_path, best_path, best, history, stopped_early, step, seconds)
-        if main:
-            plot_curves(self.out)
-            write_json(
-                self.out / "summary.json",
-                {
-                    "best_metric": best if math.isfinite(best) else None,  # JSON has no -Infinity
-                    "metric": cfg.early_stopping.metric,
-                    "steps": step,
-                    "seconds": seconds,
-                    "stopped_early": stopped_early,
-                    "history": history,
-                    "train_slides": self.train_libs,
-                    "val_slides": self.val_libs,
-                },
-            )
+        self.logger.close()
+        result = TrainResult(
+            self.out,
+            self.last_path,
+            self.best_path,
+            loop.best_metric,
+            loop.history,
+            loop.stopped_early,
+            loop.step,
+            seconds,
+        )
+        if self.info.is_main:
+            self._write_summary(loop, seconds)
         dist_utils.cleanup(self.info)
         return result
+
+    def _write_run_inputs(self) -> None:
+        """config.yaml and genes.txt in the run folder (main process)."""
+        if self.info.is_main:
+            save_config(self.cfg, self.out / "config.yaml")
+            with atomic_open(self.out / "genes.txt", "w", encoding="utf-8") as fh:
+                fh.write("\n".join(self.genes) + "\n")
+
+    def _start(self, resume: bool) -> LoopState:
+        """A fresh loop, or the one of ``checkpoints/last.pt`` restored."""
+        if not resume:
+            return LoopState()
+        loop = self.restore(load_checkpoint(self.last_path, self.device))
+        log.info(
+            "resuming from %s at epoch %d, batch %d, step %d",
+            self.last_path,
+            loop.epoch,
+            loop.batch_in_epoch,
+            loop.step,
+        )
+        return loop
+
+    def _train_epoch(self, loop: LoopState) -> None:
+        """One pass over the training batches (from ``loop.batch_in_epoch`` when resumed mid-epoch)."""
+        cfg = self.cfg
+        first = loop.batch_in_epoch
+        self.sampler.set_epoch(loop.epoch, first)
+        self.train.dataset.set_epoch(loop.epoch)
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {loop.epoch + 1}/{cfg.optim.epochs}",
+            unit="batch",
+            disable=not self.info.is_main,
+            leave=False,
+        )
+        for offset, batch in enumerate(bar):
+            loop.batch_in_epoch = first + offset + 1
+            boundary = loop.batch_in_epoch % cfg.optim.grad_accum == 0
+            terms = self._forward_backward(loop, batch, sync=boundary)
+            if not boundary:
+                continue
+            self._optimizer_step(loop)
+            row = self._log_step(loop, terms)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            self.callbacks.on_step_end(self, loop)
+
+    def _forward_backward(self, loop: LoopState, batch: dict, sync: bool) -> dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch, gradients accumulated (DDP syncs them only when ``sync``)."""
+        batch = {
+            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
+        no_sync = nullcontext() if sync or not self.info.enabled else self.ddp.no_sync()
+        with no_sync:
+            with self.precision.autocast():
+                terms = self.ddp(batch)
+            terms["loss"] = self.callbacks.on_loss(self, loop, terms["loss"])
+            self.precision.scaler.scale(terms["loss"] / self.cfg.optim.grad_accum).backward()
+        return terms
+
+    def _optimizer_step(self, loop: LoopState) -> None:
+        """Clip, step, advance the schedule; ``loop.step`` counts it."""
+        scaler, optimizer = self.precision.scaler, self.optimizer
+        loop.updating = True
+        if self.cfg.optim.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], self.cfg.optim.grad_clip
+            )
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        loop.step += 1
+        loop.updating = False
+
+    def _log_step(self, loop: LoopState, terms: dict[str, torch.Tensor]) -> dict:
+        """One metrics.csv row: the last micro-batch's loss and its parts, learning rate, temperature."""
+        row = {
+            "step": loop.step,
+            "epoch": loop.epoch + 1,
+            "loss": float(terms["loss"].detach()),
+            "lr": self.scheduler.get_last_lr()[0],
+            "temperature": float(1.0 / self.model.logit_scale().detach()),
+        }
+        row.update({f"loss/{k}": float(v.detach()) for k, v in terms.items() if k != "loss"})
+        self.logger.train(row, log_now=loop.step % self.cfg.log_every == 0)
+        return row
+
+    def _end_epoch(self, loop: LoopState) -> None:
+        """Validate, log the epoch, then the callbacks (best metric, checkpoints, early stopping)."""
+        metrics = self.validate()
+        self.callbacks.on_validation_end(self, loop, metrics)
+        loop.epoch, loop.batch_in_epoch = loop.epoch + 1, 0
+        loop.history.append({"epoch": loop.epoch, "step": loop.step, **metrics})
+        self.logger.val(loop.history[-1])
+        log.info("epoch %d: %s", loop.epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        self.callbacks.on_epoch_end(self, loop)
+        dist_utils.barrier(self.info)
+
+    def _write_summary(self, loop: LoopState, seconds: float) -> None:
+        """curves.png and summary.json."""
+        plot_curves(self.out)
+        best = loop.best_metric
+        write_json(
+            self.out / "summary.json",
+            {
+                "best_metric": best if math.isfinite(best) else None,  # JSON has no -Infinity
+                "metric": self.cfg.early_stopping.metric,
+                "steps": loop.step,
+                "seconds": seconds,
+                "stopped_early": loop.stopped_early,
+                "history": loop.history,
+                "train_slides": self.train_libs,
+                "val_slides": self.val_libs,
+            },
+        )
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -541,109 +563,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Tr
     ``checkpoints/last.pt`` (same config, ``optim.epochs`` may change), ``overwrite`` replaces it.
     """
     return Trainer(cfg).fit(resume=resume, overwrite=overwrite)
-
-
-# --------------------------------------------------------------------------- logging and plots
-
-
-class MetricLogger:
-    """CSV (training steps and validation epochs) and TensorBoard, from the main process only."""
-
-    def __init__(self, out: Path, resume_step: int, enabled: bool):
-        self.enabled = enabled
-        self.out = out
-        if not enabled:
-            return
-        self.train_csv = out / "metrics.csv"
-        self.val_csv = out / "val_metrics.csv"
-        for path in (self.train_csv, self.val_csv):
-            _truncate_csv(path, resume_step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step if resume_step else None)
-
-    def train(self, row: dict, log_now: bool) -> None:
-        if not self.enabled:
-            return
-        _append_csv(self.train_csv, row)
-        for k, v in row.items():
-            if k not in ("step", "epoch"):
-                self.tb.add_scalar(f"train/{k}", v, row["step"])
-        if log_now:
-            log.info(
-                "step %d: loss %.4f lr %.2e temperature %.4f",
-                row["step"],
-                row["loss"],
-                row["lr"],
-                row["temperature"],
-            )
-
-    def val(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        _append_csv(self.val_csv, row)
-        for k, v in row.items():
-            if k not in ("step", "epoch"):
-                self.tb.add_scalar(f"val/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row), extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _truncate_csv(path: Path, step: int) -> None:
-    """Drop rows logged after ``step`` (a resumed run logs them again)."""
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    keep = [r for r in rows if int(r["step"]) <= step]
-    if len(keep) == len(rows):
-        return
-    path.unlink()
-    for r in keep:
-        _append_csv(path, r)
-
-
-def plot_curves(out: Path) -> Path | None:
-    """``curves.png``: training loss and temperature by step, validation metrics by epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    if not (out / "metrics.csv").exists():
-        return None
-    tr = pd.read_csv(out / "metrics.csv")
-    va = pd.read_csv(out / "val_metrics.csv") if (out / "val_metrics.csv").exists() else None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(tr["step"], tr["loss"], lw=0.8)
-    axes[0].set(xlabel="step", ylabel="training loss", title="loss")
-    axes[1].plot(tr["step"], tr["temperature"], lw=0.8, color="tab:orange")
-    axes[1].set(xlabel="step", ylabel="temperature", title="learned temperature")
-    if va is not None and len(va):
-        for col in ("recall@1", "recall@5", "recall@10", "pearson"):
-            axes[2].plot(va["epoch"], va[col], marker="o", label=col)
-        if "chance_recall@5" in va:
-            axes[2].plot(va["epoch"], va["chance_recall@5"], ls="--", color="grey", label="chance recall@5")
-        axes[2].set(xlabel="epoch", title="validation (held-out slide)")
-        axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "curves.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
 
 
 def hashlib_short(text: str) -> str:
