@@ -46,7 +46,6 @@ EXEMPT = {
     "histokg/tl/analysis.py",
     "histokg/tl/embed.py",
     "histokg/tl/predict.py",
-    "histokg/train/trainer.py",
 }
 
 CONTAINERS = {"obs", "obsm", "obsp", "uns", "layers", "var", "varm"}

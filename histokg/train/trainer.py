@@ -28,6 +28,7 @@ from histokg.checkpoint import load_checkpoint
 from histokg.config import save_config, to_dict
 from histokg.errors import ConfigError
 from histokg.io import atomic_open, atomic_path, file_sha256, write_json
+from histokg.keys import Batch, Key
 from histokg.losses import LossInputs, build_loss, loss_registry
 from histokg.metrics import chance_recall, knn_predict, pearson_per_gene, retrieval_recall
 from histokg.models import DualEncoder
@@ -103,16 +104,16 @@ class JointModule(nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """The loss's named terms for ``batch`` (``"loss"`` is the total)."""
-        f, g, scale = self.model(batch.get("image"), batch["expr"], batch.get("features"))
+        f, g, scale = self.model(batch.get(Batch.image), batch[Batch.expr], batch.get(Batch.features))
         f = dist_utils.gather_with_grad(f, self.info)
         g = dist_utils.gather_with_grad(g, self.info)
         inputs = LossInputs(img=f, expr=g, logit_scale=scale)
-        if "kg" in batch:
-            packed = dist_utils.gather_no_grad(batch["kg"], self.info)
+        if Batch.kg in batch:
+            packed = dist_utils.gather_no_grad(batch[Batch.kg], self.info)
             inputs.W = self.prior.pair_weights_from_packed(packed).to(f.device, torch.float32)
-        if "g_mean" in batch:
-            inputs.gauss_mean = dist_utils.gather_no_grad(batch["g_mean"], self.info)
-            inputs.gauss_var = dist_utils.gather_no_grad(batch["g_var"], self.info)
+        if Batch.gauss_mean in batch:
+            inputs.gauss_mean = dist_utils.gather_no_grad(batch[Batch.gauss_mean], self.info)
+            inputs.gauss_var = dist_utils.gather_no_grad(batch[Batch.gauss_var], self.info)
         return self.loss(inputs)
 
 
@@ -171,7 +172,7 @@ class Trainer:
         cfg = self.cfg
         spots = load_spots(cfg.data)
         train_libs, val_libs = split_slides(spots, cfg.data)
-        lib = spots.obs["library_id"].astype(str).to_numpy()
+        lib = spots.obs[Key.obs.library_id].astype(str).to_numpy()
         train_ad = spots[np.isin(lib, train_libs)].copy()
         val_ad = spots[np.isin(lib, val_libs)].copy()
         self.genes = (
@@ -226,7 +227,9 @@ class Trainer:
         """The dual encoder and the loss (their parameters), and the module DDP wraps."""
         cfg = self.cfg
         self.model = DualEncoder(cfg.model, n_expr_inputs=self.train.expr_inputs.shape[1]).to(self.device)
-        prior_dim = self.train.dataset.extra["g_mean"].shape[1] if self.loss_cls.needs_gaussians else None
+        prior_dim = (
+            self.train.dataset.extra[Batch.gauss_mean].shape[1] if self.loss_cls.needs_gaussians else None
+        )
         self.loss = build_loss(cfg.loss.name, cfg.model.embed_dim, prior_dim, **cfg.loss.kwargs).to(
             self.device
         )
@@ -280,12 +283,12 @@ class Trainer:
             )
             path = cache_dir / f"features-{key}.safetensors"
             if path.is_file():
-                feats = load_file(str(path))["features"]
+                feats = load_file(str(path))[Batch.features]
             else:
                 feats = self._backbone_features(split.dataset)
                 with atomic_path(path) as tmp:
-                    save_file({"features": feats.contiguous()}, str(tmp))
-            split.dataset.extra["features"] = feats.numpy()
+                    save_file({Batch.features: feats.contiguous()}, str(tmp))
+            split.dataset.extra[Batch.features] = feats.numpy()
             split.dataset.load_images = False
             split.dataset.patches = None
 
@@ -367,10 +370,10 @@ class Trainer:
         try:
             for batch in loader:
                 with self.precision.autocast():
-                    img = batch["image"].to(self.device) if "image" in batch else None
-                    feats = batch["features"].to(self.device) if "features" in batch else None
+                    img = batch[Batch.image].to(self.device) if Batch.image in batch else None
+                    feats = batch[Batch.features].to(self.device) if Batch.features in batch else None
                     fs.append(self.model.encode_image(img, feats).cpu())
-                    gs.append(self.model.encode_expr(batch["expr"].to(self.device)).cpu())
+                    gs.append(self.model.encode_expr(batch[Batch.expr].to(self.device)).cpu())
         finally:
             ds.transform = transform
         self.model.train()
@@ -378,7 +381,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         f_val, g_val = self.embed(self.val)
-        libs = self.val.adata.obs["library_id"].astype(str).to_numpy()
+        libs = self.val.adata.obs[Key.obs.library_id].astype(str).to_numpy()
         recalls = {k: [] for k in (1, 5, 10)}
         chance = []
         for lib in np.unique(libs):
