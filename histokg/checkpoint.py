@@ -21,6 +21,7 @@ import torch
 from histokg.config import from_dict
 from histokg.errors import ConfigError, InputError
 from histokg.io import file_sha256, load_tensor_file
+from histokg.keys import Key
 from histokg.models import DualEncoder, ModelConfig, state_mismatch
 from histokg.st.pairing import PairingConfig
 
@@ -60,17 +61,17 @@ class LoadedModel:
         """What ``tl.embed`` records in ``uns["histokg"]["params"]``."""
         cfg = self.meta["config"]
         return {
-            "model": cfg["model"]["image_encoder"],
-            "loss": cfg["loss"]["name"],
-            "checkpoint": str(self.checkpoint),
-            "checkpoint_sha256": self.sha256,
-            "patch_um": self.pairing.patch_um,
-            "patch_px": self.pairing.patch_px,
-            "mpp": self.pairing.target_mpp,
-            "embed_dim": cfg["model"]["embed_dim"],
-            "genes": list(self.genes),
-            "train_slides": self.meta.get("train_slides", []),
-            "val_slides": self.meta.get("val_slides", []),
+            Key.params.model: cfg["model"]["image_encoder"],
+            Key.params.loss: cfg["loss"]["name"],
+            Key.params.checkpoint: str(self.checkpoint),
+            Key.params.checkpoint_sha256: self.sha256,
+            Key.params.patch_um: self.pairing.patch_um,
+            Key.params.patch_px: self.pairing.patch_px,
+            Key.params.mpp: self.pairing.target_mpp,
+            Key.params.embed_dim: cfg["model"]["embed_dim"],
+            Key.params.genes: list(self.genes),
+            Key.params.train_slides: self.meta.get("train_slides", []),
+            Key.params.val_slides: self.meta.get("val_slides", []),
         }
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from histokg import keys
 from histokg.errors import InputError
+from histokg.keys import Key
 from histokg.metrics import (
     chance_recall,
     cluster_agreement,
@@ -56,12 +57,12 @@ def evaluate(
     k: int = 10,
     alpha: float = 1.0,
     temperature: float = 0.1,
-    label_key: str | None = "region",
-    library_key: str = "library_id",
+    label_key: str | None = Key.obs.region,
+    library_key: str = Key.obs.library_id,
     genes: Sequence[str] | None = None,
     use_rep: str = keys.IMAGE,
     expr_rep: str | None = None,
-    layer: str = "counts",
+    layer: str = Key.layers.counts,
     ks: Sequence[int] = RECALL_KS,
     n_neighbors: int = 15,
     resolution: float = 1.0,
@@ -115,7 +116,7 @@ def evaluate(
             use_rep=use_rep,
             ref_rep=expr_rep,
             layer=layer,
-            key_added=f"pred_{method}",
+            key_added=keys.pred_key(method),
         )
     if expr_rep not in heldout.obsm:
         log.warning("evaluate: held-out obsm[%r] is missing; cross-modal retrieval is skipped", expr_rep)
@@ -166,9 +167,9 @@ def evaluate(
 
 def panel_source(reference: ad.AnnData) -> str:
     """Where the evaluated genes come from, in words."""
-    info = reference.uns.get("histokg")
-    params = info.get("params") if isinstance(info, dict) else None
-    if isinstance(params, dict) and params.get("genes") is not None:
+    info = reference.uns.get(Key.uns.histokg)
+    params = info.get(Key.histokg.params) if isinstance(info, dict) else None
+    if isinstance(params, dict) and params.get(Key.params.genes) is not None:
         return "model panel (uns['histokg']['params']['genes'])"
     return "genes shared by reference and held-out"
 
@@ -183,7 +184,7 @@ def _score_slide(heldout, panel, mask, gene_sets, opts: dict, per_gene: dict, li
         entry["prediction"] = {}
         true = np.asarray(panel.X[mask], dtype=np.float64)
         for method in opts["methods"]:
-            pred = np.asarray(panel.layers[f"pred_{method}"][mask], dtype=np.float64)
+            pred = np.asarray(panel.layers[keys.pred_key(method)][mask], dtype=np.float64)
             r = pearson_per_gene(pred, true)
             per_gene[method][lib] = r
             entry["prediction"][method] = _prediction_metrics(

@@ -9,7 +9,10 @@ The AnnData contract (see :mod:`histokg.st.contract`) in names, as squidpy's ``K
         [Key.uns.scalefactors][Key.scalefactors.<field>]            thumbnail scale, spot diameter
         [Key.uns.metadata][Key.metadata.<field>]                    slide path, MPP, reader, ...
     adata.layers[Key.layers.counts], adata.var[Key.var.gene_ids]
-    adata.uns[Key.uns.histokg][Key.histokg.<field>]                 the model that embedded / predicted
+    adata.uns[Key.uns.histokg][Key.histokg.<field>]                 the model that embedded / predicted:
+        [Key.histokg.params][Key.params.<field>]                    the model (checkpoint hash, panel, ...)
+        [Key.histokg.prediction][key][Key.prediction.<field>]       one prediction (method, where, ...)
+    adata.layers[pred_key(method)] (or obsm)                        predicted expression (histokg.tl.predict)
 
 Values shared with scanpy and squidpy (``obsm["spatial"]``, ``uns["spatial"]`` and its entry,
 ``layers["counts"]``, ``var["gene_ids"]``) are theirs; the others are already in users' .h5ad files:
@@ -34,6 +37,12 @@ def expr_key(image_key: str = IMAGE) -> str:
 
 
 EXPR = expr_key(IMAGE)  # obsm: expression-tower embeddings
+PRED_PREFIX = "pred_"  # layers/obsm keys of predicted expression start with it
+
+
+def pred_key(method: str) -> str:
+    """Where :func:`histokg.tl.predict_expression` puts ``method``'s prediction by default (layers/obsm)."""
+    return f"{PRED_PREFIX}{method}"
 
 
 class Key:
@@ -90,11 +99,15 @@ class Key:
         moran_pooled = "moranI"  # squidpy's name: Moran's I pooled over libraries
         spatial_statistics = "histokg_spatial"  # parameters of tl.spatial_statistics
         kg_scores = "histokg_kg_scores"  # columns and parameters of tl.kg_scores
+        cluster_params = "params"  # uns[<cluster key>]["params"]: scanpy's Leiden record (tl.cluster)
 
     class layers:
         """Matrices of ``adata.layers``."""
 
         counts = "counts"  # raw counts (CSR; integer unless the input held fractions)
+        # predicted log1p CP10k (histokg.tl.predict; obsm DataFrames when the panel is not var)
+        pred_knn = pred_key("knn")
+        pred_ridge = pred_key("ridge")
 
     class var:
         """Columns of ``adata.var``."""
@@ -132,6 +145,36 @@ class Key:
         absent_genes = "absent_genes"  # panel genes the measured data lacks (measured zeros)
         prediction = "prediction"  # layer name -> method and parameters
         pairing = "pairing"  # the patch geometry and slides of histokg.st.pairing.pair_spots
+
+    class params:
+        """Fields of ``uns["histokg"]["params"]`` (histokg.tl.embed: the model that embedded)."""
+
+        model = "model"  # image encoder name
+        loss = "loss"  # training loss name
+        checkpoint = "checkpoint"  # checkpoint path
+        checkpoint_sha256 = "checkpoint_sha256"  # the checkpoint file's hash
+        patch_um = "patch_um"
+        patch_px = "patch_px"
+        mpp = "mpp"  # microns per pixel of the patches
+        embed_dim = "embed_dim"
+        genes = "genes"  # the model's gene panel
+        train_slides = "train_slides"
+        val_slides = "val_slides"  # slides that chose the checkpoint (early stopping)
+
+    class prediction:
+        """Fields of one record ``uns["histokg"]["prediction"][key]`` (histokg.tl.predict)."""
+
+        method = "method"  # "knn" or "ridge"
+        params = "params"  # the method's parameters (k, temperature / alpha)
+        use_rep = "use_rep"  # obsm key of the query's image embeddings
+        ref_rep = "ref_rep"  # obsm key of the reference embeddings searched or fitted
+        reference_libraries = "reference_libraries"
+        reference_n_spots = "reference_n_spots"
+        checkpoint_sha256 = "checkpoint_sha256"  # the checkpoint that embedded ("" when unknown)
+        normalisation = "normalisation"  # what the values are, in words
+        where = "where"  # "layers" or "obsm": the container holding the prediction
+        genes = "genes"  # (obsm only) the columns of the prediction
+        n_predicted = "n_predicted"  # (histokg.tl.add_predictions) spots with a prediction
 
 
 class Batch:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from histokg.errors import InputError
+from histokg.keys import Key
 
 # A column whose standard deviation is below this fraction of its largest magnitude is constant: float32
 # rounding leaves such noise in predictions of a collapsed model, and it must not pass for a signal.
@@ -188,7 +189,7 @@ def cluster_agreement(labels_true, labels_pred) -> dict[str, float]:
 
 
 def top_genes(
-    adata_reference, n: int = 50, how: str = "mean", *, genes=None, layer: str | None = "counts"
+    adata_reference, n: int = 50, how: str = "mean", *, genes=None, layer: str | None = Key.layers.counts
 ) -> list[str]:
     """The ``n`` most highly expressed (``how="mean"``) or most variable (``how="variance"``) genes.
 

@@ -26,6 +26,7 @@ from histokg import keys
 from histokg.config import Component, check, save_config
 from histokg.errors import InputError
 from histokg.io import atomic_open, claim_output_dir
+from histokg.keys import Key
 from histokg.models import ModelConfig
 from histokg.st.pairing import PairingConfig
 from histokg.synth.study import SynthConfig
@@ -134,7 +135,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: 
     lap("synthesise study")
 
     adata = load_study(study)
-    libs = list(adata.obs["library_id"].cat.categories)
+    libs = list(adata.obs[Key.obs.library_id].cat.categories)
     for name in (cfg.val_slide, cfg.test_slide):
         if name not in libs:
             raise InputError(f"demo: slide {name!r} is not in the study ({libs}); check synth.n_sections")
@@ -267,8 +268,8 @@ def evaluate_embedded(
     from histokg.tl.predict import add_predictions
 
     model = embedded_model(adata, checkpoint)
-    libs = [str(x) for x in adata.obs["library_id"].astype("category").cat.categories]
-    reference_libs = list(reference_libs) or list(model.get("train_slides") or [])
+    libs = [str(x) for x in adata.obs[Key.obs.library_id].astype("category").cat.categories]
+    reference_libs = list(reference_libs) or list(model.get(Key.params.train_slides) or [])
     if not reference_libs:
         raise InputError(
             "evaluate: name the reference (training) slides with --reference or give --checkpoint"
@@ -278,7 +279,7 @@ def evaluate_embedded(
     if unknown:
         raise InputError(f"evaluate: libraries {unknown} are not in the data ({libs})")
     warnings = []
-    seen = sorted(set(heldout_libs) & set(model.get("val_slides") or []))
+    seen = sorted(set(heldout_libs) & set(model.get(Key.params.val_slides) or []))
     if seen:
         warnings.append(
             f"held-out slide(s) {seen} chose the checkpoint (validation slides for early stopping): "
@@ -286,10 +287,10 @@ def evaluate_embedded(
         )
     for text in warnings:
         log.warning("evaluate: %s", text)
-    lib = adata.obs["library_id"].astype(str).to_numpy()
+    lib = adata.obs[Key.obs.library_id].astype(str).to_numpy()
     reference = adata[np.isin(lib, list(reference_libs))].copy()
     heldout = adata[np.isin(lib, heldout_libs)].copy()
-    label_key = "region" if "region" in adata.obs else None
+    label_key = Key.obs.region if Key.obs.region in adata.obs else None
     results, panel = evaluate(reference, heldout, k=k, label_key=label_key, use_rep=key, return_panel=True)
     results["model"] = model
     results["warnings"] = warnings
@@ -303,11 +304,18 @@ def evaluate_embedded(
 
 def embedded_model(adata: ad.AnnData, checkpoint: str | Path | None = None) -> dict:
     """Model, loss, checkpoint hash and slides of the embeddings in ``adata`` (and of ``checkpoint``)."""
-    info = adata.uns.get("histokg")
-    params = dict(info.get("params") or {}) if isinstance(info, dict) else {}
+    info = adata.uns.get(Key.uns.histokg)
+    params = dict(info.get(Key.histokg.params) or {}) if isinstance(info, dict) else {}
     model = {
         key: params.get(key)
-        for key in ("model", "loss", "checkpoint", "checkpoint_sha256", "train_slides", "val_slides")
+        for key in (
+            Key.params.model,
+            Key.params.loss,
+            Key.params.checkpoint,
+            Key.params.checkpoint_sha256,
+            Key.params.train_slides,
+            Key.params.val_slides,
+        )
     }
     model = {
         k: (list(map(str, v)) if k.endswith("slides") and v is not None else v) for k, v in model.items()
@@ -317,11 +325,12 @@ def embedded_model(adata: ad.AnnData, checkpoint: str | Path | None = None) -> d
         from histokg.io import file_sha256
 
         sha = file_sha256(checkpoint)
-        if model.get("checkpoint_sha256") and model["checkpoint_sha256"] != sha:
+        made_with = model.get(Key.params.checkpoint_sha256)
+        if made_with and made_with != sha:
             raise InputError(
-                f"evaluate: the embeddings were made with checkpoint {str(model['checkpoint_sha256'])[:12]} "
-                f"({model.get('checkpoint')}), not with {checkpoint} ({sha[:12]}); evaluate with the checkpoint "
-                "that embedded them, or embed again"
+                f"evaluate: the embeddings were made with checkpoint {str(made_with)[:12]} "
+                f"({model.get(Key.params.checkpoint)}), not with {checkpoint} ({sha[:12]}); "
+                "evaluate with the checkpoint that embedded them, or embed again"
             )
         meta = load_checkpoint(checkpoint)["meta"]
         cfg = meta.get("config", {})

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from histokg.errors import InputError
 from histokg.io import atomic_path
+from histokg.keys import Key
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ def spatial_genes(
     genes: Sequence[str],
     library_id: str,
     *,
-    layers: Sequence[str] = ("X", "pred_knn"),
+    layers: Sequence[str] = ("X", Key.layers.pred_knn),
     path: str | Path | None = None,
-    library_key: str = "library_id",
+    library_key: str = Key.obs.library_id,
     image: bool = True,
     cmap: str = "viridis",
     dpi: int = 110,
@@ -75,14 +76,15 @@ def spatial_genes(
     if not mask.any():
         raise InputError(f"spatial_genes: no spot has obs[{library_key!r}] == {library_id!r}")
     sub = panel_adata[mask]
-    entry = panel_adata.uns.get("spatial", {}).get(str(library_id), {})
-    scale = float(entry.get("scalefactors", {}).get("tissue_hires_scalef", 1.0))
-    diameter = float(entry.get("scalefactors", {}).get("spot_diameter_fullres", 0.0)) * scale
-    hires = entry.get("images", {}).get("hires") if image else None
-    xy = np.asarray(sub.obsm["spatial"], dtype=np.float64) * scale
+    entry = panel_adata.uns.get(Key.uns.spatial, {}).get(str(library_id), {})
+    scalefactors = entry.get(Key.uns.scalefactors, {})
+    scale = float(scalefactors.get(Key.scalefactors.tissue_hires_scalef, 1.0))
+    diameter = float(scalefactors.get(Key.scalefactors.spot_diameter_fullres, 0.0)) * scale
+    hires = entry.get(Key.uns.images, {}).get(Key.uns.hires) if image else None
+    xy = np.asarray(sub.obsm[Key.obsm.spatial], dtype=np.float64) * scale
     if diameter <= 0:
         diameter = _pitch(xy) * 0.8
-    measured = bool(panel_adata.uns.get("histokg", {}).get("measured", True))
+    measured = bool(panel_adata.uns.get(Key.uns.histokg, {}).get(Key.histokg.measured, True))
     background = _background(hires, xy, diameter)
 
     n_rows, n_cols = len(genes), len(layers)
@@ -110,7 +112,7 @@ def umap(
     color: Sequence[str],
     *,
     path: str | Path | None = None,
-    basis: str = "X_umap",
+    basis: str = Key.obsm.umap,
     point_size: float | None = None,
     dpi: int = 110,
     ax: Axes | None = None,

@@ -22,6 +22,7 @@ import pandas as pd
 
 from histokg import keys
 from histokg.io import atomic_open, write_json
+from histokg.keys import Key
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def write_report(
     reference: ad.AnnData | None = None,
     n_genes: int = 4,
     max_slides: int = 3,
-    label_key: str | None = "region",
-    library_key: str = "library_id",
+    label_key: str | None = Key.obs.region,
+    library_key: str = Key.obs.library_id,
     use_rep: str = keys.IMAGE,
     title: str = "histokg evaluation",
 ) -> dict[str, Path]:
@@ -226,10 +227,10 @@ def _spatial_figures(
 ) -> list[tuple[str, Path]]:
     from histokg import pl
 
-    layers = [k for k in panel.layers if str(k).startswith("pred_")]
+    layers = [k for k in panel.layers if str(k).startswith(keys.PRED_PREFIX)]
     if not layers or panel.n_vars == 0 or library_key not in panel.obs:
         return []
-    measured = bool(panel.uns.get("histokg", {}).get("measured", True))
+    measured = bool(panel.uns.get(Key.uns.histokg, {}).get(Key.histokg.measured, True))
     order = list(results.get("genes", {}).get("hvg", [])) + list(results.get("genes", {}).get("heg", []))
     order += list(map(str, panel.var_names))
     present = set(map(str, panel.var_names))

@@ -21,6 +21,7 @@ from torch import nn
 
 from histokg.config import Component
 from histokg.errors import ConfigError
+from histokg.keys import Batch
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,13 @@ def train_heads(
     expr = torch.from_numpy(np.ascontiguousarray(inputs.expr_inputs, dtype=np.float32))
     extra = {
         key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-        for key, value in (("kg", inputs.kg), ("g_mean", inputs.g_mean), ("g_var", inputs.g_var))
-        if value is not None and (key == "kg" and cls.needs_prior or key != "kg" and cls.needs_gaussians)
+        for key, value in (
+            (Batch.kg, inputs.kg),
+            (Batch.gauss_mean, inputs.g_mean),
+            (Batch.gauss_var, inputs.g_var),
+        )
+        if value is not None
+        and (key == Batch.kg and cls.needs_prior or key != Batch.kg and cls.needs_gaussians)
     }
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -154,7 +160,10 @@ def train_heads(
         view_of = torch.randint(views, (n,), generator=gen) if views > 1 else torch.zeros(n, dtype=torch.long)
         for idx in sampler:
             idx_t = torch.as_tensor(idx)
-            batch = {"features": feats[view_of[idx_t], idx_t].to(device), "expr": expr[idx_t].to(device)}
+            batch = {
+                Batch.features: feats[view_of[idx_t], idx_t].to(device),
+                Batch.expr: expr[idx_t].to(device),
+            }
             batch.update({k: v[idx_t].to(device) for k, v in extra.items()})
             value = joint(batch)["loss"]
             if not torch.isfinite(value):

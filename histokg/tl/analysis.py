@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from histokg import keys
 from histokg.errors import InputError
+from histokg.keys import Key
 from histokg.metrics import log1p_cp10k
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def cluster(
     use_rep: str = keys.IMAGE,
     n_neighbors: int = 15,
     resolution: float = 1.0,
-    key_added: str = "histokg_leiden",
+    key_added: str = Key.obs.cluster,
     umap: bool = True,
     random_state: int = 0,
     neighbors_key: str | None = None,
@@ -68,7 +69,7 @@ def cluster(
         random_state=random_state,
         neighbors_key=neighbors_key,
     )
-    record = adata.uns.setdefault(key_added, {}).setdefault("params", {})
+    record = adata.uns.setdefault(key_added, {}).setdefault(Key.uns.cluster_params, {})
     record.update({"use_rep": use_rep, "n_neighbors": k, "umap": bool(umap), "flavor": "igraph"})
     log.info(
         "cluster: %d Leiden clusters on %s in obs[%r]", adata.obs[key_added].nunique(), use_rep, key_added
@@ -79,12 +80,12 @@ def cluster(
 def spatial_statistics(
     adata: ad.AnnData,
     *,
-    cluster_key: str | None = "histokg_leiden",
+    cluster_key: str | None = Key.obs.cluster,
     genes: Sequence[str] | None = None,
     use_rep: str | None = None,
     n_dims: int = 10,
-    library_key: str = "library_id",
-    layer: str | None = "counts",
+    library_key: str = Key.obs.library_id,
+    layer: str | None = Key.layers.counts,
     coord_type: str | None = None,
     n_neighs: int | None = None,
     n_perms: int = 1000,
@@ -109,7 +110,7 @@ def spatial_statistics(
     adata = adata.copy() if copy else adata
     _check_spatial(adata, library_key)
     spatial_graph(adata, library_key=library_key, coord_type=coord_type, n_neighs=n_neighs)
-    graph = dict(adata.uns["histokg_spatial"])
+    graph = dict(adata.uns[Key.uns.spatial_statistics])
     if cluster_key is not None:
         _nhood(adata, cluster_key, library_key, n_perms=n_perms, seed=seed)
     if genes is None and use_rep is None and keys.IMAGE in adata.obsm:
@@ -117,9 +118,9 @@ def spatial_statistics(
     values, names, kinds = _moran_features(adata, genes, use_rep, n_dims, layer)
     if values.shape[1]:
         pooled, tidy = _moran_tables(adata, values, names, kinds, library_key, moran_perms, seed)
-        adata.uns["moranI"] = pooled
-        adata.uns["histokg_moran"] = tidy
-    adata.uns["histokg_spatial"] = {
+        adata.uns[Key.uns.moran_pooled] = pooled
+        adata.uns[Key.uns.moran] = tidy
+    adata.uns[Key.uns.spatial_statistics] = {
         **graph,
         "cluster_key": cluster_key or "",
         "n_perms": int(n_perms),
@@ -134,7 +135,7 @@ def spatial_statistics(
 def spatial_graph(
     adata: ad.AnnData,
     *,
-    library_key: str = "library_id",
+    library_key: str = Key.obs.library_id,
     coord_type: str | None = None,
     n_neighs: int | None = None,
     copy: bool = False,
@@ -164,10 +165,10 @@ def spatial_graph(
         sq.gr.spatial_neighbors_knn(adata, library_key=library_key, n_neighs=n_neighs)
     else:  # squidpy < 1.7
         sq.gr.spatial_neighbors(adata, library_key=library_key, coord_type=coord_type, n_neighs=n_neighs)
-    conn = adata.obsp["spatial_connectivities"]
+    conn = adata.obsp[Key.obsp.spatial_connectivities]
     mean_degree = float(np.asarray(conn.sum(axis=1)).mean()) if adata.n_obs else 0.0
     log.info("spatial graph: %s, %d neighbours, mean degree %.2f", coord_type, n_neighs, mean_degree)
-    adata.uns["histokg_spatial"] = {
+    adata.uns[Key.uns.spatial_statistics] = {
         "coord_type": coord_type,
         "n_neighs": n_neighs,
         "library_key": library_key,
@@ -180,7 +181,7 @@ def kg_scores(
     adata: ad.AnnData,
     prior: Any,
     *,
-    layer: str | None = "counts",
+    layer: str | None = Key.layers.counts,
     top: int | None = 20,
     key_prefix: str = "kg:",
     types: Sequence[str] = KG_TYPES,
@@ -216,7 +217,7 @@ def kg_scores(
     frame = pd.DataFrame(acts[:, chosen].astype(np.float32), index=adata.obs_names, columns=columns)
     for col in columns:
         adata.obs[col] = frame[col].to_numpy()
-    adata.uns["histokg_kg_scores"] = {
+    adata.uns[Key.uns.kg_scores] = {
         "columns": columns,
         "layer": layer or "X",
         "top": -1 if top is None else int(top),
@@ -240,7 +241,10 @@ def _check_rep(adata: ad.AnnData, rep: str) -> None:
 
 
 def _check_spatial(adata: ad.AnnData, library_key: str) -> None:
-    if "spatial" not in adata.obsm or np.asarray(adata.obsm["spatial"]).shape != (adata.n_obs, 2):
+    if Key.obsm.spatial not in adata.obsm or np.asarray(adata.obsm[Key.obsm.spatial]).shape != (
+        adata.n_obs,
+        2,
+    ):
         raise InputError("obsm['spatial'] must be an (n_obs, 2) array of (x, y) spot centres")
     if library_key not in adata.obs:
         raise InputError(f"obs[{library_key!r}] is missing; it names each spot's slide")
@@ -264,7 +268,7 @@ def _lattice(adata: ad.AnnData, library_key: str) -> int | None:
     """
     from sklearn.neighbors import NearestNeighbors
 
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
     libs = adata.obs[library_key].astype(str).to_numpy()
     votes = []
     for lib in pd.unique(libs):
@@ -316,10 +320,10 @@ def _moran_features(
         if missing:
             raise InputError(f"spatial_statistics: genes {missing[:5]} are not in var_names")
         cols = [index[g] for g in genes]
-        if layer == "counts":
-            if "counts" not in adata.layers:
+        if layer == Key.layers.counts:
+            if Key.layers.counts not in adata.layers:
                 raise InputError("spatial_statistics: layers['counts'] is missing; pass layer=None to use X")
-            values = log1p_cp10k(adata.layers["counts"])[:, cols]
+            values = log1p_cp10k(adata.layers[Key.layers.counts])[:, cols]
         elif layer is None:
             values = adata.X[:, cols]
         else:
@@ -347,7 +351,7 @@ def _moran(
     import squidpy as sq
 
     tmp = ad.AnnData(X=values.astype(np.float64), var=pd.DataFrame(index=pd.Index(names)))
-    tmp.obsp["spatial_connectivities"] = sp.csr_matrix(conn)
+    tmp.obsp[Key.obsp.spatial_connectivities] = sp.csr_matrix(conn)
     return sq.gr.spatial_autocorr(
         tmp, mode="moran", genes=names, n_perms=n_perms, seed=seed, copy=True, show_progress_bar=False
     )
@@ -362,7 +366,7 @@ def _moran_tables(
     n_perms: int | None,
     seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    conn = sp.csr_matrix(adata.obsp["spatial_connectivities"])
+    conn = sp.csr_matrix(adata.obsp[Key.obsp.spatial_connectivities])
     kind_of = dict(zip(names, kinds, strict=True))
     pooled = _moran(conn, values, names, n_perms, seed)
     frames = [pooled.assign(library_id="all")]
@@ -374,9 +378,9 @@ def _moran_tables(
         frames.append(_moran(conn[idx][:, idx], values[idx], names, n_perms, seed).assign(library_id=lib))
     tidy = pd.concat(frames).rename_axis("feature").reset_index()
     tidy["kind"] = tidy["feature"].map(kind_of)
-    front = ["library_id", "feature", "kind", "I"]
+    front = [Key.obs.library_id, "feature", "kind", "I"]
     tidy = tidy[front + [c for c in tidy.columns if c not in front]].reset_index(drop=True)
-    tidy["library_id"] = tidy["library_id"].astype(str)
+    tidy[Key.obs.library_id] = tidy[Key.obs.library_id].astype(str)
     tidy["feature"] = tidy["feature"].astype(str)
     return pooled, tidy
 

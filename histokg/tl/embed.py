@@ -23,6 +23,7 @@ from histokg import keys
 from histokg.checkpoint import LoadedModel, load_model
 from histokg.config import from_dict
 from histokg.errors import InputError
+from histokg.keys import Batch, Key
 from histokg.st.contract import build_anndata, spatial_uns
 from histokg.st.dataset import SpotPatchDataset, panel_expression
 from histokg.st.pairing import PairingConfig
@@ -61,7 +62,7 @@ def embed(
     loaded = _as_model(model, device)
     net = loaded.model.to(device).eval()
     expr_input = loaded.meta["config"]["model"]["expr_input"]
-    has_counts = expression and "counts" in adata.layers and adata.n_vars > 0
+    has_counts = expression and Key.layers.counts in adata.layers and adata.n_vars > 0
     inputs = _expression_inputs(adata, loaded) if has_counts else None  # input errors before any compute
     ds = SpotPatchDataset(
         adata, loaded.pairing, expression=np.zeros((adata.n_obs, 0), np.float32), slide_dir=slide_dir
@@ -70,7 +71,7 @@ def embed(
     out = np.zeros((adata.n_obs, net.cfg.embed_dim), dtype=np.float32)
     start = 0
     for batch in tqdm(loader, desc="embedding patches", unit="batch"):
-        f = net.encode_image(batch["image"].to(device)).cpu().numpy()
+        f = net.encode_image(batch[Batch.image].to(device)).cpu().numpy()
         out[start : start + len(f)] = f
         start += len(f)
     _check_finite(out, f"obsm[{key_added!r}] (image tower)")
@@ -83,7 +84,7 @@ def embed(
         expr_emb = np.concatenate(g).astype(np.float32)
         _check_finite(expr_emb, f"obsm[{keys.expr_key(key_added)!r}] (expression tower, {expr_input} input)")
         adata.obsm[keys.expr_key(key_added)] = expr_emb
-    adata.uns.setdefault("histokg", {})["params"] = loaded.params
+    adata.uns.setdefault(Key.uns.histokg, {})[Key.histokg.params] = loaded.params
     ds.close()
     return adata if copy else None
 
@@ -96,14 +97,14 @@ def _expression_inputs(adata: ad.AnnData, loaded: LoadedModel) -> np.ndarray:
 
         prior_cfg = from_dict(PriorConfig, cfg["prior"])
         prior = KGPrior.from_bundle(prior_cfg.bundle, list(adata.var_names), prior_cfg)
-        return np.asarray(prior.activations(adata.layers["counts"]), np.float32)
+        return np.asarray(prior.activations(adata.layers[Key.layers.counts]), np.float32)
     return panel_expression(adata, loaded.genes, source=f"{_libraries_text(adata)} (model panel)")
 
 
 def _libraries_text(adata: ad.AnnData) -> str:
-    if "library_id" not in adata.obs:
+    if Key.obs.library_id not in adata.obs:
         return "the data"
-    libs = list(map(str, pd.unique(adata.obs["library_id"].astype(str))))
+    libs = list(map(str, pd.unique(adata.obs[Key.obs.library_id].astype(str))))
     return f"the data of section{'s' if len(libs) > 1 else ''} {', '.join(libs[:4])}"
 
 
@@ -157,7 +158,7 @@ def tile_adata(
         tiles.size0,
         slide_path,
         slide_mpp,
-        extra_metadata={"reader": "tiles", "mpp_source": "given" if mpp else "slide"},
+        extra_metadata={Key.metadata.reader: "tiles", Key.metadata.mpp_source: "given" if mpp else "slide"},
     )
     import scipy.sparse as sp
 
@@ -168,7 +169,7 @@ def tile_adata(
         tiles.centers,
         library_id,
         spatial,
-        obs_extra=pd.DataFrame({"tissue_fraction": tiles.tissue_fraction}),
+        obs_extra=pd.DataFrame({Key.obs.tissue_fraction: tiles.tissue_fraction}),
         source=str(slide_path),
     )
     return adata

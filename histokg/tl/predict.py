@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from histokg import keys
 from histokg.errors import InputError
+from histokg.keys import Key
 from histokg.metrics import knn_predict, log1p_cp10k
 from histokg.st.dataset import panel_columns, take_columns
 
@@ -43,9 +44,9 @@ _QUERY_CHUNK = 4096
 
 def panel_genes(reference: ad.AnnData, query: ad.AnnData | None = None) -> list[str]:
     """The model's gene panel (``reference.uns["histokg"]["params"]["genes"]``), else the shared genes."""
-    info = reference.uns.get("histokg")
-    params = info.get("params") if isinstance(info, dict) else None
-    genes = params.get("genes") if isinstance(params, dict) else None
+    info = reference.uns.get(Key.uns.histokg)
+    params = info.get(Key.histokg.params) if isinstance(info, dict) else None
+    genes = params.get(Key.params.genes) if isinstance(params, dict) else None
     if genes is not None and len(genes) > 0:
         return [str(g) for g in np.asarray(genes).ravel()]
     ref_genes = [str(g) for g in reference.var_names]
@@ -55,7 +56,7 @@ def panel_genes(reference: ad.AnnData, query: ad.AnnData | None = None) -> list[
     return [g for g in ref_genes if g in shared]
 
 
-def has_counts(adata: ad.AnnData, layer: str | None = "counts") -> bool:
+def has_counts(adata: ad.AnnData, layer: str | None = Key.layers.counts) -> bool:
     """Whether ``adata`` carries measured expression in ``layer`` (or in ``X`` when ``layer`` is None)."""
     if adata.n_vars == 0:
         return False
@@ -63,7 +64,7 @@ def has_counts(adata: ad.AnnData, layer: str | None = "counts") -> bool:
 
 
 def panel_log1p(
-    adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = "counts", what: str = "data"
+    adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = Key.layers.counts, what: str = "data"
 ) -> np.ndarray:
     """Dense float32 log1p CP10k of ``genes`` (library size over all genes of the spot); panel genes the
     data lacks are measured zeros (:func:`histokg.st.dataset.panel_columns`)."""
@@ -81,7 +82,7 @@ def predict_expression(
     temperature: float = 0.1,
     use_rep: str = keys.IMAGE,
     ref_rep: str | None = None,
-    layer: str | None = "counts",
+    layer: str | None = Key.layers.counts,
     key_added: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
@@ -112,7 +113,7 @@ def predict_expression(
         raise InputError(f"predict_expression: method={method!r} is not one of {', '.join(METHODS)}")
     if k < 1:
         raise InputError(f"predict_expression: k must be >= 1, got {k}")
-    name = key_added or f"pred_{method}"
+    name = key_added or keys.pred_key(method)
     ref_rep = ref_rep or keys.expr_key(use_rep)
     genes = [str(g) for g in genes] if genes is not None else panel_genes(reference, adata)
     if not genes:
@@ -136,14 +137,14 @@ def predict_expression(
         pred = _ridge(query_emb, ref_emb, ref_values, alpha=alpha)
         params = {"alpha": float(alpha)}
     record = {
-        "method": method,
-        "params": params,
-        "use_rep": use_rep,
-        "ref_rep": ref_rep if method == "knn" else use_rep,
-        "reference_libraries": _libraries(reference),
-        "reference_n_spots": int(reference.n_obs),
-        "checkpoint_sha256": checkpoint or "",
-        "normalisation": "log1p CP10k (library size over all measured genes)",
+        Key.prediction.method: method,
+        Key.prediction.params: params,
+        Key.prediction.use_rep: use_rep,
+        Key.prediction.ref_rep: ref_rep if method == "knn" else use_rep,
+        Key.prediction.reference_libraries: _libraries(reference),
+        Key.prediction.reference_n_spots: int(reference.n_obs),
+        Key.prediction.checkpoint_sha256: checkpoint or "",
+        Key.prediction.normalisation: "log1p CP10k (library size over all measured genes)",
     }
     adata = adata.copy() if copy else adata
     _store(adata, name, pred.astype(np.float32), genes, record)
@@ -165,13 +166,13 @@ def predicted(adata: ad.AnnData, key: str) -> pd.DataFrame:
             f"uns['histokg']['prediction'] has no {key!r} (it has {sorted(_records(adata))}); "
             "run histokg.tl.predict_expression first"
         )
-    if record.get("where") == "obsm":
+    if record.get(Key.prediction.where) == "obsm":
         if key not in adata.obsm:
             raise InputError(f"obsm[{key!r}] is missing though uns['histokg']['prediction'] records it")
         value = adata.obsm[key]
         if isinstance(value, pd.DataFrame):
             return value
-        genes = [str(g) for g in np.asarray(record["genes"]).ravel()]
+        genes = [str(g) for g in np.asarray(record[Key.prediction.genes]).ravel()]
         return pd.DataFrame(np.asarray(value), index=adata.obs_names, columns=genes)
     if key not in adata.layers:
         raise InputError(f"layers[{key!r}] is missing though uns['histokg']['prediction'] records it")
@@ -195,16 +196,15 @@ def add_predictions(adata: ad.AnnData, panel: ad.AnnData) -> None:
         frame = predicted(panel, name)
         values = np.full((adata.n_obs, frame.shape[1]), np.nan, dtype=np.float32)
         values[rows] = frame.to_numpy(dtype=np.float32)
-        _store(
-            adata, name, values, list(map(str, frame.columns)), {**record, "n_predicted": int(panel.n_obs)}
-        )
+        record = {**record, Key.prediction.n_predicted: int(panel.n_obs)}
+        _store(adata, name, values, list(map(str, frame.columns)), record)
 
 
 def panel_adata(
     adata: ad.AnnData,
     genes: Sequence[str] | None = None,
     *,
-    layer: str | None = "counts",
+    layer: str | None = Key.layers.counts,
     predictions: bool = True,
 ) -> ad.AnnData:
     """A new AnnData over ``genes`` for the spots of ``adata``; ``X`` = measured log1p CP10k when known.
@@ -230,26 +230,28 @@ def panel_adata(
         counts = _counts(adata, layer, "query")
         X = take_columns(log1p_cp10k(counts), cols)
         raw = take_columns(counts, cols, dtype=counts.dtype)
-        if "gene_ids" in adata.var:
-            ids = adata.var["gene_ids"].astype(object).where(adata.var["gene_ids"].notna(), "")
-            var["gene_ids"] = ids.astype(str).reindex(genes).fillna("").to_numpy()
+        if Key.var.gene_ids in adata.var:
+            ids = adata.var[Key.var.gene_ids].astype(object).where(adata.var[Key.var.gene_ids].notna(), "")
+            var[Key.var.gene_ids] = ids.astype(str).reindex(genes).fillna("").to_numpy()
     else:
         X = np.zeros((adata.n_obs, len(genes)), dtype=np.float32)
     out = ad.AnnData(X=X, obs=adata.obs.copy(), var=var)
     if measured:
-        out.layers["counts"] = sp.csr_matrix(raw)
+        out.layers[Key.layers.counts] = sp.csr_matrix(raw)
     for key, value in adata.obsm.items():
-        if _records(adata).get(key, {}).get("where") != "obsm":  # predictions are layers here, or left out
+        # predictions are layers here, or left out
+        if _records(adata).get(key, {}).get(Key.prediction.where) != "obsm":
             out.obsm[key] = value.copy()
     for key, value in adata.obsp.items():
         out.obsp[key] = value.copy()
     out.uns = _copy.deepcopy(dict(adata.uns))
-    info = dict(out.uns.get("histokg", {})) if isinstance(out.uns.get("histokg"), dict) else {}
-    info["panel"] = list(genes)
-    info["measured"] = bool(measured)
-    info["absent_genes"] = absent
-    info["prediction"] = {}
-    out.uns["histokg"] = info
+    info = out.uns.get(Key.uns.histokg)
+    info = dict(info) if isinstance(info, dict) else {}
+    info[Key.histokg.panel] = list(genes)
+    info[Key.histokg.measured] = bool(measured)
+    info[Key.histokg.absent_genes] = absent
+    info[Key.histokg.prediction] = {}
+    out.uns[Key.uns.histokg] = info
     for name, record in records.items():
         frame = predicted(adata, name)
         if not set(genes) <= set(map(str, frame.columns)):
@@ -264,35 +266,35 @@ def panel_adata(
 
 def _records(adata: ad.AnnData) -> dict:
     """``uns["histokg"]["prediction"]``: one record per prediction, by key."""
-    info = adata.uns.get("histokg")
-    records = info.get("prediction") if isinstance(info, dict) else None
+    info = adata.uns.get(Key.uns.histokg)
+    records = info.get(Key.histokg.prediction) if isinstance(info, dict) else None
     return dict(records) if isinstance(records, dict) else {}
 
 
 def _store(adata: ad.AnnData, name: str, values: np.ndarray, genes: list[str], record: dict) -> None:
     """Write one prediction to ``layers`` (genes = var, in order) or ``obsm`` (a DataFrame), and its record."""
-    record = {k: v for k, v in record.items() if k not in ("where", "genes")}
+    record = {k: v for k, v in record.items() if k not in (Key.prediction.where, Key.prediction.genes)}
     if genes == list(map(str, adata.var_names)):
         if name in adata.obsm:
             del adata.obsm[name]
         adata.layers[name] = values
-        record["where"] = "layers"
-        info = adata.uns.get("histokg")
-        if isinstance(info, dict) and "panel" in info and not info.get("measured", True):
+        record[Key.prediction.where] = "layers"
+        info = adata.uns.get(Key.uns.histokg)
+        if isinstance(info, dict) and Key.histokg.panel in info and not info.get(Key.histokg.measured, True):
             adata.X = values.copy()  # a panel AnnData of unmeasured spots shows the prediction in X
     else:
         if name in adata.layers:
             del adata.layers[name]
         adata.obsm[name] = pd.DataFrame(values, index=adata.obs_names.copy(), columns=pd.Index(genes))
-        record.update(where="obsm", genes=list(genes))
-    info = adata.uns.get("histokg")
+        record.update({Key.prediction.where: "obsm", Key.prediction.genes: list(genes)})
+    info = adata.uns.get(Key.uns.histokg)
     info = dict(info) if isinstance(info, dict) else {}
-    info["prediction"] = {**_records(adata), name: record}
-    adata.uns["histokg"] = info
+    info[Key.histokg.prediction] = {**_records(adata), name: record}
+    adata.uns[Key.uns.histokg] = info
 
 
 def _where(adata: ad.AnnData, name: str) -> str:
-    return f"{_records(adata)[name]['where']}[{name!r}]"
+    return f"{_records(adata)[name][Key.prediction.where]}[{name!r}]"
 
 
 def _knn(query: np.ndarray, ref: np.ndarray, values: np.ndarray, *, k: int, temperature: float) -> np.ndarray:
@@ -354,9 +356,9 @@ def _counts(adata: ad.AnnData, layer: str | None, what: str):
 
 def embedding_checkpoint(adata: ad.AnnData) -> str | None:
     """sha256 of the checkpoint that embedded ``adata`` (``uns["histokg"]["params"]``), if recorded."""
-    info = adata.uns.get("histokg")
-    params = info.get("params") if isinstance(info, dict) else None
-    value = params.get("checkpoint_sha256") if isinstance(params, dict) else None
+    info = adata.uns.get(Key.uns.histokg)
+    params = info.get(Key.histokg.params) if isinstance(info, dict) else None
+    value = params.get(Key.params.checkpoint_sha256) if isinstance(params, dict) else None
     return str(value) if value else None
 
 
@@ -375,6 +377,6 @@ def same_checkpoint(query: ad.AnnData, reference: ad.AnnData) -> str | None:
 
 
 def _libraries(adata: ad.AnnData) -> list[str]:
-    if "library_id" not in adata.obs:
+    if Key.obs.library_id not in adata.obs:
         return []
-    return sorted(map(str, pd.unique(adata.obs["library_id"].astype(str))))
+    return sorted(map(str, pd.unique(adata.obs[Key.obs.library_id].astype(str))))
