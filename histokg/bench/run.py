@@ -623,9 +623,14 @@ def run_bench(cfg: BenchConfig, out: str | Path, *, overwrite: bool = False) -> 
     from histokg.bench.report import write_outputs
 
     out = prepare_out(out, overwrite)
-    save_config(cfg, out / "bench_config.yaml")
+    config_path = out / "bench_config.yaml"
+    save_config(cfg, config_path)
     start = time.perf_counter()
-    results = Bench(cfg, out).run()
+    try:
+        results = Bench(cfg, out).run()
+    except BaseException:
+        config_path.unlink(missing_ok=True)  # a failed bench leaves no outputs that would block the retry
+        raise
     results["timings_s"]["total"] = round(time.perf_counter() - start, 2)
     write_outputs(results, out)
     write_json(out / "results.json", results)
