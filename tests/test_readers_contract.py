@@ -267,6 +267,13 @@ def test_every_registered_reader_has_a_contract_case():
     assert len(registered) >= 5
 
 
+def test_every_reader_module_is_found_without_being_listed():
+    """A new platform is one module: the registry finds it by its source (no import list to edit)."""
+    from histokg.st.registry import reader_modules
+
+    assert reader_modules() == sorted({cls.__module__.rsplit(".", 1)[1] for cls in reader_classes()})
+
+
 def test_read_help_lists_every_registered_reader():
     result = CliRunner().invoke(cli, ["read", "--help"], catch_exceptions=False)
     assert result.exit_code == 0

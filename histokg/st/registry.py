@@ -1,15 +1,22 @@
 """The registry of spatial-transcriptomics readers: ``histokg read TECH`` and :func:`read`.
 
-Every subclass of :class:`histokg.st.reader.Reader` in the modules imported below is registered
-(class_resolver's ``ClassResolver.from_subclasses``, as pykeen registers its losses). A name is
+Every module of this package that defines a :class:`histokg.st.reader.Reader` subclass is imported
+(found by reading the modules' source, so the rest of the package is not imported for it), and every
+subclass is registered (class_resolver's ``ClassResolver.from_subclasses``, as pykeen registers its
+losses). A name is
 looked up case- and separator-insensitively (``visium-hd``, ``visium_hd``, ``VisiumHD``) or by a
 reader's ``synonyms``; an unknown name is one :class:`InputError` with the nearest names.
 
-Adding a platform: one module with one ``Reader`` subclass, imported here, and one contract test
-case in ``tests/test_readers_contract.py`` (docs/architecture.md, "How to add a reader").
+Adding a platform: one module in this package with one ``Reader`` subclass, and one contract test
+case in ``tests/test_readers_contract.py`` (docs/architecture.md, "How to add a reader"); nothing
+here changes (the imports below only re-export the built-in readers).
 """
 
 from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
 
 import anndata as ad
 from class_resolver import ClassResolver
@@ -35,6 +42,26 @@ __all__ = [
     "reader_names",
     "reader_resolver",
 ]
+
+
+def reader_modules() -> list[str]:
+    """The modules of ``histokg.st`` whose source defines a class based on ``Reader`` (or on a reader)."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in tree.body:
+            bases = [
+                b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
+                for b in getattr(node, "bases", [])
+            ]
+            if isinstance(node, ast.ClassDef) and any(b.endswith("Reader") for b in bases):
+                found.append(path.stem)
+                break
+    return found
+
+
+for _module in reader_modules():
+    importlib.import_module(f"{__package__}.{_module}")
 
 reader_resolver: ClassResolver[Reader] = ClassResolver.from_subclasses(Reader)
 for _cls in list(reader_resolver.lookup_dict.values()):
