@@ -28,7 +28,7 @@ from histokg.st.pairing import PairingConfig
 from histokg.st.study import load_study
 from histokg.synth import SynthConfig, generate_study
 from histokg.train.distributed import DistInfo
-from histokg.train.trainer import JointModule
+from histokg.train.engine import JointModule
 
 
 def build_bundle(tmp: Path, genes: list[str]) -> Path:

@@ -42,16 +42,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 @dataclass
 class LoadedModel:
-    """A trained dual encoder with what it needs to embed new data.
+    """A trained dual encoder with the typed settings it was trained with.
 
-    ``model`` (in eval mode), the gene panel of its expression tower (``genes``), the patch geometry it
-    was trained on (``pairing``), the checkpoint's path and SHA-256 and its ``meta`` (``meta["config"]``
-    is the resolved training config as a dict).
+    - ``model``: the :class:`~histokg.models.DualEncoder` in eval mode;
+    - ``config``: its architecture (:class:`~histokg.models.ModelConfig`; ``image_weights`` cleared, since
+      the checkpoint holds the tower's weights; ``config.expr_input`` says what the expression tower reads);
+    - ``pairing``: the patch geometry it was trained on (:class:`~histokg.st.pairing.PairingConfig`);
+    - ``genes``: the gene panel of its expression tower;
+    - ``loss``: the loss's registered name; ``prior``: the KG prior settings
+      (:class:`~histokg.priors.PriorConfig`, ``prior.bundle`` None when training used no bundle);
+    - ``checkpoint``, ``sha256``: the file and its hash; ``meta``: the rest of the training metadata
+      (slides, history) as saved.
     """
 
     model: DualEncoder
-    genes: list[str]
+    config: ModelConfig
     pairing: PairingConfig
+    genes: list[str]
+    loss: str
+    prior: Any
     checkpoint: Path
     sha256: str
     meta: dict
@@ -59,16 +68,15 @@ class LoadedModel:
     @property
     def params(self) -> dict:
         """What ``tl.embed`` records in ``uns["histokg"]["params"]``."""
-        cfg = self.meta["config"]
         return {
-            Key.params.model: cfg["model"]["image_encoder"],
-            Key.params.loss: cfg["loss"]["name"],
+            Key.params.model: self.config.image_encoder,
+            Key.params.loss: self.loss,
             Key.params.checkpoint: str(self.checkpoint),
             Key.params.checkpoint_sha256: self.sha256,
             Key.params.patch_um: self.pairing.patch_um,
             Key.params.patch_px: self.pairing.patch_px,
             Key.params.mpp: self.pairing.target_mpp,
-            Key.params.embed_dim: cfg["model"]["embed_dim"],
+            Key.params.embed_dim: self.config.embed_dim,
             Key.params.genes: list(self.genes),
             Key.params.train_slides: self.meta.get("train_slides", []),
             Key.params.val_slides: self.meta.get("val_slides", []),
@@ -97,11 +105,22 @@ def saved_model_config(meta: dict, source: str) -> tuple[ModelConfig, PairingCon
     return replace(model_cfg, image_weights=None), pairing
 
 
+def saved_prior_config(meta: dict, source: str):
+    """The KG prior settings of a checkpoint's saved config (:class:`~histokg.priors.PriorConfig`)."""
+    from histokg.priors import PriorConfig
+
+    try:
+        return from_dict(PriorConfig, meta["config"].get("prior") or {}, "prior")
+    except ConfigError as exc:
+        raise InputError(f"{source}: its saved prior config is not valid ({exc})") from None
+
+
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the dual encoder of a ``histokg train`` checkpoint (weights-only loading).
 
-    Returns a :class:`LoadedModel`: the model on ``device`` in eval mode, with its gene panel, patch
-    geometry, checkpoint hash and metadata. Errors name the checkpoint and what does not fit.
+    Returns a :class:`LoadedModel`: the model on ``device`` in eval mode with its typed settings (model
+    config, patch geometry, gene panel, loss, prior), checkpoint hash and metadata. Errors name the
+    checkpoint and what does not fit.
     """
     checkpoint = Path(checkpoint)
     source = f"checkpoint {checkpoint}"
@@ -112,10 +131,22 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Lo
     if missing:
         raise InputError(f"{source}: it lacks {', '.join(missing)} (not a checkpoint of `histokg train`)")
     model_cfg, pairing = saved_model_config(meta, source)
-    model = DualEncoder(model_cfg, int(meta["n_expr_inputs"]))
+    with torch.random.fork_rng(devices=[]):  # the weights are overwritten: draw nothing from the caller's RNG
+        model = DualEncoder(model_cfg, int(meta["n_expr_inputs"]))
     load_weights(model, ckpt["model"], source)
     model.to(device).eval()
-    return LoadedModel(model, list(meta["genes"]), pairing, checkpoint, file_sha256(checkpoint), meta)
+    loss = str((meta["config"].get("loss") or {}).get("name", ""))
+    return LoadedModel(
+        model=model,
+        config=model_cfg,
+        pairing=pairing,
+        genes=list(meta["genes"]),
+        loss=loss,
+        prior=saved_prior_config(meta, source),
+        checkpoint=checkpoint,
+        sha256=file_sha256(checkpoint),
+        meta=meta,
+    )
 
 
 def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:

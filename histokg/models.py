@@ -145,31 +145,60 @@ def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ImageTower(nn.Module):
-    """timm backbone (ImageNet-normalised input in [0, 1]) + projection head to ``embed_dim``."""
+def input_stats(backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and standard deviation (1, 3, 1, 1) that timm's data config gives ``backbone``'s input."""
+    data_cfg = timm.data.resolve_data_config({}, model=backbone)
+    return (
+        torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1),
+        torch.tensor(data_cfg["std"]).view(1, 3, 1, 1),
+    )
 
-    def __init__(self, cfg: ModelConfig):
+
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The one input normalisation of every tower: RGB in [0, 1], channel-first, minus mean over std."""
+    return (images - mean) / std
+
+
+class ImageTower(nn.Module):
+    """timm backbone (ImageNet-normalised input in [0, 1]) + projection head to ``embed_dim``.
+
+    With ``num_features`` the tower is its head alone (its input is cached backbone features); a
+    backbone can be attached later (:meth:`attach_backbone`), e.g. so that a checkpoint holds it.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_features: int | None = None):
         super().__init__()
-        self.backbone = create_backbone(cfg.image_encoder)
-        if cfg.image_weights:
-            load_backbone_weights(self.backbone, cfg.image_weights, cfg.image_encoder)
-        data_cfg = timm.data.resolve_data_config({}, model=self.backbone)
-        self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), persistent=False)
-        self.num_features = int(self.backbone.num_features)
+        self.backbone: nn.Module | None = None
+        self.frozen = cfg.freeze_image
+        if num_features is None:
+            backbone = create_backbone(cfg.image_encoder)
+            if cfg.image_weights:
+                load_backbone_weights(backbone, cfg.image_weights, cfg.image_encoder)
+            num_features = int(backbone.num_features)
+            self.attach_backbone(backbone, cfg)
+        self.num_features = int(num_features)
         self.head = mlp([self.num_features, cfg.embed_dim, cfg.embed_dim], cfg.dropout)
+
+    def attach_backbone(self, backbone: nn.Module, cfg: ModelConfig) -> None:
+        """Use ``backbone`` (frozen as ``cfg`` says: ``freeze_image`` with ``unfreeze_last`` blocks trainable)."""
+        self.backbone = backbone
+        mean, std = input_stats(backbone)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         self.frozen = cfg.freeze_image
         if cfg.freeze_image:
-            for p in self.backbone.parameters():
+            for p in backbone.parameters():
                 p.requires_grad_(False)
-            blocks = backbone_blocks(self.backbone)
+            blocks = backbone_blocks(backbone)
             for block in blocks[len(blocks) - cfg.unfreeze_last :] if cfg.unfreeze_last > 0 else []:
                 for p in block.parameters():
                     p.requires_grad_(True)
             self.frozen = cfg.unfreeze_last == 0
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std
+        if self.backbone is None:
+            raise InputError("this image tower has no backbone (it was built on cached features)")
+        x = normalise(images, self.mean, self.std)
         if self.frozen:
             self.backbone.eval()  # frozen BatchNorm statistics stay put
             with torch.no_grad():
@@ -201,12 +230,17 @@ class ExprTower(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    """Both towers and the learnable temperature (CLIP logit scale, clamped)."""
+    """Both towers and the learnable temperature (CLIP logit scale, clamped).
 
-    def __init__(self, cfg: ModelConfig, n_expr_inputs: int):
+    ``image_features``: build the image tower as its head alone, on backbone features of that size
+    (training on cached features; the parameters are drawn in the order head, expression tower,
+    temperature, whatever the backbone).
+    """
+
+    def __init__(self, cfg: ModelConfig, n_expr_inputs: int, *, image_features: int | None = None):
         super().__init__()
         self.cfg = cfg
-        self.image = ImageTower(cfg)
+        self.image = ImageTower(cfg, image_features)
         self.expr = ExprTower(n_expr_inputs, cfg)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self._max_log_scale = math.log(cfg.max_logit_scale)

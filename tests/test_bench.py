@@ -280,48 +280,6 @@ def test_bench_configs_load():
         assert cfg.seeds >= 1, path
 
 
-def test_feature_cache_takes_local_weight_files_and_recomputes_when_they_change(legacy_study, tmp_path):
-    """Local foundation-model weights go through the same path as named ones (here a tiny timm model's)."""
-    import timm
-    import torch
-
-    from histokg.bench.features import FeatureCache, FeatureConfig, weights_identity
-
-    backbone = timm.create_model("test_efficientnet", num_classes=0)
-    weights = tmp_path / "tower.pth"
-    torch.save(backbone.state_dict(), weights)
-    cfg = FeatureConfig(image_encoder="test_efficientnet", image_weights=str(weights), patch_px=32, views=1)
-    assert weights_identity(cfg).startswith("file:")
-    sections = load_sections([legacy_study])
-    cache = FeatureCache(tmp_path / "cache", cfg)
-    tower, naive = cache.section(sections["T1"], "T1")
-    assert tower.shape[:2] == (1, 48) and naive.shape == (48, 26) and cache.computed == ["T1"]
-    # the features are the loaded backbone's
-    from histokg.st.dataset import SpotPatchDataset
-    from histokg.st.pairing import PairingConfig
-
-    ds = SpotPatchDataset(
-        sections["T1"], PairingConfig(patch_um=112.0, patch_px=32), expression=np.zeros((48, 1))
-    )
-    x = torch.from_numpy(ds.read_image(0).transpose(2, 0, 1).copy()).float()[None] / 255
-    cfg_data = timm.data.resolve_data_config({}, model=backbone)
-    mean, std = (
-        torch.tensor(cfg_data["mean"]).view(1, 3, 1, 1),
-        torch.tensor(cfg_data["std"]).view(1, 3, 1, 1),
-    )
-    with torch.no_grad():
-        want = backbone.eval()((x - mean) / std).numpy()[0]
-    np.testing.assert_allclose(tower[0, 0], want, rtol=1e-4, atol=1e-5)
-    # cached: a second cache object reads instead of computing; other weights are computed anew
-    again = FeatureCache(tmp_path / "cache", cfg)
-    np.testing.assert_array_equal(again.section(sections["T1"], "T1")[0], tower)
-    assert again.computed == []
-    torch.save({k: v + 0.01 for k, v in backbone.state_dict().items()}, weights)
-    changed = FeatureCache(tmp_path / "cache", cfg)
-    changed.section(sections["T1"], "T1")
-    assert changed.computed == ["T1"]
-
-
 def test_bench_without_kg_genes_runs_the_rest_and_says_why(tmp_path, capsys):
     """Data whose genes the KG does not know (e.g. mouse Ensembl ids): KG losses and pathway targets are
     skipped with the reason in the notes; baselines and plain losses still run."""

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from histokg.losses import build_loss
 from histokg.models import DualEncoder, ModelConfig
 from histokg.train.distributed import DistInfo
-from histokg.train.trainer import JointModule
+from histokg.train.engine import JointModule
 
 N_GENES, B = 12, 4
 

@@ -108,9 +108,14 @@ def test_frozen_backbone_caches_features(synth_study, tmp_path):
     frozen = ["model.freeze_image=true", "model.cache_features=true"]
     one = train(tiny_cfg(synth_study, tmp_path / "one", *frozen, "optim.epochs=1"))
     two = train(tiny_cfg(synth_study, tmp_path / "two", *frozen, "optim.epochs=2"))
-    assert (
-        len(list((tmp_path / "two" / "feature_cache").glob("features-*.safetensors"))) == 2
-    )  # train + validation
+    # one file per section (S1, S2 train, S3 validates), keyed by the tower's weights, geometry and spots
+    assert sorted(
+        p.name.split("-")[1] for p in (tmp_path / "two" / "feature_cache").glob("tower-*.safetensors")
+    ) == [
+        "S1",
+        "S2",
+        "S3",
+    ]
     a, b = load_checkpoint(one.last_checkpoint)["model"], load_checkpoint(two.last_checkpoint)["model"]
     backbone = [k for k in a if k.startswith("image.backbone.")]
     assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)

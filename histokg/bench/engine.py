@@ -1,27 +1,29 @@
 """One benchmark run: train the dual encoder's heads on cached frozen-tower features with one loss.
 
-The components are the trainer's own (:class:`histokg.models.DualEncoder`, :func:`histokg.losses.build_loss`,
-:class:`histokg.train.trainer.JointModule` with the KG prior W per batch, AdamW parameter groups, warm-up
-+ cosine schedule, gradient clipping, :class:`histokg.train.data.ShardedBatchSampler`); only the image
-backbone is replaced by its cached features, so a run costs seconds. Every loss gets the same model,
-data, panel, budget (fixed epochs, no early stopping: no held-out slide ever chooses a checkpoint) and
-seeds. With several cached views per spot, each (epoch, spot) draws one view (feature-level augmentation).
+Training goes through the product's own engine (:func:`histokg.train.engine.run_epoch`, the loop
+``histokg train`` runs): the :class:`~histokg.models.DualEncoder` built on cached features (its heads; the
+same parameters, drawn in the same order, as ``histokg train`` with ``model.cache_features``), the loss
+registry, :class:`~histokg.train.engine.JointModule` with the KG prior W per batch, AdamW parameter groups,
+warm-up + cosine schedule, gradient clipping, :class:`~histokg.train.data.ShardedBatchSampler`, and the
+:class:`~histokg.train.callbacks.NonFiniteLoss` callback. Every loss gets the same model, data, panel,
+budget (fixed epochs, no early stopping: no held-out slide ever chooses a checkpoint) and seeds. With
+several cached views per spot, each (epoch, spot) draws one view (feature-level augmentation).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from histokg.config import Component
 from histokg.errors import ConfigError
 from histokg.keys import Batch
+from histokg.train.callbacks import CallbackList, LoopState, NonFiniteLoss, TrainingCallback
+from histokg.train.engine import JointModule, StepParts, run_epoch, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -65,41 +67,26 @@ class RunInputs:
     prior: object | None = None  # histokg.priors.KGPrior for W
 
 
-class HeadModel(nn.Module):
-    """DualEncoder minus its backbone: image head on features, expression tower, logit scale."""
+def model_config(cfg: HeadsConfig):
+    """The :class:`~histokg.models.ModelConfig` of the heads ``cfg`` describes (on cached features)."""
+    from histokg.models import ModelConfig
 
-    def __init__(self, n_features: int, n_expr: int, cfg: HeadsConfig):
-        super().__init__()
-        from histokg.models import ExprTower, ModelConfig, mlp
-
-        mcfg = ModelConfig(
-            embed_dim=cfg.embed_dim,
-            expr_hidden=tuple(cfg.expr_hidden),
-            dropout=cfg.dropout,
-            init_temperature=cfg.init_temperature,
-        )
-        self.image_head = mlp([n_features, cfg.embed_dim, cfg.embed_dim], cfg.dropout)  # = ImageTower.head
-        self.expr = ExprTower(n_expr, mcfg)
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
-        self._max_log_scale = math.log(mcfg.max_logit_scale)
-
-    def logit_scale(self) -> torch.Tensor:
-        return self.log_logit_scale.clamp(max=self._max_log_scale).exp()
-
-    def encode_image(self, images=None, features: torch.Tensor | None = None) -> torch.Tensor:
-        return nn.functional.normalize(self.image_head(features).float(), dim=-1)
-
-    def encode_expr(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.expr(x).float(), dim=-1)
-
-    def forward(self, images, expr: torch.Tensor, features: torch.Tensor | None = None):
-        return self.encode_image(None, features), self.encode_expr(expr), self.logit_scale()
+    return ModelConfig(
+        embed_dim=cfg.embed_dim,
+        expr_hidden=tuple(cfg.expr_hidden),
+        dropout=cfg.dropout,
+        init_temperature=cfg.init_temperature,
+        expr_input=cfg.expr_input,
+        freeze_image=True,
+        cache_features=True,
+    )
 
 
-def _optim_cfg(cfg: HeadsConfig):
-    from histokg.train.config import OptimConfig, TrainConfig
+def optim_config(cfg: HeadsConfig):
+    """The :class:`~histokg.train.config.OptimConfig` of the heads' budget (one learning rate, float32)."""
+    from histokg.train.config import OptimConfig
 
-    optim = OptimConfig(
+    return OptimConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -108,19 +95,62 @@ def _optim_cfg(cfg: HeadsConfig):
         warmup_steps=cfg.warmup_steps,
         min_lr_ratio=cfg.min_lr_ratio,
         grad_clip=cfg.grad_clip,
+        amp="off",
     )
-    return dataclasses.replace(TrainConfig(), optim=optim)
+
+
+def train_config(cfg: HeadsConfig, **settings):
+    """The ``histokg train`` config that trains these heads the same way (cached features of a frozen tower,
+    fixed epochs, no early stopping); ``settings`` fill the rest (``data``, ``prior``, ``out_dir``...)."""
+    from histokg.train.config import EarlyStoppingConfig, TrainConfig
+
+    return TrainConfig(
+        model=model_config(cfg),
+        optim=optim_config(cfg),
+        early_stopping=EarlyStoppingConfig(patience=0),
+        device=cfg.device,
+        **settings,
+    )
+
+
+class _Budget(TrainingCallback):
+    """The bench's budget: a fixed number of epochs for every loss, no early stopping, no checkpoints;
+    records the steps taken and the last loss."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.last = float("nan")
+
+    def on_loss(self, owner, loop, loss):
+        self.last = float(loss.detach())
+        return loss
+
+    def on_step_end(self, owner, loop):
+        self.steps = loop.step
+
+
+def feature_batches(inputs: RunInputs, idx_batches, view_of: torch.Tensor, tensors: dict):
+    """Batches of the training spots in ``idx_batches``: one cached view of each spot's features, its
+    expression input and its KG inputs."""
+    feats = tensors[Batch.features]
+    for idx in idx_batches:
+        idx_t = torch.as_tensor(idx)
+        batch = {Batch.features: feats[view_of[idx_t], idx_t]}
+        batch.update({k: v[idx_t] for k, v in tensors.items() if k != Batch.features})
+        yield batch
 
 
 def train_heads(
     inputs: RunInputs, loss_spec: Component, cfg: HeadsConfig, seed: int
-) -> tuple[HeadModel, dict]:
-    """Train one model; returns it (eval mode) and a few training facts (steps, last loss)."""
+) -> tuple[JointModule, dict]:
+    """Train one model through the training engine (:func:`histokg.train.engine.run_epoch`); returns the
+    model-plus-loss module (eval mode) and a few training facts (steps, last loss, temperature)."""
     from histokg.losses import build_loss, loss_registry
+    from histokg.models import DualEncoder
     from histokg.train import distributed as dist_utils
     from histokg.train.data import ShardedBatchSampler
     from histokg.train.optim import build_optimizer, build_scheduler
-    from histokg.train.trainer import JointModule, seed_everything
+    from histokg.train.precision import Precision
 
     cls = loss_registry.lookup(loss_spec.name)  # an unknown name: ConfigError naming the nearest
     if cls.needs_prior and inputs.kg is None:
@@ -130,70 +160,47 @@ def train_heads(
     seed_everything(seed)
     device = torch.device(cfg.device)
     views, n, d = inputs.features.shape
-    model = HeadModel(d, inputs.expr_inputs.shape[1], cfg).to(device)
+    optim = optim_config(cfg)
+    model = DualEncoder(model_config(cfg), inputs.expr_inputs.shape[1], image_features=d).to(device)
     prior_dim = inputs.g_mean.shape[1] if cls.needs_gaussians else None
     loss = build_loss(loss_spec.name, cfg.embed_dim, prior_dim, **dict(loss_spec.kwargs)).to(device)
     joint = JointModule(model, loss, inputs.prior, dist_utils.DistInfo())
-    tcfg = _optim_cfg(cfg)
-    optimizer = build_optimizer(model, loss, tcfg)
+    optimizer = build_optimizer(model, loss, optim)
     sampler = ShardedBatchSampler(n, min(cfg.batch_size, n), seed)
-    total = sampler.batches_per_epoch * cfg.epochs
-    scheduler = build_scheduler(optimizer, total, tcfg)
-    feats = torch.from_numpy(np.ascontiguousarray(inputs.features, dtype=np.float32))
-    expr = torch.from_numpy(np.ascontiguousarray(inputs.expr_inputs, dtype=np.float32))
-    extra = {
+    scheduler = build_scheduler(optimizer, sampler.batches_per_epoch * cfg.epochs, optim)
+    budget = _Budget()
+    parts = StepParts(
+        joint=joint,
+        module=joint,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        precision=Precision(optim.amp, device),
+        callbacks=CallbackList([NonFiniteLoss(), budget]),
+        device=device,
+        grad_clip=cfg.grad_clip,
+    )
+    tensors = {
         key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
         for key, value in (
-            (Batch.kg, inputs.kg),
-            (Batch.gauss_mean, inputs.g_mean),
-            (Batch.gauss_var, inputs.g_var),
+            (Batch.features, inputs.features),
+            (Batch.expr, inputs.expr_inputs),
+            (Batch.kg, inputs.kg if cls.needs_prior else None),
+            (Batch.gauss_mean, inputs.g_mean if cls.needs_gaussians else None),
+            (Batch.gauss_var, inputs.g_var if cls.needs_gaussians else None),
         )
         if value is not None
-        and (key == Batch.kg and cls.needs_prior or key != Batch.kg and cls.needs_gaussians)
     }
     gen = torch.Generator().manual_seed(seed)
+    loop = LoopState()
     model.train()
-    last = float("nan")
-    steps = 0
     for epoch in range(cfg.epochs):
+        loop.epoch, loop.batch_in_epoch = epoch, 0
         sampler.set_epoch(epoch)
         view_of = torch.randint(views, (n,), generator=gen) if views > 1 else torch.zeros(n, dtype=torch.long)
-        for idx in sampler:
-            idx_t = torch.as_tensor(idx)
-            batch = {
-                Batch.features: feats[view_of[idx_t], idx_t].to(device),
-                Batch.expr: expr[idx_t].to(device),
-            }
-            batch.update({k: v[idx_t].to(device) for k, v in extra.items()})
-            value = joint(batch)["loss"]
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"loss {loss_spec.name} became {float(value)} at step {steps + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip
-                )
-            optimizer.step()
-            scheduler.step()
-            steps += 1
-            last = float(value.detach())
+        run_epoch(None, parts, loop, feature_batches(inputs, sampler, view_of, tensors))
     model.eval()
-    return model, {
-        "steps": steps,
-        "final_loss": last,
+    return joint, {
+        "steps": budget.steps,
+        "final_loss": budget.last,
         "temperature": float(1.0 / model.logit_scale().detach()),
     }
-
-
-@torch.no_grad()
-def embed_images(model: HeadModel, features: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Image embeddings of view 0 of ``features`` (views, n, d)."""
-    x = torch.from_numpy(np.ascontiguousarray(features[0], dtype=np.float32)).to(device)
-    return model.encode_image(None, x).cpu().numpy()
-
-
-@torch.no_grad()
-def embed_expression(model: HeadModel, expr_inputs: np.ndarray, device: str = "cpu") -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(expr_inputs, dtype=np.float32)).to(device)
-    return model.encode_expr(x).cpu().numpy()

@@ -2,7 +2,7 @@
 
 For each fold (leave-one-section-out, or one explicit split) and seed, every loss trains the same
 heads (:mod:`histokg.bench.engine`) on the same frozen-tower features (computed once per slide,
-:mod:`histokg.bench.features`), the same HVG panel and the same budget; only the loss differs.
+:mod:`histokg.features`), the same HVG panel and the same budget; only the loss differs.
 Baselines run in the same process under the same protocol. Everything that is fitted or chosen
 (gene panels, HEG/HVG genes, the prior's tuning, ridge probes, kNN databases) sees the training
 slides only. Outputs: ``results.json``, ``results.md``, ``results.png`` (atomic writes) and
@@ -27,15 +27,17 @@ from tqdm.auto import tqdm
 
 from histokg.bench.config import BenchConfig
 from histokg.bench.data import Fold, combine, load_sections, make_folds, shared_genes
-from histokg.bench.engine import RunInputs, embed_expression, embed_images, train_heads
-from histokg.bench.features import FeatureCache
+from histokg.bench.engine import RunInputs, train_heads
+from histokg.bench.features import NAIVE, feature_device, naive_features
 from histokg.bench.prior import bundle_for, describe, expression_quality, prior_quality, tune_prior
 from histokg.bench.scoring import Panel, Targets, retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
+from histokg.features import Extractor, FeatureCache, spot_features
 from histokg.io import claim_output_dir, write_json
 from histokg.keys import Key
 from histokg.metrics import knn_predict, log1p_cp10k, top_genes
 from histokg.st.dataset import panel_columns, take_columns
+from histokg.st.pairing import PairingConfig
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +165,23 @@ class Bench:
         self.folds = make_folds(list(self.sections), cfg.folds, cfg.train, cfg.test)
         self.genes = shared_genes(self.sections)
         self.clock.lap("read sections")
-        fc = FeatureCache(self.cache / "features", cfg.features)
+        fcfg = cfg.features
+        extractor = Extractor.create(
+            fcfg.image_encoder, fcfg.image_weights, device=feature_device(fcfg.device)
+        )
+        cache = FeatureCache(self.cache / "features")
+        pairing = PairingConfig(patch_um=fcfg.patch_um, patch_px=fcfg.patch_px)
         self.feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.features_computed = []
         for sid, adata in tqdm(self.sections.items(), desc="frozen features", unit="section"):
-            self.feats[sid] = fc.section(adata, sid)
-        self.features_computed = list(fc.computed)
-        self.clock.lap("frozen features (computed: " + (", ".join(fc.computed) or "none, cached") + ")")
+            found = spot_features(
+                adata, extractor, pairing, views=fcfg.views, cache=cache, extras={NAIVE: naive_features},
+                batch_size=fcfg.batch_size,
+            )  # fmt: skip
+            self.feats[sid] = (found.tower, found.extras[NAIVE])
+            self.features_computed += found.computed
+        computed = ", ".join(self.features_computed) or "none, cached"
+        self.clock.lap(f"frozen features (computed: {computed})")
         self._setup_kg()
         self.clock.lap("knowledge graph")
 
@@ -450,13 +463,11 @@ class Bench:
         auroc = data.prior_info.get("auroc", {}).get(f"{key[0]}/{key[1]}") if cls.needs_prior else None
         for seed in range(cfg.seeds):
             start = time.perf_counter()
-            model, facts = train_heads(inputs, spec, heads, seed)
+            joint, facts = train_heads(inputs, spec, heads, seed)
             train_s = time.perf_counter() - start
-            ref_expr = embed_expression(model, expr_train)
-            ref_img = embed_images(model, data.train_feats)
+            ref_img, ref_expr = joint.embed(data.train_feats[0], expr_train)
             for slide in data.fold.test:
-                img = embed_images(model, data.test_feats[slide])
-                expr = embed_expression(model, expr_test[slide])
+                img, expr = joint.embed(data.test_feats[slide][0], expr_test[slide])
                 knn = knn_predictor(img, ref_expr, cfg.eval.k, cfg.eval.temperature)
                 metrics = score_slide(knn, data.targets, slide)
                 ridge = ridge_predictor(ref_img, img, lambda m: cfg.eval.ridge_alpha)

@@ -350,7 +350,7 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
             shard.genes = list(model.genes)
         except InputError as exc:  # other species or gene naming: no measured panel genes
             log.warning("slide %s: no measured gene panel: %s", spec.slide_id, exc)
-        bundle = bundle or (model.meta["config"].get("prior") or {}).get("bundle")
+        bundle = bundle or model.prior.bundle
         if bundle and Path(bundle).exists():
             try:
                 prior = _prior(str(bundle), tuple(map(str, adata.var_names)))

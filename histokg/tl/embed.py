@@ -10,22 +10,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from histokg import keys
 from histokg.checkpoint import LoadedModel, load_model
-from histokg.config import from_dict
+from histokg.embedding import embed_expression, embed_spots
 from histokg.errors import InputError
-from histokg.keys import Batch, Key
+from histokg.keys import Key
 from histokg.st.contract import build_anndata, spatial_uns
-from histokg.st.dataset import SpotPatchDataset, panel_expression
+from histokg.st.dataset import panel_expression
 from histokg.st.pairing import PairingConfig
 from histokg.wsi import TilingConfig, detect_tissue, open_slide, tile_slide
 
@@ -47,6 +46,8 @@ def embed(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device | None = None,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Embed every observation of ``adata`` (spots or tiles) with a trained model.
@@ -55,48 +56,45 @@ def embed(
     carry ``layers["counts"]``, ``obsm[keys.expr_key(key_added)]`` (expression tower); records the model
     in ``uns["histokg"]["params"]``. Panel genes the data lacks are measured zeros (logged); when
     most of the panel is missing this raises (``expression=False`` embeds the images only).
-    ``slide_dir`` finds slides that moved since reading by their file name.
+    ``slide_dir`` finds slides that moved since reading by their file name. Patches go through the
+    library's one embedding routine (:func:`histokg.embedding.embed_spots`: the model's backbone features,
+    cached in ``cache_dir`` when given, then its head); ``progress(done, total)`` follows the patches.
     """
     adata = adata.copy() if copy else adata
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = _as_model(model, device)
     net = loaded.model.to(device).eval()
-    expr_input = loaded.meta["config"]["model"]["expr_input"]
     has_counts = expression and Key.layers.counts in adata.layers and adata.n_vars > 0
     inputs = _expression_inputs(adata, loaded) if has_counts else None  # input errors before any compute
-    ds = SpotPatchDataset(
-        adata, loaded.pairing, expression=np.zeros((adata.n_obs, 0), np.float32), slide_dir=slide_dir
+    adata.obsm[key_added] = embed_spots(
+        net,
+        adata,
+        loaded.pairing,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        slide_dir=slide_dir,
+        device=device,
+        progress=progress,
+        what=f"obsm[{key_added!r}] (image tower)",
     )
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    out = np.zeros((adata.n_obs, net.cfg.embed_dim), dtype=np.float32)
-    start = 0
-    for batch in tqdm(loader, desc="embedding patches", unit="batch"):
-        f = net.encode_image(batch[Batch.image].to(device)).cpu().numpy()
-        out[start : start + len(f)] = f
-        start += len(f)
-    _check_finite(out, f"obsm[{key_added!r}] (image tower)")
-    adata.obsm[key_added] = out
     if inputs is not None:
-        g = [
-            net.encode_expr(torch.from_numpy(inputs[i : i + 1024]).to(device)).cpu().numpy()
-            for i in range(0, len(inputs), 1024)
-        ]
-        expr_emb = np.concatenate(g).astype(np.float32)
-        _check_finite(expr_emb, f"obsm[{keys.expr_key(key_added)!r}] (expression tower, {expr_input} input)")
-        adata.obsm[keys.expr_key(key_added)] = expr_emb
+        adata.obsm[keys.expr_key(key_added)] = embed_expression(
+            net,
+            inputs,
+            device=device,
+            what=f"obsm[{keys.expr_key(key_added)!r}] (expression tower, {loaded.config.expr_input} input)",
+        )
     adata.uns.setdefault(Key.uns.histokg, {})[Key.histokg.params] = loaded.params
-    ds.close()
     return adata if copy else None
 
 
 def _expression_inputs(adata: ad.AnnData, loaded: LoadedModel) -> np.ndarray:
     """What the expression tower reads for each spot: panel log1p CP10k, or KG activations."""
-    cfg = loaded.meta["config"]
-    if cfg["model"]["expr_input"] == "kg":
-        from histokg.priors import KGPrior, PriorConfig
+    if loaded.config.expr_input == "kg":
+        from histokg.priors import KGPrior
 
-        prior_cfg = from_dict(PriorConfig, cfg["prior"])
-        prior = KGPrior.from_bundle(prior_cfg.bundle, list(adata.var_names), prior_cfg)
+        prior = KGPrior.from_bundle(loaded.prior.bundle, list(adata.var_names), loaded.prior)
         return np.asarray(prior.activations(adata.layers[Key.layers.counts]), np.float32)
     return panel_expression(adata, loaded.genes, source=f"{_libraries_text(adata)} (model panel)")
 
@@ -106,14 +104,6 @@ def _libraries_text(adata: ad.AnnData) -> str:
         return "the data"
     libs = list(map(str, pd.unique(adata.obs[Key.obs.library_id].astype(str))))
     return f"the data of section{'s' if len(libs) > 1 else ''} {', '.join(libs[:4])}"
-
-
-def _check_finite(x: np.ndarray, what: str) -> None:
-    if not np.isfinite(x).all():
-        raise InputError(
-            f"{what}: {int((~np.isfinite(x)).any(axis=1).sum())} of {len(x)} embeddings are not finite; "
-            "the checkpoint or its inputs are broken"
-        )
 
 
 def concat_embedded(parts: list[ad.AnnData]) -> ad.AnnData:

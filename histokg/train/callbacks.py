@@ -151,11 +151,11 @@ class NonFiniteLoss(TrainingCallback):
 
     def on_loss(self, trainer, loop, loss):
         if not torch.isfinite(loss):
-            last = trainer.last_path
+            last = getattr(trainer, "last_path", None)  # the bench's runs keep no checkpoints
+            kept = f" The last good checkpoint is {last if last.exists() else 'none yet'};" if last else ""
             raise TrainingError(
                 f"loss became {loss.item()} at step {loop.step + 1} (epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}); "
-                f"training stopped. The last good checkpoint is {last if last.exists() else 'none yet'}; "
-                "lower optim.lr or check the inputs"
+                f"training stopped.{kept} lower optim.lr or check the inputs"
             )
         return loss
 

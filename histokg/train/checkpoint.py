@@ -70,3 +70,60 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def run_state(trainer, loop) -> dict[str, Any]:
+    """The checkpoint of ``trainer``'s run at ``loop`` (weights, optimiser, schedule, RNG, counters, meta)."""
+    from histokg.config import to_dict
+
+    return {
+        "model": trainer.model.state_dict(),
+        "loss": trainer.loss.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.precision.scaler.state_dict(),
+        "rng": rng_state(),
+        "epoch": loop.epoch,
+        "batch_in_epoch": loop.batch_in_epoch,
+        "step": loop.step,
+        "best_metric": loop.best_metric,
+        "bad_epochs": loop.bad_epochs,
+        "meta": {
+            "config": to_dict(trainer.cfg),
+            "genes": trainer.genes,
+            "train_slides": trainer.train_libs,
+            "val_slides": trainer.val_libs,
+            "data_hash": trainer.data_hash,
+            "kg_hash": trainer.kg_hash,
+            "n_expr_inputs": int(trainer.train.expr_inputs.shape[1]),
+            "history": loop.history,
+        },
+    }
+
+
+def restore_state(trainer, ckpt: dict[str, Any]):
+    """Load a checkpoint of ``trainer``'s run (same data and KG bundle); returns its ``LoopState``."""
+    from histokg.train.callbacks import LoopState, TrainingError
+
+    meta = ckpt["meta"]
+    if meta["data_hash"] != trainer.data_hash:
+        raise TrainingError(
+            "cannot resume: the data or gene panel differ from the checkpoint's "
+            f"(data hash {meta['data_hash'][:12]} vs {trainer.data_hash[:12]})"
+        )
+    if meta["kg_hash"] != trainer.kg_hash:
+        raise TrainingError("cannot resume: the KG bundle differs from the checkpoint's")
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.loss.load_state_dict(ckpt["loss"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.precision.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return LoopState(
+        epoch=ckpt["epoch"],
+        batch_in_epoch=ckpt["batch_in_epoch"],
+        step=ckpt["step"],
+        best_metric=ckpt["best_metric"],
+        bad_epochs=ckpt["bad_epochs"],
+        history=meta["history"],
+    )

@@ -107,6 +107,19 @@ def data_hash(adata: ad.AnnData, genes: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def bundle_hash(bundle: str | Path) -> str:
+    """Hash of a KG bundle's files (the bundle is a small directory)."""
+    from histokg.io import file_sha256
+
+    path = Path(bundle)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode())
+        digest.update(file_sha256(p).encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class SplitData:
     """Everything one split feeds the model."""
@@ -217,3 +230,62 @@ def collate(items: list[dict]) -> dict:
         else:
             out[key] = values
     return out
+
+
+@dataclass
+class RunData:
+    """The data of one training run: both splits, the gene panel, the KG prior and the identities that a
+    resumed run must match."""
+
+    train: SplitData
+    val: SplitData
+    genes: list[str]
+    prior: object | None
+    train_libs: list[str]
+    val_libs: list[str]
+    data_hash: str
+    kg_hash: str
+
+
+def prepare_data(cfg, loss_cls, *, needs_bundle: bool, images: bool = True) -> RunData:
+    """Spots of ``cfg.data`` split by slide, the panel chosen on the training slides, the KG prior where
+    the loss or the expression input needs it, and both splits (``images=False``: the training split
+    reads no patches, its features come from the cache; augmentation only with images)."""
+    from histokg.st.transforms import build_transforms
+
+    spots = load_spots(cfg.data)
+    train_libs, val_libs = split_slides(spots, cfg.data)
+    lib = spots.obs[Key.obs.library_id].astype(str).to_numpy()
+    train_ad = spots[np.isin(lib, train_libs)].copy()
+    val_ad = spots[np.isin(lib, val_libs)].copy()
+    genes = (
+        read_panel(cfg.data.genes, list(spots.var_names))
+        if cfg.data.genes
+        else select_panel(train_ad, cfg.data.n_genes)
+    )
+    prior = None
+    if needs_bundle:
+        from histokg.priors import KGPrior
+
+        prior = KGPrior.from_bundle(cfg.prior.bundle, list(spots.var_names), cfg.prior)
+    pairing = PairingConfig(patch_um=cfg.data.patch_um, patch_px=cfg.data.patch_px)
+    common = dict(
+        prior=prior,
+        expr_input=cfg.model.expr_input,
+        needs_prior=loss_cls.needs_prior,
+        needs_gaussians=loss_cls.needs_gaussians,
+        cache_patches=cfg.data.cache_patches and images,
+    )
+    train = build_split(
+        train_ad,
+        genes,
+        pairing,
+        **common,
+        load_images=images,
+        transform=build_transforms(cfg.data.augment) if images else None,
+        aug_seed=cfg.seed,
+        desc="training",
+    )
+    val = build_split(val_ad, genes, pairing, **common, load_images=True, desc="validation")
+    kg_hash = bundle_hash(cfg.prior.bundle) if prior is not None else ""
+    return RunData(train, val, genes, prior, train_libs, val_libs, data_hash(spots, genes), kg_hash)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from histokg.train.config import TrainConfig
+from histokg.train.config import OptimConfig
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_lambda", "param_groups"]
 
@@ -24,7 +24,7 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return fn
 
 
-def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: nn.Module, loss: nn.Module, optim: OptimConfig) -> list[dict]:
     """AdamW groups: backbone at ``image_lr``; no weight decay on biases, norms and the temperature."""
     groups = {(b, d): [] for b in (True, False) for d in (True, False)}
     for name, p in list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss.named_parameters()]:
@@ -39,19 +39,19 @@ def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[di
             out.append(
                 {
                     "params": params,
-                    "lr": cfg.optim.image_lr if backbone else cfg.optim.lr,
-                    "weight_decay": cfg.optim.weight_decay if decay else 0.0,
+                    "lr": optim.image_lr if backbone else optim.lr,
+                    "weight_decay": optim.weight_decay if decay else 0.0,
                 }
             )
     return out
 
 
-def build_optimizer(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, loss, cfg))
+def build_optimizer(model: nn.Module, loss: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, loss, optim))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: TrainConfig):
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, optim: OptimConfig):
     """Warm-up + cosine decay over ``total_steps`` optimiser steps (``optim.warmup_steps``, ``optim.min_lr_ratio``)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
+        optimizer, lr_lambda(optim.warmup_steps, total_steps, optim.min_lr_ratio)
     )

@@ -1,0 +1,344 @@
+"""Image-tower features of spot patches: the one feature path of histokg, with one on-disk cache.
+
+Every consumer of a tower's features goes through here: training on a frozen tower, the trainer's
+validation, ``histokg bench``, :func:`histokg.tl.embed` (and through it the retrieval index and the
+web app's uploads).
+
+- :class:`Extractor`: a timm backbone with its input normalisation (timm's data config mean and std on
+  RGB in [0, 1]): uint8 patches (N, H, W, 3) in, pooled features (N, d) out. Its :attr:`~Extractor.identity`
+  is the architecture plus the SHA-256 of the backbone's tensors, so any weights (a named set, a local
+  file, a seed's random initialisation, the tower inside a checkpoint) key the cache by what they are.
+- :func:`spot_features`: the features of every spot (or tile) of an AnnData, in ``obs`` order, for
+  ``views`` dihedral views (view 0 = the patch as read; 1-3 rotations by 90 degrees; 4-7 the same after
+  a horizontal flip), plus any ``extras`` (per-patch functions such as the bench's colour/texture
+  numbers) computed from the same patches in the same pass.
+- :class:`FeatureCache`: safetensors files, one per section and kind, content-addressed by the
+  extractor's identity, the patch geometry (um and px), the views, the slide file (resolved path, size,
+  modification time, MPP) and the spots (ids and centres); written atomically. A changed input never
+  reuses stale features, and the file's own list of spot ids is checked on every read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from histokg.errors import InputError
+from histokg.io import atomic_path
+from histokg.keys import Key
+from histokg.st.pairing import PairingConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Extractor", "FeatureCache", "SpotFeatures", "dihedral", "spot_features"]
+
+# A function of one (H, W, 3) uint8 patch returning a 1-d float vector, computed beside the tower.
+PatchFunction = Callable[[np.ndarray], np.ndarray]
+
+
+def dihedral(patch: np.ndarray, view: int) -> np.ndarray:
+    """View ``view`` (0-7) of an (H, W, 3) patch: rotation by 90 * (view % 4) degrees, flipped for view >= 4."""
+    out = patch[:, ::-1] if view >= 4 else patch
+    return np.ascontiguousarray(np.rot90(out, k=view % 4, axes=(0, 1)))
+
+
+def tensor_digest(module: nn.Module) -> str:
+    """SHA-256 over a module's state (names, dtypes, shapes and bytes of every tensor)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+class Extractor:
+    """A backbone and its input normalisation: uint8 patches in, pooled features out.
+
+    ``dtype`` is the autocast dtype of the forward pass (the trainer's mixed precision on a GPU; None:
+    float32); it is part of the identity. Features always come back as float32 numpy arrays.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        architecture: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ):
+        from histokg.models import input_stats
+
+        self.backbone = backbone
+        self.architecture = architecture
+        self.device = torch.device(device)
+        self.dtype = dtype
+        mean, std = input_stats(backbone)
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self.num_features = int(backbone.num_features)
+
+    @classmethod
+    def create(
+        cls,
+        architecture: str,
+        weights: str | Path | None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+    ) -> Extractor:
+        """A frozen backbone of ``architecture`` with ``weights`` (a named set, a local file, or None for a
+        random initialisation drawn from ``seed``). Built on a forked RNG, so that creating it draws nothing
+        from the caller's random stream."""
+        from histokg.models import create_backbone, load_backbone_weights
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = create_backbone(architecture)
+        if weights:
+            load_backbone_weights(backbone, weights, architecture)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        return cls(backbone.eval().to(device), architecture, device=device, dtype=dtype)
+
+    @classmethod
+    def of_model(cls, model, *, device=None, dtype: torch.dtype | None = None) -> Extractor:
+        """The backbone of a :class:`~histokg.models.DualEncoder` (shared, not copied)."""
+        device = device or next(model.parameters()).device
+        return cls(model.image.backbone, model.cfg.image_encoder, device=device, dtype=dtype)
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    @cached_property
+    def identity(self) -> str:
+        """Architecture and weights, as the cache key names them (computed once: a frozen tower)."""
+        amp = f"|autocast={self.dtype}" if self.dtype is not None else ""
+        return f"{self.architecture}|sha256:{tensor_digest(self.backbone)}{amp}"
+
+    @torch.no_grad()
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        """Features (N, d) float32 of uint8 patches (N, H, W, 3); the backbone runs in eval mode."""
+        from histokg.models import normalise
+
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device)
+            x = normalise(x.permute(0, 3, 1, 2).float().div_(255.0), self.mean, self.std)
+            with self.autocast():
+                out = self.backbone(x)
+        finally:
+            self.backbone.train(was_training)
+        return out.float().cpu().numpy()
+
+
+@dataclass
+class SpotFeatures:
+    """Features of every observation, in ``obs`` order: ``tower`` (views, n, d) and ``extras`` name -> (n, k)."""
+
+    tower: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)  # sections computed (not read from a cache)
+
+
+def _libraries(adata: ad.AnnData) -> np.ndarray:
+    if Key.obs.library_id not in adata.obs:
+        raise InputError("features: the AnnData has no obs['library_id'] (not in the histokg contract)")
+    return adata.obs[Key.obs.library_id].astype(str).to_numpy()
+
+
+def spot_features(
+    adata: ad.AnnData,
+    extractor: Extractor,
+    pairing: PairingConfig,
+    *,
+    views: int = 1,
+    cache: FeatureCache | None = None,
+    extras: Mapping[str, PatchFunction] | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    slide_dir: str | Path | None = None,
+    dataset=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SpotFeatures:
+    """Tower features of every observation's patch (and ``extras`` of the same patches), section by section.
+
+    With a ``cache``, a section whose files exist is read, not computed; computed sections are written.
+    ``dataset`` (a :class:`~histokg.st.dataset.SpotPatchDataset` of ``adata``) reuses its open slides and
+    in-memory patches. ``progress(done, total)`` is called after each batch of patches.
+    """
+    from histokg.st.dataset import SpotPatchDataset
+
+    if not 1 <= views <= 8:
+        raise InputError(f"features: views must be in 1..8, got {views}")
+    extras = dict(extras or {})
+    libs = _libraries(adata)
+    own = dataset is None
+    ds = dataset or SpotPatchDataset(
+        adata, pairing, expression=np.zeros((adata.n_obs, 0), np.float32), slide_dir=slide_dir
+    )
+    tower = np.zeros((views, adata.n_obs, extractor.num_features), np.float32)
+    extra_out: dict[str, np.ndarray] = {}
+    computed: list[str] = []
+    done = 0
+    try:
+        for lib in dict.fromkeys(libs):  # sections in order of first appearance
+            rows = np.flatnonzero(libs == lib)
+            keys = _keys(cache, ds, rows, lib, extractor, pairing, views, extras) if cache else None
+            found = cache.read(keys, ds.spot_ids[rows]) if cache else None
+            if found is None:
+                found = _compute(
+                    ds, rows, extractor, views, extras, batch_size, num_workers, lib, progress, done
+                )
+                computed.append(lib)
+                if cache:
+                    cache.write(keys, ds.spot_ids[rows], found, extractor)
+            section_tower, section_extras = found
+            tower[:, rows] = section_tower
+            for name, values in section_extras.items():
+                extra_out.setdefault(name, np.zeros((adata.n_obs, values.shape[1]), np.float32))[rows] = (
+                    values
+                )
+            done += len(rows)
+    finally:
+        if own:
+            ds.close()
+    return SpotFeatures(tower, extra_out, computed)
+
+
+class _Patches(torch.utils.data.Dataset):
+    """uint8 patches of chosen rows of a SpotPatchDataset (for a DataLoader with workers)."""
+
+    def __init__(self, ds, rows: np.ndarray):
+        self.ds, self.rows = ds, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ds.read_image(int(self.rows[i]))
+
+
+def _batches(ds, rows: np.ndarray, batch_size: int, num_workers: int) -> Iterator[np.ndarray]:
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(
+            _Patches(ds, rows),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=lambda items: np.stack(items),
+        )
+        yield from loader
+        return
+    for start in range(0, len(rows), batch_size):
+        yield np.stack([ds.read_image(int(i)) for i in rows[start : start + batch_size]])
+
+
+def _compute(ds, rows, extractor, views, extras, batch_size, num_workers, lib, progress, done):
+    tower: list[list[np.ndarray]] = [[] for _ in range(views)]
+    extra: dict[str, list[np.ndarray]] = {name: [] for name in extras}
+    n_batches = -(-len(rows) // batch_size)
+    seen = 0
+    for patches in tqdm(
+        _batches(ds, rows, batch_size, num_workers),
+        total=n_batches,
+        desc=f"features {lib}",
+        unit="batch",
+        leave=False,
+    ):
+        for name, fn in extras.items():
+            extra[name].extend(np.asarray(fn(p), np.float32) for p in patches)
+        for view in range(views):
+            batch = patches if view == 0 else np.stack([dihedral(p, view) for p in patches])
+            tower[view].append(extractor(batch))
+        seen += len(patches)
+        if progress is not None:
+            progress(done + seen, len(ds))
+    feats = np.stack([np.concatenate(v) for v in tower]).astype(np.float32)
+    log.info("features of %s: %d spots x %d views x %d dims", lib, feats.shape[1], views, feats.shape[2])
+    return feats, {name: np.stack(v).astype(np.float32) for name, v in extra.items()}
+
+
+# --------------------------------------------------------------------------------------- the cache
+def _slide_identity(ds, rows: np.ndarray, lib: str) -> str:
+    """The slide file (as opened: resolved path, size, modification time), its MPP, and the spots."""
+    path = Path(ds.paths[lib])
+    stat = path.stat() if path.is_file() else None
+    size = f"{stat.st_size}|{stat.st_mtime_ns}" if stat else "missing"
+    meta = ds.adata.uns.get(Key.uns.spatial, {}).get(lib, {}).get(Key.uns.metadata, {})
+    digest = hashlib.sha256(np.ascontiguousarray(ds.xy[rows], dtype=np.float64).tobytes())
+    digest.update("\n".join(map(str, ds.spot_ids[rows])).encode())
+    return f"{path.resolve()}|{size}|mpp={meta.get(Key.metadata.mpp)}|{digest.hexdigest()}"
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _keys(cache, ds, rows, lib, extractor, pairing, views, extras) -> dict[str, Path]:
+    slide = _slide_identity(ds, rows, lib)
+    geometry = f"{pairing.patch_um}|{pairing.patch_px}"
+    safe_lib = "".join(c if c.isalnum() or c in "-_." else "_" for c in lib)[:64]
+    out = {
+        "tower": cache.folder
+        / f"tower-{safe_lib}-{_key('tower', extractor.identity, geometry, f'views={views}', slide)}.safetensors"
+    }
+    for name in extras:
+        out[name] = cache.folder / f"{name}-{safe_lib}-{_key(name, geometry, slide)}.safetensors"
+    return out
+
+
+class FeatureCache:
+    """Feature files in ``folder`` (content-addressed; see the module docstring)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def read(self, paths: Mapping[str, Path], spot_ids: np.ndarray):
+        """(tower, extras) when every file exists, else None."""
+        if not all(p.is_file() for p in paths.values()):
+            return None
+        values = {name: self._read(path, spot_ids) for name, path in paths.items()}
+        tower = values.pop("tower")
+        return tower, values
+
+    def write(self, paths: Mapping[str, Path], spot_ids: np.ndarray, found, extractor: Extractor) -> None:
+        tower, extras = found
+        self._write(paths["tower"], tower, spot_ids, {"extractor": extractor.identity})
+        for name, values in extras.items():
+            self._write(paths[name], values, spot_ids, {"kind": name})
+
+    def _write(self, path: Path, values: np.ndarray, spot_ids: np.ndarray, meta: dict) -> None:
+        from safetensors.numpy import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {"spots": json.dumps(list(map(str, spot_ids))), **{k: str(v) for k, v in meta.items()}}
+        with atomic_path(path) as tmp:
+            save_file({"values": np.ascontiguousarray(values)}, str(tmp), metadata=metadata)
+
+    def _read(self, path: Path, spot_ids: np.ndarray) -> np.ndarray:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                spots = json.loads((fh.metadata() or {}).get("spots", "null"))
+                values = fh.get_tensor("values")
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            raise InputError(f"feature cache {path} cannot be read ({exc}); delete the file") from None
+        if spots != list(map(str, spot_ids)):
+            raise InputError(f"feature cache {path}: its spots differ from the section's; delete the file")
+        if not np.isfinite(values).all():
+            raise InputError(f"feature cache {path} holds non-finite values; delete the file")
+        return values

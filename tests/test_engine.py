@@ -1,0 +1,82 @@
+"""One engine: ``histokg train`` and ``histokg bench`` train through :func:`histokg.train.engine.run_epoch`,
+and for the same settings they reach the same weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from histokg.bench.engine import HeadsConfig, RunInputs, train_config, train_heads
+from histokg.config import Component
+from histokg.keys import Batch
+from histokg.train import engine
+from histokg.train.trainer import Trainer
+
+HEADS = HeadsConfig(embed_dim=32, expr_hidden=(64,), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2)
+
+
+def _trainer_cfg(study, out):
+    from histokg.train.config import DataConfig
+
+    cfg = train_config(
+        HEADS,
+        data=DataConfig(study=str(study), patch_px=32, n_genes=64, val_slides=("S3",)),
+        out_dir=str(out),
+        seed=0,
+        log_every=1000,
+    )
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, image_encoder="test_efficientnet", image_weights=None)
+    )
+
+
+def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_weights(
+    synth_study, tmp_path, monkeypatch
+):
+    owners: list[str] = []
+    step = engine.optimizer_step
+
+    def counting_step(parts, loop):  # run_epoch calls it through the module: both paths pass here
+        owners.append("bench" if parts.callbacks.callbacks[-1].__class__.__name__ == "_Budget" else "train")
+        step(parts, loop)
+
+    monkeypatch.setattr(engine, "optimizer_step", counting_step)
+    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run"))
+    result = trainer.fit()
+    n_train = owners.count("train")
+    assert n_train == result.steps > 0
+
+    # the bench's heads on the very features and expression inputs the trainer cached and used
+    feats = trainer.train.dataset.extra[Batch.features]
+    inputs = RunInputs(features=feats[None], expr_inputs=trainer.train.expr_inputs)
+    joint, facts = train_heads(inputs, Component("infonce"), HEADS, seed=0)
+    assert owners.count("bench") == facts["steps"] == result.steps
+
+    ours = trainer.model.state_dict()
+    theirs = joint.model.state_dict()
+    assert set(theirs) == {k for k in ours if not k.startswith("image.backbone.")}
+    for key, value in theirs.items():
+        assert torch.equal(value, ours[key]), key
+    # and they embed alike (the one embedding routine)
+    val_feats = trainer.val.dataset.extra[Batch.features]
+    f_bench, g_bench = joint.embed(val_feats, trainer.val.expr_inputs)
+    f_train, g_train = trainer.joint.embed(val_feats, trainer.val.expr_inputs)
+    np.testing.assert_array_equal(f_bench, f_train)
+    np.testing.assert_array_equal(g_bench, g_train)
+
+
+def test_a_non_finite_loss_stops_the_bench_with_one_line(monkeypatch):
+    import pytest
+
+    from histokg.train.callbacks import TrainingError
+
+    rng = np.random.default_rng(0)
+    inputs = RunInputs(
+        features=rng.normal(size=(1, 64, 16)).astype(np.float32),
+        expr_inputs=rng.normal(size=(64, 8)).astype(np.float32),
+    )
+    inputs.expr_inputs[3, 0] = np.nan
+    with pytest.raises(TrainingError, match=r"loss became nan at step 1 .*training stopped\. lower optim.lr"):
+        train_heads(inputs, Component("infonce"), dataclasses.replace(HEADS, epochs=1), seed=0)

@@ -1,0 +1,113 @@
+"""The one feature path (:mod:`histokg.features`) and the one embedding routine (:mod:`histokg.embedding`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from histokg.errors import InputError
+from histokg.features import Extractor, FeatureCache, dihedral, spot_features
+from histokg.st.dataset import SpotPatchDataset
+from histokg.st.pairing import PairingConfig
+
+PAIRING = PairingConfig(patch_um=112.0, patch_px=32)
+
+
+@pytest.fixture(scope="module")
+def section(synth_adata):
+    lib = synth_adata.obs["library_id"].astype(str)
+    return synth_adata[lib.to_numpy() == "S1"][:40].copy()
+
+
+def _manual(backbone, adata, rows):
+    """The features as the backbone computes them by hand: [0, 1] RGB, timm's mean and std."""
+    ds = SpotPatchDataset(adata, PAIRING, expression=np.zeros((adata.n_obs, 1)))
+    x = torch.stack(
+        [torch.from_numpy(ds.read_image(i).transpose(2, 0, 1).copy()).float() / 255 for i in rows]
+    )
+    cfg = timm.data.resolve_data_config({}, model=backbone)
+    mean, std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return backbone.eval()((x - mean) / std).numpy()
+
+
+def test_local_weights_are_loaded_cached_and_recomputed_when_they_change(section, tmp_path):
+    """A local weights file (as UNI/CONCH are distributed) goes through the same path as named weights."""
+    backbone = timm.create_model("test_efficientnet", num_classes=0)
+    weights = tmp_path / "tower.pth"
+    torch.save(backbone.state_dict(), weights)
+    extractor = Extractor.create("test_efficientnet", weights)
+    cache = FeatureCache(tmp_path / "cache")
+    naive = {"mean-rgb": lambda p: p.reshape(-1, 3).mean(0)}
+    first = spot_features(section, extractor, PAIRING, cache=cache, extras=naive, views=2)
+    assert first.tower.shape == (2, 40, extractor.num_features) and first.computed == ["S1"]
+    assert first.extras["mean-rgb"].shape == (40, 3)
+    np.testing.assert_allclose(first.tower[0, :4], _manual(backbone, section, range(4)), rtol=1e-4, atol=1e-5)
+    # view 1 is the patch rotated by 90 degrees
+    ds = SpotPatchDataset(section, PAIRING, expression=np.zeros((40, 1)))
+    np.testing.assert_allclose(
+        first.tower[1, 0], extractor(dihedral(ds.read_image(0), 1)[None])[0], rtol=1e-4, atol=1e-5
+    )
+    # cached: read, not computed; other weights are computed anew
+    again = spot_features(
+        section, Extractor.create("test_efficientnet", weights), PAIRING, cache=cache, extras=naive, views=2
+    )
+    assert again.computed == []
+    np.testing.assert_array_equal(again.tower, first.tower)
+    torch.save(
+        {k: v + 0.01 if v.is_floating_point() else v for k, v in backbone.state_dict().items()}, weights
+    )
+    changed = spot_features(
+        section, Extractor.create("test_efficientnet", weights), PAIRING, cache=cache, views=2
+    )
+    assert changed.computed == ["S1"] and not np.allclose(changed.tower, first.tower)
+
+
+def test_the_cache_is_keyed_by_geometry_and_spots_and_refuses_a_damaged_file(section, tmp_path):
+    extractor = Extractor.create("test_efficientnet", None)
+    cache = FeatureCache(tmp_path)
+    spot_features(section, extractor, PAIRING, cache=cache)
+    assert spot_features(section, extractor, PAIRING, cache=cache).computed == []
+    other = PairingConfig(patch_um=56.0, patch_px=32)
+    assert spot_features(section, extractor, other, cache=cache).computed == ["S1"]
+    moved = section.copy()
+    moved.obsm["spatial"] = moved.obsm["spatial"] + 3.0
+    assert spot_features(moved, extractor, PAIRING, cache=cache).computed == ["S1"]
+    for path in tmp_path.glob("tower-*.safetensors"):
+        path.write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match=r"feature cache .*tower-S1-.* cannot be read .*delete the file"):
+        spot_features(section, extractor, PAIRING, cache=cache)
+
+
+def test_extractor_creation_draws_nothing_from_the_callers_rng():
+    torch.manual_seed(3)
+    Extractor.create("test_efficientnet", None)
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(1))
+
+
+def test_tl_embed_goes_through_the_cache_and_gives_the_models_own_embeddings(section, tmp_path):
+    """tl.embed = the model's backbone features (cached when asked) then its head; same as encode_image."""
+    from histokg.checkpoint import LoadedModel
+    from histokg.models import DualEncoder, ModelConfig
+    from histokg.priors import PriorConfig
+    from histokg.tl import embed
+
+    cfg = ModelConfig(image_encoder="test_efficientnet", embed_dim=16, expr_hidden=(16,))
+    model = DualEncoder(cfg, 5).eval()
+    loaded = LoadedModel(model, cfg, PAIRING, [str(g) for g in section.var_names[:5]], "infonce", PriorConfig(),
+                         tmp_path / "x.pt", "0" * 64, {})  # fmt: skip
+    cached = embed(section, loaded, cache_dir=tmp_path / "cache", copy=True)
+    assert len(list((tmp_path / "cache").glob("tower-S1-*.safetensors"))) == 1
+    plain = embed(section, loaded, copy=True)
+    np.testing.assert_array_equal(cached.obsm["X_histokg"], plain.obsm["X_histokg"])
+    ds = SpotPatchDataset(section, PAIRING, expression=np.zeros((40, 1)))
+    images = torch.stack(
+        [torch.from_numpy(ds.read_image(i).transpose(2, 0, 1).copy()).float() / 255 for i in range(3)]
+    )
+    with torch.no_grad():
+        want = model.encode_image(images).numpy()
+    np.testing.assert_allclose(plain.obsm["X_histokg"][:3], want, rtol=1e-4, atol=1e-5)
