@@ -30,10 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data() -> Path:
-    for cand in (os.environ.get("HISTOKG_SHARED_DATA"), REPO.parent / "shared" / "data", "/work/shared/data"):
-        if cand and (Path(cand) / "wsi" / "CMU-1-Small-Region.svs").is_file():
-            return Path(cand)
-    sys.exit("real data not found: set HISTOKG_SHARED_DATA")
+    from histokg.testing import shared_data_dir
+
+    try:
+        return shared_data_dir()
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 def tiny_checkpoint(tmp: Path) -> Path:

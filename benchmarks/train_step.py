@@ -22,8 +22,9 @@ import torch
 
 from histokg.losses import LOSSES, LossInputs, build_loss
 from histokg.models import DualEncoder, ModelConfig
+from histokg.pp import panel_log1p
 from histokg.priors import KGPrior, PriorConfig
-from histokg.st.dataset import SpotPatchDataset, panel_expression
+from histokg.st.dataset import SpotPatchDataset
 from histokg.st.pairing import PairingConfig
 from histokg.st.study import load_study
 from histokg.synth import SynthConfig, generate_study
@@ -86,7 +87,7 @@ def main() -> None:
         n = len(np.unique(idx))
         genes = list(adata.var_names[: args.genes])
         ds = SpotPatchDataset(
-            adata, PairingConfig(patch_um=112, patch_px=args.px), expression=panel_expression(adata, genes)
+            adata, PairingConfig(patch_um=112, patch_px=args.px), expression=panel_log1p(adata, genes)
         )
         images = torch.stack(
             [torch.from_numpy(ds.read_image(int(i)).transpose(2, 0, 1).copy()).float() / 255 for i in idx]

@@ -39,8 +39,8 @@ from histokg.metrics import (
     mse_mae,
     pearson_per_gene,
     retrieval_recall,
-    top_genes,
 )
+from histokg.pp import top_genes
 from histokg.tl.predict import METHODS, has_counts, panel_adata, panel_genes, predict_expression
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from histokg.errors import InputError
-from histokg.keys import Key
 
 # A column whose standard deviation is below this fraction of its largest magnitude is constant: float32
 # rounding leaves such noise in predictions of a collapsed model, and it must not pass for a signal.
@@ -137,25 +136,6 @@ def knn_predict(
     return (weights.unsqueeze(-1) * vals[idx]).sum(dim=1).numpy()
 
 
-def log1p_cp10k(counts, target_sum: float = 1e4):
-    """``log1p(counts / total * target_sum)`` per row; sparse input stays sparse (CSR), dense stays dense.
-
-    The one normalisation of histokg (float32, totals clipped at 1); :func:`histokg.st.dataset.log_normalize`
-    is its dense form.
-    """
-    import scipy.sparse as sp
-
-    if sp.issparse(counts):
-        m = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-        totals = np.asarray(m.sum(axis=1), dtype=np.float32).ravel()
-        totals = np.maximum(totals, np.float32(1.0))
-        m.data = np.log1p(m.data / np.repeat(totals, np.diff(m.indptr)) * np.float32(target_sum))
-        return m
-    m = np.asarray(counts, dtype=np.float32)
-    totals = m.sum(axis=1, keepdims=True)
-    return np.log1p(m / np.maximum(totals, np.float32(1.0)) * np.float32(target_sum))
-
-
 def mse_mae(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     """Mean squared and mean absolute error over all entries (e.g. spots x genes of log1p values)."""
     pred = np.asarray(pred, dtype=np.float64)
@@ -186,38 +166,3 @@ def cluster_agreement(labels_true, labels_pred) -> dict[str, float]:
     if len(t) == 0:
         return {"ari": float("nan"), "nmi": float("nan")}
     return {"ari": float(adjusted_rand_score(t, p)), "nmi": float(normalized_mutual_info_score(t, p))}
-
-
-def top_genes(
-    adata_reference, n: int = 50, how: str = "mean", *, genes=None, layer: str | None = Key.layers.counts
-) -> list[str]:
-    """The ``n`` most highly expressed (``how="mean"``) or most variable (``how="variance"``) genes.
-
-    Computed on log1p CP10k expression of ``adata_reference`` (the reference/training slides only, so
-    that held-out slides never choose their own evaluation genes); the library size is taken over all
-    measured genes. ``genes`` restricts the candidates (e.g. to the model's panel); ``layer`` holds raw
-    counts (``None`` or a missing layer: ``X``). Ties keep the data's gene order.
-    """
-    if how not in ("mean", "variance"):
-        raise InputError(f"top_genes: how={how!r} is not one of 'mean', 'variance'")
-    counts = adata_reference.layers[layer] if layer and layer in adata_reference.layers else adata_reference.X
-    expr = log1p_cp10k(counts)
-    names = list(map(str, adata_reference.var_names))
-    if genes is not None:
-        index = {g: i for i, g in enumerate(names)}
-        missing = [g for g in genes if g not in index]
-        if missing:
-            raise InputError(
-                f"top_genes: {len(missing)} of {len(genes)} genes are absent from the reference (e.g. {missing[:5]})"
-            )
-        cols = [index[g] for g in genes]
-        expr = expr[:, cols]
-        names = [names[i] for i in cols]
-    mean = np.asarray(expr.mean(axis=0), dtype=np.float64).ravel()
-    if how == "mean":
-        score = mean
-    else:
-        sq = expr.multiply(expr) if hasattr(expr, "multiply") else expr.astype(np.float64) ** 2
-        score = np.asarray(sq.mean(axis=0), dtype=np.float64).ravel() - mean**2
-    order = np.argsort(-score, kind="stable")
-    return [names[i] for i in order[: max(0, int(n))]]

@@ -510,7 +510,7 @@ def _propagate(acts: np.ndarray, levels: list, own: np.ndarray, how: str) -> Non
 
 
 def _log1p_cp10k(X: Any) -> Any:
-    from histokg.metrics import log1p_cp10k
+    from histokg.pp import log1p_cp10k
 
     return log1p_cp10k(X)
 

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from histokg.synth import SynthConfig, generate_study
+from histokg.testing import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """The read-only real data: $HISTOKG_SHARED_DATA, else ../shared/data beside the checkout."""
-    candidates = [
-        os.environ.get("HISTOKG_SHARED_DATA"),
-        REPO.parent / "shared" / "data",
-        Path("/work/shared/data"),
-    ]
-    for cand in candidates:
-        if cand and (Path(cand) / "wsi" / "CMU-1-Small-Region.svs").is_file():
-            return Path(cand)
-    raise RuntimeError(
-        "real test data not found: set HISTOKG_SHARED_DATA to the shared/data folder "
-        f"(looked in {[str(c) for c in candidates if c]})"
-    )
 
 
 @pytest.fixture(scope="session")

@@ -99,10 +99,10 @@ TINY = [
     "heads.batch_size=16",
     "heads.embed_dim=16",
     "heads.expr_hidden=[32]",
-    "panel.n_hvg=40",
+    "panel.n_genes=40",
     "panel.n_mean=30",
     "panel.n_top=10",
-    "kg.expression_hvg=60",
+    "kg.expression_genes=60",
     "ablations.families_off=true",
     "ablations.lam=[0.6]",
     "ablations.uniformity_lam=[0.1]",
@@ -175,23 +175,23 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
         (s, k) for s in ("T1", "T2", "T3") for k in (0, 1)
     ]
     m = soft[0]["metrics"]
-    for key in ("hvg/pearson_heg10", "hvg/pearson_hvg10", "hvg/pearson_all", "hvg/mse", "mean30/pearson_heg10",
+    for key in ("panel/pearson_heg10", "panel/pearson_hvg10", "panel/pearson_all", "panel/mse", "mean30/pearson_heg10",
                 "pathway/pearson_hallmark", "recall@5_i2e", "recall@5_e2i", "ridge:hvg/pearson_heg10"):  # fmt: skip
         assert np.isfinite(m[key]), key
     # the floor: a constant prediction carries no information
     mean_rows = [r for r in results["runs"] if r["method"] == "mean"]
-    assert all(r["metrics"]["hvg/pearson_heg10"] == 0 for r in mean_rows)
+    assert all(r["metrics"]["panel/pearson_heg10"] == 0 for r in mean_rows)
     # the planted colour -> expression link is found by the simplest probe
-    naive = [r["metrics"]["hvg/pearson_heg10"] for r in results["runs"] if r["method"] == "naive_ridge"]
+    naive = [r["metrics"]["panel/pearson_heg10"] for r in results["runs"] if r["method"] == "naive_ridge"]
     assert np.mean(naive) > 0.3
     # prior diagnostics: tuned on training slides, reported per kernel, next to each KG result
     fold = results["folds"][0]
     assert fold["prior"]["candidates"] and "combined" in fold["prior"]["auroc"]["transe/tuned"]["train"]
-    assert fold["prior"]["auroc"]["expression_hvg500"]["train"]["centred_cosine"] > 0.5
+    assert fold["prior"]["auroc"]["expression_panel500"]["train"]["centred_cosine"] > 0.5
     assert soft[0]["prior_auroc"]["train"] > 0.5
     summary = {(s["method"], s["slide"]): s for s in results["summary"]}
     assert summary[("kg_soft", "all")]["n_seeds"] == 2
-    assert summary[("kg_soft", "T1")]["hvg/pearson_heg10"]["std"] >= 0
+    assert summary[("kg_soft", "T1")]["panel/pearson_heg10"]["std"] >= 0
     md = (out / "results.md").read_text()
     assert "| kg_soft | loss | all |" in md and "Prior quality" in md and "Wall time per stage" in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -271,7 +271,7 @@ def test_bench_takes_h5ad_files_after_data(legacy_study, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["sections"] == {"T1": 48, "T2": 48, "T3": 48}
     assert {r["slide"] for r in results["runs"]} == {"T3"}
-    assert "hvg/pearson_heg10" in results["runs"][-1]["metrics"]
+    assert "panel/pearson_heg10" in results["runs"][-1]["metrics"]
 
 
 def test_bench_configs_load():

@@ -26,12 +26,12 @@ def test_bench_her2st_train_c2_c4_test_c5(her2st, tmp_path):
     assert set(results["folds"][0]["test"]) == {"C5"}
     for method in ("mean", "naive_ridge", "frozen_pca_ridge", "frozen_knn", "infonce", "kg_soft"):
         m = by[(method, "C5")]
-        assert np.isfinite(m["hvg/pearson_heg50"]) and np.isfinite(m["mean250/pearson_all"]), method
+        assert np.isfinite(m["panel/pearson_heg50"]) and np.isfinite(m["mean250/pearson_all"]), method
         assert np.isfinite(m["pathway/pearson_hallmark"]), method
     # the frozen ImageNet tower carries real signal about expression on an unseen section
-    assert by[("frozen_pca_ridge", "C5")]["hvg/pearson_heg50"] > 0.1
-    assert by[("mean", "C5")]["hvg/pearson_heg50"] == 0.0
+    assert by[("frozen_pca_ridge", "C5")]["panel/pearson_heg50"] > 0.1
+    assert by[("mean", "C5")]["panel/pearson_heg50"] == 0.0
     auroc = results["folds"][0]["prior"]["auroc"]
-    assert 0.5 < auroc["expression_hvg500"]["train"]["centred_cosine"] <= 1.0
+    assert 0.5 < auroc["expression_panel500"]["train"]["centred_cosine"] <= 1.0
     assert set(auroc["transe/tuned"]) == {"train", "C5"}
     assert 0.0 < auroc["transe/tuned"]["C5"]["combined"] < 1.0

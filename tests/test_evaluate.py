@@ -13,7 +13,7 @@ import pytest
 
 from histokg.errors import InputError
 from histokg.evaluate import evaluate
-from histokg.metrics import log1p_cp10k, top_genes
+from histokg.pp import log1p_cp10k, top_genes
 from histokg.report import format_summary_table, write_report
 
 

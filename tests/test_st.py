@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from histokg.errors import InputError
+from histokg.pp import log1p_cp10k, panel_log1p
 from histokg.st import read_visium, validate
 from histokg.st.contract import concat_sections, write_h5ad
-from histokg.st.dataset import SpotPatchDataset, log_normalize, panel_expression
+from histokg.st.dataset import SpotPatchDataset
 from histokg.st.hest import read_hest
 from histokg.st.legacy import read_legacy_st
 from histokg.st.pairing import PairingConfig, pair_spots, spots_overlay
@@ -160,10 +161,10 @@ def test_dataset_items_and_transforms(synth_adata):
     assert float(item["image"].min()) >= 0.0 and float(item["image"].max()) <= 1.0
     assert item["expr"].shape == (50,) and item["slide_id"] in {"S1", "S2", "S3"}
     assert item["spot_id"] == synth_adata.obs_names[3]
-    expected = log_normalize(synth_adata.layers["counts"][3])[0, :50]
+    expected = log1p_cp10k(synth_adata.layers["counts"][3], dense=True)[0, :50]
     np.testing.assert_allclose(item["expr"].numpy(), expected, rtol=1e-5)
     with pytest.raises(InputError, match="lacks 2 of the 3 panel genes"):
-        panel_expression(synth_adata, [genes[0], "NOT_A_GENE", "NOT_B_GENE"])
+        panel_log1p(synth_adata, [genes[0], "NOT_A_GENE", "NOT_B_GENE"])
 
 
 def test_hed_jitter_identity_and_effect():

@@ -129,6 +129,18 @@ def _run_cli(args, env_extra=None):
     )
 
 
+KILLED_RUN = """
+import sys
+from histokg.config import load_config
+from histokg.train import TrainConfig, Trainer
+from histokg.train.callbacks import inject_faults
+
+trainer = Trainer(load_config(TrainConfig, None, [v for i, v in enumerate(sys.argv[1:]) if i % 2]))
+inject_faults(trainer, kill_at=5)
+trainer.fit()
+"""
+
+
 def test_resume_after_kill_reaches_same_weights(synth_study, tmp_path):
     common = [
         "train",
@@ -140,8 +152,10 @@ def test_resume_after_kill_reaches_same_weights(synth_study, tmp_path):
     ]
     full = _run_cli([*common, "--set", f"out_dir={tmp_path / 'full'}"])
     assert full.returncode == 0, full.stderr
-    killed = _run_cli(
-        [*common, "--set", f"out_dir={tmp_path / 'killed'}"], {"HISTOKG_FAULT_KILL_AT_STEP": "5"}
+    killed = subprocess.run(  # the same run, with a FaultInjection that SIGKILLs after step 5
+        [sys.executable, "-c", KILLED_RUN, *common[1:], "--set", f"out_dir={tmp_path / 'killed'}"],
+        capture_output=True,
+        text=True,
     )
     assert killed.returncode == -9, killed.stderr  # SIGKILL mid-epoch: no cleanup ran
     mid = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
@@ -240,13 +254,19 @@ def test_summary_json_is_valid_json_when_nothing_improved(synth_study, tmp_path,
     assert summary["best_metric"] is None
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth_study, tmp_path, monkeypatch):
-    monkeypatch.setenv("HISTOKG_FAULT_NAN_AT_STEP", "3")
-    cfg = tiny_cfg(synth_study, tmp_path / "run", "checkpoint_every=2")
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth_study, tmp_path):
+    from histokg.train import Trainer
+    from histokg.train.callbacks import FaultInjection, NonFiniteLoss, inject_faults
+
+    trainer = Trainer(tiny_cfg(synth_study, tmp_path / "run", "checkpoint_every=2"))
+    assert not any(isinstance(cb, FaultInjection) for cb in trainer.callbacks.callbacks)  # never by default
+    inject_faults(trainer, nan_at=3)
+    kinds = [type(cb) for cb in trainer.callbacks.callbacks]
+    assert kinds.index(FaultInjection) + 1 == kinds.index(NonFiniteLoss)
     with pytest.raises(
         TrainingError, match=r"loss became nan at step 3 .*last good checkpoint is .*last\.pt"
     ):
-        train(cfg)
+        trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
 

@@ -26,12 +26,14 @@ BASELINES = ("mean", "naive_ridge", "frozen_pca_ridge", "frozen_ridge_cv", "froz
 class PanelConfig:
     """Gene panels, all chosen on the training slides of each fold."""
 
-    n_hvg: int = 256  # the model's panel (expression tower input) and the "hvg" evaluation panel
+    n_genes: int = (
+        256  # the model's panel (pp.panel_genes; expression tower input), the "panel" evaluation panel
+    )
     n_mean: int = 250  # the literature-comparable panel: top mean-expressed genes (TRIPLEX on her2st)
     n_top: int = 50  # HEG-n and HVG-n inside each panel
 
     def __post_init__(self) -> None:
-        for key in ("n_hvg", "n_mean", "n_top"):
+        for key in ("n_genes", "n_mean", "n_top"):
             check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
 

@@ -35,7 +35,7 @@ class HeadsConfig:
     embed_dim: int = 128
     expr_hidden: tuple[int, ...] = (256,)
     dropout: float = 0.1
-    expr_input: str = "genes"  # "genes" (the HVG panel, log1p CP10k) or "kg" (KG activations)
+    expr_input: str = "genes"  # "genes" (the model panel, log1p CP10k) or "kg" (KG activations)
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3

@@ -53,7 +53,7 @@ class KGBenchConfig:
         1.0,
         0.0,
     )  # x every family weight (0: the activation kernel alone)
-    expression_hvg: int = 500  # genes of the expression-similarity reference
+    expression_genes: int = 500  # panel (pp.panel_genes) of the expression-similarity reference
 
 
 # ------------------------------------------------------------------------------------ bundles

@@ -27,17 +27,17 @@ def columns(results: dict) -> list[tuple[str, str]]:
     mean_panel = f"mean{results['config']['panel']['n_mean']}"
     k = results["config"]["eval"]["recall_k"]
     return [
-        (f"hvg/pearson_heg{n}", f"HEG-{n} r"),
-        (f"hvg/pearson_hvg{n}", f"HVG-{n} r"),
-        ("hvg/pearson_all", "all HVG r"),
-        ("hvg/mse", "MSE"),
+        (f"panel/pearson_heg{n}", f"HEG-{n} r"),
+        (f"panel/pearson_hvg{n}", f"HVG-{n} r"),
+        ("panel/pearson_all", "all panel r"),
+        ("panel/mse", "MSE"),
         (f"{mean_panel}/pearson_heg{n}", f"top-{results['config']['panel']['n_mean']}: HEG-{n} r"),
         (f"{mean_panel}/pearson_all", f"top-{results['config']['panel']['n_mean']}: all r"),
         ("pathway/pearson_hallmark", "Hallmark r"),
         ("pathway/pearson_reactome", "Reactome r"),
         (f"recall@{k}_i2e", f"R@{k} img→expr"),
         (f"recall@{k}_e2i", f"R@{k} expr→img"),
-        (f"ridge:hvg/pearson_heg{n}", f"ridge HEG-{n} r"),
+        (f"ridge:panel/pearson_heg{n}", f"ridge HEG-{n} r"),
     ]
 
 
@@ -134,7 +134,7 @@ def figure(results: dict, path: Path) -> None:
 
     n = results["config"]["panel"]["n_top"]
     panels = [
-        (f"hvg/pearson_heg{n}", f"HEG-{n} Pearson (HVG panel)"),
+        (f"panel/pearson_heg{n}", f"HEG-{n} Pearson (model panel)"),
         ("pathway/pearson_hallmark", "Hallmark Pearson"),
     ]
     k = results["config"]["eval"]["recall_k"]
@@ -179,8 +179,8 @@ def headline_table(results: dict) -> str:
     """A short plain-text table for the terminal: every method, mean over held-out sections."""
     n = results["config"]["panel"]["n_top"]
     k = results["config"]["eval"]["recall_k"]
-    keys = [(f"hvg/pearson_heg{n}", f"HEG-{n}"), ("pathway/pearson_hallmark", "Hallmark"),
-            (f"recall@{k}_i2e", f"R@{k} i2e"), ("hvg/mse", "MSE")]  # fmt: skip
+    keys = [(f"panel/pearson_heg{n}", f"HEG-{n}"), ("pathway/pearson_hallmark", "Hallmark"),
+            (f"recall@{k}_i2e", f"R@{k} i2e"), ("panel/mse", "MSE")]  # fmt: skip
     lines = [f"{'method':28s} {'kind':9s} " + " ".join(f"{h:>15s}" for _, h in keys)]
     for e in results["summary"]:
         if e["slide"] != "all":

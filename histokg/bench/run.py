@@ -2,7 +2,7 @@
 
 For each fold (leave-one-section-out, or one explicit split) and seed, every loss trains the same
 heads (:mod:`histokg.bench.engine`) on the same frozen-tower features (computed once per slide,
-:mod:`histokg.features`), the same HVG panel and the same budget; only the loss differs.
+:mod:`histokg.features`), the same gene panel and the same budget; only the loss differs.
 Baselines run in the same process under the same protocol. Everything that is fitted or chosen
 (gene panels, HEG/HVG genes, the prior's tuning, ridge probes, kNN databases) sees the training
 slides only. Outputs: ``results.json``, ``results.md``, ``results.png`` (atomic writes) and
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from histokg import pp
 from histokg.bench.config import BenchConfig
 from histokg.bench.data import Fold, combine, load_sections, make_folds, shared_genes
 from histokg.bench.engine import RunInputs, train_heads
@@ -35,15 +36,14 @@ from histokg.config import Component, save_config, to_dict
 from histokg.features import Extractor, FeatureCache, spot_features
 from histokg.io import claim_output_dir, write_json
 from histokg.keys import Key
-from histokg.metrics import knn_predict, log1p_cp10k, top_genes
-from histokg.st.dataset import panel_columns, take_columns
+from histokg.metrics import knn_predict
 from histokg.st.pairing import PairingConfig
 
 log = logging.getLogger(__name__)
 
 # What marks a folder as holding results (bench_config.yaml is rewritten by every run, even a failed one).
 RESULT_FILES = ("results.json", "results.md", "results.png")
-PRIMARY = "hvg/pearson_heg{n}"
+PRIMARY = "panel/pearson_heg{n}"
 
 
 class Clock:
@@ -77,16 +77,12 @@ def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
 # --------------------------------------------------------------------------------------- helpers
 def counts_of(adata: ad.AnnData, genes: list[str]):
     """Raw counts of ``genes`` (sparse CSR, genes a section lacks are zeros)."""
-    import scipy.sparse as sp
-
-    cols = panel_columns(genes, adata.var_names, f"section {adata.obs[Key.obs.library_id].iloc[0]}")
-    return sp.csr_matrix(take_columns(adata.layers[Key.layers.counts], cols))
+    return pp.panel_counts(adata, genes, f"section {adata.obs[Key.obs.library_id].iloc[0]}")
 
 
 def log1p_of(adata: ad.AnnData, genes: list[str]) -> np.ndarray:
     """log1p CP10k of ``genes`` (library size over all measured genes of the spot)."""
-    cols = panel_columns(genes, adata.var_names, f"section {adata.obs[Key.obs.library_id].iloc[0]}")
-    return take_columns(log1p_cp10k(adata.layers[Key.layers.counts]), cols)
+    return pp.panel_log1p(adata, genes, source=f"section {adata.obs[Key.obs.library_id].iloc[0]}")
 
 
 def _labels(adata: ad.AnnData, key: str) -> np.ndarray | None:
@@ -138,9 +134,9 @@ class FoldData:
     test_feats: dict[str, np.ndarray]  # slide -> (views, n, d)
     train_naive: np.ndarray
     test_naive: dict[str, np.ndarray]
-    expr_inputs: np.ndarray  # HVG panel log1p of the training spots
+    expr_inputs: np.ndarray  # the model panel's log1p CP10k of the training spots
     test_expr_inputs: dict[str, np.ndarray]
-    hvg: list[str]
+    panel: list[str]
     prior_info: dict[str, Any]
     kg_inputs: dict[str, Any]  # prior, packed, gaussians, KG activations as tower input
     groups: np.ndarray | None = None  # training slide of each training spot
@@ -220,18 +216,16 @@ class Bench:
 
     # ------------------------------------------------------------------ folds
     def fold_data(self, fold: Fold) -> FoldData:
-        from histokg.train.data import select_panel
-
         cfg = self.cfg
         train_ad = combine(self.sections, fold.train)
         tests = {s: self.sections[s] for s in fold.test}
-        hvg = select_panel(train_ad, cfg.panel.n_hvg)
-        top_mean = top_genes(train_ad, cfg.panel.n_mean, "mean", genes=self.genes)
+        panel = pp.panel_genes(train_ad, cfg.panel.n_genes)
+        top_mean = pp.top_genes(train_ad, cfg.panel.n_mean, "mean", genes=self.genes)
         panels = {}
-        for name, genes in (("hvg", hvg), (f"mean{cfg.panel.n_mean}", top_mean)):
+        for name, genes in (("panel", panel), (f"mean{cfg.panel.n_mean}", top_mean)):
             pos = {g: i for i, g in enumerate(genes)}
-            heg = [pos[g] for g in top_genes(train_ad, cfg.panel.n_top, "mean", genes=genes)]
-            var = [pos[g] for g in top_genes(train_ad, cfg.panel.n_top, "variance", genes=genes)]
+            heg = [pos[g] for g in pp.top_genes(train_ad, cfg.panel.n_top, "mean", genes=genes)]
+            var = [pos[g] for g in pp.top_genes(train_ad, cfg.panel.n_top, "variance", genes=genes)]
             panels[name] = Panel(name, list(genes), np.asarray(heg), np.asarray(var))
         train_values = {n: log1p_of(train_ad, p.genes) for n, p in panels.items()}
         test_values = {n: {s: log1p_of(a, p.genes) for s, a in tests.items()} for n, p in panels.items()}
@@ -257,9 +251,9 @@ class Bench:
             test_feats={s: self.feats[s][0] for s in fold.test},
             train_naive=stack(fold.train, 1),
             test_naive={s: self.feats[s][1] for s in fold.test},
-            expr_inputs=train_values["hvg"],
-            test_expr_inputs=test_values["hvg"],
-            hvg=hvg,
+            expr_inputs=train_values["panel"],
+            test_expr_inputs=test_values["panel"],
+            panel=panel,
             prior_info={},
             kg_inputs={},
             groups=np.concatenate([np.full(self.feats[s][0].shape[1], s) for s in fold.train]),
@@ -270,7 +264,6 @@ class Bench:
     def _fold_prior(self, data: FoldData, train_ad: ad.AnnData, tests: dict[str, ad.AnnData]) -> None:
         """Tune the prior on the training slides; its quality on training and held-out slides; KG inputs."""
         from histokg.priors import KGPrior
-        from histokg.train.data import select_panel
 
         cfg = self.cfg
         if not self.bundles:
@@ -314,7 +307,7 @@ class Bench:
             }
         # quality: W of every prior in use, on the training slides and on each held-out slide
         quality: dict[str, Any] = {}
-        hvg500 = select_panel(train_ad, cfg.kg.expression_hvg)
+        panel500 = pp.panel_genes(train_ad, cfg.kg.expression_genes)
         if labels is not None:
             for (model, which), entry in kg["priors"].items():
                 key = f"{model}/{which}"
@@ -325,19 +318,19 @@ class Bench:
                         quality[key][s] = prior_quality(
                             entry["prior"], counts_of(a, genes), np.full(a.n_obs, s), lab
                         )
-            quality["expression_hvg500"] = {
-                "train": expression_quality(log1p_of(train_ad, hvg500), libs, labels)
+            quality["expression_panel500"] = {
+                "train": expression_quality(log1p_of(train_ad, panel500), libs, labels)
             }
             for s, a in tests.items():
                 lab = _labels(a, cfg.label_key)
                 if lab is not None:
-                    quality["expression_hvg500"][s] = expression_quality(
-                        log1p_of(a, hvg500), np.full(a.n_obs, s), lab
+                    quality["expression_panel500"][s] = expression_quality(
+                        log1p_of(a, panel500), np.full(a.n_obs, s), lab
                     )
         if cfg.ablations.expression_prior:
             from histokg.bench.prior import ExpressionKernel
 
-            x = log1p_of(train_ad, hvg500)
+            x = log1p_of(train_ad, panel500)
             kernel = ExpressionKernel(x.mean(axis=0), tau=cfg.kg.prior.tau)
             kg["priors"][("expression", "control")] = {"prior": kernel, "packed": kernel.encode(x)}
             if labels is not None:  # the AUROC of this very W (centred by the training mean)
@@ -355,7 +348,7 @@ class Bench:
                     lab = _labels(a, cfg.label_key)
                     if lab is not None:
                         quality["expression/control"][s] = {
-                            "combined": kernel_auroc(log1p_of(a, hvg500), np.full(a.n_obs, s), lab)
+                            "combined": kernel_auroc(log1p_of(a, panel500), np.full(a.n_obs, s), lab)
                         }
         info["auroc"] = quality
         data.prior_info = info
@@ -401,11 +394,11 @@ class Bench:
 
     @staticmethod
     def _cv_alpha(data: FoldData, x: np.ndarray) -> float:
-        """Ridge alpha by leave-one-training-slide-out (mean Pearson over the HVG panel); training slides only
+        """Ridge alpha by leave-one-training-slide-out (mean Pearson over the model panel); training slides only
         (with a single training slide: three contiguous blocks of its spots)."""
         from histokg.metrics import pearson_per_gene
 
-        y = data.targets.train_values["hvg"].astype(np.float64)
+        y = data.targets.train_values["panel"].astype(np.float64)
         alphas = np.logspace(0, 5, 11)
         labels = data.groups
         if len(np.unique(labels)) < 2:  # one training section: three contiguous blocks of its spots
@@ -596,7 +589,7 @@ def protocol(cfg: BenchConfig) -> dict[str, str]:
         f"patches at {cfg.features.patch_px} px; trained: image head MLP, expression tower MLP {list(cfg.heads.expr_hidden)}, "
         f"temperature; {cfg.heads.epochs} epochs, batch {cfg.heads.batch_size}, AdamW lr {cfg.heads.lr:g}, same for every loss, "
         "no early stopping",
-        "panels": f"hvg: the {cfg.panel.n_hvg} highly variable genes of the training slides (the expression tower's input); "
+        "panels": f"panel: the model's {cfg.panel.n_genes} genes (scanpy's Seurat-flavour highly variable genes of the training slides, the expression tower's input); "
         f"mean{cfg.panel.n_mean}: the {cfg.panel.n_mean} highest mean log1p CP10k genes of the training slides (TRIPLEX-style). "
         f"HEG-{n}/HVG-{n}: the top {n} genes of a panel by mean / variance on the training slides",
         "prediction": f"losses: kNN retrieval (k={cfg.eval.k}, softmax(cos / {cfg.eval.temperature:g}) of the training spots' "

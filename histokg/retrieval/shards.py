@@ -307,7 +307,7 @@ def _spatial_entry(adata, spec: SlideSpec) -> dict:
 
 def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None = None) -> SlideShard:
     """A shard from an embedded AnnData of one slide (``obsm["X_histokg"]``, ``obsm["spatial"]``)."""
-    from histokg.st.dataset import panel_expression
+    from histokg.pp import panel_log1p
 
     if Key.obsm.image not in adata.obsm:
         raise InputError(f"slide {spec.slide_id}: obsm['X_histokg'] is missing; embed it first")
@@ -346,7 +346,7 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
     )
     if has_counts:
         try:
-            shard.expr = panel_expression(adata, model.genes)
+            shard.expr = panel_log1p(adata, model.genes)
             shard.genes = list(model.genes)
         except InputError as exc:  # other species or gene naming: no measured panel genes
             log.warning("slide %s: no measured gene panel: %s", spec.slide_id, exc)

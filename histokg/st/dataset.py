@@ -1,8 +1,8 @@
 """A torch Dataset of (spot patch, spot expression) pairs for training and embedding.
 
 Slides are opened lazily in each process (DataLoader workers each get their own OpenSlide handle;
-a handle is never shared across a fork). Expression is computed once up front: library-size
-normalised to 10,000 and log1p-transformed, for a chosen gene panel.
+a handle is never shared across a fork). Expression is computed once up front: log1p CP10k of a
+chosen gene panel (:func:`histokg.pp.panel_log1p`).
 """
 
 from __future__ import annotations
@@ -14,99 +14,16 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
 from histokg.errors import InputError
 from histokg.keys import Batch, Key
-from histokg.metrics import log1p_cp10k
+from histokg.pp import panel_log1p
 from histokg.st.pairing import PairingConfig, open_library_slide, slide_paths
 from histokg.wsi.slide import Slide
 
 log = logging.getLogger(__name__)
-
-
-def _dense(x) -> np.ndarray:
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
-
-
-def log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float = 1e4) -> np.ndarray:
-    """Dense float32 ``log1p(counts / total * target_sum)`` per spot (:func:`histokg.metrics.log1p_cp10k`)."""
-    return _dense(log1p_cp10k(counts, target_sum))
-
-
-# A section may lack some panel genes (legacy ST tables list only the genes detected in that section):
-# those are measured zeros. When more than this fraction of the panel is absent, the data and the panel
-# do not belong together, and filling them would fabricate the input.
-MAX_MISSING_PANEL_FRACTION = 0.5
-
-
-def panel_expression(
-    adata: ad.AnnData,
-    genes: Sequence[str] | None = None,
-    layer: str | None = Key.layers.counts,
-    source: str = "data",
-) -> np.ndarray:
-    """Log-normalised expression of ``genes`` (all genes if None), normalised over all genes of the spot.
-
-    Counts come from ``layers[layer]`` (``X`` when ``layer`` is None or absent). Panel genes the data
-    lacks are zeros (see :func:`panel_columns`).
-    """
-    counts = adata.layers[layer] if layer and layer in adata.layers else adata.X
-    normalised = log1p_cp10k(counts)  # stays sparse: only the panel's columns are densified
-    if genes is None:
-        return _dense(normalised)
-    return take_columns(normalised, panel_columns(genes, adata.var_names, source))
-
-
-def take_columns(matrix, cols: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """Dense ``matrix[:, cols]`` (sparse or dense input) with zero columns where ``cols`` is -1."""
-    out = np.zeros((matrix.shape[0], len(cols)), dtype=dtype)
-    present = cols >= 0
-    if present.any():
-        out[:, present] = _dense(matrix[:, cols[present]])
-    return out
-
-
-def panel_columns(genes: Sequence[str], available: Sequence[str], source: str = "data") -> np.ndarray:
-    """Column of each panel gene in ``available``; -1 where absent (a measured zero).
-
-    Logs how many panel genes are absent; raises :class:`InputError` when more than
-    :data:`MAX_MISSING_PANEL_FRACTION` of the panel is absent (wrong panel, species or gene naming).
-    """
-    index: dict[str, int] = {}
-    for i, g in enumerate(map(str, available)):
-        index.setdefault(g, i)
-    cols = np.array([index.get(str(g), -1) for g in genes], dtype=np.int64)
-    missing = [str(g) for g, c in zip(genes, cols, strict=True) if c < 0]
-    if len(missing) > MAX_MISSING_PANEL_FRACTION * len(cols):
-        raise InputError(
-            f"{source} lacks {len(missing)} of the {len(cols)} panel genes (e.g. {missing[:5]}); more than "
-            f"{MAX_MISSING_PANEL_FRACTION:.0%} missing means the panel and the data do not match (species, "
-            f"gene naming?); the data has {len(available)} genes (e.g. {list(map(str, available[:3]))})"
-        )
-    if missing:
-        log.warning(
-            "%s lacks %d of the %d panel genes (e.g. %s); they count as measured zeros",
-            source,
-            len(missing),
-            len(cols),
-            missing[:5],
-        )
-    return cols
-
-
-def check_panel(genes: Sequence[str], available: Sequence[str], source: str = "gene panel") -> None:
-    """Error naming how many panel genes the data lacks, with examples of each side (an explicit panel
-    for training must be measured on the training slides)."""
-    present = set(available)
-    missing = [g for g in genes if g not in present]
-    if missing:
-        raise InputError(
-            f"{source} does not match the data: {len(missing)} of {len(genes)} genes are absent "
-            f"(e.g. {missing[:5]}); the data has {len(available)} genes (e.g. {list(available[:3])})"
-        )
 
 
 class SpotPatchDataset(Dataset):
@@ -136,7 +53,7 @@ class SpotPatchDataset(Dataset):
         self.libraries = adata.obs[Key.obs.library_id].astype(str).to_numpy()
         self.xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
         if expression is None:
-            expression = panel_expression(adata, genes)
+            expression = panel_log1p(adata, genes)
         if len(expression) != adata.n_obs:
             raise InputError(f"expression has {len(expression)} rows for {adata.n_obs} spots")
         self.expression = np.ascontiguousarray(expression, dtype=np.float32)

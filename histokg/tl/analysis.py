@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from histokg import keys
 from histokg.errors import InputError
 from histokg.keys import Key
-from histokg.metrics import log1p_cp10k
+from histokg.pp import log1p_cp10k
 
 log = logging.getLogger(__name__)
 

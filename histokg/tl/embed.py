@@ -23,8 +23,8 @@ from histokg.checkpoint import LoadedModel, load_model
 from histokg.embedding import embed_expression, embed_spots
 from histokg.errors import InputError
 from histokg.keys import Key
+from histokg.pp import panel_log1p
 from histokg.st.contract import build_anndata, spatial_uns
-from histokg.st.dataset import panel_expression
 from histokg.st.pairing import PairingConfig
 from histokg.wsi import TilingConfig, detect_tissue, open_slide, tile_slide
 
@@ -96,7 +96,7 @@ def _expression_inputs(adata: ad.AnnData, loaded: LoadedModel) -> np.ndarray:
 
         prior = KGPrior.from_bundle(loaded.prior.bundle, list(adata.var_names), loaded.prior)
         return np.asarray(prior.activations(adata.layers[Key.layers.counts]), np.float32)
-    return panel_expression(adata, loaded.genes, source=f"{_libraries_text(adata)} (model panel)")
+    return panel_log1p(adata, loaded.genes, source=f"{_libraries_text(adata)} (model panel)")
 
 
 def _libraries_text(adata: ad.AnnData) -> str:

@@ -11,7 +11,7 @@ embeddings of a *query* (held-out slides, or slides without expression):
   embeddings -> its log1p CP10k expression, applied to the query's image embeddings.
 
 Expression is ``log1p(counts / total * 1e4)`` with the library size over all measured genes, then
-restricted to the gene panel (as :func:`histokg.st.dataset.panel_expression` does).
+restricted to the gene panel (:func:`histokg.pp.panel_log1p`).
 
 Where a prediction lands: ``layers[key]`` when the panel is the query's ``var`` (in order), else
 ``obsm[key]`` as a DataFrame over the panel genes; ``uns["histokg"]["prediction"][key]`` says which,
@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from histokg import keys
+from histokg import keys, pp
 from histokg.errors import InputError
 from histokg.keys import Key
-from histokg.metrics import knn_predict, log1p_cp10k
-from histokg.st.dataset import panel_columns, take_columns
+from histokg.metrics import knn_predict
+from histokg.pp import log1p_cp10k, panel_columns, take_columns
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ def panel_log1p(
     adata: ad.AnnData, genes: Sequence[str], *, layer: str | None = Key.layers.counts, what: str = "data"
 ) -> np.ndarray:
     """Dense float32 log1p CP10k of ``genes`` (library size over all genes of the spot); panel genes the
-    data lacks are measured zeros (:func:`histokg.st.dataset.panel_columns`)."""
-    return take_columns(log1p_cp10k(_counts(adata, layer, what)), panel_columns(genes, adata.var_names, what))
+    data lacks are measured zeros (:func:`histokg.pp.panel_log1p`); a reference needs its counts layer."""
+    _counts(adata, layer, what)  # a reference without raw counts is refused here
+    return pp.panel_log1p(adata, genes, layer, source=what)
 
 
 def predict_expression(

@@ -10,8 +10,9 @@ The :class:`~histokg.train.trainer.Trainer` calls the hooks of one :class:`Callb
 - ``on_interrupt(trainer, loop)`` when the run is interrupted (KeyboardInterrupt), before it propagates.
 
 The default list (:func:`default_callbacks`): :class:`Checkpointing` (last/best, every
-``checkpoint_every`` steps and at each epoch end, and on an interrupt), :class:`FaultInjection`
-(test hooks), :class:`NonFiniteLoss`, :class:`EarlyStopping`. Checkpointing saves the best
+``checkpoint_every`` steps and at each epoch end, and on an interrupt), :class:`NonFiniteLoss`,
+:class:`EarlyStopping`. Tests add :class:`FaultInjection` (a killed run, a diverging loss) with
+:func:`inject_faults`. Checkpointing saves the best
 checkpoint when ``loop.improved``, which EarlyStopping sets in ``on_validation_end``.
 """
 
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from histokg.train.trainer import Trainer
 
 __all__ = [
-    "FAULT_KILL_ENV",
-    "FAULT_NAN_ENV",
     "CallbackList",
     "Checkpointing",
     "EarlyStopping",
@@ -45,13 +44,10 @@ __all__ = [
     "TrainingCallback",
     "TrainingError",
     "default_callbacks",
+    "inject_faults",
 ]
 
 log = logging.getLogger("histokg.train.trainer")  # the trainer's logger, as before the split
-
-# Test hooks: simulate a killed run or a diverging loss at a given optimiser step.
-FAULT_KILL_ENV = "HISTOKG_FAULT_KILL_AT_STEP"
-FAULT_NAN_ENV = "HISTOKG_FAULT_NAN_AT_STEP"
 
 
 class TrainingError(HistokgError):
@@ -129,21 +125,30 @@ class CallbackList(TrainingCallback):
 
 
 class FaultInjection(TrainingCallback):
-    """Test hooks from the environment: NaN loss at step ``HISTOKG_FAULT_NAN_AT_STEP``, SIGKILL after
-    step ``HISTOKG_FAULT_KILL_AT_STEP`` (after that step's checkpoint, if any)."""
+    """For tests only (never in the default list): a NaN loss at optimiser step ``nan_at``, SIGKILL after
+    step ``kill_at`` (after that step's checkpoint, if any). Add it with :func:`inject_faults`."""
 
-    def __init__(self) -> None:
-        self.kill_at = int(os.environ.get(FAULT_KILL_ENV, "-1"))
-        self.nan_at = int(os.environ.get(FAULT_NAN_ENV, "-1"))
+    def __init__(self, *, kill_at: int | None = None, nan_at: int | None = None) -> None:
+        self.kill_at = kill_at
+        self.nan_at = nan_at
 
     def on_loss(self, trainer, loop, loss):
-        if self.nan_at >= 0 and loop.step + 1 == self.nan_at:
+        if self.nan_at is not None and loop.step + 1 == self.nan_at:
             return loss * float("nan")
         return loss
 
     def on_step_end(self, trainer, loop):
         if loop.step == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def inject_faults(trainer: Trainer, *, kill_at: int | None = None, nan_at: int | None = None) -> None:
+    """Add a :class:`FaultInjection` to ``trainer``'s callbacks where it tests what it should: after
+    :class:`Checkpointing` (a killed step keeps its checkpoint) and before :class:`NonFiniteLoss` (which
+    must see the injected NaN)."""
+    callbacks = trainer.callbacks.callbacks
+    at = next((i for i, cb in enumerate(callbacks) if isinstance(cb, NonFiniteLoss)), len(callbacks))
+    callbacks.insert(at, FaultInjection(kill_at=kill_at, nan_at=nan_at))
 
 
 class NonFiniteLoss(TrainingCallback):
@@ -251,12 +256,11 @@ class Checkpointing(TrainingCallback):
 
 
 def default_callbacks(trainer: Trainer) -> CallbackList:
-    """Fault injection, the non-finite-loss stop, checkpoints and early stopping, as ``trainer.cfg`` says."""
+    """Checkpoints, the non-finite-loss stop and early stopping, as ``trainer.cfg`` says."""
     cfg = trainer.cfg
     return CallbackList(
         [
-            Checkpointing(cfg.checkpoint_every),  # before FaultInjection: a killed step keeps its checkpoint
-            FaultInjection(),  # before NonFiniteLoss, which must see the injected NaN
+            Checkpointing(cfg.checkpoint_every),
             NonFiniteLoss(),
             EarlyStopping(
                 cfg.early_stopping.metric, cfg.early_stopping.patience, cfg.early_stopping.min_delta

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
 import torch
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from histokg.errors import ConfigError
 from histokg.keys import Batch, Key
+from histokg.pp import check_panel, panel_genes, panel_log1p
 from histokg.st.contract import concat_sections
-from histokg.st.dataset import SpotPatchDataset, check_panel, log_normalize, panel_expression
+from histokg.st.dataset import SpotPatchDataset
 from histokg.st.pairing import PairingConfig
 from histokg.train.config import DataConfig
 
@@ -71,15 +71,6 @@ def split_slides(adata: ad.AnnData, cfg: DataConfig) -> tuple[list[str], list[st
             f"no training slide left: libraries {libs}, validation {val}, excluded {list(cfg.exclude_slides)}"
         )
     return train, val
-
-
-def select_panel(adata: ad.AnnData, n_genes: int) -> list[str]:
-    """Highly variable genes (scanpy, Seurat flavour on log-normalised counts) of ``adata``."""
-    tmp = ad.AnnData(X=log_normalize(adata.layers[Key.layers.counts]), var=adata.var[[]].copy())
-    tmp.var_names = adata.var_names
-    n = min(n_genes, tmp.n_vars)
-    sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat", subset=False)
-    return list(tmp.var_names[tmp.var["highly_variable"].to_numpy()])
 
 
 def read_panel(path: str | Path, available: Sequence[str]) -> list[str]:
@@ -145,7 +136,7 @@ def build_split(
     aug_seed: int | None = None,
     desc: str = "",
 ) -> SplitData:
-    expression = panel_expression(adata, genes)
+    expression = panel_log1p(adata, genes)
     extra: dict[str, np.ndarray] = {}
     counts = adata.layers[Key.layers.counts]
     if expr_input == "kg":
@@ -261,7 +252,7 @@ def prepare_data(cfg, loss_cls, *, needs_bundle: bool, images: bool = True) -> R
     genes = (
         read_panel(cfg.data.genes, list(spots.var_names))
         if cfg.data.genes
-        else select_panel(train_ad, cfg.data.n_genes)
+        else panel_genes(train_ad, cfg.data.n_genes)
     )
     prior = None
     if needs_bundle:
