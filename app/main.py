@@ -29,6 +29,7 @@ from app.uploads import UploadError, UploadJobs, check_suffix, validate_upload
 from histokg.errors import HistokgError, InputError
 from histokg.keys import Key
 from histokg.retrieval import query as q
+from histokg.retrieval.descriptors import descriptor_names, region_descriptor_names
 from histokg.retrieval.ids import SLIDE_ID_PATTERN, check_slide_id
 from histokg.retrieval.index import RetrievalIndex
 
@@ -44,6 +45,7 @@ SlideId = Annotated[
 ]
 K = Annotated[int, Query(ge=1, le=100)]
 Coord = Annotated[float, Query(ge=-1e7, le=1e7)]
+DescriptorName = Literal[tuple(descriptor_names())]  # the registered slide descriptors
 
 
 class NotFound(HistokgError):
@@ -135,7 +137,7 @@ class _State:
         vectors = np.concatenate(parts)
         return {
             descriptor: _with_thumbs(q.similar_to_vectors(self.index, vectors, k=5, descriptor=descriptor))
-            for descriptor in ("mean", "prototypes")
+            for descriptor in region_descriptor_names()
         }
 
     def close(self) -> None:
@@ -392,7 +394,7 @@ def _routes(app: FastAPI, index: RetrievalIndex, state: _State) -> None:
     def similar(
         slide_id: SlideId,
         k: K = 5,
-        descriptor: Literal["mean", "prototypes", "kg"] = "prototypes",
+        descriptor: DescriptorName = "prototypes",
         exclude_patient: bool = False,
     ) -> dict:
         _slide(index, slide_id)

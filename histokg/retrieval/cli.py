@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from histokg.errors import InputError
+from histokg.retrieval.descriptors import descriptor_names
 
 logging.getLogger("faiss").setLevel(logging.WARNING)  # which SIMD build loaded is not news
 
@@ -157,7 +158,11 @@ def _sched(value: str) -> str | None:
 @click.option("--pathway", help="Pathway or cell-type name or KG id: slides ranked by its activation.")
 @click.option("--within", help="With --pathway: only regions with this label (e.g. 'invasive carcinoma').")
 @click.option(
-    "--descriptor", type=click.Choice(["mean", "prototypes", "kg"]), default="mean", show_default=True
+    "--descriptor",
+    type=click.Choice(descriptor_names()),
+    default="mean",
+    show_default=True,
+    help="Slide descriptor of similar slides (histokg.retrieval.descriptors).",
 )
 @click.option("--exclude-patient", is_flag=True, help="Leave out the query's patient.")
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True)
@@ -221,10 +226,9 @@ def evaluate_cmd(index_dir, label, with_regions, out):
 
     idx = RetrievalIndex.load(index_dir)
     results = {}
-    for desc in ("mean", "prototypes", "kg"):
-        if desc == "kg" and not idx.manifest["entities"]:
-            continue
-        results[desc] = slide_retrieval_metrics(idx, label=label, descriptor=desc)
+    for desc in descriptor_names():
+        if idx.descriptor(desc).available():  # e.g. kg needs KG activations
+            results[desc] = slide_retrieval_metrics(idx, label=label, descriptor=desc)
     if with_regions:
         results["regions"] = region_retrieval_metrics(idx)
     click.echo(format_metrics(results))
