@@ -1,4 +1,4 @@
-"""``histokg index build|add|query|evaluate|info`` and ``histokg serve`` (registered in histokg.cli)."""
+"""``histokg index build|add|query|evaluate|info`` (registered in histokg.cli)."""
 
 from __future__ import annotations
 
@@ -267,26 +267,3 @@ def info_cmd(index_dir):
         click.echo(
             f"  {s['slide_id']}\t{s['kind']}\t{s['n_regions']} regions\tpatient={s.get('patient')}\t{json.dumps(s.get('labels', {}))}"
         )
-
-
-@click.command("serve")
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Bind address (localhost unless told otherwise)."
-)
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option(
-    "--checkpoint",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Model for uploads (default: the index's, if it is still there).",
-)
-@click.option("--max-upload-mb", type=click.FloatRange(0.1, 10_000), default=200.0, show_default=True)
-def serve(index_dir, host, port, checkpoint, max_upload_mb):
-    """Serve the web app over the index in INDEX_DIR (FastAPI; OpenAPI schema at /docs)."""
-    import uvicorn
-
-    from app.main import create_app
-
-    application = create_app(index_dir, checkpoint=checkpoint, max_upload_bytes=int(max_upload_mb * 2**20))
-    click.echo(f"histokg app on http://{host}:{port}/ (index {index_dir}); Ctrl-C stops it")
-    uvicorn.run(application, host=host, port=port, log_level="info")
