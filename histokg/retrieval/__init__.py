@@ -9,6 +9,9 @@
 - ``histokg.retrieval.query``: :func:`similar_slides`, :func:`similar_regions` (a rectangle on a
   slide), :func:`slides_by_entity` (pathway or cell-type name through the KG activations);
   ``histokg.retrieval.values``: :func:`region_values` (measured or transferred values on regions).
+- What the web app draws and embeds: ``histokg.retrieval.overlay`` (a slide's regions with one
+  feature on one colour scale), ``histokg.retrieval.images`` (region images),
+  :func:`embed_regions` (``histokg.retrieval.regions``: a new slide's tiles, with progress).
 - ``histokg.retrieval.evaluate``: mMV@5, mAP, hit@k with leave-one-slide/patient-out.
 
 Submodules import faiss and Dask on first use, so ``import histokg.retrieval`` stays light.
@@ -36,6 +39,7 @@ _EXPORTS = {
     "region_values": "histokg.retrieval.values",
     "descriptor_names": "histokg.retrieval.descriptors",
     "get_descriptor": "histokg.retrieval.descriptors",
+    "embed_regions": "histokg.retrieval.regions",
     "retrieval_metrics": "histokg.retrieval.evaluate",
     "slide_retrieval_metrics": "histokg.retrieval.evaluate",
     "region_retrieval_metrics": "histokg.retrieval.evaluate",
