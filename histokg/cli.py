@@ -341,8 +341,8 @@ def evaluate_cmd(
 
     Prints the summary table; results.json (every number), predicted.h5ad and report.html/.md go to --out.
     """
+    from histokg.heldout import evaluate_embedded
     from histokg.io import check_output_dir, check_output_file
-    from histokg.pipeline import evaluate_embedded
     from histokg.report import format_summary_table
     from histokg.st.contract import read_h5ad
 

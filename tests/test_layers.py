@@ -3,8 +3,9 @@
 - ``pathways_kg`` is a standalone package: it never imports ``histokg`` or ``app``;
 - the library never imports the web ``app`` (the app calls the library); the one exception is the
   ``histokg serve`` command of ``histokg.cli``, which starts the app (lazily, in its function);
-- inference (``histokg.tl``, ``pl``, ``evaluate``, ``retrieval``, ``checkpoint``, ``models``, ``st``
-  and the web ``app``) never imports ``histokg.train``: a checkpoint is read by :mod:`histokg.checkpoint`;
+- inference (``histokg.tl``, ``pl``, ``evaluate``, ``heldout`` and ``report`` (what ``histokg evaluate``
+  runs), ``retrieval``, ``checkpoint``, ``models``, ``st`` and the web ``app``) never imports
+  ``histokg.train``: a checkpoint is read by :mod:`histokg.checkpoint`;
 - training and data reading (``histokg.train``, ``histokg.st``) never import ``histokg.synth``: a study
   folder is read by :mod:`histokg.st.study`;
 - the top-level parts of ``histokg`` (subpackages and modules such as ``st``, ``models``, ``train``) import
@@ -38,6 +39,8 @@ RULES: list[tuple[tuple[str, ...], ...]] = [
             "histokg.tl",
             "histokg.pl",
             "histokg.evaluate",
+            "histokg.heldout",
+            "histokg.report",
             "histokg.retrieval",
             "histokg.checkpoint",
             "histokg.models",
@@ -223,7 +226,8 @@ def test_inference_imports_load_neither_training_nor_synthesis():
     histokg.train or histokg.synth module."""
     code = (
         "import sys, histokg; histokg.load_model\n"
-        "import histokg.tl, histokg.tl.embed, histokg.evaluate, histokg.retrieval, histokg.st.study, app.main\n"
+        "import histokg.tl, histokg.tl.embed, histokg.evaluate, histokg.heldout, histokg.report\n"
+        "import histokg.retrieval, histokg.retrieval.index, histokg.st.study, app.main\n"
         "print(sorted(m for m in sys.modules if m.startswith(('histokg.train', 'histokg.synth'))))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
