@@ -341,8 +341,8 @@ def evaluate_cmd(
 
     Prints the summary table; results.json (every number), predicted.h5ad and report.html/.md go to --out.
     """
+    from histokg.heldout import evaluate_embedded
     from histokg.io import check_output_dir, check_output_file
-    from histokg.pipeline import evaluate_embedded
     from histokg.report import format_summary_table
     from histokg.st.contract import read_h5ad
 
@@ -389,10 +389,35 @@ def demo(out_dir: Path, overwrite: bool, config_path: Path | None, overrides: tu
     click.echo(run_demo(out_dir, cfg, overwrite=overwrite))
 
 
-from histokg.retrieval import cli as _retrieval_cli  # noqa: E402  (index build|add|query, serve)
+# --------------------------------------------------------------------------- retrieval and the web app
+
+
+@cli.command("serve")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Bind address (localhost unless told otherwise)."
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Model for uploads (default: the index's, if it is still there).",
+)
+@click.option("--max-upload-mb", type=click.FloatRange(0.1, 10_000), default=200.0, show_default=True)
+def serve(index_dir: Path, host: str, port: int, checkpoint: Path | None, max_upload_mb: float) -> None:
+    """Serve the web app over the index in INDEX_DIR (FastAPI; OpenAPI schema at /docs)."""
+    import uvicorn
+
+    from app.main import create_app  # the one place histokg reaches the app: this command starts it
+
+    application = create_app(index_dir, checkpoint=checkpoint, max_upload_bytes=int(max_upload_mb * 2**20))
+    click.echo(f"histokg app on http://{host}:{port}/ (index {index_dir}); Ctrl-C stops it")
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+from histokg.retrieval import cli as _retrieval_cli  # noqa: E402  (index build|add|query|evaluate|info)
 
 cli.add_command(_retrieval_cli.index)
-cli.add_command(_retrieval_cli.serve)
 from histokg.bench import cli as _bench_cli  # noqa: E402  (histokg bench)
 
 cli.add_command(_bench_cli.bench)

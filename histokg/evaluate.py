@@ -1,5 +1,8 @@
 """Held-out evaluation of an embedded study: expression prediction, cross-modal retrieval, clustering.
 
+:func:`evaluate` scores held-out slides against reference slides; :mod:`histokg.heldout` runs it on an
+embedded AnnData or a checkpoint and writes the results, predictions and report (``histokg evaluate``).
+
 Protocol (also written into every result under ``"protocol"``):
 
 - **Split.** ``reference`` = the training slides, ``heldout`` = slides the model never saw. They must

@@ -26,10 +26,16 @@ TINY_DEMO = [
 ]
 
 
-def histokg(*args, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a fresh process."""
+def histokg(
+    *args, cwd: Path | None = None, check: bool = True, block: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a fresh process; importing a ``block``ed package fails there."""
+    entry = ["-m", "histokg.cli"]
+    if block:
+        entry = ["-c", f"import sys; sys.modules.update(dict.fromkeys({list(block)!r})); "
+                 "from histokg.cli import main; main(sys.argv[1:])"]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "histokg.cli", *map(str, args)],
+        [sys.executable, *entry, *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -87,8 +93,15 @@ def test_evaluate_prints_the_table_and_warns_about_the_validation_slide(demo_wor
     work, _ = demo_workdir
     demo = work / "runs" / "demo"
     ckpt = demo / "train" / "infonce" / "checkpoints" / "best.pt"
+    # with the training code unimportable: evaluation is inference and never imports histokg.train
     proc = histokg(
-        "evaluate", demo / "eval" / "infonce" / "embedded.h5ad", "--checkpoint", ckpt, "-o", tmp_path
+        "evaluate",
+        demo / "eval" / "infonce" / "embedded.h5ad",
+        "--checkpoint",
+        ckpt,
+        "-o",
+        tmp_path,
+        block=("histokg.train",),
     )
     assert "Cross-modal retrieval" in proc.stdout and "image -> expression" in proc.stdout
     assert "'summary'" not in proc.stdout and "{" not in proc.stdout  # the table, not the raw dict

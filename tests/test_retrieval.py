@@ -97,6 +97,42 @@ def test_slide_ids():
     assert safe_slide_id("../my slide/01.svs") == "my_slide_01.svs"
 
 
+# --------------------------------------------------------------------------- what the app asks of the library
+
+
+def test_embed_regions_reports_progress_and_refuses_a_slide_without_tissue(
+    retrieval_ckpt, cmu_slide, tmp_path
+):
+    from PIL import Image
+
+    from histokg.checkpoint import load_model
+    from histokg.retrieval.regions import embed_regions
+
+    model = load_model(retrieval_ckpt)
+    calls = []
+    vectors = embed_regions(model, cmu_slide, progress=lambda *args: calls.append(args))
+    n = len(vectors)
+    assert n > 30 and vectors.shape == (n, model.params["embed_dim"])
+    assert calls[:2] == [("tiling", 0, 0), ("embedding", 0, n)] and calls[-1] == ("embedding", n, n)
+    done = [c[1] for c in calls[1:]]
+    assert done == sorted(done) and len(done) >= 3 and {c[0] for c in calls[1:]} == {"embedding"}
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (600, 600), (255, 255, 255)).save(blank)
+    with pytest.raises(InputError, match="blank.png"):  # an empty tissue mask, or no tissue tiles
+        embed_regions(model, blank, mpp=0.5)
+
+
+def test_colour_scale():
+    from histokg.retrieval.overlay import colour_scale
+
+    values = np.arange(101, dtype=float)
+    assert colour_scale(values[:50], np.array([np.nan]), values[50:]) == (2.0, 98.0)
+    assert colour_scale(np.array([3.0, 3.0])) == (3.0, 3.0 + 1e-6)
+    assert colour_scale(np.array([np.nan, np.inf])) == (0.0, 1.0)
+
+
 # --------------------------------------------------------------------------- index
 
 

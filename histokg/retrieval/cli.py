@@ -1,4 +1,4 @@
-"""``histokg index build|add|query|evaluate|info`` and ``histokg serve`` (registered in histokg.cli)."""
+"""``histokg index build|add|query|evaluate|info`` (registered in histokg.cli)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from histokg.errors import InputError
+from histokg.retrieval.descriptors import descriptor_names
 
 logging.getLogger("faiss").setLevel(logging.WARNING)  # which SIMD build loaded is not news
 
@@ -157,7 +158,11 @@ def _sched(value: str) -> str | None:
 @click.option("--pathway", help="Pathway or cell-type name or KG id: slides ranked by its activation.")
 @click.option("--within", help="With --pathway: only regions with this label (e.g. 'invasive carcinoma').")
 @click.option(
-    "--descriptor", type=click.Choice(["mean", "prototypes", "kg"]), default="mean", show_default=True
+    "--descriptor",
+    type=click.Choice(descriptor_names()),
+    default="mean",
+    show_default=True,
+    help="Slide descriptor of similar slides (histokg.retrieval.descriptors).",
 )
 @click.option("--exclude-patient", is_flag=True, help="Leave out the query's patient.")
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True)
@@ -221,10 +226,9 @@ def evaluate_cmd(index_dir, label, with_regions, out):
 
     idx = RetrievalIndex.load(index_dir)
     results = {}
-    for desc in ("mean", "prototypes", "kg"):
-        if desc == "kg" and not idx.manifest["entities"]:
-            continue
-        results[desc] = slide_retrieval_metrics(idx, label=label, descriptor=desc)
+    for desc in descriptor_names():
+        if idx.descriptor(desc).available():  # e.g. kg needs KG activations
+            results[desc] = slide_retrieval_metrics(idx, label=label, descriptor=desc)
     if with_regions:
         results["regions"] = region_retrieval_metrics(idx)
     click.echo(format_metrics(results))
@@ -263,26 +267,3 @@ def info_cmd(index_dir):
         click.echo(
             f"  {s['slide_id']}\t{s['kind']}\t{s['n_regions']} regions\tpatient={s.get('patient')}\t{json.dumps(s.get('labels', {}))}"
         )
-
-
-@click.command("serve")
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Bind address (localhost unless told otherwise)."
-)
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option(
-    "--checkpoint",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Model for uploads (default: the index's, if it is still there).",
-)
-@click.option("--max-upload-mb", type=click.FloatRange(0.1, 10_000), default=200.0, show_default=True)
-def serve(index_dir, host, port, checkpoint, max_upload_mb):
-    """Serve the web app over the index in INDEX_DIR (FastAPI; OpenAPI schema at /docs)."""
-    import uvicorn
-
-    from app.main import create_app
-
-    application = create_app(index_dir, checkpoint=checkpoint, max_upload_bytes=int(max_upload_mb * 2**20))
-    click.echo(f"histokg app on http://{host}:{port}/ (index {index_dir}); Ctrl-C stops it")
-    uvicorn.run(application, host=host, port=port, log_level="info")

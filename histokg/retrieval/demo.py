@@ -34,6 +34,7 @@ def build_demo_index(
     """
     from histokg.retrieval.build import build_index
     from histokg.retrieval.cli import format_metrics
+    from histokg.retrieval.descriptors import region_descriptor_names
     from histokg.retrieval.evaluate import region_retrieval_metrics, slide_retrieval_metrics
     from histokg.retrieval.shards import specs_from_paths, specs_from_table
     from histokg.retrieval.synthetic import MixSlidesConfig, generate_mix_slides
@@ -44,9 +45,9 @@ def build_demo_index(
     specs = specs_from_paths([study_dir], patient="synthetic-study") + specs_from_table(table)
     index_dir = out_dir / "index"
     index = build_index(specs, checkpoint, index_dir, scheduler=scheduler, bundle=bundle, overwrite=True)
-    results = {
+    results = {  # the mix slides have no transcriptomics: the descriptors of region vectors alone
         f"slides/{d}": slide_retrieval_metrics(index, label="mix", descriptor=d)
-        for d in ("mean", "prototypes")
+        for d in region_descriptor_names()
     }
     results["regions (study)"] = region_retrieval_metrics(index)
     write_json(index_dir / "evaluation.json", results)

@@ -19,7 +19,7 @@ expression clusters, the synthetic ground truth), retrieving only from other sli
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,11 +54,14 @@ def retrieval_metrics(
     groups: Sequence[str] | None = None,
     patients: Sequence[str | None] | None = None,
     vote_k: int = 5,
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict:
     """Leave-one-out retrieval metrics of L2-normalised ``descriptors`` with ``labels`` as relevance.
 
     ``groups`` (e.g. slide ids) and ``patients`` exclude the query's own group and patient from its
-    candidates (``None`` patients are unknown and exclude nothing).
+    candidates (``None`` patients are unknown and exclude nothing). ``similarity(a, b)``: the
+    (len(a), len(b)) similarities of descriptor rows (a descriptor's
+    :meth:`~histokg.retrieval.descriptors.SlideDescriptor.similarity`; default: inner product).
     """
     x = np.asarray(descriptors, np.float64)
     labels = np.asarray([str(lab) for lab in labels])
@@ -73,7 +76,7 @@ def retrieval_metrics(
         if patients is not None
         else None
     )
-    sims = x @ x.T
+    sims = similarity(x, x) if similarity is not None else x @ x.T
     per_label: dict[str, list[bool]] = collections.defaultdict(list)
     aps, hits = [], {k: [] for k in HIT_KS}
     no_rel = 0
@@ -128,6 +131,7 @@ def slide_retrieval_metrics(
         groups=[ids[i] for i in keep],
         patients=patients,
         vote_k=vote_k,
+        similarity=index.descriptor(descriptor).similarity,
     )
     out.update(descriptor=descriptor, label=label, n_slides=len(keep))
     return out

@@ -17,6 +17,7 @@ import numpy as np
 
 from histokg.errors import InputError
 from histokg.io import atomic_path
+from histokg.retrieval.vectors import normalize  # noqa: F401  (re-exported: fi.normalize)
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,3 @@ def load(path: str | Path) -> faiss.Index:
         return faiss.read_index(str(path))
     except RuntimeError as exc:
         raise InputError(f"index file {path} cannot be read by faiss: {str(exc).splitlines()[0]}") from None
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)

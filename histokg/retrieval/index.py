@@ -5,14 +5,15 @@ Layout::
     manifest.json        format, version, checkpoint SHA-256, model, index kind, slides (id, patient,
                          labels, source, ordinal, ...), KG entities and their labels, gene panel
     regions.faiss        every region vector (IndexIDMap2; id = slide ordinal << 32 | region number)
-    prototypes.npy       region prototypes for the ``prototypes`` slide descriptor
+    prototypes.npy       region prototypes (the ``prototypes`` slide descriptor, the "cluster" colours)
     center.npy           the mean region vector at creation (slide descriptors use centred regions)
     shards/<slide>.npz   one slide's regions (see :mod:`histokg.retrieval.shards`)
     thumbs/<slide>.png   its thumbnail
 
 The manifest is written last, atomically: a crash leaves the previous index readable. Slides are
 added without a rebuild (the prototypes learned at creation stay fixed; new regions go into the
-FAISS index as they are); an index refuses shards of a different checkpoint. Queries live in
+FAISS index as they are); an index refuses shards of a different checkpoint. Slide descriptors are
+asked for by name from the registry (:mod:`histokg.retrieval.descriptors`); queries live in
 :mod:`histokg.retrieval.query`.
 """
 
@@ -30,14 +31,8 @@ import numpy as np
 from histokg.errors import InputError
 from histokg.io import atomic_path, read_json_object, write_json
 from histokg.retrieval import faiss_index as fi
-from histokg.retrieval.descriptors import (
-    DESCRIPTORS,
-    assign,
-    kg_profiles,
-    learn_prototypes,
-    mean_descriptor,
-    prototype_histogram,
-)
+from histokg.retrieval.descriptors import SlideDescriptor, get_descriptor
+from histokg.retrieval.descriptors.prototypes import assign, learn_prototypes
 from histokg.retrieval.ids import check_slide_id
 from histokg.retrieval.shards import SlideShard
 
@@ -284,38 +279,31 @@ class RetrievalIndex:
     # ------------------------------------------------------------------ descriptors
     def clusters(self, slide_id: str) -> np.ndarray:
         """Each region's prototype (the index's shared region clusters)."""
-        return assign(self.centered(self.shard(slide_id).vectors), self.prototypes, self._temp).argmax(axis=1)
+        vectors = self.centered(self.shard(slide_id).vectors)
+        return assign(vectors, self.prototypes, self.prototype_temperature).argmax(axis=1)
 
     def centered(self, vectors: np.ndarray) -> np.ndarray:
         """Region vectors minus the archive's mean region, re-normalised."""
         return fi.normalize(np.asarray(vectors, np.float32) - self.center)
 
     @property
-    def _temp(self) -> float:
+    def prototype_temperature(self) -> float:
         return float(self.manifest.get("prototype_temperature", 0.1))
+
+    def descriptor(self, name: str) -> SlideDescriptor:
+        """The slide descriptor registered as ``name`` (:mod:`histokg.retrieval.descriptors`), on this index."""
+        return get_descriptor(name)(self)
 
     def describe_vectors(self, vectors: np.ndarray, descriptor: str) -> np.ndarray:
         """A slide descriptor of region vectors that are not (yet) in the index (e.g. an upload)."""
-        if descriptor == "mean":
-            return mean_descriptor(self.centered(vectors))
-        if descriptor == "prototypes":
-            return prototype_histogram(self.centered(vectors), self.prototypes, self._temp)
-        raise InputError(f"descriptor {descriptor!r} of new vectors: use 'mean' or 'prototypes'")
+        return self.descriptor(descriptor).describe(vectors)
 
     def descriptors(self, descriptor: str = "mean") -> tuple[list[str], np.ndarray]:
         """(slide ids, (n_slides, dim) L2-normalised descriptors), cached."""
-        if descriptor not in DESCRIPTORS:
-            raise InputError(f"descriptor {descriptor!r} is not one of {list(DESCRIPTORS)}")
-        key = ("desc", descriptor)
+        desc = self.descriptor(descriptor)
+        key = ("desc", desc.name)
         if key not in self._cache:
-            ids = self.slide_ids
-            if descriptor == "kg":
-                from histokg.retrieval.query import slide_kg_means
-
-                mat = kg_profiles(slide_kg_means(self))
-            else:
-                mat = np.stack([self.describe_vectors(self.shard(s).vectors, descriptor) for s in ids])
-            self._cache[key] = (ids, mat.astype(np.float32))
+            self._cache[key] = (self.slide_ids, desc.matrix().astype(np.float32))
         return self._cache[key]
 
     def cached(self, key: Any, build) -> Any:

@@ -1,13 +1,15 @@
 """Queries on a :class:`~histokg.retrieval.index.RetrievalIndex`.
 
-- :func:`similar_slides`: slides ranked by a slide descriptor (``mean``, ``prototypes``, ``kg``),
-  leaving out the query slide (and, with ``exclude_patient``, the query's patient).
+- :func:`similar_slides`: slides ranked by a slide descriptor (any name of the descriptor registry,
+  :mod:`histokg.retrieval.descriptors`: ``mean``, ``prototypes``, ``kg``, ...), leaving out the query
+  slide (and, with ``exclude_patient``, the query's patient).
 - :func:`similar_regions`: a rectangle on a slide (level-0 pixels or microns) -> the mean of the
   region embeddings inside it -> the nearest regions of the index (or of one target slide).
 - :func:`find_entities` / :func:`slides_by_entity`: a pathway or cell-type name -> KG entities ->
   slides ranked by their mean activation (optionally within regions of one label, e.g. a tumour
   label). Slides without transcriptomics get activations transferred from the nearest measured
-  regions of other slides (:func:`region_values` with ``source="predicted"``).
+  regions of other slides (:func:`~histokg.retrieval.values.region_values` with
+  ``source="predicted"``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,27 @@ import numpy as np
 from histokg.errors import InputError
 from histokg.retrieval import faiss_index as fi
 from histokg.retrieval.index import RetrievalIndex, region_id, split_region_id
+from histokg.retrieval.values import TRANSFER_K, region_values, slide_kg_means
+
+__all__ = [
+    "TRANSFER_K",
+    "Box",
+    "find_entities",
+    "parse_region_id",
+    "region_record",
+    "region_values",
+    "regions_in_box",
+    "resolve_entity",
+    "similar_regions",
+    "similar_slides",
+    "similar_to_vectors",
+    "slide_kg_means",
+    "slides_by_entity",
+]
 
 log = logging.getLogger(__name__)
 
 UNITS = ("px", "um")
-TRANSFER_K = 10
 
 
 @dataclass(frozen=True)
@@ -68,7 +86,7 @@ def similar_slides(
     q = mat[ids.index(index.slide_meta(slide_id)["slide_id"])]
     patient = index.patient(slide_id) if exclude_patient else None
     skip = {slide_id} | ({s for s in ids if patient and index.patient(s) == patient} if patient else set())
-    return _rank(index, ids, mat @ q, k, skip)
+    return _rank(index, ids, index.descriptor(descriptor).similarity(mat, q), k, skip)
 
 
 def similar_to_vectors(
@@ -77,7 +95,7 @@ def similar_to_vectors(
     """Slides most similar to a new slide's region vectors (not in the index)."""
     ids, mat = index.descriptors(descriptor)
     q = index.describe_vectors(vectors, descriptor)
-    return _rank(index, ids, mat @ q, k, set())
+    return _rank(index, ids, index.descriptor(descriptor).similarity(mat, q), k, set())
 
 
 def _rank(index: RetrievalIndex, ids: list[str], scores: np.ndarray, k: int, skip: set[str]) -> list[dict]:
@@ -205,107 +223,6 @@ def parse_region_id(index: RetrievalIndex, rid: int) -> tuple[str, int]:
     if number >= index.slide_meta(slide)["n_regions"]:
         raise InputError(f"region id {rid}: slide {slide} has no region {number}")
     return slide, number
-
-
-# --------------------------------------------------------------------------- values on regions
-
-
-def region_values(index: RetrievalIndex, slide_id: str, what: str, *, source: str = "measured") -> np.ndarray:
-    """Values of one feature on each region of a slide.
-
-    ``what``: ``"cluster"`` (prototype), ``"label"`` (region label), ``"gene:<symbol>"`` (log1p
-    CP10k), ``"kg:<entity id>"`` (activation). ``source``: ``"measured"`` (the slide's own counts or
-    labels; InputError when it has none) or ``"predicted"`` (transferred from the
-    :data:`TRANSFER_K` nearest measured regions of the *other* slides).
-    """
-    if source not in ("measured", "predicted"):
-        raise InputError(f"source {source!r} is not 'measured' or 'predicted'")
-    if what == "cluster":
-        return index.clusters(slide_id).astype(np.float32)
-    kind, _, name = what.partition(":")
-    if kind not in ("gene", "kg", "label") or (kind != "label" and not name):
-        raise InputError(f"feature {what!r}: use 'cluster', 'label', 'gene:<symbol>' or 'kg:<entity id>'")
-    shard = index.shard(slide_id)
-    if source == "measured":
-        values = _measured(index, shard, kind, name)
-        if values is None:
-            raise InputError(f"slide {slide_id} has no measured {kind} values; ask for source='predicted'")
-        return values
-    return _predicted(index, slide_id, kind, name)
-
-
-def _measured(index: RetrievalIndex, shard, kind: str, name: str) -> np.ndarray | None:
-    if kind == "label":
-        return None if shard.labels is None else shard.labels
-    names, mat = (shard.genes, shard.expr) if kind == "gene" else (shard.entities, shard.kg)
-    if mat is None:
-        return None
-    if name not in names:
-        known = index.manifest["genes"] if kind == "gene" else index.manifest["entities"]
-        if name not in known:
-            raise InputError(f"{kind} {name!r} is not in the index{_suggest(name, known)}")
-        return np.full(len(shard), np.nan, np.float32)
-    return mat[:, names.index(name)].astype(np.float32)
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
-
-
-def _predicted(index: RetrievalIndex, slide_id: str, kind: str, name: str) -> np.ndarray:
-    donors = []
-    for meta in index.manifest["slides"]:
-        sid = meta["slide_id"]
-        if sid == slide_id:
-            continue
-        values = _measured(index, index.shard(sid), kind, name)
-        if values is not None:
-            donors.append((index.shard(sid).vectors, values))
-    if not donors:
-        raise InputError(f"no other slide in the index has measured {kind} values to transfer to {slide_id}")
-    pool = np.concatenate([d[0] for d in donors])
-    vals = np.concatenate([d[1] for d in donors])
-    query = index.shard(slide_id).vectors
-    k = min(TRANSFER_K, len(pool))
-    sims = query @ pool.T
-    nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    if kind == "label":  # majority vote of the neighbours
-        picked = vals[nn]
-        out = []
-        for row in picked:
-            labels, counts = np.unique(row, return_counts=True)
-            out.append(labels[np.argmax(counts)])
-        return np.asarray(out)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(vals[nn].astype(np.float32), axis=1)
-
-
-def slide_kg_means(index: RetrievalIndex) -> np.ndarray:
-    """(n_slides, n_entities) mean activation of each entity on each slide (measured, else transferred)."""
-    entities = index.manifest["entities"]
-    if not entities:
-        raise InputError("the index has no KG activations (no slide with counts and a KG bundle)")
-
-    def build() -> np.ndarray:
-        rows = []
-        for sid in index.slide_ids:
-            shard = index.shard(sid)
-            if shard.kg is not None:
-                full = np.full((len(shard), len(entities)), np.nan, np.float32)
-                for j, e in enumerate(shard.entities):
-                    full[:, entities.index(e)] = shard.kg[:, j]
-            else:
-                full = np.stack([_predicted(index, sid, "kg", e) for e in entities], axis=1)
-            with np.errstate(invalid="ignore"):
-                rows.append(np.nanmean(full, axis=0) if len(full) else np.full(len(entities), np.nan))
-        return np.stack(rows)
-
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return index.cached(("kg_means",), build)
 
 
 # --------------------------------------------------------------------------- KG entities

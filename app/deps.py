@@ -1,0 +1,44 @@
+"""What routes share: the app's state as a dependency, typed and bounded parameters, slide lookup.
+
+Slides are addressed by their id in the index (:data:`SlideId`, checked against
+:data:`histokg.retrieval.ids.SLIDE_ID_PATTERN`), never by a path; every parameter has a type, a range
+or a pattern, so FastAPI refuses anything else with a 422 before a route runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Depends, Query, Request
+from fastapi import Path as PathParam
+
+from app.errors import NotFound
+from app.state import AppState
+from histokg.retrieval.descriptors import descriptor_names
+from histokg.retrieval.ids import SLIDE_ID_PATTERN, check_slide_id
+from histokg.retrieval.index import RetrievalIndex
+
+FEATURE_PATTERN = r"^(cluster|label|gene:[A-Za-z0-9_.\-]{1,64}|kg:[A-Za-z0-9_.:\-]{1,200})$"
+TEXT_PATTERN = r"^[^\x00-\x1f<>]{0,200}$"
+
+SlideId = Annotated[
+    str, PathParam(pattern=SLIDE_ID_PATTERN, max_length=128, description="slide id in the index")
+]
+K = Annotated[int, Query(ge=1, le=100)]
+Coord = Annotated[float, Query(ge=-1e7, le=1e7)]
+DescriptorName = Literal[tuple(descriptor_names())]  # the registered slide descriptors
+
+
+async def get_state(request: Request) -> AppState:
+    return request.app.state.histokg
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def known_slide(index: RetrievalIndex, slide_id: str) -> dict:
+    """The manifest entry of ``slide_id``; NotFound (404) when the index does not hold it."""
+    check_slide_id(slide_id)
+    if slide_id not in index.slide_ids:
+        raise NotFound(f"slide {slide_id!r} is not in the index")
+    return index.slide_meta(slide_id)
