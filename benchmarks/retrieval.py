@@ -65,7 +65,7 @@ def tiny_checkpoint(tmp: Path) -> Path:
 
 def real_vectors(checkpoint: Path, data: Path) -> np.ndarray:
     from histokg.checkpoint import load_model
-    from histokg.st.legacy import read_legacy_st
+    from histokg.st import read_legacy_st
     from histokg.tl.embed import embed, embed_slide
 
     model = load_model(checkpoint)

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import shared_data_dir
 
+from histokg.st import read_legacy_st
 from histokg.st.dataset import SpotPatchDataset
-from histokg.st.legacy import read_legacy_st
 from histokg.wsi import convert, detect_tissue, open_slide
 
 PATCH_UM, PATCH_PX = 112.0, 224

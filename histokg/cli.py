@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -109,23 +110,70 @@ def tile(
 
 
 class _ReaderGroup(click.Group):
-    """``histokg read TECH``: one subcommand per reader in the registry (histokg.st.registry), loaded on use."""
+    """``histokg read TECH``: one subcommand per reader in the registry (histokg.st.readers), loaded on use.
+
+    TECH follows the registry's naming rule (``Visium_HD`` is ``visium-hd``); an unknown one is one
+    error naming the nearest readers.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from histokg.st.registry import reader_names
+        from histokg.st.readers import reader_names
 
         return reader_names()
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        from histokg.st.registry import get_reader, reader_names
+        from histokg.st.readers import get_reader, reader_registry
 
-        if ctx.resilient_parsing and cmd_name not in reader_names():
+        if ctx.resilient_parsing and cmd_name not in reader_registry:
             return None  # shell completion of a partial name
-        return _reader_command(get_reader(cmd_name))  # an unknown name: one error with the nearest names
+        return reader_command(get_reader(cmd_name))  # an unknown name: one error with the nearest names
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        return (command.name if command else name), command, rest  # usage shows the registered name
 
 
-def _reader_command(reader_cls) -> click.Command:
-    """``histokg read NAME``: the reader's own arguments and options, --library-id, --mpp and -o."""
+# what each kind of reader Input is on the command line (histokg.st.reader.INPUT_KINDS)
+_INPUT_TYPES = {
+    "dir": lambda: click.Path(exists=True, file_okay=False, path_type=Path),
+    "file": lambda: click.Path(exists=True, dir_okay=False, path_type=Path),
+    "float": lambda: float,
+    "int": lambda: int,
+    "str": lambda: str,
+}
+
+
+def reader_params(reader_cls) -> list[click.Parameter]:
+    """The click parameters of a reader's inputs (``Reader.cli_inputs``), as its ``__init__`` takes them.
+
+    An input ``__init__`` takes by position without a default is an argument; any other is an option,
+    required when ``__init__`` gives it no default, with that default otherwise.
+    """
+    signature = inspect.signature(reader_cls).parameters
+    params: list[click.Parameter] = []
+    for spec in reader_cls.cli_inputs():
+        param = signature[spec.name]
+        kind = _INPUT_TYPES[spec.kind]()
+        has_default = param.default is not inspect.Parameter.empty
+        if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and not has_default:
+            params.append(click.Argument([spec.name], type=kind))
+            continue
+        default = param.default if has_default else None
+        params.append(
+            click.Option(
+                [spec.option, spec.name],
+                type=kind,
+                required=not has_default,
+                default=default,
+                show_default=default is not None,
+                help=spec.help,
+            )
+        )
+    return params
+
+
+def reader_command(reader_cls) -> click.Command:
+    """``histokg read NAME``: the reader's inputs (arguments and options, --library-id, --mpp) and -o."""
 
     def run(out: Path, **kwargs) -> None:
         from histokg.io import check_output_file
@@ -135,22 +183,27 @@ def _reader_command(reader_cls) -> click.Command:
         adata = reader_cls(**kwargs).read()
         click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
 
+    params = reader_params(reader_cls)
+    inputs = zip(params, reader_cls.cli_inputs(), strict=True)
+    arguments = [f"{p.human_readable_name}: {i.help}" for p, i in inputs if isinstance(p, click.Argument)]
     doc = (reader_cls.__doc__ or reader_cls.name).strip().splitlines()[0]
+    if arguments:
+        doc += "\n\n\b\n" + "\n".join(arguments)  # \b: click keeps these lines as they are
     out = click.Option(
         ["-o", "--out"],
         type=click.Path(dir_okay=False, path_type=Path),
         required=True,
         help="The .h5ad to write.",
     )
-    return click.Command(reader_cls.name, params=[*reader_cls.cli_params(), out], callback=run, help=doc)
+    return click.Command(reader_cls.name, params=[*params, out], callback=run, help=doc)
 
 
 @cli.group(cls=_ReaderGroup)
 def read() -> None:
     """Read spatial transcriptomics into an .h5ad following the AnnData contract.
 
-    One command per registered reader (histokg.st.registry); an .h5ad records the slide, its MPP and
-    where it came from, and the spot size.
+    One command per registered reader (histokg.st.readers); an .h5ad records the slide, its MPP and
+    where it came from, and the spot size. TECH may be spelled in any case, with - or _ (Visium_HD).
     """
 
 

@@ -45,12 +45,20 @@ class ModelConfig:
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
 
+    def __post_init__(self) -> None:
+        from histokg import pretrained
+
+        # a weights name as registered (``ImageNet:TF-EfficientNet-Lite0`` is recorded as its registered name)
+        object.__setattr__(self, "image_weights", pretrained.canonical(self.image_weights))
+
 
 def create_backbone(name: str) -> nn.Module:
     """A timm model without classifier (``num_classes=0``), randomly initialised."""
     if name not in timm.list_models():
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        raise ConfigError(f"model.image_encoder: {name!r} is not a timm architecture (similar: {close})")
+        from histokg.registry import did_you_mean
+
+        hint = did_you_mean(name, timm.list_models(), n=3)
+        raise ConfigError(f"model.image_encoder: {name!r} is not a timm architecture{hint}")
     return timm.create_model(name, pretrained=False, num_classes=0)
 
 

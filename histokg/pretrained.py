@@ -2,7 +2,9 @@
 
 ``model.image_weights`` takes either a local weights file (a timm/torch state dict or a safetensors
 file, e.g. a pathology foundation model's checkpoint: UNI, CONCH, H-optimus, ...) or one of the names
-in :data:`PRETRAINED`, such as ``imagenet:tf_efficientnet_lite0``. A name is resolved to a file inside
+in :data:`PRETRAINED`, such as ``imagenet:tf_efficientnet_lite0`` (found by the naming rule of
+:mod:`histokg.registry`: ``ImageNet:TF-EfficientNet-Lite0`` is the same name, and configs record the
+registered spelling, :func:`canonical`). A name is resolved to a file inside
 an installed Python package, its keys are mapped explicitly to the timm architecture's names, and
 every tensor's shape is checked against that architecture before anything is loaded.
 
@@ -27,6 +29,7 @@ from torch import nn
 
 from histokg.errors import ConfigError, InputError
 from histokg.io import load_tensor_file
+from histokg.registry import Registry, normalize
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +107,9 @@ def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Modul
     return out
 
 
-PRETRAINED: dict[str, PretrainedWeights] = {
-    w.name: w
-    for w in (
+#: the named weights, by name
+PRETRAINED_NAMES: Registry[PretrainedWeights] = Registry(
+    [
         PretrainedWeights(
             name="imagenet:tf_efficientnet_lite0",
             architecture="tf_efficientnet_lite0",
@@ -116,33 +119,32 @@ PRETRAINED: dict[str, PretrainedWeights] = {
             licence="Apache-2.0",
             map_keys=efficientnet_pytorch_to_timm,
         ),
-    )
-}
+    ],
+    "pretrained weights name",
+    note="; or give a local weights file",
+)
+PRETRAINED: dict[str, PretrainedWeights] = PRETRAINED_NAMES.entries
 
 
 def is_named(weights: str | Path | None) -> bool:
     """Whether ``weights`` names an entry of :data:`PRETRAINED` form (``source:architecture``) rather than a file."""
+    sources = {normalize(n.split(PREFIX_SEP, 1)[0]) for n in PRETRAINED}
     return (
         isinstance(weights, str)
         and PREFIX_SEP in weights
         and not Path(weights).exists()
-        and (weights.split(PREFIX_SEP, 1)[0] in {n.split(PREFIX_SEP, 1)[0] for n in PRETRAINED})
+        and normalize(weights.split(PREFIX_SEP, 1)[0]) in sources
     )
 
 
 def lookup(name: str) -> PretrainedWeights:
-    if name not in PRETRAINED:
-        from histokg.registry import unknown_name
+    """The named weights ``name`` stands for (naming rule); otherwise a ConfigError with the nearest name."""
+    return PRETRAINED_NAMES.lookup(name, where="model.image_weights")
 
-        raise unknown_name(
-            "pretrained weights name",
-            name,
-            PRETRAINED,
-            where="model.image_weights",
-            listing="known",
-            note="; or give a local weights file",
-        )
-    return PRETRAINED[name]
+
+def canonical(weights: str | Path | None) -> str | Path | None:
+    """``weights`` as configs record it: a known weights name in its registered spelling, anything else as given."""
+    return PRETRAINED_NAMES.canonical(weights) if is_named(weights) else weights  # type: ignore[arg-type]
 
 
 def weights_file(name: str) -> Path:
@@ -171,7 +173,7 @@ def identity(name: str) -> str:
         version = importlib.metadata.version(spec.distribution)
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    return f"{name}|{spec.distribution}=={version}|{path.stat().st_size}"
+    return f"{spec.name}|{spec.distribution}=={version}|{path.stat().st_size}"
 
 
 def state_dict(name: str, model: nn.Module, architecture: str) -> dict[str, torch.Tensor]:

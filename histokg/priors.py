@@ -44,7 +44,9 @@ import torch
 from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
+from histokg.config import check
 from histokg.errors import ConfigError, InputError
+from histokg.registry import Registry
 from pathways_kg.bundle import Bundle, load_bundle
 from pathways_kg.graph import Graph, read_graph
 from pathways_kg.schema import FAMILIES, RELATIONS, type_of
@@ -53,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 _ACTIVATED_TYPES = ("pathway", "celltype", "phenotype")
 ACTIVATION_KERNEL = "activation"  # the kernel on whole activation profiles (PriorConfig.activation_weight)
+
+
+#: the relation families ``prior.alpha`` weighs, found by the naming rule (``Membership`` is ``membership``)
+FAMILY_NAMES: Registry[str] = Registry(FAMILIES, "relation family", plural="families")
 
 
 class PriorError(InputError):
@@ -81,6 +87,12 @@ class PriorConfig:
     # weight of one more kernel, on the spots' whole activation profiles (every activated entity,
     # each z-scored across the spots encoded together), next to the per-family KG kernels
     activation_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        # the families under their registered names (an unknown one is refused when the prior is built)
+        alpha = {FAMILY_NAMES.canonical(f): w for f, w in self.alpha.items()}
+        check(len(alpha) == len(self.alpha), "alpha", f"{list(self.alpha)} name a family twice")
+        object.__setattr__(self, "alpha", alpha)
 
 
 class KGPrior:
@@ -410,10 +422,7 @@ class KGPrior:
 
 def _check_config(cfg: PriorConfig) -> None:
     for family, value in cfg.alpha.items():
-        if family not in FAMILIES:
-            from histokg.registry import unknown_name
-
-            raise unknown_name("relation family", family, FAMILIES, where="prior.alpha", plural="families")
+        FAMILY_NAMES.lookup(family, where="prior.alpha")
         if value < 0:
             raise ConfigError(f"prior.alpha.{family}: weights must be >= 0, got {value}")
     if cfg.score not in ("rank", "mean", "zmean"):

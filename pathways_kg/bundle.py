@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from pathways_kg.errors import KGError, suggest
+from pathways_kg.errors import KGError
 from pathways_kg.io import atomic_path, file_sha256, read_json_object, write_json
 from pathways_kg.models import get_model
+from pathways_kg.registry import did_you_mean
 from pathways_kg.schema import ENTITY_TYPES, RELATIONS
 
 logger = logging.getLogger(__name__)
@@ -216,11 +217,13 @@ def _read_meta(folder: Path, meta_path: Path) -> dict[str, Any]:
     for i, (eid, etype) in enumerate(meta["entities"]):
         if etype not in ENTITY_TYPES:
             raise KGError(
-                f"{meta_path}: entities[{i}] {eid!r} has unknown type {etype!r}{suggest(etype, ENTITY_TYPES)}"
+                f"{meta_path}: entities[{i}] {eid!r} has unknown type {etype!r}{did_you_mean(etype, ENTITY_TYPES)}"
             )
     for i, (rid, family) in enumerate(meta["relations"]):
         if rid not in RELATIONS:
-            raise KGError(f"{meta_path}: relations[{i}]: unknown relation {rid!r}{suggest(rid, RELATIONS)}")
+            raise KGError(
+                f"{meta_path}: relations[{i}]: unknown relation {rid!r}{did_you_mean(rid, RELATIONS)}"
+            )
         if family != RELATIONS[rid].family:
             raise KGError(
                 f"{meta_path}: relations[{i}]: {rid!r} belongs to family {RELATIONS[rid].family!r}, not {family!r}"

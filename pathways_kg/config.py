@@ -1,7 +1,9 @@
 """Configuration of ``pathways-kg``: frozen dataclasses filled from YAML and ``--set a.b=value`` overrides.
 
 The loader is :mod:`pathways_kg.dataconf` (shared with histokg); here its errors become
-:class:`~pathways_kg.errors.KGError`, naming the key and the nearest valid one.
+:class:`~pathways_kg.errors.KGError`, naming the key and the nearest valid one. The KG model and the
+added sources are recorded under their registered names (``embed.model.name=TransE`` loads as
+``transe``, :data:`NAMES`).
 """
 
 from __future__ import annotations
@@ -127,10 +129,26 @@ class KGConfig:
 # --------------------------------------------------------------------------- loading
 
 
+def _model_name(name: str) -> str:
+    from pathways_kg.models import model_registry
+
+    return model_registry.canonical(name)
+
+
+def _source_name(name: str) -> str:
+    from pathways_kg.sources import source_registry
+
+    return source_registry.canonical(name)
+
+
+#: Component fields whose names a registry records (an unknown name is refused by the checks below)
+NAMES: dataconf.Names = {"embed.model": _model_name, "build.sources.add": _source_name}
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), cls: type[T] = KGConfig) -> T:
     """Defaults, then the YAML file ``path``, then ``key.path=value`` overrides; values are checked."""
     try:
-        cfg = dataconf.load(cls, path, overrides)
+        cfg = dataconf.load(cls, path, overrides, names=NAMES)
     except dataconf.DataConfError as exc:
         raise KGError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:  # a config path that exists but cannot be read

@@ -9,23 +9,31 @@ turns :class:`DataConfError` into its own user-facing error type.
   counts as a number), integers, booleans, strings, paths, literals, tuples, mappings, optionals and
   nested sections. A partial nested section is completed from the field's default; a
   :class:`Component` whose ``name`` changes does not inherit the default's ``kwargs``.
+- ``names`` (a mapping from a :class:`Component` field's dotted key, list indices left out, to a
+  function) turns the names users give into the names a registry records: ``{"loss": canonical}``
+  makes ``--set loss.name=KG-Soft`` load as ``kg_soft``. An unknown name is left as it is for the
+  schema's own check to refuse.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from pathways_kg.io import atomic_open
+from pathways_kg.registry import did_you_mean
 
 T = TypeVar("T")
+#: Component field (dotted key without list indices) -> the function giving the name to record
+Names = Mapping[str, Callable[[str], str]]
+_INDEX = re.compile(r"\[\d+\]")
 
 
 class DataConfError(ValueError):
@@ -97,8 +105,9 @@ def load(
     path: str | Path | None = None,
     overrides: Iterable[str] = (),
     base: Mapping[str, Any] | None = None,
+    names: Names | None = None,
 ) -> T:
-    """Defaults of ``cls``, then ``base``, then the YAML file ``path``, then overrides."""
+    """Defaults of ``cls``, then ``base``, then the YAML file ``path``, then overrides (``names``: see above)."""
     data: dict[str, Any] = dict(base or {})
     source = "config"
     if path is not None:
@@ -106,16 +115,18 @@ def load(
         source = str(path)
     overrides = list(overrides)
     try:
-        return from_dict(cls, merge(data, parse_overrides(overrides)))
+        return from_dict(cls, merge(data, parse_overrides(overrides)), names=names)
     except DataConfError as exc:
-        raise DataConfError(_blame(cls, data, overrides, source, str(exc))) from None
+        raise DataConfError(_blame(cls, data, overrides, source, str(exc), names)) from None
 
 
-def _blame(cls: type, data: Mapping[str, Any], overrides: list[str], source: str, message: str) -> str:
+def _blame(
+    cls: type, data: Mapping[str, Any], overrides: list[str], source: str, message: str, names: Names | None
+) -> str:
     """Prefix an error with what caused it: the file (it fails the same way alone) or the ``--set``."""
     if overrides:
         try:
-            from_dict(cls, data)
+            from_dict(cls, data, names=names)
             alone = None
         except DataConfError as exc:
             alone = str(exc)
@@ -140,8 +151,8 @@ def save(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, checking keys and value types."""
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "", names: Names | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and value types (``names``: see above)."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -152,10 +163,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     for key, value in data.items():
         dotted = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, fields)
             raise DataConfError(f"unknown config key {dotted!r}{hint} (valid keys here: {', '.join(fields)})")
-        values[key] = _coerce(hints[key], _with_defaults(fields[key], value), dotted)
+        value = _named(value, names.get(_INDEX.sub("", dotted)) if names else None)
+        values[key] = _coerce(hints[key], _with_defaults(fields[key], value), dotted, names)
     try:
         return cls(**values)
     except TypeError as exc:  # a required field without default is missing
@@ -175,6 +186,19 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, Path):
         return str(cfg)
     return cfg
+
+
+def _named(value: Any, rename: Callable[[str], str] | None) -> Any:
+    """``value`` (a Component, its mapping, or a list of them) with each name as ``rename`` records it."""
+    if rename is None:
+        return value
+    if isinstance(value, list | tuple):
+        return type(value)(_named(v, rename) for v in value)
+    if isinstance(value, Component) and isinstance(value.name, str):
+        return dataclasses.replace(value, name=rename(value.name))
+    if isinstance(value, Mapping) and isinstance(value.get("name"), str):
+        return {**value, "name": rename(value["name"])}
+    return value
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -198,7 +222,7 @@ def _with_defaults(f: dataclasses.Field, value: Any) -> Any:
     return merge(base, value)
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _coerce(tp: Any, value: Any, where: str, names: Names | None = None) -> Any:
     """Check ``value`` against annotation ``tp``; lists become tuples, mappings nested sections."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -209,7 +233,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(arg, value, where)
+                return _coerce(arg, value, where, names)
             except DataConfError as exc:
                 errors.append(str(exc))
         raise DataConfError(errors[0] if errors else f"{where}: invalid value {value!r}")
@@ -218,21 +242,23 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise DataConfError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if dataclasses.is_dataclass(tp):
-        return value if dataclasses.is_dataclass(value) else from_dict(tp, value, where)
+        return value if dataclasses.is_dataclass(value) else from_dict(tp, value, where, names)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise DataConfError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(_coerce(args[0], v, f"{where}[{i}]", names) for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise DataConfError(f"{where}: expected {len(args)} values, got {len(value)}")
         return tuple(
-            _coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=False))
+            _coerce(a, v, f"{where}[{i}]", names) for i, (a, v) in enumerate(zip(args, value, strict=False))
         )
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise DataConfError(f"{where}: expected a mapping, got {value!r}")
-        return {k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()} if args else dict(value)
+        return (
+            {k: _coerce(args[1], v, f"{where}.{k}", names) for k, v in value.items()} if args else dict(value)
+        )
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
             try:

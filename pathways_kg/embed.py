@@ -28,7 +28,7 @@ from pathways_kg.errors import KGError
 from pathways_kg.graph import Graph, read_graph, resolve_graph_dir
 from pathways_kg.io import file_sha256
 from pathways_kg.models import KGModel, get_model
-from pathways_kg.registry import check_kwargs, lookup
+from pathways_kg.registry import check_kwargs, unknown_name
 from pathways_kg.schema import RELATIONS
 
 logger = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def _model_kwargs(spec: type[KGModel], given: dict[str, Any]) -> dict[str, Any]:
     """Registry defaults updated by ``given``; unknown names fail here, not deep inside pykeen."""
     from pykeen.models import model_resolver
 
-    check_kwargs(model_resolver.lookup(spec.pykeen_name), given, f"model {spec.name!r}")
+    check_kwargs(model_resolver.lookup(spec.pykeen_name), given, f"model {spec.name!r}", **_PYKEEN_ARGS)
     return {**spec.defaults, **given}
 
 
@@ -273,9 +273,17 @@ def _check_training(cfg: EmbedConfig) -> None:
     if t.loss is not None:
         named.append(("embed.training.loss.name", loss_resolver, t.loss.name, t.loss.kwargs))
     for key, resolver, name, kwargs in named:
-        cls = lookup(resolver, name, resolver.base.__name__.lower(), key)
+        try:
+            cls = resolver.lookup(name)
+        except (KeyError, ValueError, TypeError):
+            kind = resolver.base.__name__.lower()
+            raise unknown_name(kind, name, sorted(resolver.lookup_dict), where=key) from None
         if kwargs:
-            check_kwargs(cls, kwargs, f"{key.rpartition('.')[0]} {name!r}")
+            check_kwargs(cls, kwargs, f"{key.rpartition('.')[0]} {name!r}", **_PYKEEN_ARGS)
+
+
+# the arguments of a pykeen class a config may set: any named one but the triples (given by pathways_kg)
+_PYKEEN_ARGS: dict[str, Any] = {"keyword_only": False, "skip": ("triples_factory",)}
 
 
 def _subsample(testing: Any, max_triples: int | None, seed: int) -> tuple[Any, tuple]:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from pathways_kg.bundle import Bundle
-from pathways_kg.errors import KGError, suggest
+from pathways_kg.errors import KGError
 from pathways_kg.io import atomic_path
 from pathways_kg.models import make_interaction
+from pathways_kg.registry import did_you_mean
 from pathways_kg.schema import ENTITY_TYPES, RELATIONS, type_of
 
 TYPE_COLOURS = {
@@ -42,7 +43,7 @@ def nearest(
     wanted = list(relations) if relations else [r for r in bundle.relation_ids if kind in RELATIONS[r].heads]
     for r in wanted:
         if r not in bundle.relation_index:
-            raise KGError(f"relation {r!r} is not in this bundle{suggest(r, bundle.relation_ids)}")
+            raise KGError(f"relation {r!r} is not in this bundle{did_you_mean(r, bundle.relation_ids)}")
         scores = relation_scores(bundle, i, bundle.relation_index[r])
         allowed = np.array([t in RELATIONS[r].tails for t in bundle.entity_types])
         scores[~allowed] = -np.inf
@@ -121,7 +122,7 @@ def plot_embeddings(
 
 def _index(bundle: Bundle, entity: str) -> int:
     if entity not in bundle.entity_index:
-        raise KGError(f"entity {entity!r} is not in this bundle{suggest(entity, bundle.entity_ids)}")
+        raise KGError(f"entity {entity!r} is not in this bundle{did_you_mean(entity, bundle.entity_ids)}")
     return bundle.entity_index[entity]
 
 

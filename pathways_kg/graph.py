@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pathways_kg.errors import KGError, at, suggest
+from pathways_kg.errors import KGError, at
 from pathways_kg.io import atomic_open, file_sha256, write_json
 from pathways_kg.readers import check_entity_id, check_relation, tsv_rows
+from pathways_kg.registry import did_you_mean
 from pathways_kg.schema import (
     ENTITY_TYPES,
     FAMILIES,
@@ -132,7 +133,7 @@ def validate(graph: Graph) -> None:
                 known = graph.entities.keys() if len(graph.entities) < 50_000 else ()
                 raise _err(
                     edge.origin,
-                    f"unknown entity {end!r} in {edge.head} {edge.relation} {edge.tail}{suggest(end, known)}",
+                    f"unknown entity {end!r} in {edge.head} {edge.relation} {edge.tail}{did_you_mean(end, known)}",
                 )
             if graph.entities[end].type not in allowed:
                 raise _err(
@@ -220,7 +221,9 @@ def read_graph(path: str | Path) -> Graph:
     for number, (eid, etype, label, source) in tsv_rows(entities_path, ENTITY_COLUMNS):
         check_entity_id(eid, entities_path, number)
         if etype not in ENTITY_TYPES:
-            raise at(entities_path, number, f"unknown entity type {etype!r}{suggest(etype, ENTITY_TYPES)}")
+            raise at(
+                entities_path, number, f"unknown entity type {etype!r}{did_you_mean(etype, ENTITY_TYPES)}"
+            )
         if eid in graph.entities:
             raise at(entities_path, number, f"duplicate entity {eid!r}")
         graph.entities[eid] = Entity(eid, etype, label, source, f"{entities_path}:{number}")

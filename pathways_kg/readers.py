@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pathways_kg.errors import KGError, at, suggest
+from pathways_kg.errors import KGError, at
+from pathways_kg.registry import did_you_mean, unknown_name_message
 from pathways_kg.schema import ENTITY_TYPES, RELATIONS, split_id
 
 _REACTOME_ID = re.compile(r"^R-HSA-\d+$")
@@ -108,7 +109,7 @@ def check_entity_id(entity_id: str, path: str | Path, line: int) -> str:
             path,
             line,
             f"entity id {entity_id!r} must be <type>:<name> with type one of "
-            f"{', '.join(ENTITY_TYPES)}{suggest(kind, ENTITY_TYPES)}",
+            f"{', '.join(ENTITY_TYPES)}{did_you_mean(kind, ENTITY_TYPES)}",
         ) from None
     return entity_id
 
@@ -125,7 +126,7 @@ def check_relation(relation: str, path: str | Path, line: int) -> str:
         raise at(
             path,
             line,
-            f"unknown relation {relation!r}{suggest(relation, RELATIONS)} (known: {', '.join(RELATIONS)})",
+            unknown_name_message("relation", relation, RELATIONS, listing="known"),
         )
     return relation
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from class_resolver.utils import get_subclasses
 
 from histokg.errors import ConfigError
-from histokg.losses import LOSSES, ContrastiveLoss, LossInputs, build_loss, loss_kwargs, loss_resolver
+from histokg.losses import LOSSES, ContrastiveLoss, LossInputs, build_loss, loss_kwargs, loss_registry
 
 K_PRIOR = 3  # KG-space size k of the Gaussians
 
@@ -252,7 +252,8 @@ class LossTestCase:
     def test_is_registered(self):
         cls = LOSSES[self.name]
         assert cls.name == self.name and issubclass(cls, ContrastiveLoss)
-        assert loss_resolver.lookup(self.name) is cls
+        for spelling in (self.name, self.name.upper().replace("_", "-"), *cls.synonyms):
+            assert loss_registry.lookup(spelling) is cls and loss_registry.canonical(spelling) == self.name
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     def test_matches_loop_reference(self, dtype):
@@ -428,8 +429,8 @@ CASES = {case.name: case for case in get_subclasses(LossTestCase)}
 
 def test_every_registered_loss_has_a_test_case():
     """The meta-test: a loss added to histokg.losses without its LossTestCase fails here."""
-    registered = {cls.name for cls in loss_resolver.lookup_dict.values()}
-    assert registered == set(LOSSES)
+    registered = {cls.name for cls in loss_registry}
+    assert registered == set(LOSSES) == set(loss_registry.names)
     assert registered - set(CASES) == set(), f"losses without a test case: {registered - set(CASES)}"
     assert set(CASES) - registered == set(), f"test cases of unregistered losses: {set(CASES) - registered}"
 

@@ -9,7 +9,9 @@ fails when a reader is registered without a case (as pykeen's tests/cases.py do 
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -21,21 +23,17 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 from readers_fixtures import rotation_alignment, write_alignment_csv, write_visium_hd, write_xenium
 
-from histokg.cli import cli
+from histokg.cli import cli, reader_params
 from histokg.st import validate
 from histokg.st.contract import read_h5ad, write_h5ad
 from histokg.st.pairing import PairingConfig, pair_spots
 from histokg.st.reader import Reader
-from histokg.st.registry import (
-    HESTReader,
-    LegacySTReader,
-    VisiumHDReader,
-    VisiumReader,
-    XeniumReader,
-    get_reader,
-    reader_classes,
-    reader_names,
-)
+from histokg.st.readers import get_reader, reader_classes, reader_modules, reader_names, reader_registry
+from histokg.st.readers.hest import HESTReader
+from histokg.st.readers.legacy import LegacySTReader
+from histokg.st.readers.visium import VisiumReader
+from histokg.st.readers.visium_hd import VisiumHDReader
+from histokg.st.readers.xenium import XeniumReader
 from histokg.wsi import detect_tissue, open_slide
 
 SYNTH_MPP = 0.5
@@ -50,7 +48,8 @@ def tissue_of(slide: Path):
 def cli_args(cls: type[Reader], kwargs: dict) -> list[str]:
     """The ``histokg read NAME ...`` arguments for the keyword arguments of ``cls`` (names match)."""
     args: list[str] = []
-    for param in cls.cli_params():
+    params = reader_params(cls)
+    for param in params:
         value = kwargs.get(param.name)
         if value is None:
             continue
@@ -58,7 +57,7 @@ def cli_args(cls: type[Reader], kwargs: dict) -> list[str]:
             args.append(str(value))
         else:
             args += [param.opts[0], str(value)]
-    unknown = set(kwargs) - {p.name for p in cls.cli_params()}
+    unknown = set(kwargs) - {p.name for p in params}
     assert not unknown, f"{cls.__name__}: keyword arguments without a CLI parameter: {unknown}"
     return args
 
@@ -86,8 +85,25 @@ class ReaderContract:
 
     def test_registered_under_its_name_and_synonyms(self):
         assert self.cls.name in reader_names()
-        for spelling in (self.cls.name, *self.cls.synonyms, self.cls.name.upper().replace("-", "_")):
+        title = self.cls.name.title()  # Visium-Hd
+        for spelling in (self.cls.name, *self.cls.synonyms, self.cls.name.upper().replace("-", "_"), title):
             assert get_reader(spelling) is self.cls, spelling
+            assert reader_registry.canonical(spelling) == self.cls.name
+
+    def test_inputs_are_declared_once_and_fit_init(self):
+        """Every input names an ``__init__`` parameter, has help, and every required parameter is an input."""
+        params = inspect.signature(self.cls).parameters
+        names = [i.name for i in self.cls.cli_inputs()]
+        assert len(names) == len(set(names)) and set(names) <= set(params)
+        assert {n for n, p in params.items() if p.default is inspect.Parameter.empty} <= set(names)
+        assert all(i.help for i in self.cls.cli_inputs())
+        assert "import click" not in Path(inspect.getfile(self.cls)).read_text(encoding="utf-8")
+
+    def test_help_under_any_spelling_of_its_name(self):
+        spelling = self.cls.name.upper().replace("-", "_")
+        result = CliRunner().invoke(cli, ["read", spelling, "--help"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert f"read {self.cls.name} [OPTIONS]" in result.output and "--library-id" in result.output
 
     def test_follows_the_anndata_contract(self, case):
         kwargs, adata = case
@@ -268,10 +284,23 @@ def test_every_registered_reader_has_a_contract_case():
 
 
 def test_every_reader_module_is_found_without_being_listed():
-    """A new platform is one module: the registry finds it by its source (no import list to edit)."""
-    from histokg.st.registry import reader_modules
+    """A new platform is one module in histokg.st.readers: package discovery imports it (no list to edit)."""
+    import pkgutil
 
-    assert reader_modules() == sorted({cls.__module__.rsplit(".", 1)[1] for cls in reader_classes()})
+    import histokg.st.readers as package
+
+    on_disk = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+    assert reader_modules() == on_disk
+    assert {cls.__module__ for cls in reader_classes()} == {f"histokg.st.readers.{m}" for m in on_disk}
+
+
+def test_no_click_in_the_data_layer():
+    import histokg.st
+
+    root = Path(histokg.st.__file__).parent
+    assert not [
+        p.name for p in root.rglob("*.py") if re.search(r"^\s*(import|from) click\b", p.read_text(), re.M)
+    ]
 
 
 def test_read_help_lists_every_registered_reader():
@@ -291,7 +320,32 @@ def test_unknown_reader_is_one_line_with_the_nearest_name(capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         "error: unknown reader 'xenum'; did you mean 'xenium'? "
-        "(registered readers: hest, legacy, visium, visium-hd, xenium)"
+        "(valid readers: hest, legacy, visium, visium-hd, xenium)"
     )
-    with pytest.raises(Exception, match=r"unknown reader 'merfish' \(registered readers: hest, legacy"):
+    with pytest.raises(Exception, match=r"unknown reader 'merfish' \(valid readers: hest, legacy"):
         get_reader("merfish")
+
+
+MESSAGE = re.compile(
+    r"unknown (?P<kind>\w+) '(?P<name>[^']+)'; did you mean '(?P<nearest>[^']+)'\? \(valid (?P<plural>\w+): "
+)
+
+
+def test_unknown_reader_and_unknown_loss_are_refused_the_same_way(capsys, tmp_path):
+    """``histokg read Xenum`` and ``histokg train --set loss.name=KG-Sfot``: one line, status 2, one format."""
+    from histokg.cli import main
+
+    found = {}
+    for argv in (
+        ["read", "Xenum", "somewhere", "-o", str(tmp_path / "x.h5ad")],
+        ["train", "--set", "loss.name=KG-Sfot", "--set", f"out_dir={tmp_path / 'run'}"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+        found[argv[0]] = MESSAGE.search(err).groupdict()
+    assert found["read"] == {"kind": "reader", "name": "Xenum", "nearest": "xenium", "plural": "readers"}
+    assert found["train"] == {"kind": "loss", "name": "KG-Sfot", "nearest": "kg_soft", "plural": "losses"}
+    assert not (tmp_path / "run").exists()

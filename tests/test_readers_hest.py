@@ -10,8 +10,9 @@ import pytest
 
 from histokg.cli import main
 from histokg.errors import InputError
-from histokg.st.hest import HESTReader, read_hest
-from histokg.st.visium import VisiumReader
+from histokg.st import read_hest
+from histokg.st.readers.hest import HESTReader
+from histokg.st.readers.visium import VisiumReader
 
 
 @pytest.fixture(scope="module")

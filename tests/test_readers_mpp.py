@@ -7,7 +7,7 @@ from PIL import Image
 
 from histokg.errors import InputError
 from histokg.st.reader import slide_own_mpp
-from histokg.st.visium import VisiumReader
+from histokg.st.readers.visium import VisiumReader
 from histokg.wsi import open_slide
 
 

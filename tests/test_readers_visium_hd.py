@@ -15,7 +15,7 @@ from readers_fixtures import HD_GENES, write_visium_hd
 from histokg.cli import main
 from histokg.errors import InputError
 from histokg.st import read
-from histokg.st.visium_hd import VisiumHDReader
+from histokg.st.readers.visium_hd import VisiumHDReader
 from histokg.wsi import open_slide
 
 

@@ -14,7 +14,7 @@ from histokg.cli import main
 from histokg.errors import InputError
 from histokg.st import read
 from histokg.st.pairing import pair_spots
-from histokg.st.xenium import XeniumReader
+from histokg.st.readers.xenium import XeniumReader
 from histokg.wsi import write_pyramid
 
 SLIDE_MPP = 0.5  # the synthetic study's slides

@@ -64,8 +64,8 @@ def _legacy_h5ad(shared_data, tmp_path, section: str) -> str:
     import pandas as pd
     from scipy.spatial import cKDTree
 
+    from histokg.st import read_legacy_st
     from histokg.st.contract import write_h5ad
-    from histokg.st.legacy import read_legacy_st
 
     if section.startswith("C"):
         h = shared_data / "her2st"

@@ -14,11 +14,9 @@ from PIL import Image
 
 from histokg.errors import InputError
 from histokg.pp import log1p_cp10k, panel_log1p
-from histokg.st import read_visium, validate
+from histokg.st import read_hest, read_legacy_st, read_visium, validate
 from histokg.st.contract import concat_sections, write_h5ad
 from histokg.st.dataset import SpotPatchDataset
-from histokg.st.hest import read_hest
-from histokg.st.legacy import read_legacy_st
 from histokg.st.pairing import PairingConfig, pair_spots, spots_overlay
 from histokg.st.transforms import AugmentConfig, build_transforms, hed_jitter
 from histokg.wsi import convert, open_slide

@@ -26,10 +26,9 @@ import pytest
 from PIL import Image
 
 from histokg.errors import InputError, SlideError
-from histokg.st import read_visium, write_10x_h5
+from histokg.st import read_legacy_st, read_visium, write_10x_h5
 from histokg.st.contract import read_h5ad, write_h5ad
 from histokg.st.dataset import SpotPatchDataset
-from histokg.st.legacy import read_legacy_st
 from histokg.st.pairing import PairingConfig, pair_spots, slide_paths
 from histokg.st.study import load_study
 from histokg.wsi import open_slide

@@ -154,7 +154,7 @@ def test_knn_ties_keep_the_lower_reference_index():
 
 def test_knn_on_real_expression_matches_the_brute_force_reference(shared_data):
     """her2st C2 as the reference, C3 as the query: embeddings = a random projection of log1p CP10k."""
-    from histokg.st.legacy import read_counts_table
+    from histokg.st.readers.legacy import read_counts_table
 
     tables = [read_counts_table(shared_data / "her2st" / "counts" / f"{s}.tsv.gz") for s in ("C2", "C3")]
     tables = [t.loc[:, ~t.columns.duplicated()] for t in tables]

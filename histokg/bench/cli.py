@@ -67,8 +67,11 @@ def bench(
     if train_ids or test_ids:
         changes["train"], changes["test"] = _ids(train_ids), _ids(test_ids)
     if losses:
-        by_name = {c.name: c for c in cfg.losses}
-        changes["losses"] = tuple(by_name.get(n, Component(n)) for n in _ids(losses))
+        from histokg.losses import loss_registry
+
+        by_name = {c.name: c for c in cfg.losses}  # the config's names are the registered ones
+        named = [loss_registry.canonical(n) for n in _ids(losses)]
+        changes["losses"] = tuple(by_name.get(n, Component(n)) for n in named)
     if seeds is not None:
         changes["seeds"] = seeds
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from histokg.bench.engine import HeadsConfig
 from histokg.bench.features import FeatureConfig
@@ -61,6 +61,18 @@ class AblationConfig:
         str, ...
     ] = ()  # these KG losses with W from expression similarity (no KG): the control
 
+    def __post_init__(self) -> None:
+        # the registered names, whatever the spelling given (run.py compares them as strings)
+        from histokg.losses import loss_registry
+        from pathways_kg.models import model_registry
+
+        for key, registry in (
+            ("kg_models", model_registry),
+            ("expr_input_kg", loss_registry),
+            ("expression_prior", loss_registry),
+        ):
+            object.__setattr__(self, key, tuple(registry.canonical(n) for n in getattr(self, key)))
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -87,6 +99,9 @@ class BenchConfig:
         from histokg.registry import unknown_name_message
 
         check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
+        # the registered names, whatever the spelling given (run.py compares them as strings)
+        named = tuple(replace(c, name=loss_registry.canonical(c.name)) for c in self.losses)
+        object.__setattr__(self, "losses", named)
         unknown = [c.name for c in self.losses if c.name not in loss_registry]
         check(
             not unknown,

@@ -7,7 +7,7 @@ Legacy-ST folder layout (as ``../shared/data/her2st``)::
     DIR/images/<id>_HE.jpg          full-resolution H&E (or <id>.jpg/.jpeg/.png/.tif/.tiff)
     DIR/cluster_labels/<id>-cluster-annotation.tsv[.gz]   optional: columns x, y, label
 
-Each section is read through :func:`histokg.st.legacy.read_legacy_st` (MPP from the 200 um spot
+Each section is read through :func:`histokg.st.read_legacy_st` (MPP from the 200 um spot
 pitch) into the AnnData contract; cluster labels join ``obs[label_key]`` on the array coordinates.
 .h5ad files are read as they are (the AnnData contract, with ``obs["library_id"]`` and
 ``uns["spatial"]``); their labels, if any, are ``obs[label_key]``.
@@ -105,8 +105,8 @@ def load_sections(
     data: Sequence[str | Path], label_key: str = Key.obs.label, in_tissue_only: bool = True
 ) -> dict[str, ad.AnnData]:
     """Section id -> AnnData (contract) for one legacy-ST folder or several .h5ad files."""
+    from histokg.st import read_legacy_st
     from histokg.st.contract import read_h5ad
-    from histokg.st.legacy import read_legacy_st
 
     paths = [Path(p) for p in data]
     if not paths:

@@ -55,6 +55,12 @@ class KGBenchConfig:
     )  # x every family weight (0: the activation kernel alone)
     expression_genes: int = 500  # panel (pp.panel_genes) of the expression-similarity reference
 
+    def __post_init__(self) -> None:
+        from pathways_kg.models import model_registry
+
+        # the registered name, whatever the spelling given (the bench compares it as a string)
+        object.__setattr__(self, "model", model_registry.canonical(self.model))
+
 
 # ------------------------------------------------------------------------------------ bundles
 def bundle_for(

@@ -6,9 +6,11 @@ expression embeddings, both L2-normalised; ``logit_scale`` = 1/tau; ``s = logit_
 to its plain counterpart when its prior strength is 0.
 
 One module per loss, each with one :class:`ContrastiveLoss` subclass; every subclass defined in
-this package is registered under its ``name`` (:data:`loss_registry`, class_resolver's
-``ClassResolver.from_subclasses`` as :data:`loss_resolver`; :data:`LOSSES` maps names to classes).
-Build one by name with :func:`build_loss`; calling it returns a dict of named terms::
+this package is registered under its ``name`` (:data:`loss_registry`, a
+:class:`histokg.registry.Registry`; :data:`LOSSES` maps names to classes). A name is matched as
+every registry name is: any case, ``-``/``_`` ignored (``KG-Soft`` is ``kg_soft``), and configs
+record the registered name. Build one by name with :func:`build_loss`; calling it returns a dict of
+named terms::
 
     loss = build_loss("kg_soft", embed_dim=128, lam=0.3)
     terms = loss(LossInputs(img=f, expr=g, logit_scale=scale, W=W))
@@ -23,11 +25,8 @@ nothing else changes) and one test case in ``tests/test_losses.py``.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from histokg.losses.base import ContrastiveLoss, LossInputs
-from histokg.registry import Registry
+from histokg.registry import Registry, import_modules
 
 # The order of these imports is the order of LOSSES.
 # isort: off
@@ -52,16 +51,13 @@ __all__ = [
     "build_loss",
     "loss_kwargs",
     "loss_registry",
-    "loss_resolver",
 ]
 
-for _module in pkgutil.iter_modules(__path__):  # the losses added after the six above
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__, __path__)  # the losses added after the six above
 
 #: Every loss defined in this package, by name, in the order of definition.
-loss_registry: Registry[ContrastiveLoss] = Registry(ContrastiveLoss, "loss")
-loss_resolver = loss_registry.resolver
-LOSSES: dict[str, type[ContrastiveLoss]] = loss_registry.classes
+loss_registry: Registry[type[ContrastiveLoss]] = Registry.from_subclasses(ContrastiveLoss, "loss")
+LOSSES: dict[str, type[ContrastiveLoss]] = loss_registry.entries
 
 
 def loss_kwargs(name: str) -> dict[str, object]:
@@ -72,7 +68,8 @@ def loss_kwargs(name: str) -> dict[str, object]:
 def build_loss(name: str, embed_dim: int, prior_dim: int | None = None, **kwargs) -> ContrastiveLoss:
     """Build the registered loss ``name``; ``prior_dim`` is the KG Gaussian size k (kg_gaussian only).
 
-    Raises :class:`~histokg.errors.ConfigError` (a ValueError) for an unknown name or kwarg,
-    naming it, suggesting the nearest valid one and listing the valid ones.
+    ``name`` follows the naming rule (``KG-Soft`` builds ``kg_soft``). Raises
+    :class:`~histokg.errors.ConfigError` (a ValueError) for an unknown name or kwarg, naming it,
+    suggesting the nearest valid one and listing the valid ones.
     """
     return loss_registry.make(name, {"embed_dim": embed_dim, "prior_dim": prior_dim}, **kwargs)

@@ -123,7 +123,8 @@ def positive_int(field: str, value: object, loss: str) -> int:
 class ContrastiveLoss(nn.Module):
     """Base class: checks inputs, switches autocast off, casts to float32, calls :meth:`compute`.
 
-    Subclasses set ``name`` (the registry name), ``needs_prior`` (needs ``W``) and
+    Subclasses set ``name`` (the registry name, recorded in configs), optionally ``synonyms`` (other
+    names the registry accepts), ``needs_prior`` (needs ``W``) and
     ``needs_gaussians`` (needs ``gauss_mean`` and ``gauss_var``), take their hyper-parameters as
     keyword-only arguments of ``__init__`` (that is what :func:`~histokg.losses.build_loss`
     accepts), and implement :meth:`compute`. Calling the loss returns a dict of named scalar
@@ -132,6 +133,7 @@ class ContrastiveLoss(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    synonyms: ClassVar[tuple[str, ...]] = ()
     needs_prior: ClassVar[bool] = False
     needs_gaussians: ClassVar[bool] = False
 

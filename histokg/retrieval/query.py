@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from histokg.errors import InputError
+from histokg.registry import nearest
 from histokg.retrieval import faiss_index as fi
 from histokg.retrieval.index import RetrievalIndex, region_id, split_region_id
 from histokg.retrieval.values import TRANSFER_K, region_values, slide_kg_means
@@ -249,7 +249,7 @@ def find_entities(
         elif text in hay or text.replace(" ", "_") in hay:
             scored.append((1, lab, e))
     if not scored:
-        close = difflib.get_close_matches(text, [labels.get(e, e).lower() for e in ents], n=limit, cutoff=0.5)
+        close = nearest(text, [labels.get(e, e).lower() for e in ents], n=limit, cutoff=0.5)
         scored = [(2, lab, e) for e in ents for lab in [labels.get(e, e).lower()] if lab in close]
     scored.sort()
     return [{"id": e, "label": labels.get(e, e)} for _, _, e in scored[:limit]]

@@ -255,7 +255,7 @@ def read_spec(spec: SlideSpec, model) -> Any:
 def _read_study_section(study_dir: Path, lib: str):
     import pandas as pd
 
-    from histokg.st.visium import read_visium
+    from histokg.st import read_visium
 
     manifest = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
     sections = {str(s[Key.obs.library_id]): s for s in manifest["sections"]}

@@ -12,7 +12,6 @@ so the index, its descriptors and the queries can all use it.
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import TYPE_CHECKING
 
@@ -65,8 +64,10 @@ def _measured(index: RetrievalIndex, shard, kind: str, name: str) -> np.ndarray 
 
 
 def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    """``"; did you mean 'A', 'B'?"``: up to three names, never the whole (long) list."""
+    from histokg.registry import did_you_mean
+
+    return did_you_mean(name, known, n=3, cutoff=0.6)
 
 
 def _predicted(index: RetrievalIndex, slide_id: str, kind: str, name: str) -> np.ndarray:

@@ -15,15 +15,22 @@ way for every platform (:meth:`Reader.read`):
 4. the hires thumbnail and its scale factor, ``uns["spatial"]``, and the validated AnnData contract
    (:func:`histokg.st.contract.build_anndata`).
 
-The registry of readers (``histokg read TECH``) is :mod:`histokg.st.registry`.
+A reader declares its inputs once, as :class:`Input` values in its ``inputs``: each names an
+``__init__`` parameter and says what kind of value it is and what it means; whether it is positional,
+required and its default come from the ``__init__`` signature. ``histokg read NAME`` (:mod:`histokg.cli`)
+and the ``read_<platform>`` functions (:meth:`Reader.as_function`) are made from that. Nothing here
+imports click.
+
+The readers themselves, and their registry, are the package :mod:`histokg.st.readers`.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +50,36 @@ log = logging.getLogger(__name__)
 
 # A platform's calibration of the slide and the slide's own metadata may differ this much (relative).
 MPP_TOLERANCE = 0.10
+# what an Input can be: an existing folder or file, a number, an integer, a string
+INPUT_KINDS = ("dir", "file", "float", "int", "str")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input of a reader, declared once in its ``inputs``: the ``__init__`` parameter ``name``.
+
+    ``kind`` is one of :data:`INPUT_KINDS` (``"dir"`` and ``"file"`` must exist); ``help`` says what it
+    is; ``flag`` spells the command-line option when it is not ``--`` and the name with dashes
+    (``--bin`` for ``bin_um``). Whether it is positional (an ``__init__`` parameter without default
+    that can be passed by position: a command-line argument), required, and its default are read
+    from the ``__init__`` signature, never written again.
+    """
+
+    name: str
+    kind: str = "file"
+    help: str = ""
+    flag: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(
+                f"Input {self.name!r}: kind {self.kind!r} is not one of {', '.join(INPUT_KINDS)}"
+            )
+
+    @property
+    def option(self) -> str:
+        """The option's spelling on the command line."""
+        return self.flag or "--" + self.name.replace("_", "-")
 
 
 @dataclass
@@ -108,13 +145,16 @@ class Reader(ABC):
     """Base of every spatial-transcriptomics reader; subclasses implement :meth:`load`.
 
     Class attributes a platform sets: ``name`` (the ``histokg read NAME`` command and
-    ``metadata["reader"]``), ``synonyms`` (other names the registry accepts), ``image_label`` (how
-    errors call the image), ``platform_mpp_checked`` (whether the platform's MPP must agree with the
-    slide's own metadata), ``slide_error_hint`` (appended when the slide cannot be opened).
+    ``metadata["reader"]``), ``synonyms`` (other names the registry accepts besides the spellings of
+    ``name`` in any case and with any separators), ``inputs`` (its :class:`Input` values besides
+    ``library_id`` and ``mpp``, whose help is ``library_id_help`` and ``mpp_help``), ``image_label``
+    (how errors call the image), ``platform_mpp_checked`` (whether the platform's MPP must agree with
+    the slide's own metadata), ``slide_error_hint`` (appended when the slide cannot be opened).
     """
 
     name: ClassVar[str]
     synonyms: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[tuple[Input, ...]] = ()
     image_label: ClassVar[str] = "slide"
     platform_mpp_checked: ClassVar[bool] = True
     slide_error_hint: ClassVar[str] = ""
@@ -160,21 +200,44 @@ class Reader(ABC):
             raise InputError(f"{spots.source}: the {self.name} reader found no spot size")
         return float(spots.spot_diameter_um) / mpp, spots.spot_diameter_source or "platform (um)"
 
-    @classmethod
-    def cli_inputs(cls) -> list:
-        """The click arguments and options of ``histokg read NAME`` (besides --library-id, --mpp, -o)."""
-        return []
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        params = inspect.signature(cls).parameters
+        unknown = [i.name for i in cls.cli_inputs() if i.name not in params]
+        if unknown:
+            raise TypeError(f"{cls.__name__}.inputs name {unknown}, which its __init__ does not take")
 
     @classmethod
-    def cli_params(cls) -> list:
-        """Every click parameter of ``histokg read NAME`` except ``-o``; names match ``__init__``."""
-        import click
+    def cli_inputs(cls) -> tuple[Input, ...]:
+        """Every input of ``histokg read NAME`` (besides ``-o``): the reader's ``inputs``, ``library_id``, ``mpp``."""
+        return (
+            *cls.inputs,
+            Input(Key.obs.library_id, "str", cls.library_id_help),  # the parameter that fills this obs column
+            Input("mpp", "float", cls.mpp_help),
+        )
 
-        return [
-            *cls.cli_inputs(),
-            click.Option(["--library-id"], help=cls.library_id_help),
-            click.Option(["--mpp"], type=float, help=cls.mpp_help),
-        ]
+    @classmethod
+    def as_function(cls, name: str) -> Callable[..., ad.AnnData]:
+        """A function ``name(*args, **kwargs)`` that reads one section with this reader.
+
+        It is ``cls(*args, **kwargs).read()`` with the reader's signature, and a docstring made of the
+        reader's docstring and the help of its inputs: the platform's module writes
+        ``read_visium = VisiumReader.as_function("read_visium")`` instead of repeating its arguments.
+        """
+
+        def read_section(*args: Any, **kwargs: Any) -> ad.AnnData:
+            return cls(*args, **kwargs).read()
+
+        read_section.__name__ = read_section.__qualname__ = name
+        read_section.__module__ = cls.__module__
+        read_section.__signature__ = inspect.signature(cls).replace(return_annotation=ad.AnnData)  # type: ignore[attr-defined]
+        inputs = "\n".join(f"    {i.name}: {i.help}" for i in cls.cli_inputs())
+        read_section.__doc__ = (
+            f"Read one section into the AnnData contract with :class:`{cls.__name__}` "
+            f"(``{cls.__name__}(*args, **kwargs).read()``).\n\n{inspect.cleandoc(cls.__doc__ or '')}\n\n"
+            f"Inputs (as ``histokg read {cls.name}`` takes them):\n{inputs}\n"
+        )
+        return read_section
 
     # -- the shared skeleton ---------------------------------------------------------------------
     def match(

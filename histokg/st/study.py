@@ -22,7 +22,7 @@ from histokg.errors import InputError
 from histokg.io import read_json_object
 from histokg.keys import Key
 from histokg.st.contract import concat_sections
-from histokg.st.visium import read_visium
+from histokg.st.readers.visium import read_visium
 
 
 def load_study(study_dir: str | Path, with_truth: bool = True) -> ad.AnnData:

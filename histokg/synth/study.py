@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from histokg.config import save_config, to_dict
 from histokg.io import atomic_open, write_json
 from histokg.keys import Key
-from histokg.st.visium import POSITION_COLUMNS, write_spaceranger_outs
+from histokg.st.readers.visium import POSITION_COLUMNS, write_spaceranger_outs
 from histokg.synth.biology import REGION_NAMES
 from histokg.synth.expression import build_expression_model, draw_counts, spot_programs
 from histokg.synth.render import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from class_resolver.utils import normalize_string
+from pathways_kg.registry import normalize
 
 
 class KGModel:
@@ -25,7 +25,7 @@ class KGModel:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.name = normalize_string(cls.__name__, suffix="kgmodel")
+        cls.name = normalize(cls.__name__).removesuffix("kgmodel")
 
     @classmethod
     def interaction_kwargs(cls, model_kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from class_resolver.utils import normalize_string
-
 from pathways_kg.errors import KGError
 from pathways_kg.graph import Edge, Entity, Graph
 from pathways_kg.io import data_path
+from pathways_kg.registry import normalize
 from pathways_kg.schema import RELATIONS, split_id
 
 
@@ -92,7 +91,7 @@ class Source(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.name = normalize_string(cls.__name__, suffix="source")
+        cls.name = normalize(cls.__name__).removesuffix("source")
 
     def __init__(self, path: str | Path | None = None) -> None:
         if path is None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pathways_kg.errors import KGError, suggest
+from pathways_kg.errors import KGError
 from pathways_kg.readers import CuratedTriple, read_curated_triples
+from pathways_kg.registry import did_you_mean
 from pathways_kg.schema import split_id
 from pathways_kg.sources.base import CURATED, GraphBuilder, Source
 
@@ -31,7 +32,7 @@ class TriplesSource(Source):
                         )
                     known = [e for e in builder.graph.entities if e.startswith(kind + ":")]
                     raise KGError(
-                        f"{t.origin}: unknown entity {end!r}{suggest(end, known)}; declare phenotypes, "
+                        f"{t.origin}: unknown entity {end!r}{did_you_mean(end, known)}; declare phenotypes, "
                         "tissues and extra cell types in curated_entities.tsv"
                     )
             builder.edge(t.head, t.relation, t.tail, self.provenance, t.reference, t.origin)

@@ -286,7 +286,7 @@ def test_embed_bad_training_settings(graph, tmp_path):
     )
     fails(
         ["embed", graph, "--out", out, "--set", "embed.model.kwargs.embeding_dim=8"],
-        "no argument 'embeding_dim'; did you mean 'embedding_dim'",
+        "unknown kwarg 'embeding_dim'; did you mean 'embedding_dim'",
     )
     fails(["embed", graph, "--out", out, "--device", "gpu"], "unknown device 'gpu'")
     result = CliRunner().invoke(main, ["embed", str(graph), "--out", str(out), "--epochs", "0"])

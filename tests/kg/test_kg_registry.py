@@ -12,7 +12,7 @@ from kg_cases import ModelCase, SourceCase
 from pathways_kg.config import SourcesConfig, load_config
 from pathways_kg.errors import KGError
 from pathways_kg.models import MODELS, get_model
-from pathways_kg.sources import source_resolver
+from pathways_kg.sources import source_registry
 
 
 def _cases(base: type) -> set[type]:
@@ -28,12 +28,10 @@ def _cases(base: type) -> set[type]:
 
 
 def test_every_registered_source_has_a_test_case():
-    registered, cases = set(source_resolver), _cases(SourceCase)
+    registered, cases = set(source_registry), _cases(SourceCase)
     assert registered - cases == set(), f"registered KG sources without a test case: {registered - cases}"
     assert cases - registered == set(), f"test cases of unregistered KG sources: {cases - registered}"
-    assert {"reactome", "hallmark", "markers", "entities", "triples", "panglao"} <= set(
-        source_resolver.lookup_dict
-    )
+    assert {"reactome", "hallmark", "markers", "entities", "triples", "panglao"} <= set(source_registry.names)
 
 
 def test_every_registered_model_has_a_test_case():
@@ -44,13 +42,27 @@ def test_every_registered_model_has_a_test_case():
 
 
 def test_the_names_users_type_resolve():
-    for name in ("transe", "TransE", "rotate", "RotatE", "complex", "ComplEx", "kg2e", "KG2E"):
-        assert get_model(name).name == name.lower()
+    for name in (
+        "transe",
+        "TransE",
+        "rotate",
+        "RotatE",
+        "complex",
+        "ComplEx",
+        "kg2e",
+        "KG2E",
+        "KG-2E",
+        "trans_e",
+    ):
+        assert get_model(name).name == name.lower().replace("-", "").replace("_", "")
 
 
 def test_unknown_names_suggest_the_nearest():
     with pytest.raises(
-        KGError, match=re.escape("unknown KG model 'rotat'; did you mean 'rotate'? (registered: ")
+        KGError,
+        match=re.escape(
+            "unknown KG model 'rotat'; did you mean 'rotate'? (valid KG models: complex, kg2e, rotate, transe)"
+        ),
     ):
         get_model("rotat")
     with pytest.raises(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -22,7 +21,7 @@ from scipy.spatial import cKDTree
 
 from histokg.errors import InputError
 from histokg.keys import Key
-from histokg.st.reader import Reader, Spots
+from histokg.st.reader import Input, Reader, Spots
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +107,19 @@ def pitch_pixels(xy: np.ndarray) -> float:
 
 
 class LegacySTReader(Reader):
-    """Legacy ST arrays (Stahl 2016): counts TSV, ST Spot Detector table, full-resolution H&E image."""
+    """Legacy ST arrays (Stahl 2016): counts TSV, ST Spot Detector table, full-resolution H&E image.
+
+    ``image`` is the full-resolution H&E (plain JPEG/PNG or any slide OpenSlide reads). Its MPP is
+    taken, in order, from ``mpp``, from the slide's metadata, or from the spot pitch (``pitch_um``).
+    """
 
     name = "legacy"
     synonyms = ("legacy_st", "st")
+    inputs = (
+        Input("counts", "file", "Spots x genes counts TSV (optionally gzipped), spot ids '<x>x<y>'."),
+        Input("spots", "file", "ST Spot Detector table (x y pixel_x pixel_y [selected])."),
+        Input("image", "file", "Full-resolution H&E image."),
+    )
     image_label = "image"
     library_id_help = "Slide id (default: counts file name)."
     mpp_help = "Microns per pixel (default: from the 200 um spot pitch)."
@@ -135,17 +143,6 @@ class LegacySTReader(Reader):
         self.spot_diameter_um = spot_diameter_um
         self.min_match = min_match
         self.hires_max_px = hires_max_px
-
-    @classmethod
-    def cli_inputs(cls) -> list:
-        import click
-
-        file = click.Path(exists=True, dir_okay=False, path_type=Path)
-        return [
-            click.Argument(["counts"], type=file),
-            click.Argument(["spots"], type=file),
-            click.Argument(["image"], type=file),
-        ]
 
     def load(self) -> Spots:
         table = read_counts_table(self.counts_path)
@@ -177,31 +174,4 @@ class LegacySTReader(Reader):
         return mpp, f"spot pitch ({self.pitch_um:g} um = {self.measured_pitch:.1f} px)"
 
 
-def read_legacy_st(
-    counts: str | Path,
-    spots: str | Path,
-    image: str | Path,
-    *,
-    library_id: str | None = None,
-    mpp: float | None = None,
-    pitch_um: float = LEGACY_PITCH_UM,
-    spot_diameter_um: float = LEGACY_SPOT_DIAMETER_UM,
-    min_match: float = 0.9,
-    hires_max_px: int = 2000,
-) -> ad.AnnData:
-    """Read a legacy-ST section into the AnnData contract (:class:`LegacySTReader`).
-
-    ``image`` is the full-resolution H&E (plain JPEG/PNG or any slide OpenSlide reads). Its MPP is
-    taken, in order, from ``mpp``, from the slide's metadata, or from the spot pitch (``pitch_um``).
-    """
-    return LegacySTReader(
-        counts,
-        spots,
-        image,
-        library_id=library_id,
-        mpp=mpp,
-        pitch_um=pitch_um,
-        spot_diameter_um=spot_diameter_um,
-        min_match=min_match,
-        hires_max_px=hires_max_px,
-    ).read()
+read_legacy_st = LegacySTReader.as_function("read_legacy_st")

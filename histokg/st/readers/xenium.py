@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from histokg.errors import InputError
 from histokg.io import read_json_object
 from histokg.keys import Key
-from histokg.st.reader import Reader, Spots
+from histokg.st.reader import Input, Reader, Spots
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,18 @@ class XeniumReader(Reader):
         "Microns per pixel of the slide (default: experiment.xenium pixel_size and the alignment's scale)."
     )
     mpp_mismatch_hint = ", with the alignment matrix that maps it onto the Xenium morphology image"
+    inputs = (
+        Input("path", "dir", "Xenium output folder (experiment.xenium, transcripts.parquet)."),
+        Input("slide", "file", "The H&E (or morphology) image the spots are placed on."),
+        Input("spot_um", "float", "Side of the square pseudo-spots in um (e.g. 55 or 100)."),
+        Input("min_qv", "float", "Keep transcripts with qv at least this (10x: Q20 = high quality)."),
+        Input(
+            "alignment",
+            "file",
+            "Xenium Explorer alignment CSV: 3x3 affine matrix, slide px -> morphology px "
+            "(default: the slide is in morphology-image pixels).",
+        ),
+    )
 
     def __init__(
         self,
@@ -119,40 +131,6 @@ class XeniumReader(Reader):
         self.spot_um = float(spot_um)
         self.min_qv = float(min_qv)
         self.alignment = Path(alignment) if alignment is not None else None
-
-    @classmethod
-    def cli_inputs(cls) -> list:
-        import click
-
-        return [
-            click.Argument(["path"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
-            click.Option(
-                ["--slide"],
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                required=True,
-                help="The H&E (or morphology) image the spots are placed on.",
-            ),
-            click.Option(
-                ["--spot-um", "spot_um"],
-                type=float,
-                default=DEFAULT_SPOT_UM,
-                show_default=True,
-                help="Side of the square pseudo-spots in um (e.g. 55 or 100).",
-            ),
-            click.Option(
-                ["--min-qv", "min_qv"],
-                type=float,
-                default=DEFAULT_MIN_QV,
-                show_default=True,
-                help="Keep transcripts with qv at least this (10x: Q20 = high quality).",
-            ),
-            click.Option(
-                ["--alignment"],
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                help="Xenium Explorer alignment CSV: 3x3 affine matrix, slide px -> morphology px "
-                "(default: the slide is in morphology-image pixels).",
-            ),
-        ]
 
     # -- files ------------------------------------------------------------------------------------
     def load(self) -> Spots:
@@ -361,3 +339,6 @@ class XeniumReader(Reader):
             raise InputError(f"{file}: not a readable 10x feature-barcode matrix ({exc})") from None
         lookup = dict(zip(names, ids, strict=True))
         return [lookup.get(g, g) for g in genes]
+
+
+read_xenium = XeniumReader.as_function("read_xenium")

@@ -21,8 +21,8 @@ import pandas as pd
 from histokg.errors import InputError
 from histokg.io import read_json_object
 from histokg.keys import Key
-from histokg.st.reader import Reader, Spots
-from histokg.st.visium import _is_number, _read_counts, other_scalefactors, read_positions
+from histokg.st.reader import Input, Reader, Spots
+from histokg.st.readers.visium import _is_number, _read_counts, other_scalefactors, read_positions
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,14 @@ class VisiumHDReader(Reader):
     """10x Visium HD: Space Ranger binned outputs at one bin size (2, 8 or 16 um squares)."""
 
     name = "visium-hd"
-    synonyms = ("visium_hd", "hd")
+    synonyms = ("hd",)  # visium_hd, VisiumHD, ... are spellings of the name itself
+    inputs = (
+        Input("path", "dir", "Space Ranger outs folder of a Visium HD run (or its binned_outputs/)."),
+        Input("slide", "file", "The full-resolution microscope image given to Space Ranger."),
+        Input(
+            "bin_um", "int", "Bin size in um (a binned_outputs/square_XXXum folder: 2, 8, 16).", flag="--bin"
+        ),
+    )
     library_id_help = "Slide id (default: the outs folder's parent name, or the folder name)."
     mpp_help = "Microns per pixel of the slide (default: microns_per_pixel of scalefactors_json.json)."
     mpp_mismatch_hint = " (the full-resolution image given to Space Ranger)"
@@ -79,27 +86,6 @@ class VisiumHDReader(Reader):
             there = f"the bins here are {', '.join(str(b) for b in bins)} um" if bins else "it holds no bins"
             raise InputError(f"{binned}: no {self.bin_dir.name} folder for bin {self.bin_um} um; {there}")
         self.min_match = min_match
-
-    @classmethod
-    def cli_inputs(cls) -> list:
-        import click
-
-        return [
-            click.Argument(["path"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
-            click.Option(
-                ["--slide"],
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                required=True,
-                help="The full-resolution microscope image given to Space Ranger.",
-            ),
-            click.Option(
-                ["--bin", "bin_um"],
-                type=int,
-                default=DEFAULT_BIN_UM,
-                show_default=True,
-                help="Bin size in um (a binned_outputs/square_XXXum folder: 2, 8, 16).",
-            ),
-        ]
 
     def load(self) -> Spots:
         adata_counts, counts_file = _read_counts(self.bin_dir)
@@ -152,3 +138,6 @@ class VisiumHDReader(Reader):
                 f"{self.scalefactors_file}: {key} must be a positive number below {limit:g}, got {value!r}"
             )
         return float(value)
+
+
+read_visium_hd = VisiumHDReader.as_function("read_visium_hd")

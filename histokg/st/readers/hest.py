@@ -24,8 +24,8 @@ import scipy.sparse as sp
 from histokg.errors import InputError
 from histokg.keys import Key
 from histokg.st.contract import read_h5ad
-from histokg.st.legacy import pitch_pixels
-from histokg.st.reader import Reader, Spots
+from histokg.st.reader import Input, Reader, Spots
+from histokg.st.readers.legacy import pitch_pixels
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,18 @@ class HESTReader(Reader):
     slide_error_hint = "for HEST data pass mpp or the sample's metadata JSON"
     library_id_help = "Slide id (default: h5ad file name)."
     mpp_help = "Microns per pixel, when the slide has none."
+    inputs = (
+        Input("h5ad", "file", "HEST .h5ad of spot counts (coordinates in obsm['spatial'])."),
+        Input("slide", "file", "The slide the spot coordinates refer to."),
+        Input("metadata_json", "file", "HEST metadata JSON.", flag="--metadata"),
+        Input(
+            Key.metadata.spot_diameter_um,  # the parameter that sets this metadata field
+            "float",
+            "Spot diameter in um (default: the metadata's spot_diameter, the h5ad's "
+            "spot_diameter_fullres, or the spot pitch of a known array).",
+            flag="--spot-diameter",
+        ),
+    )
 
     def __init__(
         self,
@@ -63,23 +75,6 @@ class HESTReader(Reader):
             )
         self.spot_diameter_um = spot_diameter_um
         self._meta: dict = {}
-
-    @classmethod
-    def cli_inputs(cls) -> list:
-        import click
-
-        file = click.Path(exists=True, dir_okay=False, path_type=Path)
-        return [
-            click.Argument(["h5ad"], type=file),
-            click.Argument(["slide"], type=file),
-            click.Option(["--metadata", "metadata_json"], type=file, help="HEST metadata JSON."),
-            click.Option(
-                ["--spot-diameter", "spot_diameter_um"],
-                type=float,
-                help="Spot diameter in um (default: the metadata's spot_diameter, the h5ad's "
-                "spot_diameter_fullres, or the spot pitch of a known array).",
-            ),
-        ]
 
     def load(self) -> Spots:
         src = read_h5ad(self.h5ad)
@@ -182,21 +177,4 @@ def _read_metadata(path: Path) -> dict:
     return meta
 
 
-def read_hest(
-    h5ad: str | Path,
-    slide: str | Path,
-    *,
-    library_id: str | None = None,
-    mpp: float | None = None,
-    metadata_json: str | Path | None = None,
-    spot_diameter_um: float | None = None,
-) -> ad.AnnData:
-    """Read a HEST-style ``.h5ad`` + slide pair into the AnnData contract (:class:`HESTReader`)."""
-    return HESTReader(
-        h5ad,
-        slide,
-        library_id=library_id,
-        mpp=mpp,
-        metadata_json=metadata_json,
-        spot_diameter_um=spot_diameter_um,
-    ).read()
+read_hest = HESTReader.as_function("read_hest")

@@ -26,7 +26,7 @@ from histokg.errors import InputError
 from histokg.io import atomic_open, atomic_path, read_json_object, write_json
 from histokg.keys import Key
 from histokg.st.contract import check_spots_in_image
-from histokg.st.reader import Reader, SlideView, Spots
+from histokg.st.reader import Input, Reader, SlideView, Spots
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,18 @@ POSITION_COLUMNS = [
 
 
 class VisiumReader(Reader):
-    """10x Visium / Space Ranger outs folder: positions v1/v2/v3, .h5 or mtx matrix, 55 um spots."""
+    """10x Visium / Space Ranger outs folder: positions v1/v2/v3, .h5 or mtx matrix, 55 um spots.
+
+    ``slide`` is the full-resolution image the spot pixel coordinates refer to (pyramidal TIFF, SVS,
+    or a plain .jpg/.png with ``mpp``); without it the folder's hires image is used. ``library_id``
+    defaults to the folder name.
+    """
 
     name = "visium"
+    inputs = (
+        Input("path", "dir", "Space Ranger outs folder."),
+        Input("slide", "file", "Full-resolution image."),
+    )
     library_id_help = "Slide id (default: folder name)."
     mpp_help = "Microns per pixel, when the slide has none."
 
@@ -66,19 +75,6 @@ class VisiumReader(Reader):
         self.path = path
         self.min_match = min_match
         self._hires: tuple[np.ndarray, float] | None = None
-
-    @classmethod
-    def cli_inputs(cls) -> list:
-        import click
-
-        return [
-            click.Argument(["path"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
-            click.Option(
-                ["--slide"],
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                help="Full-resolution image.",
-            ),
-        ]
 
     def load(self) -> Spots:
         path = self.path
@@ -141,20 +137,7 @@ class VisiumReader(Reader):
         return SlideView(hires, scalef, mpp, "spot diameter (55 um)", None)
 
 
-def read_visium(
-    path: str | Path,
-    *,
-    slide: str | Path | None = None,
-    library_id: str | None = None,
-    mpp: float | None = None,
-    min_match: float = 1.0,
-) -> ad.AnnData:
-    """Read a Space Ranger ``outs`` folder into the AnnData contract (:class:`VisiumReader`).
-
-    ``slide`` is the full-resolution image the spot pixel coordinates refer to (pyramidal TIFF, SVS,
-    or a plain .jpg/.png with ``mpp``). ``library_id`` defaults to the folder name.
-    """
-    return VisiumReader(path, slide=slide, library_id=library_id, mpp=mpp, min_match=min_match).read()
+read_visium = VisiumReader.as_function("read_visium")
 
 
 def read_positions(spatial_dir: Path) -> tuple[pd.DataFrame, Path]:
