@@ -235,7 +235,7 @@ class TestKGDescriptor(DescriptorCase):
 def test_every_registered_descriptor_has_a_case():
     """The meta-test: a descriptor added to histokg.retrieval.descriptors without its case fails here."""
     cases = {case.cls for case in DescriptorCase.__subclasses__()}
-    registered = set(descriptor_registry.classes.values())
+    registered = set(descriptor_registry.entries.values())
     assert registered - cases == set(), f"descriptors without a DescriptorCase: {registered - cases}"
     assert cases - registered == set(), f"cases of unregistered descriptors: {cases - registered}"
     assert {"mean", "prototypes", "kg"} <= set(descriptor_names())
@@ -244,7 +244,7 @@ def test_every_registered_descriptor_has_a_case():
 def test_every_module_of_the_package_is_found_without_being_listed():
     """A new descriptor is one module: the package imports every module, the registry finds its class."""
     modules = {m.name for m in pkgutil.iter_modules(descriptors_package.__path__)} - {"base"}
-    assert {cls.__module__.rsplit(".", 1)[1] for cls in descriptor_registry.classes.values()} == modules
+    assert {cls.__module__.rsplit(".", 1)[1] for cls in descriptor_registry.entries.values()} == modules
 
 
 def test_built_in_descriptors_come_first_in_their_order():

@@ -18,11 +18,8 @@ list the names cheaply.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from histokg.errors import HistokgError, InputError
-from histokg.registry import Registry
+from histokg.errors import InputError
+from histokg.registry import Registry, import_modules
 from histokg.retrieval.descriptors.base import SlideDescriptor
 
 # The built-in descriptors, imported first: their order is the order of the names (help, tables).
@@ -32,10 +29,11 @@ from histokg.retrieval.descriptors.prototypes import PrototypeDescriptor
 from histokg.retrieval.descriptors.kg import KGDescriptor
 # isort: on
 
-for _module in pkgutil.iter_modules(__path__):  # every other module of the package: the added ones
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__, __path__)  # every other module of the package: the added ones
 
-descriptor_registry: Registry[SlideDescriptor] = Registry(SlideDescriptor, "descriptor")
+descriptor_registry: Registry[type[SlideDescriptor]] = Registry.from_subclasses(
+    SlideDescriptor, "descriptor", error=InputError
+)
 
 __all__ = [
     "KGDescriptor",
@@ -56,12 +54,9 @@ def descriptor_names() -> list[str]:
 
 def region_descriptor_names() -> list[str]:
     """The descriptors computed from a slide's region vectors alone (they describe uploads)."""
-    return [name for name, cls in descriptor_registry.classes.items() if cls.from_regions]
+    return [name for name, cls in descriptor_registry.entries.items() if cls.from_regions]
 
 
 def get_descriptor(name: str) -> type[SlideDescriptor]:
     """The descriptor class registered as ``name``; an unknown name is one InputError with the nearest."""
-    try:
-        return descriptor_registry.lookup(name)
-    except HistokgError as exc:
-        raise InputError(str(exc)) from None
+    return descriptor_registry.lookup(name)
