@@ -176,7 +176,7 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
     ]
     m = soft[0]["metrics"]
     for key in ("panel/pearson_heg10", "panel/pearson_hvg10", "panel/pearson_all", "panel/mse", "mean30/pearson_heg10",
-                "pathway/pearson_hallmark", "recall@5_i2e", "recall@5_e2i", "ridge:hvg/pearson_heg10"):  # fmt: skip
+                "pathway/pearson_hallmark", "recall@5_i2e", "recall@5_e2i", "ridge:panel/pearson_heg10"):  # fmt: skip
         assert np.isfinite(m[key]), key
     # the floor: a constant prediction carries no information
     mean_rows = [r for r in results["runs"] if r["method"] == "mean"]

@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from histokg.bench.engine import HeadsConfig, RunInputs, train_config, train_heads
+from histokg.bench.config import HeadsConfig
+from histokg.bench.engine import RunInputs, train_config, train_heads
 from histokg.config import Component
 from histokg.keys import Batch
 from histokg.train import engine

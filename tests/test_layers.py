@@ -8,6 +8,8 @@
   ``histokg.train``: a checkpoint is read by :mod:`histokg.checkpoint`;
 - training and data reading (``histokg.train``, ``histokg.st``) never import ``histokg.synth``: a study
   folder is read by :mod:`histokg.st.study`;
+- one training engine: only ``histokg.train`` (the trainer) and ``histokg.bench`` import
+  ``histokg.train.engine``;
 - the top-level parts of ``histokg`` (subpackages and modules such as ``st``, ``models``, ``train``) import
   each other without cycles.
 
@@ -50,6 +52,8 @@ RULES: list[tuple[tuple[str, ...], ...]] = [
         ("histokg.train",),
     ),
     (("histokg.train", "histokg.st"), ("histokg.synth",)),
+    # one training engine: the trainer and the bench train through it, nothing else does
+    (PACKAGES, ("histokg.train.engine",), ("histokg.train", "histokg.bench")),
 ]
 
 
@@ -202,12 +206,18 @@ def test_the_checker_catches_forbidden_imports_and_cycles(tmp_path):
             "histokg/cli.py": "def serve():\n    import app.main\n",
             "app/__init__.py": "",
             "app/main.py": "from histokg.train import trainer\n",
+            "histokg/pipeline.py": "from histokg.train.engine import run_epoch\n",
+            "histokg/bench/__init__.py": "",
+            "histokg/bench/engine.py": "from histokg.train.engine import run_epoch\n",
+            "histokg/train/trainer.py": "from histokg.train import engine\n",
         },
     )
     imports = scan(root)
     assert violations(imports) == [
         "app.main imports histokg.train (forbidden: histokg.train)",
         "app.main imports histokg.train.trainer (forbidden: histokg.train)",
+        "histokg.pipeline imports histokg.train.engine (forbidden: histokg.train.engine)",
+        "histokg.pipeline imports histokg.train.engine.run_epoch (forbidden: histokg.train.engine)",
         "histokg.retrieval imports app.main (forbidden: app)",
         "histokg.retrieval imports app.main.create_app (forbidden: app)",
         "histokg.tl.embed imports histokg.train.checkpoint (forbidden: histokg.train)",

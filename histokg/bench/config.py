@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
-from histokg.bench.engine import HeadsConfig
 from histokg.bench.features import FeatureConfig
 from histokg.bench.prior import KGBenchConfig
 from histokg.config import Component
@@ -20,6 +20,31 @@ DEFAULT_LOSSES = (
     Component("kg_gaussian"),
 )
 BASELINES = ("mean", "naive_ridge", "frozen_pca_ridge", "frozen_ridge_cv", "frozen_knn")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """The trained part (projection heads, expression tower, temperature) and its budget."""
+
+    embed_dim: int = 128
+    expr_hidden: tuple[int, ...] = (256,)
+    dropout: float = 0.1
+    expr_input: str = "genes"  # "genes" (the model panel, log1p CP10k) or "kg" (KG activations)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    init_temperature: float = 0.07
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
+        check(self.expr_input in ("genes", "kg"), "expr_input", f"{self.expr_input!r} is not 'genes' or 'kg'")
+        check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True)

