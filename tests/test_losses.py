@@ -93,6 +93,19 @@ def ref_infonce(f, g, scale, **_):
     return total / n
 
 
+def ref_dcl(f, g, scale, **_):
+    s = ref_sim(f, g, scale)
+    n = len(s)
+    if n < 2:
+        return ref_infonce(f, g, scale)
+    total = 0.0
+    for i in range(n):
+        row = -s[i][i] + torch.log(sum(torch.exp(s[i][j]) for j in range(n) if j != i))
+        col = -s[i][i] + torch.log(sum(torch.exp(s[j][i]) for j in range(n) if j != i))
+        total = total + 0.5 * (row + col)
+    return total / n
+
+
 def ref_bleep(f, g, scale, tau_prime=0.05, **_):
     s = ref_sim(f, g, scale)
     n = len(s)
@@ -422,6 +435,11 @@ class TestSigLIP(LossTestCase):
     def prepare(self, loss, d):  # a bias away from its initial value
         with torch.no_grad():
             loss.bias.add_(0.7)
+
+
+class TestDCL(LossTestCase):
+    name = "dcl"
+    reference = staticmethod(ref_dcl)
 
 
 CASES = {case.name: case for case in get_subclasses(LossTestCase)}

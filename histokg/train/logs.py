@@ -77,3 +77,26 @@ def _truncate_csv(path: Path, step: int) -> None:
     path.unlink()
     for r in keep:
         _append_csv(path, r)
+
+
+def write_summary(out: Path, loop, seconds: float, metric: str, train_slides: list, val_slides: list) -> None:
+    """``summary.json`` of a finished run: best metric (null when nothing improved: JSON has no
+    -Infinity), steps, wall time, early stopping, the validation history and the slides."""
+    import math
+
+    from histokg.io import write_json
+
+    best = loop.best_metric
+    write_json(
+        Path(out) / "summary.json",
+        {
+            "best_metric": best if math.isfinite(best) else None,
+            "metric": metric,
+            "steps": loop.step,
+            "seconds": seconds,
+            "stopped_early": loop.stopped_early,
+            "history": loop.history,
+            "train_slides": train_slides,
+            "val_slides": val_slides,
+        },
+    )

@@ -11,7 +11,6 @@ continues bit-for-bit. Metrics go to CSV and TensorBoard (:mod:`~histokg.train.l
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from histokg.checkpoint import load_checkpoint
 from histokg.config import save_config
 from histokg.errors import ConfigError
 from histokg.features import Extractor, FeatureCache, spot_features
-from histokg.io import atomic_open, write_json
+from histokg.io import atomic_open
 from histokg.keys import Batch
 from histokg.losses import build_loss, loss_registry
 from histokg.models import DualEncoder
@@ -36,7 +35,7 @@ from histokg.train.config import TrainConfig
 from histokg.train.curves import plot_curves
 from histokg.train.data import ShardedBatchSampler, collate, prepare_data
 from histokg.train.engine import JointModule, StepParts, run_epoch, seed_everything
-from histokg.train.logs import MetricLogger
+from histokg.train.logs import MetricLogger, write_summary
 from histokg.train.optim import build_optimizer, build_scheduler
 from histokg.train.precision import Precision
 from histokg.train.rundir import prepare_run_dir
@@ -241,7 +240,10 @@ class Trainer:
             seconds,
         )
         if self.info.is_main:
-            self._write_summary(loop, seconds)
+            plot_curves(self.out)
+            write_summary(
+                self.out, loop, seconds, self.cfg.early_stopping.metric, self.train_libs, self.val_libs
+            )
         dist_utils.cleanup(self.info)
         return result
 
@@ -303,24 +305,6 @@ class Trainer:
         log.info("epoch %d: %s", loop.epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         self.callbacks.on_epoch_end(self, loop)
         dist_utils.barrier(self.info)
-
-    def _write_summary(self, loop: LoopState, seconds: float) -> None:
-        """curves.png and summary.json."""
-        plot_curves(self.out)
-        best = loop.best_metric
-        write_json(
-            self.out / "summary.json",
-            {
-                "best_metric": best if math.isfinite(best) else None,  # JSON has no -Infinity
-                "metric": self.cfg.early_stopping.metric,
-                "steps": loop.step,
-                "seconds": seconds,
-                "stopped_early": loop.stopped_early,
-                "history": loop.history,
-                "train_slides": self.train_libs,
-                "val_slides": self.val_libs,
-            },
-        )
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
