@@ -67,3 +67,22 @@ def test_two_process_loss_and_grads_equal_single_process(tmp_path):
         for name, p in joint.named_parameters():
             if p.grad is not None:
                 torch.testing.assert_close(res["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_plain_cuda_device_is_this_ranks_gpu(monkeypatch):
+    """``device=cuda`` (no index) must name one GPU: torch.cuda.set_device refuses a bare "cuda"
+    (seen on the H200 run of benchmarks/gpu/run.sh)."""
+    import torch
+
+    from histokg.errors import ConfigError
+    from histokg.train.distributed import DistInfo, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda", DistInfo()) == torch.device("cuda:0")
+    assert resolve_device("cuda", DistInfo(rank=1, world_size=2, local_rank=1)) == torch.device("cuda:1")
+    assert resolve_device("cuda:3", DistInfo()) == torch.device("cuda:3")
+    assert resolve_device("auto", DistInfo(local_rank=1)) == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", DistInfo()) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda", DistInfo())

@@ -72,7 +72,7 @@ else
     DEVICE=cuda
     # expected about 70 + 225 + 125 s plus 40 s of setup (under 8 minutes); at most 100 + 280 + 150 s
     # plus setup (under 10 minutes) if every part runs out of its budget
-    BUDGET1=${BUDGET1:-100} BUDGET2=${BUDGET2:-280} BUDGET3=${BUDGET3:-150}
+    BUDGET1=${BUDGET1:-90} BUDGET2=${BUDGET2:-290} BUDGET3=${BUDGET3:-220}
     STEP_ARGS=(--device cuda --amp bf16 --px 224 --batch 256 --steps 5)
     STEP_ENCODERS=(resnet50 tf_efficientnet_lite0)
     # configs/bench/gpu.yaml (lite0, 8 views, 224 px, heads embed 256 / [1024], batch 256, on cuda),

@@ -82,4 +82,6 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is None:  # plain "cuda": this rank's GPU
+        device = torch.device(f"cuda:{info.local_rank}")
     return device
