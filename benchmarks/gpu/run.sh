@@ -70,8 +70,9 @@ if [[ $DRY == 1 ]]; then
     TRAIN_PX=64 TRAIN_EPOCHS=1 TRAIN_BATCH=32
 else
     DEVICE=cuda
-    # expected about 70 + 225 + 125 s plus 40 s of setup (under 8 minutes); at most 100 + 280 + 150 s
-    # plus setup (under 10 minutes) if every part runs out of its budget
+    # measured on an H200 (2026-12-04): 76 + 275 + about 200 s plus 40 s of setup; at most 90 + 290 + 220 s
+    # plus setup (10 minutes) if every part runs out of its budget: run PARTS=12 and PARTS=3 separately
+    # when the lease is short
     BUDGET1=${BUDGET1:-90} BUDGET2=${BUDGET2:-290} BUDGET3=${BUDGET3:-220}
     STEP_ARGS=(--device cuda --amp bf16 --px 224 --batch 256 --steps 5)
     STEP_ENCODERS=(resnet50 tf_efficientnet_lite0)
