@@ -305,6 +305,15 @@ def test_cli_index(built_index, mix_table, retrieval_ckpt, tmp_path, capsys):
         "4",
     )
     assert "2 slides" in run("index", "info", idx)
+    # the same slides through the library's feature cache: the tower's features land there, same vectors
+    cached = tmp_path / "cli_idx_cached"
+    run("index", "build", "--table", table, "--checkpoint", retrieval_ckpt, "-o", cached, "--scheduler", "sync",
+        "--prototypes", "4", "--feature-cache", tmp_path / "features")  # fmt: skip
+    assert len(list((tmp_path / "features").glob("tower-*.safetensors"))) == 2
+    for spec in specs[:2]:
+        a = np.load(idx / "shards" / f"{spec.slide_id}.npz")["vectors"]
+        b = np.load(cached / "shards" / f"{spec.slide_id}.npz")["vectors"]
+        np.testing.assert_allclose(a, b, atol=1e-6)
     # user errors: one line on stderr, exit status 2
     for args in (
         ["index", "query", str(built_index), "--slide", "nope"],

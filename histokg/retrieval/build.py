@@ -49,6 +49,7 @@ def embed_slides(
     bundle: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 64,
+    feature_cache: str | Path | None = None,
 ) -> list[Path]:
     """Embed ``specs`` into shards under ``out_dir``, skipping finished ones; returns all their shard paths."""
     out_dir = Path(out_dir)
@@ -57,7 +58,12 @@ def embed_slides(
     todo = [s for s in specs if not finished(s, out_dir, sha)]
     if len(todo) < len(specs):
         log.info("resuming: %d of %d slides already embedded", len(specs) - len(todo), len(specs))
-    kwargs = {"bundle": str(bundle) if bundle else None, "device": device, "batch_size": batch_size}
+    kwargs = {
+        "bundle": str(bundle) if bundle else None,
+        "device": device,
+        "batch_size": batch_size,
+        "feature_cache": str(feature_cache) if feature_cache else None,
+    }
     failures: list[str] = []
     if todo:
         if scheduler == "sync":
@@ -138,6 +144,7 @@ def build_index(
     bundle: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 64,
+    feature_cache: str | Path | None = None,
     overwrite: bool = False,
 ) -> RetrievalIndex:
     """Embed the slides (resumable, on Dask) and build a new index in ``out_dir``."""
@@ -155,6 +162,7 @@ def build_index(
         bundle=bundle,
         device=device,
         batch_size=batch_size,
+        feature_cache=feature_cache,
     )
     return RetrievalIndex.create(out_dir, shards, kind=kind, n_prototypes=n_prototypes, overwrite=overwrite)
 
@@ -169,6 +177,7 @@ def add_to_index(
     bundle: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 64,
+    feature_cache: str | Path | None = None,
 ) -> RetrievalIndex:
     """Embed new slides and append them to an existing index (no rebuild); same checkpoint only."""
     index = RetrievalIndex.load(index_dir)
@@ -190,6 +199,7 @@ def add_to_index(
         bundle=bundle,
         device=device,
         batch_size=batch_size,
+        feature_cache=feature_cache,
     )
     index.add(shards)
     return index

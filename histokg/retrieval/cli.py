@@ -58,6 +58,11 @@ def _common(f):
             "--workers", type=click.IntRange(1, 256), help="Local Dask workers (default: CPU cores)."
         ),
         click.option("--device", default="cpu", show_default=True),
+        click.option(
+            "--feature-cache",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Folder for the image tower's features (content-addressed): a rebuild skips the tower.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -89,6 +94,7 @@ def build_cmd(
     scheduler,
     workers,
     device,
+    feature_cache,
     out,
     kind,
     n_prototypes,
@@ -110,6 +116,7 @@ def build_cmd(
         n_workers=workers,
         bundle=bundle,
         device=device,
+        feature_cache=feature_cache,
         overwrite=overwrite,
     )
     click.echo(
@@ -120,7 +127,9 @@ def build_cmd(
 @index.command("add")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_common
-def add_cmd(index_dir, inputs, checkpoint, table, patient, mpp, bundle, scheduler, workers, device):
+def add_cmd(
+    index_dir, inputs, checkpoint, table, patient, mpp, bundle, scheduler, workers, device, feature_cache
+):
     """Embed INPUTS and add them to the index in INDEX_DIR without a rebuild (same checkpoint only)."""
     from histokg.retrieval.build import add_to_index
 
@@ -133,6 +142,7 @@ def add_cmd(index_dir, inputs, checkpoint, table, patient, mpp, bundle, schedule
         n_workers=workers,
         bundle=bundle,
         device=device,
+        feature_cache=feature_cache,
     )
     click.echo(
         f"index {index_dir}: added {len(specs)} slides; now {len(idx.slide_ids)} slides, {idx.n_regions} regions"

@@ -279,8 +279,12 @@ def embed_spec(
     bundle: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 64,
+    feature_cache: str | Path | None = None,
 ) -> Path:
-    """Embed one slide and write its shard and thumbnail under ``out_dir``; returns the shard path."""
+    """Embed one slide and write its shard and thumbnail under ``out_dir``; returns the shard path.
+
+    ``feature_cache``: a folder for the tower's features (:class:`histokg.features.FeatureCache`), so that
+    a rebuild with the same checkpoint and slides skips the tower."""
     from histokg.tl.embed import embed
 
     model = _model(str(Path(checkpoint).resolve()), device)
@@ -290,7 +294,7 @@ def embed_spec(
     # retrieval needs the image tower only: embed a gene-less view (the expression tower would demand
     # the model's gene panel), then keep the counts for expression and KG activations
     view = adata[:, []].copy()
-    embed(view, model, batch_size=batch_size, device=device)
+    embed(view, model, batch_size=batch_size, device=device, cache_dir=feature_cache)
     adata.obsm[Key.obsm.image] = view.obsm[Key.obsm.image]
     adata.uns[Key.uns.histokg] = view.uns[Key.uns.histokg]
     shard = shard_from_adata(adata, spec, model, bundle=bundle)
