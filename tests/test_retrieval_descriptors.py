@@ -260,5 +260,10 @@ def test_an_unknown_descriptor_is_one_line_with_the_nearest_name(index, index_di
     with pytest.raises(InputError, match="unknown descriptor"):
         q.similar_slides(index, "benign-1", descriptor="nope")
     with pytest.raises(SystemExit) as err:
-        main(["index", "query", str(index_dir), "--slide", "benign-1", "--descriptor", "nope"])
-    assert err.value.code == 2 and "'nope' is not one of" in capsys.readouterr().err
+        main(["index", "query", str(index_dir), "--slide", "benign-1", "--descriptor", "protoypes"])
+    msg = capsys.readouterr().err.strip()
+    assert err.value.code == 2 and len(msg.splitlines()) == 1
+    assert msg.startswith("error: unknown descriptor 'protoypes'; did you mean 'prototypes'?")
+    # the naming rule: case and separators do not matter
+    main(["index", "query", str(index_dir), "--slide", "benign-1", "--descriptor", "PROTO-TYPES", "-k", "2"])
+    assert "(prototypes descriptor)" in capsys.readouterr().out

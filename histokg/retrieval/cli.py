@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from histokg.errors import InputError
-from histokg.retrieval.descriptors import descriptor_names
+from histokg.retrieval.descriptors import descriptor_names, get_descriptor
 
 logging.getLogger("faiss").setLevel(logging.WARNING)  # which SIMD build loaded is not news
 
@@ -169,10 +169,10 @@ def _sched(value: str) -> str | None:
 @click.option("--within", help="With --pathway: only regions with this label (e.g. 'invasive carcinoma').")
 @click.option(
     "--descriptor",
-    type=click.Choice(descriptor_names()),
     default="mean",
     show_default=True,
-    help="Slide descriptor of similar slides (histokg.retrieval.descriptors).",
+    callback=lambda ctx, param, value: get_descriptor(value).name,  # the naming rule; unknown: one line
+    help=f"Slide descriptor of similar slides: {', '.join(descriptor_names())} (histokg.retrieval.descriptors).",
 )
 @click.option("--exclude-patient", is_flag=True, help="Leave out the query's patient.")
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True)
