@@ -289,7 +289,9 @@ def _key(*parts: str) -> str:
 
 def _keys(cache, ds, rows, lib, extractor, pairing, views, extras) -> dict[str, Path]:
     slide = _slide_identity(ds, rows, lib)
-    geometry = f"{pairing.patch_um}|{pairing.patch_px}"
+    geometry = f"{pairing.patch_um}|{pairing.patch_px}" + (
+        f"|scan_mpp={pairing.read_mpp}" if pairing.read_mpp else ""
+    )
     safe_lib = "".join(c if c.isalnum() or c in "-_." else "_" for c in lib)[:64]
     out = {
         "tower": cache.folder

@@ -302,3 +302,67 @@ def test_bench_without_kg_genes_runs_the_rest_and_says_why(tmp_path, capsys):
     assert any("knowledge graph unavailable" in n for n in results["notes"])
     assert any("losses skipped" in n and "kg_soft" in n for n in results["notes"])
     assert not any(k.startswith("pathway/") for r in results["runs"] for k in r["metrics"])
+
+
+def test_patients_and_leave_one_patient_out_folds(legacy_study, tmp_path):
+    from histokg.bench.data import section_patients
+
+    sections = load_sections([legacy_study])
+    patients, source = section_patients(sections)
+    assert patients == {"T1": "T", "T2": "T", "T3": "T"} and "leading letters" in source
+    with pytest.raises(InputError, match="lopo: every section is patient 'T'"):
+        make_folds(list(sections), "lopo", patients=patients)
+    table = tmp_path / "patients.csv"
+    table.write_text("sample,patient\nT1,P1\nT2,P1\nT3,P2\n")
+    patients, source = section_patients(sections, table)
+    assert patients == {"T1": "P1", "T2": "P1", "T3": "P2"} and source == "table patients.csv"
+    folds = make_folds(list(sections), "lopo", patients=patients)
+    assert [(f.train, f.test) for f in folds] == [(("T3",), ("T1", "T2")), (("T1", "T2"), ("T3",))]
+    table.write_text("sample,patient\nT1,P1\n")
+    with pytest.raises(InputError, match=r"patients table .*no row for sections \['T2', 'T3'\]"):
+        section_patients(sections, table)
+
+
+def test_the_leakage_check_fails_a_fold_that_fits_on_held_out_data():
+    from histokg.bench.data import Fold
+    from histokg.bench.leakage import LeakageError, Ledger
+
+    patients = {"C2": "C", "C3": "C", "C4": "C", "A1": "A"}
+    loso = Ledger(Fold(("C2", "C3", "A1"), ("C4",)), patients, by_patient=False)
+    loso.fitted("gene panel", np.array(["C2", "C3", "A1"]))
+    assert loso.unseen == {"C4"}
+    with pytest.raises(LeakageError, match=r"gene panel was fitted on held-out section\(s\) \['C4'\]"):
+        loso.fitted("gene panel", ["C2", "C4"])
+    lopo = Ledger(Fold(("A1",), ("C2", "C3", "C4")), patients, by_patient=True)
+    assert lopo.unseen == {"C2", "C3", "C4"}
+    lopo.fitted("ridge", ["A1"])
+    assert lopo.protocol()["fitted_on"] == {"ridge": ["A1"]} and lopo.protocol()["held_out_patients"] == ["C"]
+
+
+def test_a_bench_whose_panel_sees_the_held_out_section_fails(legacy_study, tmp_path, monkeypatch, capsys):
+    """Inject leakage (the fold's training AnnData also holds the held-out section): the run stops."""
+    import histokg.bench.folds as folds_module
+
+    real = folds_module.combine
+    monkeypatch.setattr(folds_module, "combine", lambda sections, ids: real(sections, list(sections)))
+    args = [
+        "bench",
+        "--data",
+        str(legacy_study),
+        "--losses",
+        "infonce",
+        "--seeds",
+        "1",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    args += ["--set", "cache_dir=" + str(tmp_path / "cache")]
+    args += [a for item in TINY if not item.startswith("ablations.") for a in ("--set", item)]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert (
+        "leakage in fold test=T1: model gene panel (scanpy HVG) was fitted on held-out section(s) ['T1']"
+        in err
+    )

@@ -64,6 +64,8 @@ def baseline_predictor(name: str, data: FoldData, slide: str, cfg: EvalConfig):
     from sklearn.preprocessing import StandardScaler
 
     n_test = data.test_feats[slide].shape[1]
+    if data.ledger is not None:
+        data.ledger.fitted(f"baseline {name}", data.groups)
     if name == "mean":
         return mean_predictor(n_test)
     if name == "naive_ridge":
@@ -98,6 +100,8 @@ def cv_alpha(data: FoldData, x: np.ndarray) -> float:
     y = data.targets.train_values["panel"].astype(np.float64)
     alphas = np.logspace(0, 5, 11)
     labels = data.groups
+    if data.ledger is not None:
+        data.ledger.fitted("frozen_ridge_cv alpha (inner leave-one-training-slide-out)", labels)
     if len(np.unique(labels)) < 2:  # one training section: three contiguous blocks of its spots
         labels = np.arange(len(y)) * 3 // len(y)
     groups = np.unique(labels)

@@ -22,7 +22,18 @@ def _ids(text: str | None) -> tuple[str, ...]:
     "(--data A.h5ad B.h5ad ..., or --data repeated).",
 )
 @click.argument("more_data", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--folds", type=click.Choice(["loso"]), default=None, help="Leave-one-section-out (default).")
+@click.option(
+    "--folds",
+    type=click.Choice(["loso", "lopo"]),
+    default=None,
+    help="loso: leave-one-section-out (default); lopo: leave-one-patient-out.",
+)
+@click.option(
+    "--patients",
+    "patients",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="sample,patient table (default: obs['patient'], else the section id's leading letters, as her2st).",
+)
 @click.option("--train", "train_ids", help="Comma-separated training section ids (with --test).")
 @click.option("--test", "test_ids", help="Comma-separated held-out section ids (with --train).")
 @click.option("--losses", help="Comma-separated losses (default: the config's, all six).")
@@ -37,6 +48,7 @@ def bench(
     data: tuple[Path, ...],
     more_data: tuple[Path, ...],
     folds: str | None,
+    patients: Path | None,
     train_ids: str | None,
     test_ids: str | None,
     losses: str | None,
@@ -64,6 +76,8 @@ def bench(
         changes["data"] = tuple(str(p) for p in (*data, *more_data))
     if folds:
         changes["folds"] = folds
+    if patients:
+        changes["patients"] = str(patients)
     if train_ids or test_ids:
         changes["train"], changes["test"] = _ids(train_ids), _ids(test_ids)
     if losses:

@@ -102,7 +102,8 @@ class AblationConfig:
 @dataclass(frozen=True)
 class BenchConfig:
     data: tuple[str, ...] = ()  # one legacy-ST folder, or .h5ad files
-    folds: str = "loso"
+    folds: str = "loso"  # "loso" (leave-one-section-out) or "lopo" (leave-one-patient-out)
+    patients: str | None = None  # sample,patient table; default obs['patient'] or the id's letters (her2st)
     train: tuple[str, ...] = ()  # explicit split instead of folds
     test: tuple[str, ...] = ()
     label_key: str = Key.obs.label  # obs column (or cluster_labels/) for the prior-quality AUROC

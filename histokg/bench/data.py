@@ -5,12 +5,19 @@ Legacy-ST folder layout (as ``../shared/data/her2st``)::
     DIR/counts/<id>.tsv[.gz]        spots x genes raw counts, spot ids "<x>x<y>" (array coordinates)
     DIR/spots/<id>_selection.tsv    x y new_x new_y pixel_x pixel_y selected (ST Spot Detector)
     DIR/images/<id>_HE.jpg          full-resolution H&E (or <id>.jpg/.jpeg/.png/.tif/.tiff)
-    DIR/cluster_labels/<id>-cluster-annotation.tsv[.gz]   optional: columns x, y, label
+    DIR/cluster_labels/<id>-cluster-annotation.tsv[.gz]   optional: columns x, y, label (expression
+                                                          clusters), or DIR/labels/<id>_labeled_coordinates.tsv
+                                                          (a pathologist's labels; same columns)
 
-Each section is read through :func:`histokg.st.read_legacy_st` (MPP from the 200 um spot
-pitch) into the AnnData contract; cluster labels join ``obs[label_key]`` on the array coordinates.
-.h5ad files are read as they are (the AnnData contract, with ``obs["library_id"]`` and
+Several legacy-ST folders may be given (e.g. her2st patient C's sections and patient A's): section ids
+must be unique across them. Each section is read through :func:`histokg.st.read_legacy_st` (MPP from
+the 200 um spot pitch) into the AnnData contract; labels join ``obs[label_key]`` on the array
+coordinates. .h5ad files are read as they are (the AnnData contract, with ``obs["library_id"]`` and
 ``uns["spatial"]``); their labels, if any, are ``obs[label_key]``.
+
+**Patients.** Leave-one-patient-out needs each section's patient: ``obs["patient"]`` where the data has
+it, else a sample table (``sample,patient`` CSV, as nf-core sample sheets), else the section id's leading
+letters (the her2st convention: section ``C2`` is patient ``C``). :func:`section_patients` says which.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ def legacy_sections(root: Path) -> dict[str, dict[str, Path | None]]:
         )
         labels = _first(
             root / "cluster_labels", [f"{sid}-cluster-annotation.tsv.gz", f"{sid}-cluster-annotation.tsv"]
-        )
+        ) or _first(root / "labels", [f"{sid}_labeled_coordinates.tsv", f"{sid}_labeled_coordinates.tsv.gz"])
         if spots is None:
             raise InputError(f"--data {root}: section {sid} has no spots/{sid}_selection.tsv")
         if image is None:
@@ -110,19 +117,22 @@ def load_sections(
 
     paths = [Path(p) for p in data]
     if not paths:
-        raise InputError("--data: give a legacy-ST folder or .h5ad files")
+        raise InputError("--data: give legacy-ST folders or .h5ad files")
     sections: dict[str, ad.AnnData] = {}
-    if len(paths) == 1 and paths[0].is_dir():
-        for sid, files in legacy_sections(paths[0]).items():
-            adata = read_legacy_st(files["counts"], files["spots"], files["image"], library_id=sid)
-            if files["labels"] is not None:
-                read_labels(files["labels"], adata, label_key)
-            sections[sid] = adata
+    if all(p.is_dir() for p in paths):
+        for root in paths:
+            for sid, files in legacy_sections(root).items():
+                if sid in sections:
+                    raise InputError(f"--data {root}: section {sid!r} also appears in another folder")
+                adata = read_legacy_st(files["counts"], files["spots"], files["image"], library_id=sid)
+                if files["labels"] is not None:
+                    read_labels(files["labels"], adata, label_key)
+                sections[sid] = adata
     else:
         for path in paths:
             if path.is_dir():
                 raise InputError(
-                    f"--data {path}: a folder among .h5ad files; give one folder or only .h5ad files"
+                    f"--data {path}: a folder among .h5ad files; give legacy-ST folders or only .h5ad files"
                 )
             if path.suffix != ".h5ad":
                 raise InputError(f"--data {path}: not an .h5ad file (or give one legacy-ST folder)")
@@ -150,10 +160,57 @@ def load_sections(
     return sections
 
 
+PATIENT_KEY = "patient"  # obs column naming each spot's patient, where the data has one
+
+
+def section_patients(
+    sections: dict[str, ad.AnnData], table: str | Path | None = None
+) -> tuple[dict[str, str], str]:
+    """Section id -> patient, and where that came from: ``obs["patient"]``, a ``sample,patient`` table,
+    or the section id's leading letters (her2st: ``C2`` -> ``C``)."""
+    import re
+
+    if table:
+        path = Path(table)
+        try:
+            frame = pd.read_csv(path, sep=None, engine="python", dtype=str)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise InputError(f"patients table {path}: cannot be read ({exc})") from None
+        missing = [c for c in ("sample", "patient") if c not in frame.columns]
+        if missing:
+            raise InputError(f"patients table {path}: missing columns {missing}; found {list(frame.columns)}")
+        given = dict(zip(frame["sample"].astype(str), frame["patient"].astype(str), strict=True))
+        unknown = [s for s in sections if s not in given]
+        if unknown:
+            raise InputError(f"patients table {path}: no row for sections {unknown}")
+        return {s: given[s] for s in sections}, f"table {path.name}"
+    out: dict[str, str] = {}
+    for sid, adata in sections.items():
+        if PATIENT_KEY in adata.obs:
+            values = pd.unique(adata.obs[PATIENT_KEY].astype(str))
+            if len(values) != 1:
+                raise InputError(f"section {sid}: obs['patient'] holds {len(values)} patients; one expected")
+            out[sid] = str(values[0])
+    if len(out) == len(sections):
+        return out, "obs['patient']"
+    prefix = {sid: re.match(r"[A-Za-z]*", sid).group(0) for sid in sections}
+    if not all(prefix.values()):
+        raise InputError(
+            f"cannot tell the patients of sections {[s for s, p in prefix.items() if not p]}: no obs['patient'] "
+            "and the ids do not start with letters; give a patients table (sample,patient)"
+        )
+    return prefix, "the section id's leading letters (her2st convention)"
+
+
 def make_folds(
-    ids: Sequence[str], folds: str = "loso", train: Sequence[str] = (), test: Sequence[str] = ()
+    ids: Sequence[str],
+    folds: str = "loso",
+    train: Sequence[str] = (),
+    test: Sequence[str] = (),
+    patients: dict[str, str] | None = None,
 ) -> list[Fold]:
-    """``loso``: each section held out once, the rest train; or one explicit ``train``/``test`` split."""
+    """``loso``: each section held out once, the rest train; ``lopo``: each patient's sections held out
+    once, the other patients' sections train; or one explicit ``train``/``test`` split."""
     ids = list(ids)
     if train or test:
         unknown = [s for s in (*train, *test) if s not in ids]
@@ -167,9 +224,19 @@ def make_folds(
                 f"sections {shared} are in both --train and --test; held-out sections must be unseen"
             )
         return [Fold(tuple(train), tuple(test))]
-    if folds != "loso":
-        raise InputError(f"--folds {folds!r}: only 'loso' (or --train/--test) is supported")
-    return [Fold(tuple(s for s in ids if s != held), (held,)) for held in ids]
+    if folds == "loso":
+        return [Fold(tuple(s for s in ids if s != held), (held,)) for held in ids]
+    if folds == "lopo":
+        if patients is None:
+            raise InputError("--folds lopo needs each section's patient")
+        order = list(dict.fromkeys(patients[s] for s in ids))
+        if len(order) < 2:
+            raise InputError(f"--folds lopo: every section is patient {order[0]!r}; it needs >= 2 patients")
+        return [
+            Fold(tuple(s for s in ids if patients[s] != p), tuple(s for s in ids if patients[s] == p))
+            for p in order
+        ]
+    raise InputError(f"--folds {folds!r}: 'loso', 'lopo' (or --train/--test)")
 
 
 def combine(sections: dict[str, ad.AnnData], ids: Sequence[str]) -> ad.AnnData:

@@ -36,6 +36,9 @@ class FeatureConfig:
     patch_um: float = 112.0  # physical patch side (HEST-Benchmark: 112 um at 0.5 um/px = 224 px)
     patch_px: int = 224
     views: int = 1  # dihedral views per spot (1 = as read; 8 = all rotations and flips) for augmentation
+    # read every patch as a scan at this um/px would show it (resolution-matched folds: e.g. 3.4, her2st
+    # patient A's scan, for patient C's 0.735 um/px sections); None: each slide's own resolution
+    read_mpp: float | None = None
     batch_size: int = 32
     device: str = "auto"
 
@@ -46,6 +49,11 @@ class FeatureConfig:
         check(self.patch_px >= 8, "patch_px", f"must be >= 8, got {self.patch_px}")
         check(self.patch_um > 0, "patch_um", f"must be > 0, got {self.patch_um}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(
+            self.read_mpp is None or 0.05 <= self.read_mpp <= 50,
+            "read_mpp",
+            f"must be None or a scan resolution in 0.05..50 um/px, got {self.read_mpp}",
+        )
 
 
 def feature_device(name: str) -> torch.device:

@@ -18,6 +18,7 @@ import numpy as np
 from histokg import pp
 from histokg.bench.config import BenchConfig
 from histokg.bench.data import Fold, combine
+from histokg.bench.leakage import Ledger
 from histokg.bench.prior import describe, expression_quality, prior_quality, tune_prior
 from histokg.bench.scoring import Panel, Targets
 from histokg.keys import Key
@@ -53,8 +54,9 @@ class FoldData:
     panel: list[str]
     prior_info: dict[str, Any]
     kg_inputs: dict[str, Any]  # prior, packed, gaussians, KG activations as tower input
-    groups: np.ndarray | None = None  # training slide of each training spot
+    groups: np.ndarray | None = None  # training slide of each training spot (from the data's obs)
     cv_alpha: float | None = None  # frozen_ridge_cv's alpha, chosen on the training slides
+    ledger: Ledger | None = None  # what was fitted on which sections (the leakage check)
 
 
 class FoldBuilder:
@@ -68,14 +70,20 @@ class FoldBuilder:
         feats: dict[str, tuple[np.ndarray, np.ndarray]],
         target_prior,
         bundles: dict,
+        patients: dict[str, str] | None = None,
     ):
         self.cfg, self.sections, self.genes, self.feats = cfg, sections, genes, feats
         self.target_prior, self.bundles = target_prior, bundles
+        self.patients = patients or {s: s for s in sections}
 
     def build(self, fold: Fold) -> FoldData:
         cfg = self.cfg
         train_ad = combine(self.sections, fold.train)
         tests = {s: self.sections[s] for s in fold.test}
+        ledger = Ledger(fold, self.patients, by_patient=cfg.folds == "lopo")
+        libs = train_ad.obs[Key.obs.library_id].astype(str).to_numpy()  # where each training row comes from
+        ledger.fitted("model gene panel (scanpy HVG)", libs)
+        ledger.fitted("HEG-n/HVG-n and mean-expressed gene sets", libs)
         panel = pp.panel_genes(train_ad, cfg.panel.n_genes)
         top_mean = pp.top_genes(train_ad, cfg.panel.n_mean, "mean", genes=self.genes)
         panels = {}
@@ -101,6 +109,11 @@ class FoldBuilder:
         def stack(ids: tuple[str, ...], i: int) -> np.ndarray:
             return np.concatenate([self.feats[s][i] for s in ids], axis=-2)
 
+        groups_of_rows = np.concatenate([np.full(self.feats[s][0].shape[1], s) for s in fold.train])
+        if not np.array_equal(groups_of_rows, libs):
+            raise RuntimeError(
+                f"fold {fold.name}: the stacked features are not in the training AnnData's row order"
+            )
         data = FoldData(
             fold=fold,
             targets=targets,
@@ -113,7 +126,8 @@ class FoldBuilder:
             panel=panel,
             prior_info={},
             kg_inputs={},
-            groups=np.concatenate([np.full(self.feats[s][0].shape[1], s) for s in fold.train]),
+            groups=libs,
+            ledger=ledger,
         )
         self._prior(data, train_ad, tests)
         return data
@@ -129,6 +143,7 @@ class FoldBuilder:
         train_counts = counts_of(train_ad, genes)
         libs = train_ad.obs[Key.obs.library_id].astype(str).to_numpy()
         labels = _labels(train_ad, cfg.label_key)
+        data.ledger.fitted("KG prior tuning", libs)
         tuned, table = tune_prior(self.bundles[cfg.kg.model], genes, train_counts, libs, labels, cfg.kg)
         info: dict[str, Any] = {
             "configured": describe(cfg.kg.prior),
@@ -156,6 +171,7 @@ class FoldBuilder:
         main = kg["priors"][(cfg.kg.model, "tuned")]["prior"]
         if cfg.ablations.expr_input_kg:
             acts = main.activations(train_counts)
+            data.ledger.fitted("KG activations' standardisation (expression input)", libs)
             mu, sd = acts.mean(0), acts.std(0) + 1e-6
             kg["acts_train"] = ((acts - mu) / sd).astype(np.float32)
             kg["acts_test"] = {
@@ -188,6 +204,7 @@ class FoldBuilder:
             from histokg.bench.prior import ExpressionKernel
 
             x = log1p_of(train_ad, panel500)
+            data.ledger.fitted("expression-similarity prior (centring)", libs)
             kernel = ExpressionKernel(x.mean(axis=0), tau=cfg.kg.prior.tau)
             kg["priors"][("expression", "control")] = {"prior": kernel, "packed": kernel.encode(x)}
             if labels is not None:  # the AUROC of this very W (centred by the training mean)

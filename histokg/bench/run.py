@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from histokg.bench.baselines import baseline_predictor, knn_predictor, ridge_predictor
 from histokg.bench.config import BenchConfig
-from histokg.bench.data import load_sections, make_folds, shared_genes
+from histokg.bench.data import load_sections, make_folds, section_patients, shared_genes
 from histokg.bench.engine import RunInputs, train_heads
 from histokg.bench.features import NAIVE, feature_device, naive_features
 from histokg.bench.folds import FoldBuilder, FoldData, without_kernel
@@ -87,7 +87,8 @@ class Bench:
     def setup(self) -> None:
         cfg = self.cfg
         self.sections = load_sections(cfg.data, cfg.label_key, cfg.in_tissue_only)
-        self.folds = make_folds(list(self.sections), cfg.folds, cfg.train, cfg.test)
+        self.patients, self.patient_source = section_patients(self.sections, cfg.patients)
+        self.folds = make_folds(list(self.sections), cfg.folds, cfg.train, cfg.test, self.patients)
         self.genes = shared_genes(self.sections)
         self.clock.lap("read sections")
         fcfg = cfg.features
@@ -95,7 +96,7 @@ class Bench:
             fcfg.image_encoder, fcfg.image_weights, device=feature_device(fcfg.device)
         )
         cache = FeatureCache(self.cache / "features")
-        pairing = PairingConfig(patch_um=fcfg.patch_um, patch_px=fcfg.patch_px)
+        pairing = PairingConfig(patch_um=fcfg.patch_um, patch_px=fcfg.patch_px, read_mpp=fcfg.read_mpp)
         self.feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.features_computed = []
         for sid, adata in tqdm(self.sections.items(), desc="frozen features", unit="section"):
@@ -110,7 +111,7 @@ class Bench:
         self._setup_kg()
         self.clock.lap("knowledge graph")
         self.builder = FoldBuilder(
-            cfg, self.sections, self.genes, self.feats, self.target_prior, self.bundles
+            cfg, self.sections, self.genes, self.feats, self.target_prior, self.bundles, self.patients
         )
 
     def _setup_kg(self) -> None:
@@ -163,7 +164,7 @@ class Bench:
     ) -> None:
         self.rows.append(
             {"fold": data.fold.name, "method": method, "kind": kind, "seed": seed, "slide": slide,
-             "metrics": metrics, **extra}
+             "patient": self.patients.get(slide), "metrics": metrics, **extra}
         )  # fmt: skip
 
     def run_loss(
@@ -198,6 +199,8 @@ class Bench:
             else dataclasses.replace(cfg.heads, expr_input=expr_input)
         )
         auroc = data.prior_info.get("auroc", {}).get(f"{key[0]}/{key[1]}") if cls.needs_prior else None
+        data.ledger.fitted(f"{method}: heads ({heads.epochs} fixed epochs, no early stopping)", data.groups)
+        data.ledger.fitted("kNN reference and ridge probe on the trained embedding", data.groups)
         for seed in range(cfg.seeds):
             start = time.perf_counter()
             joint, facts = train_heads(inputs, spec, heads, seed)
@@ -290,14 +293,20 @@ class Bench:
                  "panels": {n: p.genes for n, p in data.targets.panels.items()},
                  "heg": {n: [p.genes[i] for i in p.heg] for n, p in data.targets.panels.items()},
                  "hvg": {n: [p.genes[i] for i in p.hvg] for n, p in data.targets.panels.items()},
-                 "prior": data.prior_info}
+                 "prior": data.prior_info, "patients": {s: self.patients[s] for s in (*fold.train, *fold.test)},
+                 "leakage": data.ledger.protocol()}
             )  # fmt: skip
+            log.info("leakage check of fold %s passed: %s", fold.name, enforced(data.ledger))
         skipped = [c.name for c in cfg.losses if not any(r["method"] == c.name for r in self.rows)]
         if skipped:
             self.notes.append(f"losses skipped (no KG for this data): {', '.join(skipped)}")
         keys = sorted({k for r in self.rows for k in r["metrics"]})
         results = {
-            "protocol": protocol(cfg),
+            "protocol": {
+                **protocol(cfg),
+                "patients": f"from {self.patient_source}: "
+                + ", ".join(f"{s}={p}" for s, p in self.patients.items()),
+            },
             "config": to_dict(cfg),
             "machine": machine(load_start),
             "sections": {s: int(a.n_obs) for s, a in self.sections.items()},
@@ -305,7 +314,7 @@ class Bench:
             "kg": {"bundles": {m: str(p) for m, p in self.bundles.items()}, "error": self.kg_error},
             "folds": folds_info,
             "runs": self.rows,
-            "summary": summarise(self.rows, keys),
+            "summary": summarise(self.rows, keys, self.patients),
             "notes": self.notes,
         }
         self.clock.lap("all folds (the fold, baseline and loss stages above together)")
@@ -313,11 +322,27 @@ class Bench:
         return results
 
 
+def enforced(ledger) -> str:
+    """One line: the protocol a fold's leakage check enforced."""
+    p = ledger.protocol()
+    return (
+        f"{len(p['fitted_on'])} fitted steps saw only {sorted({s for v in p['fitted_on'].values() for s in v})}; "
+        f"unseen: {p['unseen']} (held-out {p['unit']}s: "
+        f"{p['held_out_patients'] if p['unit'] == 'patient' else p['held_out_sections']})"
+    )
+
+
 def protocol(cfg: BenchConfig) -> dict[str, str]:
     n = cfg.panel.n_top
     return {
-        "split": "folds of whole sections: leave-one-section-out (or --train/--test); the held-out section is "
-        "never seen by training, panel choice, prior tuning or probes",
+        "split": {
+            "loso": "leave-one-section-out: each section held out once; the held-out section is never seen by "
+            "training, panel choice, prior tuning or probes. Other sections of its patient DO train (serial "
+            "sections share the tumour): not patient-independent",
+            "lopo": "leave-one-patient-out: every section of the held-out patient is unseen by training, panel "
+            "choice, prior tuning, probes and kNN references; only the other patients' sections train",
+        }.get(cfg.folds, "one explicit --train/--test split of whole sections")
+        + "; enforced by the leakage check (folds[].leakage: what each step was fitted on)",
         "model": f"frozen {cfg.features.image_encoder} ({cfg.features.image_weights}) features of {cfg.features.patch_um:g} um "
         f"patches at {cfg.features.patch_px} px; trained: image head MLP, expression tower MLP {list(cfg.heads.expr_hidden)}, "
         f"temperature; {cfg.heads.epochs} epochs, batch {cfg.heads.batch_size}, AdamW lr {cfg.heads.lr:g}, same for every loss, "

@@ -89,34 +89,39 @@ def retrieval_scores(img: np.ndarray, expr: np.ndarray, k: int) -> dict[str, flo
     return {f"recall@{k}_i2e": i2e, f"recall@{k}_e2i": e2i, f"chance@{k}": chance_recall(len(img), k)}
 
 
-def summarise(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
-    """Mean +- std over seeds per (method, test slide), and per method over slides ("all": the mean over
-    slides of each seed, then mean +- std of those over seeds)."""
+def summarise(
+    rows: Sequence[dict], keys: Sequence[str], patients: Mapping[str, str] | None = None
+) -> list[dict]:
+    """Mean +- std over seeds per (method, test slide); per held-out patient ("patient:<P>", when a patient
+    has several held-out slides: the mean over its slides of each seed); and per method over all slides
+    ("all": the mean over slides of each seed, then mean +- std of those over seeds)."""
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["slide"]), {})[row["seed"]] = row
     out = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
     slides = list(dict.fromkeys(r["slide"] for r in rows))
+    sets: dict[str, list[str]] = {s: [s] for s in slides}
+    by_patient: dict[str, list[str]] = {}
+    for s in slides:
+        if patients and s in patients:
+            by_patient.setdefault(patients[s], []).append(s)
+    sets.update({f"patient:{p}": ss for p, ss in by_patient.items() if len(ss) > 1})
+    sets["all"] = slides
     for method in methods:
-        for slide in [*slides, "all"]:
-            if slide == "all":
-                per_seed: dict[int, list[dict]] = {}
-                for s in slides:
-                    for seed, row in groups.get((method, s), {}).items():
-                        per_seed.setdefault(seed, []).append(row)
-                values = {
-                    key: [_nanmean([r["metrics"].get(key, np.nan) for r in rs]) for rs in per_seed.values()]
-                    for key in keys
-                }
-                n = len(per_seed)
-            else:
-                seeds = groups.get((method, slide), {})
-                if not seeds:
-                    continue
-                values = {key: [r["metrics"].get(key, np.nan) for r in seeds.values()] for key in keys}
-                n = len(seeds)
-            entry = {"method": method, "slide": slide, "n_seeds": n}
+        kind = next(r.get("kind") for r in rows if r["method"] == method)
+        for name, members in sets.items():
+            per_seed: dict[int, list[dict]] = {}
+            for s in members:
+                for seed, row in groups.get((method, s), {}).items():
+                    per_seed.setdefault(seed, []).append(row)
+            if not per_seed:
+                continue
+            values = {
+                key: [_nanmean([r["metrics"].get(key, np.nan) for r in rs]) for rs in per_seed.values()]
+                for key in keys
+            }
+            entry = {"method": method, "slide": name, "n_seeds": len(per_seed)}
             for key, vals in values.items():
                 arr = np.asarray(vals, dtype=np.float64)
                 arr = arr[np.isfinite(arr)]
@@ -124,7 +129,6 @@ def summarise(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
                     "mean": float(arr.mean()) if arr.size else None,
                     "std": float(arr.std()) if arr.size else None,
                 }
-            kind = next(r.get("kind") for r in rows if r["method"] == method)
             entry["kind"] = kind
             out.append(entry)
     return out

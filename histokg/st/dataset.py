@@ -85,7 +85,9 @@ class SpotPatchDataset(Dataset):
         if self.patches is not None:
             return self.patches[index]
         lib = self.libraries[index]
-        patch, _ = self.slide(lib).read_physical(tuple(self.xy[index]), self.cfg.patch_um, self.cfg.patch_px)
+        patch, _ = self.slide(lib).read_physical(
+            tuple(self.xy[index]), self.cfg.patch_um, self.cfg.patch_px, scan_mpp=self.cfg.read_mpp
+        )
         return patch
 
     def __getitem__(self, index: int) -> dict:

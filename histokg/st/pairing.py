@@ -33,6 +33,9 @@ class PairingConfig:
     patch_um: float = 112.0
     patch_px: int = 224
     mask: MaskConfig = field(default_factory=MaskConfig)
+    # read every patch as a scan at this um/px would show it (e.g. 3.4 to match a low-resolution
+    # section); None: the slide's own resolution
+    read_mpp: float | None = None
 
     @property
     def target_mpp(self) -> float:

@@ -97,11 +97,13 @@ class Slide:
         raise NotImplementedError
 
     def read_physical(
-        self, center: tuple[float, float], size_um: float, out_px: int
+        self, center: tuple[float, float], size_um: float, out_px: int, *, scan_mpp: float | None = None
     ) -> tuple[np.ndarray, bool]:
         """A square of ``size_um`` microns centred on level-0 ``center``, resampled to ``out_px``.
 
         Reads from the best pyramid level for the requested resolution and resizes the rest.
+        ``scan_mpp``: show the square as a scan at ``scan_mpp`` um/px would (area-averaged down to
+        that resolution first, then resampled to ``out_px``); a slide already that coarse is unchanged.
         Returns the RGB array and whether the square reached past the image edge (padded white).
         """
         side0 = size_um / self.mpp
@@ -111,7 +113,12 @@ class Slide:
         down = self.level_downsamples[level]
         side = max(1, int(round(side0 / down)))
         region = self._read_pil((x0, y0), level, (side, side))
-        if side != out_px:
+        size = side
+        scan_px = max(1, int(round(size_um / scan_mpp))) if scan_mpp else side
+        if scan_px < side:  # a coarser scan: average the pixels it would have merged
+            region = region.resize((scan_px, scan_px), Image.Resampling.BOX)
+            size = scan_px
+        if size != out_px:
             region = region.resize((out_px, out_px), Image.Resampling.BILINEAR)
         width, height = self.dimensions
         x1, y1 = x0 + int(round(side * down)), y0 + int(round(side * down))
