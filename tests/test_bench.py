@@ -110,6 +110,8 @@ TINY = [
     "ablations.expression_prior=[kg_uniformity]",
     "ablations.expression_prior=[kg_uniformity]",
     "ablations.expr_input_kg=[infonce]",
+    "ablations.image_inputs=[naive+context]",
+    "ablations.image_input_losses=[infonce]",
 ]
 
 
@@ -165,6 +167,8 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
         "kg_uniformity[lam=0.1]",
         "kg_soft[kg=kg2e]",
         "kg_uniformity[W=expression]",
+        "infonce[+naive+context]",
+        "frozen_ridge_cv[+naive+context]",
     } <= methods
     control = results["folds"][0]["prior"]["auroc"]["expression/control"]
     assert 0.5 < control["train"]["combined"] <= 1.0

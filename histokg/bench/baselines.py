@@ -80,16 +80,26 @@ def baseline_predictor(name: str, data: FoldData, slide: str, cfg: EvalConfig):
         x_te = pca.transform(sc.transform(data.test_feats[slide][0]))
         return ridge_predictor(x_tr, x_te, lambda m, d=dim: 100.0 / (d * m))
     if name == "frozen_ridge_cv":
-        sc = StandardScaler().fit(data.train_feats[0])
-        x_tr, x_te = sc.transform(data.train_feats[0]), sc.transform(data.test_feats[slide][0])
-        if data.cv_alpha is None:
-            data.cv_alpha = cv_alpha(data, x_tr)
-        return ridge_predictor(x_tr, x_te, lambda m, a=data.cv_alpha: a)
+        return ridge_cv_predictor(
+            data, data.train_feats[0], data.test_feats[slide][0], "frozen_ridge_cv alpha"
+        )
     # frozen_knn: cosine kNN between standardised frozen features
     sc = StandardScaler().fit(data.train_feats[0])
     ref = _unit(sc.transform(data.train_feats[0])).astype(np.float32)
     query = _unit(sc.transform(data.test_feats[slide][0])).astype(np.float32)
     return knn_predictor(query, ref, cfg.k, cfg.temperature)
+
+
+def ridge_cv_predictor(data: FoldData, train_x: np.ndarray, test_x: np.ndarray, what: str):
+    """Ridge on standardised ``train_x``, its alpha chosen by leave-one-training-slide-out (cached in
+    ``data.alphas`` under ``what``, so every held-out slide of a fold uses the same one)."""
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(train_x)
+    x_tr, x_te = sc.transform(train_x), sc.transform(test_x)
+    if what not in data.alphas:
+        data.alphas[what] = cv_alpha(data, x_tr)
+    return ridge_predictor(x_tr, x_te, lambda m, a=data.alphas[what]: a)
 
 
 def cv_alpha(data: FoldData, x: np.ndarray) -> float:
@@ -101,7 +111,7 @@ def cv_alpha(data: FoldData, x: np.ndarray) -> float:
     alphas = np.logspace(0, 5, 11)
     labels = data.groups
     if data.ledger is not None:
-        data.ledger.fitted("frozen_ridge_cv alpha (inner leave-one-training-slide-out)", labels)
+        data.ledger.fitted("ridge alpha (inner leave-one-training-slide-out)", labels)
     if len(np.unique(labels)) < 2:  # one training section: three contiguous blocks of its spots
         labels = np.arange(len(y)) * 3 // len(y)
     groups = np.unique(labels)

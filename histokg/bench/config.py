@@ -20,6 +20,7 @@ DEFAULT_LOSSES = (
     Component("kg_gaussian"),
 )
 BASELINES = ("mean", "naive_ridge", "frozen_pca_ridge", "frozen_ridge_cv", "frozen_knn")
+IMAGE_INPUTS = ("naive", "context", "naive+context")  # extra image-head inputs (ablations.image_inputs)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,12 @@ class EvalConfig:
     ridge_alpha: float = 1.0  # ridge probe on trained image embeddings (as `histokg evaluate`)
     pca_dim: int = 256  # HEST-Benchmark probe: PCA of the frozen features, ridge alpha = 100 / (dim * genes)
     recall_k: int = 5
+    # every prediction is also scored smoothed over the held-out slide's spot graph (squidpy):
+    # (1 - smooth) * own + smooth * neighbours' mean ("smooth:" metrics); 0: not scored
+    smooth: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.smooth <= 1.0, "smooth", f"must be in [0, 1], got {self.smooth}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,12 @@ class AblationConfig:
     expression_prior: tuple[
         str, ...
     ] = ()  # these KG losses with W from expression similarity (no KG): the control
+    # image-head inputs beside the frozen features: "naive" (the 26 colour/texture numbers, standardised on
+    # the training spots), "context" (the mean of the spot's graph neighbours' frozen features), or both
+    # ("naive+context"); each trains the losses in image_input_losses, and a ridge_cv baseline on the same
+    # inputs runs beside them (the fair comparison)
+    image_inputs: tuple[str, ...] = ()
+    image_input_losses: tuple[str, ...] = ("infonce", "kg_uniformity")
 
     def __post_init__(self) -> None:
         # the registered names, whatever the spelling given (run.py compares them as strings)
@@ -95,8 +108,11 @@ class AblationConfig:
             ("kg_models", model_registry),
             ("expr_input_kg", loss_registry),
             ("expression_prior", loss_registry),
+            ("image_input_losses", loss_registry),
         ):
             object.__setattr__(self, key, tuple(registry.canonical(n) for n in getattr(self, key)))
+        bad = [n for n in self.image_inputs if n not in IMAGE_INPUTS]
+        check(not bad, "image_inputs", f"unknown {bad}; valid: {', '.join(IMAGE_INPUTS)}")
 
 
 @dataclass(frozen=True)

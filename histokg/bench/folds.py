@@ -55,8 +55,9 @@ class FoldData:
     prior_info: dict[str, Any]
     kg_inputs: dict[str, Any]  # prior, packed, gaussians, KG activations as tower input
     groups: np.ndarray | None = None  # training slide of each training spot (from the data's obs)
-    cv_alpha: float | None = None  # frozen_ridge_cv's alpha, chosen on the training slides
+    alphas: dict[str, float] = dataclasses.field(default_factory=dict)  # ridge_cv alphas (training slides)
     ledger: Ledger | None = None  # what was fitted on which sections (the leakage check)
+    graphs: dict[str, Any] = dataclasses.field(default_factory=dict)  # section -> spot graph (squidpy)
 
 
 class FoldBuilder:
@@ -75,6 +76,15 @@ class FoldBuilder:
         self.cfg, self.sections, self.genes, self.feats = cfg, sections, genes, feats
         self.target_prior, self.bundles = target_prior, bundles
         self.patients = patients or {s: s for s in sections}
+        self._graphs: dict[str, Any] = {}
+
+    def graph(self, section: str):
+        """The section's spot graph (squidpy's spatial connectivities), built once."""
+        if section not in self._graphs:
+            from histokg.tl.predict import spot_graph
+
+            self._graphs[section] = spot_graph(self.sections[section])
+        return self._graphs[section]
 
     def build(self, fold: Fold) -> FoldData:
         cfg = self.cfg
@@ -128,6 +138,7 @@ class FoldBuilder:
             kg_inputs={},
             groups=libs,
             ledger=ledger,
+            graphs={s: self.graph(s) for s in (*fold.train, *fold.test)},
         )
         self._prior(data, train_ad, tests)
         return data
@@ -238,3 +249,43 @@ def without_kernel(entry: dict, kernel: str) -> dict:
     total = sum(alpha.values())
     prior.alpha = {k: v / total for k, v in alpha.items()} if total > 0 else alpha
     return {**entry, "prior": prior}
+
+
+def image_inputs(data: FoldData, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The image head's input of the training spots (views, n, k) and of each held-out slide, for ``name``:
+    ``frozen`` (the tower's features), or those with ``naive`` (the 26 colour/texture numbers,
+    standardised on the training spots) and/or ``context`` (each spot's graph neighbours' mean features,
+    within its own section) appended."""
+    train, test = data.train_feats, dict(data.test_feats)
+    parts = set(name.split("+")) - {"frozen"}
+    if "context" in parts:
+        train = np.concatenate([train, _neighbour_mean(train, data.groups, data.graphs)], axis=-1)
+        test = {
+            s: np.concatenate([f, _neighbour_mean(f, np.full(f.shape[1], s), data.graphs)], axis=-1)
+            for s, f in test.items()
+        }
+    if "naive" in parts:
+        data.ledger.fitted("naive features' standardisation (image input)", data.groups)
+        mu, sd = data.train_naive.mean(0), data.train_naive.std(0) + 1e-6
+
+        def add(f: np.ndarray, naive: np.ndarray) -> np.ndarray:
+            z = ((naive - mu) / sd).astype(np.float32)
+            return np.concatenate([f, np.broadcast_to(z, (f.shape[0], *z.shape))], axis=-1)
+
+        train = add(train, data.train_naive)
+        test = {s: add(f, data.test_naive[s]) for s, f in test.items()}
+    return np.ascontiguousarray(train, np.float32), {
+        s: np.ascontiguousarray(f, np.float32) for s, f in test.items()
+    }
+
+
+def _neighbour_mean(feats: np.ndarray, sections: np.ndarray, graphs: dict) -> np.ndarray:
+    """(views, n, d): each row's mean over its graph neighbours in its own section (itself where it has none)."""
+    from histokg.tl.predict import smooth_values
+
+    out = np.empty_like(feats)
+    for sec in dict.fromkeys(sections):
+        rows = np.flatnonzero(sections == sec)
+        for v in range(feats.shape[0]):
+            out[v, rows] = smooth_values(feats[v, rows], graphs[sec], 1.0)
+    return out

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from histokg.bench.baselines import baseline_predictor, knn_predictor, ridge_predictor
+from histokg.bench.baselines import baseline_predictor, knn_predictor, ridge_cv_predictor, ridge_predictor
 from histokg.bench.config import BenchConfig
 from histokg.bench.data import load_sections, make_folds, section_patients, shared_genes
 from histokg.bench.engine import RunInputs, train_heads
 from histokg.bench.features import NAIVE, feature_device, naive_features
-from histokg.bench.folds import FoldBuilder, FoldData, without_kernel
+from histokg.bench.folds import FoldBuilder, FoldData, image_inputs, without_kernel
 from histokg.bench.prior import bundle_for, prior_quality
 from histokg.bench.scoring import retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
@@ -153,11 +153,32 @@ class Bench:
         for name in self.cfg.baselines:
             start = time.perf_counter()
             for slide in data.fold.test:
-                metrics = score_slide(
-                    baseline_predictor(name, data, slide, self.cfg.eval), data.targets, slide
-                )
-                self._row(data, name, "baseline", 0, slide, metrics, {})
+                predict = baseline_predictor(name, data, slide, self.cfg.eval)
+                self._row(data, name, "baseline", 0, slide, self.scores(data, slide, {"": predict}), {})
             self.clock.add(f"baseline {name}", time.perf_counter() - start)
+        for inputs in self.cfg.ablations.image_inputs:  # the fair baseline for a head given the same inputs
+            name = f"frozen_ridge_cv[+{inputs}]"
+            train, test = image_inputs(data, inputs)
+            for slide in data.fold.test:
+                predict = ridge_cv_predictor(data, train[0], test[slide][0], f"{name} alpha")
+                self._row(data, name, "baseline", 0, slide, self.scores(data, slide, {"": predict}), {})
+
+    def scores(self, data: FoldData, slide: str, predictors: dict) -> dict[str, float]:
+        """Every metric of each named prediction (prefix -> predictor), and of each smoothed over the held-out
+        slide's spot graph (prefix + "smooth:") when ``eval.smooth`` > 0."""
+        from histokg.tl.predict import smooth_values
+
+        out: dict[str, float] = {}
+        weight = self.cfg.eval.smooth
+        for prefix, predict in predictors.items():
+            out.update({f"{prefix}{k}": v for k, v in score_slide(predict, data.targets, slide).items()})
+            if weight > 0:
+                graph = data.graphs[slide]
+                smooth = lambda v, p=predict, g=graph: smooth_values(p(v), g, weight)  # noqa: E731
+                out.update(
+                    {f"{prefix}smooth:{k}": v for k, v in score_slide(smooth, data.targets, slide).items()}
+                )
+        return out
 
     def _row(
         self, data: FoldData, method: str, kind: str, seed: int, slide: str, metrics: dict, extra: dict
@@ -169,7 +190,7 @@ class Bench:
 
     def run_loss(
         self, data: FoldData, spec: Component, method: str, kind: str, *, kg_key: tuple[str, str] | None = None,
-        expr_input: str = "genes",
+        expr_input: str = "genes", image_input: str = "frozen",
     ) -> None:  # fmt: skip
         from histokg.losses import LOSSES
 
@@ -185,8 +206,9 @@ class Bench:
         entry = data.kg_inputs.get("priors", {}).get(key, {})
         expr_train = data.expr_inputs if expr_input == "genes" else data.kg_inputs["acts_train"]
         expr_test = data.test_expr_inputs if expr_input == "genes" else data.kg_inputs["acts_test"]
+        train_feats, test_feats = image_inputs(data, image_input)
         inputs = RunInputs(
-            features=data.train_feats,
+            features=train_feats,
             expr_inputs=expr_train,
             kg=entry.get("packed") if cls.needs_prior else None,
             g_mean=entry.get("g_mean") if cls.needs_gaussians else None,
@@ -205,13 +227,13 @@ class Bench:
             start = time.perf_counter()
             joint, facts = train_heads(inputs, spec, heads, seed)
             train_s = time.perf_counter() - start
-            ref_img, ref_expr = joint.embed(data.train_feats[0], expr_train)
+            ref_img, ref_expr = joint.embed(train_feats[0], expr_train)
             for slide in data.fold.test:
-                img, expr = joint.embed(data.test_feats[slide][0], expr_test[slide])
+                img, expr = joint.embed(test_feats[slide][0], expr_test[slide])
                 knn = knn_predictor(img, ref_expr, cfg.eval.k, cfg.eval.temperature)
-                metrics = score_slide(knn, data.targets, slide)
                 ridge = ridge_predictor(ref_img, img, lambda m: cfg.eval.ridge_alpha)
-                metrics.update({f"ridge:{k}": v for k, v in score_slide(ridge, data.targets, slide).items()})
+                blend = lambda v, a=knn, b=ridge: (a(v) + b(v)) / 2  # noqa: E731
+                metrics = self.scores(data, slide, {"": knn, "ridge:": ridge, "blend:": blend})
                 metrics.update(retrieval_scores(img, expr, cfg.eval.recall_k))
                 extra = {"loss": to_dict(spec), "train": {**facts, "seconds": round(train_s, 3)}}
                 if auroc is not None:
@@ -270,6 +292,10 @@ class Bench:
         for name in ab.expr_input_kg:
             spec = next((c for c in cfg.losses if c.name == name), Component(name))
             self.run_loss(data, spec, f"{name}[expr=kg]", "ablation", expr_input="kg")
+        for inputs in ab.image_inputs:
+            for name in ab.image_input_losses:
+                spec = next((c for c in cfg.losses if c.name == name), Component(name))
+                self.run_loss(data, spec, f"{name}[+{inputs}]", "ablation", image_input=inputs)
 
     # ------------------------------------------------------------------ main
     def run(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from histokg.pp import log1p_cp10k, panel_columns, take_columns
 
 log = logging.getLogger(__name__)
 
-METHODS = ("knn", "ridge")
+METHODS = ("knn", "ridge", "blend")
 _QUERY_CHUNK = 4096
 
 
@@ -84,6 +84,7 @@ def predict_expression(
     use_rep: str = keys.IMAGE,
     ref_rep: str | None = None,
     layer: str | None = Key.layers.counts,
+    smooth: float = 0.0,
     key_added: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
@@ -107,13 +108,18 @@ def predict_expression(
     default ``use_rep + "_expr"``, what :func:`histokg.tl.embed` writes beside ``use_rep``),
     cosine, ``k`` neighbours, softmax(sim / ``temperature``) weights. ``method="ridge"``: ``Ridge(alpha)``
     from ``reference.obsm[use_rep]`` to the reference's expression (raw counts in ``layers[layer]``).
-    ``genes`` defaults to the panel in ``reference.uns["histokg"]["params"]["genes"]``, else all genes
+    ``method="blend"``: the mean of the two. ``smooth`` > 0: each spot's prediction becomes
+    ``(1 - smooth) * its own + smooth * the mean of its spatial neighbours'`` on the squidpy spot graph of
+    ``adata`` (:func:`histokg.tl.spatial_graph`, built per library if ``obsp`` has none;
+    :func:`smooth_values`). ``genes`` defaults to the panel in ``reference.uns["histokg"]["params"]["genes"]``, else all genes
     shared by both. Embeddings of two different checkpoints are refused.
     """
     if method not in METHODS:
         raise InputError(f"predict_expression: method={method!r} is not one of {', '.join(METHODS)}")
     if k < 1:
         raise InputError(f"predict_expression: k must be >= 1, got {k}")
+    if not 0.0 <= smooth <= 1.0:
+        raise InputError(f"predict_expression: smooth must be in [0, 1], got {smooth}")
     name = key_added or keys.pred_key(method)
     ref_rep = ref_rep or keys.expr_key(use_rep)
     genes = [str(g) for g in genes] if genes is not None else panel_genes(reference, adata)
@@ -127,21 +133,27 @@ def predict_expression(
     checkpoint = same_checkpoint(adata, reference)
     query_emb = _embedding(adata, use_rep, "query")
     ref_values = panel_log1p(reference, genes, layer=layer, what="reference")
-    if method == "knn":
+    params: dict = {}
+    parts = []
+    if method in ("knn", "blend"):
         ref_emb = _embedding(reference, ref_rep, "reference")
         _same_width(query_emb, ref_emb, use_rep, ref_rep)
-        pred = _knn(query_emb, ref_emb, ref_values, k=k, temperature=temperature)
-        params = {"k": int(min(k, reference.n_obs)), "temperature": float(temperature)}
-    else:
+        parts.append(_knn(query_emb, ref_emb, ref_values, k=k, temperature=temperature))
+        params.update({"k": int(min(k, reference.n_obs)), "temperature": float(temperature)})
+    if method in ("ridge", "blend"):
         ref_emb = _embedding(reference, use_rep, "reference")
         _same_width(query_emb, ref_emb, use_rep, use_rep)
-        pred = _ridge(query_emb, ref_emb, ref_values, alpha=alpha)
-        params = {"alpha": float(alpha)}
+        parts.append(_ridge(query_emb, ref_emb, ref_values, alpha=alpha))
+        params["alpha"] = float(alpha)
+    pred = parts[0] if len(parts) == 1 else (parts[0] + parts[1]) / 2
+    if smooth > 0:
+        pred = smooth_values(pred, spot_graph(adata), smooth)
+        params["smooth"] = float(smooth)
     record = {
         Key.prediction.method: method,
         Key.prediction.params: params,
         Key.prediction.use_rep: use_rep,
-        Key.prediction.ref_rep: ref_rep if method == "knn" else use_rep,
+        Key.prediction.ref_rep: use_rep if method == "ridge" else ref_rep,
         Key.prediction.reference_libraries: _libraries(reference),
         Key.prediction.reference_n_spots: int(reference.n_obs),
         Key.prediction.checkpoint_sha256: checkpoint or "",
@@ -296,6 +308,34 @@ def _store(adata: ad.AnnData, name: str, values: np.ndarray, genes: list[str], r
 
 def _where(adata: ad.AnnData, name: str) -> str:
     return f"{_records(adata)[name][Key.prediction.where]}[{name!r}]"
+
+
+def spot_graph(adata: ad.AnnData) -> sp.csr_matrix:
+    """The spots' neighbour graph (``obsp["spatial_connectivities"]``, squidpy's, per library; built with
+    :func:`histokg.tl.spatial_graph` on a light copy when ``adata`` has none)."""
+    from histokg.tl.analysis import spatial_graph
+
+    if Key.obsp.spatial_connectivities in adata.obsp:
+        return sp.csr_matrix(adata.obsp[Key.obsp.spatial_connectivities])
+    if adata.n_obs < 2:
+        return sp.csr_matrix((adata.n_obs, adata.n_obs), dtype=np.float32)
+    light = ad.AnnData(
+        obs=adata.obs[[Key.obs.library_id]].copy(), obsm={Key.obsm.spatial: adata.obsm[Key.obsm.spatial]}
+    )
+    spatial_graph(light)
+    return sp.csr_matrix(light.obsp[Key.obsp.spatial_connectivities])
+
+
+def smooth_values(values: np.ndarray, connectivities, weight: float) -> np.ndarray:
+    """``(1 - weight) * values + weight * (mean of each row's graph neighbours' values)``; a spot without
+    neighbours keeps its own values."""
+    a = sp.csr_matrix(connectivities, dtype=np.float64)
+    a.data[:] = 1.0
+    degree = np.asarray(a.sum(axis=1)).ravel()
+    values = np.asarray(values, dtype=np.float64)
+    mean = a @ values / np.maximum(degree, 1.0)[:, None]
+    out = np.where(degree[:, None] > 0, (1 - weight) * values + weight * mean, values)
+    return out.astype(np.float32)
 
 
 def _knn(query: np.ndarray, ref: np.ndarray, values: np.ndarray, *, k: int, temperature: float) -> np.ndarray:
