@@ -518,3 +518,32 @@ def test_kg_scores_writes_obs_columns():
         tl.kg_scores(adata, FakePrior(gene_names=["A", "Z"]), copy=True)
     with pytest.raises(InputError, match="layers"):
         tl.kg_scores(adata, FakePrior(), layer="raw", copy=True)
+
+
+def test_blend_is_the_mean_of_knn_and_ridge_and_smoothing_follows_the_spot_graph(embedded):
+    from histokg.tl.predict import smooth_values, spot_graph
+
+    ref, held = split(embedded)
+    got = {}
+    for method in ("knn", "ridge", "blend"):
+        got[method] = tl.predicted(
+            tl.predict_expression(held, ref, method=method, copy=True), f"pred_{method}"
+        )
+    np.testing.assert_allclose(got["blend"], (got["knn"] + got["ridge"]) / 2, rtol=1e-5, atol=1e-6)
+    smoothed = tl.predict_expression(held, ref, method="knn", smooth=0.5, key_added="s", copy=True)
+    assert smoothed.uns["histokg"]["prediction"]["s"]["params"]["smooth"] == 0.5
+    graph = spot_graph(held)  # squidpy's spot graph of the held-out section (built on a light copy)
+    assert (
+        graph.shape == (held.n_obs, held.n_obs)
+        and graph.nnz > 0
+        and "spatial_connectivities" not in held.obsp
+    )
+    want = smooth_values(got["knn"].to_numpy(), graph, 0.5)
+    np.testing.assert_allclose(tl.predicted(smoothed, "s").to_numpy(), want, rtol=1e-5, atol=1e-6)
+    # by hand for one spot: half its own value, half the mean of its neighbours'
+    row = int(np.flatnonzero(np.diff(graph.indptr) > 0)[0])
+    nbrs = graph.indices[graph.indptr[row] : graph.indptr[row + 1]]
+    values = got["knn"].to_numpy()
+    np.testing.assert_allclose(want[row], 0.5 * values[row] + 0.5 * values[nbrs].mean(0), rtol=1e-5)
+    with pytest.raises(InputError, match="smooth must be in"):
+        tl.predict_expression(held, ref, smooth=1.5)
