@@ -115,14 +115,22 @@ def knn_search(query: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.nda
 
 
 def knn_predict(
-    query: np.ndarray, reference: np.ndarray, values: np.ndarray, k: int = 10, temperature: float = 0.1
-) -> np.ndarray:
+    query: np.ndarray,
+    reference: np.ndarray,
+    values: np.ndarray,
+    k: int = 10,
+    temperature: float = 0.1,
+    *,
+    spread: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Similarity-weighted mean of ``values`` over the ``k`` nearest reference rows (cosine).
 
     BLEEP-style expression prediction: query = image embeddings, reference = expression
     embeddings of a reference set, values = its measured expression. Neighbours come from
     :func:`knn_search` (inner product = cosine on L2-normalised embeddings); the weights are
-    ``softmax(similarity / temperature)`` over the ``k`` neighbours.
+    ``softmax(similarity / temperature)`` over the ``k`` neighbours. ``spread=True`` also returns the
+    neighbours' weighted standard deviation of each value (how much the spots the prediction rests on
+    disagree: the basis of its uncertainty).
     """
     vals = torch.as_tensor(np.asarray(values), dtype=torch.float32)
     require_finite("kNN reference values", vals)
@@ -132,8 +140,13 @@ def knn_predict(
         )
     sims, idx = knn_search(query, reference, k)
     top, idx = torch.from_numpy(sims), torch.from_numpy(idx)
-    weights = torch.softmax(top / temperature, dim=1)
-    return (weights.unsqueeze(-1) * vals[idx]).sum(dim=1).numpy()
+    weights = torch.softmax(top / temperature, dim=1).unsqueeze(-1)
+    neighbours = vals[idx]
+    mean = (weights * neighbours).sum(dim=1)
+    if not spread:
+        return mean.numpy()
+    var = (weights * (neighbours - mean.unsqueeze(1)) ** 2).sum(dim=1)
+    return mean.numpy(), var.clamp_min(0).sqrt().numpy()
 
 
 def mse_mae(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:

@@ -182,6 +182,7 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
     for key in ("panel/pearson_heg10", "panel/pearson_hvg10", "panel/pearson_all", "panel/mse", "mean30/pearson_heg10",
                 "pathway/pearson_hallmark", "recall@5_i2e", "recall@5_e2i", "ridge:panel/pearson_heg10"):  # fmt: skip
         assert np.isfinite(m[key]), key
+    assert 0.0 <= m["interval90/coverage"] <= 1.0 and m["interval90/z"] > 0
     # the floor: a constant prediction carries no information
     mean_rows = [r for r in results["runs"] if r["method"] == "mean"]
     assert all(r["metrics"]["panel/pearson_heg10"] == 0 for r in mean_rows)

@@ -30,7 +30,7 @@ from histokg.bench.engine import RunInputs, train_heads
 from histokg.bench.features import NAIVE, feature_device, naive_features
 from histokg.bench.folds import FoldBuilder, FoldData, image_inputs, without_kernel
 from histokg.bench.prior import bundle_for, prior_quality
-from histokg.bench.scoring import retrieval_scores, score_slide, summarise
+from histokg.bench.scoring import interval_scores, retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
 from histokg.features import Extractor, FeatureCache, spot_features
 from histokg.io import claim_output_dir, write_json
@@ -235,6 +235,8 @@ class Bench:
                 blend = lambda v, a=knn, b=ridge: (a(v) + b(v)) / 2  # noqa: E731
                 metrics = self.scores(data, slide, {"": knn, "ridge:": ridge, "blend:": blend})
                 metrics.update(retrieval_scores(img, expr, cfg.eval.recall_k))
+                metrics.update(interval_scores(ref_img, ref_expr, data.groups, img, data.targets, slide,
+                                               k=cfg.eval.k, temperature=cfg.eval.temperature))  # fmt: skip
                 extra = {"loss": to_dict(spec), "train": {**facts, "seconds": round(train_s, 3)}}
                 if auroc is not None:
                     extra["prior_auroc"] = {"train": auroc.get("train", {}).get("combined"),

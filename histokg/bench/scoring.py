@@ -83,6 +83,37 @@ def score_slide(
     return out
 
 
+def interval_scores(
+    train_img: np.ndarray,
+    train_expr: np.ndarray,
+    groups: np.ndarray,
+    test_img: np.ndarray,
+    targets: Targets,
+    slide: str,
+    *,
+    k: int,
+    temperature: float,
+    level: float = 0.9,
+) -> dict[str, float]:
+    """The kNN prediction's interval ``prediction +- z * neighbours' spread`` on the model panel, ``z``
+    calibrated on the training slides for ``level`` (:func:`histokg.tl.predict.interval_scale`): how often
+    the held-out slide's measured value falls inside (coverage; nominal ``level``) and the mean width."""
+    from histokg.metrics import knn_predict
+    from histokg.tl.predict import interval_scale
+
+    values = targets.train_values["panel"]
+    z = interval_scale(train_img, train_expr, values, groups, k=k, temperature=temperature, level=level)
+    pred, sd = knn_predict(test_img, train_expr, values, k=k, temperature=temperature, spread=True)
+    true = targets.test_values["panel"][slide]
+    inside = np.abs(true - pred) <= z * np.maximum(sd, 1e-3)
+    tag = f"interval{int(round(level * 100))}"
+    return {
+        f"{tag}/coverage": float(inside.mean()),
+        f"{tag}/width": float((2 * z * sd).mean()),
+        f"{tag}/z": z,
+    }
+
+
 def retrieval_scores(img: np.ndarray, expr: np.ndarray, k: int) -> dict[str, float]:
     i2e = retrieval_recall(img, expr, (k,))[k]
     e2i = retrieval_recall(expr, img, (k,))[k]

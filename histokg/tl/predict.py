@@ -338,6 +338,37 @@ def smooth_values(values: np.ndarray, connectivities, weight: float) -> np.ndarr
     return out.astype(np.float32)
 
 
+def interval_scale(
+    image: np.ndarray,
+    expr: np.ndarray,
+    values: np.ndarray,
+    groups: np.ndarray,
+    *,
+    k: int = 10,
+    temperature: float = 0.1,
+    level: float = 0.9,
+) -> float:
+    """The multiple ``z`` of the kNN neighbours' spread that makes ``prediction +- z * spread`` hold the
+    measured value with probability ``level``, calibrated on the reference alone: each reference slide
+    (``groups``; one slide: three contiguous blocks of it) is predicted from the others, and ``z`` is the
+    ``level`` quantile of ``|measured - predicted| / spread`` over its spots and genes."""
+    groups = np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        groups = np.arange(len(groups)) * 3 // max(len(groups), 1)
+    ratios = []
+    for g in np.unique(groups):
+        held = groups == g
+        if held.all() or not held.any():
+            continue
+        pred, sd = knn_predict(
+            image[held], expr[~held], values[~held], k=k, temperature=temperature, spread=True
+        )
+        ratios.append((np.abs(values[held] - pred) / np.maximum(sd, 1e-3)).ravel())
+    if not ratios:
+        raise InputError("interval_scale: the reference needs at least two slides or three spots")
+    return float(np.quantile(np.concatenate(ratios), level))
+
+
 def _knn(query: np.ndarray, ref: np.ndarray, values: np.ndarray, *, k: int, temperature: float) -> np.ndarray:
     if temperature <= 0:
         raise InputError(f"predict_expression: temperature must be > 0, got {temperature}")
