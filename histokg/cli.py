@@ -56,7 +56,7 @@ def cli(verbose: int, quiet: bool) -> None:
 @CONFIG_OPTION
 @SET_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace a study already in OUT_DIR.")
-@holding_lock("out_dir", "histokg synth")
+@holding_lock("out_dir", "histokg synth", label="study folder")
 def synth(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...], overwrite: bool) -> None:
     """Write a synthetic Visium-like study with planted truth to OUT_DIR."""
     from histokg.config import load_config
@@ -76,7 +76,7 @@ def synth(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...], o
 @click.option("--tile", type=int, default=256, show_default=True, help="Tile size in pixels.")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality of the tiles.")
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
-@holding_lock("dst", "histokg convert", folder=False)
+@holding_lock("dst", "histokg convert", folder=False, label="pyramid")
 def convert(src: Path, dst: Path, mpp: float | None, tile: int, quality: int, overwrite: bool) -> None:
     """Write SRC (a plain image or any slide) as a pyramidal tiled TIFF with MPP that OpenSlide reads."""
     from histokg.io import check_output_file
@@ -94,7 +94,7 @@ def convert(src: Path, dst: Path, mpp: float | None, tile: int, quality: int, ov
 @CONFIG_OPTION
 @SET_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace this slide's tiling if OUT_DIR already holds it.")
-@holding_lock("out_dir", "histokg tile")
+@holding_lock("out_dir", "histokg tile", label="tile folder")
 def tile(
     slide: Path,
     out_dir: Path,
@@ -203,7 +203,7 @@ def reader_params(reader_cls) -> list[click.Parameter]:
 def reader_command(reader_cls) -> click.Command:
     """``histokg read NAME``: the reader's inputs (arguments and options, --library-id, --mpp) and -o."""
 
-    @holding_lock("out", f"histokg read {reader_cls.name}", folder=False)
+    @holding_lock("out", f"histokg read {reader_cls.name}", folder=False, label="output .h5ad")
     def run(out: Path, overwrite: bool, **kwargs) -> None:
         from histokg.io import check_output_file
         from histokg.st.contract import write_h5ad
@@ -254,7 +254,7 @@ def read() -> None:
 @CONFIG_OPTION
 @SET_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace OUT and overlays that exist.")
-@holding_lock("out", "histokg pair", folder=False)
+@holding_lock("out", "histokg pair", folder=False, label="paired .h5ad")
 def pair(
     h5ad: Path,
     out: Path,
@@ -350,7 +350,7 @@ def train_cmd(
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@holding_lock("out", "histokg embed", folder=False)
+@holding_lock("out", "histokg embed", folder=False, label="embedded .h5ad")
 def embed_cmd(
     checkpoint: Path,
     inputs: tuple[Path, ...],
@@ -424,7 +424,7 @@ def embed_cmd(
     help="obsm key of the image embeddings (embed's key_added); the expression ones are KEY_expr.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier evaluation in --out.")
-@holding_lock("out_dir", "histokg evaluate")
+@holding_lock("out_dir", "histokg evaluate", label="evaluation folder")
 def evaluate_cmd(
     embedded: Path,
     checkpoint: Path | None,

@@ -14,7 +14,6 @@ output while a command writes it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
@@ -31,6 +30,7 @@ from pathways_kg.io import (
     atomic_path,
     file_sha256,
     folder_problem,
+    input_overlap,
     output_problem,
     path_kind,
     read_json_object,
@@ -109,26 +109,12 @@ def check_not_input(
 ) -> None:
     """Refuse an output that is one of the command's inputs, or a folder holding one (it would be
     replaced or removed): the same path, a symbolic link to it, or a hard link (``os.path.samefile``)."""
-    named = [Path(p) for p in inputs if p is not None and str(p) != ""]
-    for out in map(Path, outputs):
-        for source in named:
-            relation = _relation(source, out)
-            if relation:
-                raise InputError(
-                    f"{what} {out} {relation} the input {source}; writing it would destroy that input "
-                    "(--overwrite never allows this): choose another output"
-                )
-
-
-def _relation(source: Path, out: Path) -> str | None:
-    """How output ``out`` would hit input ``source``: "is" it, "is a hard link to" it, "holds" it, or None."""
-    src, dst = source.resolve(), out.resolve()
-    if src == dst:
-        return "is"
-    with contextlib.suppress(OSError):
-        if source.exists() and out.exists() and os.path.samefile(source, out):
-            return "is a hard link to"
-    return "holds" if src.is_relative_to(dst) else None
+    overlap = input_overlap(outputs, inputs)
+    if overlap:
+        raise InputError(
+            f"{what} {overlap}; writing it would destroy that input (--overwrite never allows this): "
+            "choose another output"
+        )
 
 
 def claim_output_dir(
@@ -188,7 +174,7 @@ def _check_kind(target: Path, folder: bool, what: str) -> None:
         )
 
 
-def output_lock(path: PathLike, command: str, *, folder: bool = True):
+def output_lock(path: PathLike, command: str, *, folder: bool = True, label: str = ""):
     """Hold an exclusive lock on output ``path`` (a folder; a file when not ``folder``) while a command
     writes it: a second process refuses at once, naming the holder (``command``, pid, host, since when).
 
@@ -196,10 +182,10 @@ def output_lock(path: PathLike, command: str, *, folder: bool = True):
     (``.<name>.lock`` beside a file), released when the process ends however it ends, so a lock file
     left by a killed run blocks nothing.
     """
-    return _output_lock(path, command, folder=folder, error=InputError)
+    return _output_lock(path, command, folder=folder, label=label, error=InputError)
 
 
-def holding_lock(param: str, command: str, *, folder: bool = True) -> Callable:
+def holding_lock(param: str, command: str, *, folder: bool = True, label: str = "") -> Callable:
     """Decorator: the function runs holding :func:`output_lock` on its argument ``param`` (none when None)."""
 
     def decorate(fn: Callable) -> Callable:
@@ -210,7 +196,7 @@ def holding_lock(param: str, command: str, *, folder: bool = True) -> Callable:
             target = signature.bind(*args, **kwargs).arguments.get(param)
             if target is None:
                 return fn(*args, **kwargs)
-            with output_lock(target, command, folder=folder):
+            with output_lock(target, command, folder=folder, label=label):
                 return fn(*args, **kwargs)
 
         return wrapper

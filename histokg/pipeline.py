@@ -109,7 +109,7 @@ def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False, inputs=())
     )
 
 
-@holding_lock("out_dir", "histokg demo")
+@holding_lock("out_dir", "histokg demo", label="demo folder")
 def run_demo(
     out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: bool = False, inputs=()
 ) -> str:

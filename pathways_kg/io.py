@@ -88,6 +88,24 @@ def folder_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def input_overlap(outputs, inputs) -> str | None:
+    """The first output that would replace or remove one of ``inputs``, as words ("OUT is the input IN"),
+    or None. An output hits an input when it is the same path, a symbolic or hard link to it
+    (``os.path.samefile``), or a folder holding it."""
+    named = [Path(p) for p in inputs if p is not None and str(p) != ""]
+    for out in map(Path, outputs):
+        for source in named:
+            src, dst = source.resolve(), out.resolve()
+            relation = "is" if src == dst else "holds" if src.is_relative_to(dst) else None
+            if relation is None:
+                with contextlib.suppress(OSError):
+                    if source.exists() and out.exists() and os.path.samefile(source, out):
+                        relation = "is a hard link to"
+            if relation:
+                return f"{out} {relation} the input {source}"
+    return None
+
+
 def check_replaceable(
     path: str | os.PathLike, what: str = "output", error: type[Exception] = OutputError
 ) -> Path:
@@ -201,7 +219,12 @@ _held_guard = threading.Lock()
 
 @contextlib.contextmanager
 def output_lock(
-    path: str | os.PathLike, command: str, *, folder: bool = True, error: type[Exception] = OutputError
+    path: str | os.PathLike,
+    command: str,
+    *,
+    folder: bool = True,
+    label: str = "",
+    error: type[Exception] = OutputError,
 ) -> Iterator[Path]:
     """Hold an exclusive lock on output ``path`` (a folder, created if needed; or a file when not
     ``folder``) while the block runs; another process asking for it gets ``error`` at once, naming the
@@ -211,21 +234,23 @@ def output_lock(
     records the holder. The kernel releases the lock when the holder exits, however it ends (an
     exception, Ctrl-C, SIGKILL): a lock file left by a killed run is no obstacle. The file is removed
     on a clean exit. Re-entrant within a process (a command whose library call locks the same folder);
-    on a file system without locks, a warning and no lock.
+    on a file system without locks, a warning and no lock. ``label`` names the output in messages
+    (default "output folder" or "output file").
     """
     path = Path(path)
+    what = label or ("output folder" if folder else "output file")
     if folder:
-        lock_dir, lock_name, what = path, LOCK_NAME, "folder"
+        lock_dir, lock_name, where = path, LOCK_NAME, what
     else:
-        lock_dir, lock_name, what = path.parent, f".{path.name}.lock", "output file"
+        lock_dir, lock_name, where = path.parent, f".{path.name}.lock", f"folder of {what} {path}:"
     problem = folder_problem(lock_dir)
     if problem:
-        raise error(f"{'output folder' if folder else f'folder of output file {path}:'} {lock_dir} {problem}")
+        raise error(f"{where} {lock_dir} {problem}")
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
         st = os.stat(lock_dir)
     except OSError as exc:
-        raise error(f"{what} {lock_dir}: cannot be created ({exc.strerror or exc})") from None
+        raise error(f"{where} {lock_dir} cannot be created ({exc.strerror or exc})") from None
     key = (st.st_dev, st.st_ino, lock_name)
     with _held_guard:
         nested = key in _held
@@ -239,7 +264,7 @@ def output_lock(
                 _held[key] -= 1
         return
     lock_path = lock_dir / lock_name
-    fd = _acquire(lock_path, path, what, command, error)
+    fd = _acquire(lock_path, path, what, command, error, folder)
     with _held_guard:
         _held[key] = 1
     try:
@@ -253,7 +278,9 @@ def output_lock(
             os.close(fd)
 
 
-def _acquire(lock_path: Path, path: Path, what: str, command: str, error: type[Exception]) -> int | None:
+def _acquire(
+    lock_path: Path, path: Path, what: str, command: str, error: type[Exception], folder: bool
+) -> int | None:
     """The descriptor holding the lock of ``lock_path`` (None where the file system has no locks)."""
     import fcntl
 
@@ -262,7 +289,7 @@ def _acquire(lock_path: Path, path: Path, what: str, command: str, error: type[E
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             raise error(
-                f"{what} {path}: cannot create its lock file {lock_path} ({exc.strerror or exc})"
+                f"{what} {path} cannot be written (its lock file {lock_path}: {exc.strerror or exc})"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -271,7 +298,7 @@ def _acquire(lock_path: Path, path: Path, what: str, command: str, error: type[E
             os.close(fd)
             raise error(
                 f"{what} {path} is in use by {holder}; wait for it to finish, or choose another "
-                f"{'folder' if what == 'folder' else 'name'}"
+                f"{'folder' if folder else 'name'}"
             ) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):

@@ -115,7 +115,7 @@ def test_an_output_that_is_not_a_regular_file_is_refused_by_every_writer(capsys,
         assert unchanged(ev / "results.json", kind)
         # an output folder that is a node
         line = cli_error(capsys, "tile", cmu_slide, node)
-        assert f"output folder {node} is a {kind}, not a folder" in line
+        assert f"tile folder {node} is a {kind}, not a folder" in line
 
 
 def test_atomic_path_never_replaces_a_special_file_or_a_link(tmp_path):
@@ -340,7 +340,7 @@ def test_every_folder_command_refuses_a_folder_another_process_writes(
         }
         for name, args in commands.items():
             line = cli_error(capsys, *args)
-            assert f"folder {folder} is in use by `histokg test-holder` (pid {holder.pid} on " in line, (
+            assert f"{folder} is in use by `histokg test-holder` (pid {holder.pid} on " in line, (
                 name,
                 line,
             )
@@ -355,7 +355,7 @@ def test_every_folder_command_refuses_a_folder_another_process_writes(
     holder = hold(out, folder=False)
     try:
         args = ("embed", "--checkpoint", dummy["model.pt"], dummy["in.h5ad"], "-o", out)
-        assert f"output file {out} is in use by `histokg test-holder` (pid {holder.pid}" in cli_error(
+        assert f"embedded .h5ad {out} is in use by `histokg test-holder` (pid {holder.pid}" in cli_error(
             capsys, *args
         )
         args = ("convert", cmu_slide, out)
@@ -395,7 +395,7 @@ def test_two_train_runs_into_one_folder(synth_study, tmp_path):
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
-    assert f"folder {run} is in use by `histokg train` (pid {first.pid} on " in second.stderr
+    assert f"out_dir {run} is in use by `histokg train` (pid {first.pid} on " in second.stderr
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == len(set(rows)) and rows[0].startswith("step")  # one run's rows, one header
     assert not (run / ".histokg.lock").exists()

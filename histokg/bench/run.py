@@ -356,7 +356,7 @@ def machine(load_start: float) -> dict[str, Any]:
     }
 
 
-@holding_lock("out", "histokg bench")
+@holding_lock("out", "histokg bench", label="bench output folder")
 def run_bench(cfg: BenchConfig, out: str | Path, *, overwrite: bool = False, inputs=()) -> dict[str, Any]:
     """Run the benchmark into ``out``; returns the results (also in ``out/results.json``).
 

@@ -132,7 +132,7 @@ def _run_dask(todo, checkpoint, out_dir, kwargs, scheduler, n_workers) -> list[s
     return failures
 
 
-@holding_lock("out_dir", "histokg index build")
+@holding_lock("out_dir", "histokg index build", label="index folder")
 def build_index(
     specs: Sequence[SlideSpec],
     checkpoint: str | Path,
@@ -168,7 +168,7 @@ def build_index(
     return RetrievalIndex.create(out_dir, shards, kind=kind, n_prototypes=n_prototypes, overwrite=overwrite)
 
 
-@holding_lock("index_dir", "histokg index add")
+@holding_lock("index_dir", "histokg index add", label="index folder")
 def add_to_index(
     index_dir: str | Path,
     specs: Sequence[SlideSpec],

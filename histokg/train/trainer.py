@@ -215,7 +215,11 @@ class Trainer:
         The main process holds the run folder's lock (:func:`histokg.io.output_lock`) for the whole run:
         a second run into the same folder refuses at once, naming this one.
         """
-        lock = output_lock(self.out, "histokg train") if self.info.is_main else contextlib.nullcontext()
+        lock = (
+            output_lock(self.out, "histokg train", label="out_dir")
+            if self.info.is_main
+            else contextlib.nullcontext()
+        )
         with lock:
             return self._fit(resume, overwrite)
 
