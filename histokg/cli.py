@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from histokg.errors import HistokgError
+from histokg.io import holding_lock
 from histokg.keys import Key
 
 log = logging.getLogger("histokg")
@@ -54,12 +55,16 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @CONFIG_OPTION
 @SET_OPTION
-def synth(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a study already in OUT_DIR.")
+@holding_lock("out_dir", "histokg synth", label="study folder")
+def synth(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...], overwrite: bool) -> None:
     """Write a synthetic Visium-like study with planted truth to OUT_DIR."""
     from histokg.config import load_config
     from histokg.synth import SynthConfig, generate_study
+    from histokg.synth.study import prepare_study_dir
 
     cfg = load_config(SynthConfig, config_path, overrides)
+    prepare_study_dir(out_dir, overwrite=overwrite, inputs=[config_path])
     manifest = generate_study(out_dir, cfg)
     click.echo(f"synthetic study: {manifest}")
 
@@ -70,10 +75,14 @@ def synth(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...]) -
 @click.option("--mpp", type=float, help="Microns per pixel of SRC (required for plain images).")
 @click.option("--tile", type=int, default=256, show_default=True, help="Tile size in pixels.")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality of the tiles.")
-def convert(src: Path, dst: Path, mpp: float | None, tile: int, quality: int) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@holding_lock("dst", "histokg convert", folder=False, label="pyramid")
+def convert(src: Path, dst: Path, mpp: float | None, tile: int, quality: int, overwrite: bool) -> None:
     """Write SRC (a plain image or any slide) as a pyramidal tiled TIFF with MPP that OpenSlide reads."""
+    from histokg.io import check_output_file
     from histokg.wsi import convert as convert_image
 
+    check_output_file(dst, "pyramid", overwrite=overwrite, inputs=[src])
     out = convert_image(src, dst, mpp=mpp, tile=tile, quality=quality)
     click.echo(f"pyramid: {out}")
 
@@ -84,11 +93,21 @@ def convert(src: Path, dst: Path, mpp: float | None, tile: int, quality: int) ->
 @click.option("--mpp", type=float, help="Override or supply the slide's microns per pixel.")
 @CONFIG_OPTION
 @SET_OPTION
+@click.option("--overwrite", is_flag=True, help="Replace this slide's tiling if OUT_DIR already holds it.")
+@holding_lock("out_dir", "histokg tile", label="tile folder")
 def tile(
-    slide: Path, out_dir: Path, mpp: float | None, config_path: Path | None, overrides: tuple[str, ...]
+    slide: Path,
+    out_dir: Path,
+    mpp: float | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    overwrite: bool,
 ) -> None:
-    """Tissue mask and grid tiling of SLIDE: CLAM-style coordinates .h5 and an overlay PNG in OUT_DIR."""
+    """Tissue mask and grid tiling of SLIDE into OUT_DIR: CLAM-style coordinates SLIDE.h5, an overlay
+    SLIDE_tiles.png and the settings SLIDE_tiling_config.yaml (one set per slide: many slides may share
+    OUT_DIR; a slide's own files are replaced only with --overwrite)."""
     from histokg.config import load_config, save_config
+    from histokg.io import claim_output_dir
     from histokg.wsi import (
         TilingConfig,
         detect_tissue,
@@ -100,12 +119,21 @@ def tile(
     )
 
     cfg = load_config(TilingConfig, config_path, overrides)
+    names = [f"{slide.stem}{suffix}" for suffix in (".h5", "_tiles.png", "_tiling_config.yaml")]
+    claim_output_dir(
+        out_dir,
+        names,
+        what=f"a tiling of a slide named {slide.stem}",
+        overwrite=overwrite,
+        label="tile folder",
+        inputs=[slide, config_path],
+    )
     with open_slide(slide, mpp=mpp) as s:
         mask = detect_tissue(s, cfg.mask)
         tiles = tile_slide(s, cfg, mask)
-        h5 = save_tiles_h5(tiles, out_dir / f"{slide.stem}.h5")
-        png = save_png(tiles_overlay(tiles, mask), out_dir / f"{slide.stem}_tiles.png")
-    save_config(cfg, out_dir / "tiling_config.yaml")
+        h5 = save_tiles_h5(tiles, out_dir / names[0])
+        png = save_png(tiles_overlay(tiles, mask), out_dir / names[1])
+    save_config(cfg, out_dir / names[2])
     click.echo(f"{len(tiles)} tiles -> {h5}\noverlay -> {png}")
 
 
@@ -175,11 +203,13 @@ def reader_params(reader_cls) -> list[click.Parameter]:
 def reader_command(reader_cls) -> click.Command:
     """``histokg read NAME``: the reader's inputs (arguments and options, --library-id, --mpp) and -o."""
 
-    def run(out: Path, **kwargs) -> None:
+    @holding_lock("out", f"histokg read {reader_cls.name}", folder=False, label="output .h5ad")
+    def run(out: Path, overwrite: bool, **kwargs) -> None:
         from histokg.io import check_output_file
         from histokg.st.contract import write_h5ad
 
-        check_output_file(out, overwrite=True)
+        paths = [kwargs.get(i.name) for i in reader_cls.cli_inputs() if i.kind in ("file", "dir")]
+        check_output_file(out, "output .h5ad", overwrite=overwrite, inputs=paths)
         adata = reader_cls(**kwargs).read()
         click.echo(f"{adata.n_obs} spots x {adata.n_vars} genes -> {write_h5ad(adata, out)}")
 
@@ -195,7 +225,8 @@ def reader_command(reader_cls) -> click.Command:
         required=True,
         help="The .h5ad to write.",
     )
-    return click.Command(reader_cls.name, params=[*params, out], callback=run, help=doc)
+    overwrite = click.Option(["--overwrite"], is_flag=True, help="Replace OUT if it exists.")
+    return click.Command(reader_cls.name, params=[*params, out, overwrite], callback=run, help=doc)
 
 
 @cli.group(cls=_ReaderGroup)
@@ -222,6 +253,8 @@ def read() -> None:
 )
 @CONFIG_OPTION
 @SET_OPTION
+@click.option("--overwrite", is_flag=True, help="Replace OUT and overlays that exist.")
+@holding_lock("out", "histokg pair", folder=False, label="paired .h5ad")
 def pair(
     h5ad: Path,
     out: Path,
@@ -229,19 +262,26 @@ def pair(
     slide_dir: Path | None,
     config_path: Path | None,
     overrides: tuple[str, ...],
+    overwrite: bool,
 ) -> None:
     """Pair each spot of H5AD with its patch: flags edge and off-tissue spots, records the geometry."""
     from histokg.config import load_config
+    from histokg.io import check_output_file
     from histokg.st.contract import read_h5ad, write_h5ad
     from histokg.st.pairing import PairingConfig, pair_spots, spots_overlay
     from histokg.wsi import save_png
 
+    inputs = [h5ad, config_path]
+    check_output_file(out, "paired .h5ad", overwrite=overwrite, inputs=inputs)
     cfg = load_config(PairingConfig, config_path, overrides)
-    adata = pair_spots(read_h5ad(h5ad), cfg, slide_dir=slide_dir)
+    adata = read_h5ad(h5ad)
+    libs = adata.obs[Key.obs.library_id].astype(str).unique() if overlay_dir is not None else []
+    for lib in libs:
+        check_output_file(overlay_dir / f"{lib}_spots.png", "overlay", overwrite=overwrite, inputs=inputs)
+    adata = pair_spots(adata, cfg, slide_dir=slide_dir)
     write_h5ad(adata, out)
-    if overlay_dir is not None:
-        for lib in adata.obs[Key.obs.library_id].astype(str).unique():
-            save_png(spots_overlay(adata, lib), overlay_dir / f"{lib}_spots.png")
+    for lib in libs:
+        save_png(spots_overlay(adata, lib), overlay_dir / f"{lib}_spots.png")
     click.echo(f"paired {adata.n_obs} spots -> {out}")
 
 
@@ -270,13 +310,16 @@ def train_cmd(
     it or --overwrite to replace it.
     """
     from histokg.config import load_config
+    from histokg.io import check_not_input
     from histokg.train import TrainConfig, train
-    from histokg.train.rundir import resume_config
+    from histokg.train.rundir import resume_config, run_outputs
 
     if resume_dir is not None:
         cfg = resume_config(resume_dir, config_path, overrides)
     else:
         cfg = load_config(TrainConfig, config_path, overrides)
+    if overwrite and config_path is not None:  # the run's files go first: never the config just read
+        check_not_input(run_outputs(cfg.out_dir), [config_path], f"out_dir {cfg.out_dir}: output")
     result = train(cfg, resume=resume_dir is not None, overwrite=overwrite)
     last = result.history[-1] if result.history else {}
     click.echo(
@@ -307,6 +350,7 @@ def train_cmd(
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@holding_lock("out", "histokg embed", folder=False, label="embedded .h5ad")
 def embed_cmd(
     checkpoint: Path,
     inputs: tuple[Path, ...],
@@ -326,7 +370,7 @@ def embed_cmd(
     from histokg.st.study import load_study
     from histokg.tl.embed import concat_embedded, embed, embed_slide
 
-    check_output_file(out, "embedded .h5ad", overwrite=overwrite)
+    check_output_file(out, "embedded .h5ad", overwrite=overwrite, inputs=[checkpoint, *inputs])
 
     # spot inputs are read (and refused with a clear error) before the model is loaded
     spots = {
@@ -380,6 +424,7 @@ def embed_cmd(
     help="obsm key of the image embeddings (embed's key_added); the expression ones are KEY_expr.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier evaluation in --out.")
+@holding_lock("out_dir", "histokg evaluate", label="evaluation folder")
 def evaluate_cmd(
     embedded: Path,
     checkpoint: Path | None,
@@ -394,14 +439,17 @@ def evaluate_cmd(
 
     Prints the summary table; results.json (every number), predicted.h5ad and report.html/.md go to --out.
     """
-    from histokg.heldout import evaluate_embedded
-    from histokg.io import check_output_dir, check_output_file
+    from histokg.heldout import EVALUATION_FILES, evaluate_embedded
+    from histokg.io import check_not_input, check_output_dir, check_output_file
     from histokg.report import format_summary_table
     from histokg.st.contract import read_h5ad
 
     if k < 1:
         raise click.BadParameter(f"must be >= 1, got {k}", param_hint="-k")
     check_output_dir(out_dir, "evaluation folder")
+    check_not_input(
+        [out_dir / name for name in EVALUATION_FILES], [embedded, checkpoint], "evaluation output"
+    )
     check_output_file(out_dir / "results.json", "evaluation results", overwrite=overwrite)
     adata = read_h5ad(embedded)
     results = evaluate_embedded(
@@ -439,7 +487,7 @@ def demo(out_dir: Path, overwrite: bool, config_path: Path | None, overrides: tu
     from histokg.pipeline import DemoConfig, run_demo
 
     cfg = load_config(DemoConfig, config_path, overrides)
-    click.echo(run_demo(out_dir, cfg, overwrite=overwrite))
+    click.echo(run_demo(out_dir, cfg, overwrite=overwrite, inputs=[config_path]))
 
 
 # --------------------------------------------------------------------------- retrieval and the web app

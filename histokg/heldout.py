@@ -33,6 +33,10 @@ from histokg.keys import Key
 log = logging.getLogger(__name__)
 
 
+# What an evaluation writes into its folder by name (figures besides); an input among them is refused.
+EVALUATION_FILES = ("results.json", "predicted.h5ad", "embedded.h5ad", "report.md", "report.html")
+
+
 def evaluate_checkpoint(
     adata: ad.AnnData, checkpoint: str | Path, out_dir: str | Path, *, heldout_libs: Sequence[str] = ()
 ) -> dict:

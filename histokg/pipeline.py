@@ -22,7 +22,7 @@ from pathlib import Path
 from histokg.config import Component, check, save_config
 from histokg.errors import InputError
 from histokg.heldout import evaluate_checkpoint, headline, summary_table
-from histokg.io import atomic_open, claim_output_dir
+from histokg.io import atomic_open, claim_output_dir, holding_lock
 from histokg.keys import Key
 from histokg.models import ModelConfig
 from histokg.st.pairing import PairingConfig
@@ -92,7 +92,10 @@ DEMO_OUTPUTS = (
 )  # fmt: skip
 
 
-def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+DEMO_DIRS = ("study", "overlays", "kg", "train", "eval", "retrieval", "index")
+
+
+def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False, inputs=()) -> Path:
     """Refuse a folder holding an earlier demo unless ``overwrite`` (then remove its outputs); check it is writable."""
     return claim_output_dir(
         out_dir,
@@ -101,11 +104,19 @@ def prepare_demo_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
         overwrite=overwrite,
         label="demo folder",
         hint="pass --overwrite to replace it, or choose another --out",
+        folders=DEMO_DIRS,
+        inputs=inputs,
     )
 
 
-def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: bool = False) -> str:
-    """Run the demo into ``out_dir``; returns a printable summary."""
+@holding_lock("out_dir", "histokg demo", label="demo folder")
+def run_demo(
+    out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: bool = False, inputs=()
+) -> str:
+    """Run the demo into ``out_dir``; returns a printable summary.
+
+    The folder is locked for the run (:func:`histokg.io.output_lock`); ``inputs``: files the caller
+    read (a config) that the demo's outputs must not replace."""
     from histokg.retrieval.demo import build_demo_index
     from histokg.st.contract import write_h5ad
     from histokg.st.pairing import pair_spots, spots_overlay
@@ -117,7 +128,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, overwrite: 
     from pathways_kg.embed import embed_graph
     from pathways_kg.graph import write_graph
 
-    out_dir = prepare_demo_dir(out_dir, overwrite=overwrite)
+    out_dir = prepare_demo_dir(out_dir, overwrite=overwrite, inputs=inputs)
     save_config(cfg, out_dir / "demo_config.yaml")
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -29,7 +29,7 @@ import yaml
 
 from pathways_kg.config import Component, KGConfig, load_config, to_dict
 from pathways_kg.errors import KGError
-from pathways_kg.io import atomic_open
+from pathways_kg.io import atomic_open, input_overlap
 from pathways_kg.models import MODELS, get_model
 
 
@@ -67,6 +67,13 @@ def _os_error_message(exc: OSError) -> str:
         if blocker is not None:
             return f"{path}: cannot create it, {blocker} is a file, not a folder"
     return f"{path}: {exc.strerror or exc}"
+
+
+def _not_inputs(out: str, names: tuple[str, ...], inputs: list[str | None]) -> None:
+    """Refuse an output (file ``names`` in folder ``out``) that is one of the command's inputs."""
+    overlap = input_overlap([Path(out) / name for name in names], inputs)
+    if overlap:
+        raise KGError(f"{overlap}; writing it would destroy that input: choose another --out")
 
 
 def _config(config: str | None, overrides: tuple[str, ...], extra: list[str]) -> KGConfig:
@@ -165,6 +172,11 @@ def build(
         extra.append(f"build.sources.panglao_organs={json.dumps(list(organs))}")
     if min_genes is not None:
         extra.append(f"build.min_genes={min_genes}")
+    _not_inputs(
+        out,
+        ("entities.tsv", "triples.tsv", "summary.json", "config.yaml"),
+        [config, panglao, genes, genes_from_h5ad],
+    )
     cfg = _config(config, overrides, extra)
     if genes and genes_from_h5ad:
         raise KGError("give either --genes or --genes-from-h5ad, not both")
@@ -213,6 +225,12 @@ def embed(
 ) -> None:
     """Train a KG embedding on GRAPH (a `build` output folder) and write a bundle."""
     from pathways_kg.embed import embed_graph
+
+    if Path(out).resolve() == Path(graph).resolve() or (Path(out).exists() and os.path.samefile(out, graph)):
+        raise KGError(
+            f"--out {out} is the graph folder {graph}: the bundle would replace its files; choose another --out"
+        )
+    _not_inputs(out, ("config.yaml", "bundle.json", "entities.tsv", "triples.tsv"), [config])
 
     extra = []
     if model:

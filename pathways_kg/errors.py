@@ -15,6 +15,11 @@ class KGError(ValueError):
     """Malformed or inconsistent knowledge-graph input (files, config, ids)."""
 
 
+class OutputError(KGError):
+    """An output that must not be written: not a regular file, or in use by another run
+    (:mod:`pathways_kg.io`, shared by both packages)."""
+
+
 def at(path: str | Path | None, line: int | None, message: str) -> KGError:
     """A :class:`KGError` whose message starts with ``path:line:`` (either part optional)."""
     where = ""

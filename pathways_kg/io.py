@@ -1,23 +1,129 @@
-"""File helpers: atomic writes, hashes and the packaged data files."""
+"""File helpers: atomic writes, hashes, output locks and the packaged data files.
+
+The one implementation of the writers of both packages (``histokg.io`` re-exports them). A new file
+only ever takes the place of a regular file (:func:`output_problem`: never a device node, a FIFO, a
+socket, a folder or a symbolic link), and :func:`output_lock` keeps two processes from writing one
+output at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
+import socket
+import stat
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
+from pathways_kg.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+_SPECIAL = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def path_kind(st: os.stat_result) -> str:
+    """What a ``stat``/``lstat`` result is, in words: "a regular file", "a folder", "a named pipe (FIFO)"..."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return _SPECIAL.get(stat.S_IFMT(mode), "a special file")
+
+
+def output_problem(path: str | os.PathLike) -> str | None:
+    """Why a new file must not take ``path``'s place, or None (absent, or a regular file).
+
+    The atomic rename of :func:`atomic_path` replaces whatever has the name: a device node, a FIFO or a
+    socket would be swapped for a file, a symbolic link for a file (its target untouched, the link lost).
+    The words returned follow the path in a message: ``f"{path} {problem}"``.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:  # e.g. a parent that is a file: the write itself names it
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return (
+            f"is a symbolic link (to {os.readlink(path)}); a new file would replace the link, not its "
+            "target: give the target's path, or another name"
+        )
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    return f"is {path_kind(st)}, not a regular file; only regular files are replaced: choose another name"
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be an output folder, or None (absent, a folder, or a link to one)."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    if os.path.lexists(path):
+        kind = path_kind(path.stat())
+        return f"is {'a file' if kind == 'a regular file' else kind}, not a folder"
+    return None
+
+
+def input_overlap(outputs, inputs) -> str | None:
+    """The first output that would replace or remove one of ``inputs``, as words ("OUT is the input IN"),
+    or None. An output hits an input when it is the same path, a symbolic or hard link to it
+    (``os.path.samefile``), or a folder holding it."""
+    named = [Path(p) for p in inputs if p is not None and str(p) != ""]
+    for out in map(Path, outputs):
+        for source in named:
+            src, dst = source.resolve(), out.resolve()
+            relation = "is" if src == dst else "holds" if src.is_relative_to(dst) else None
+            if relation is None:
+                with contextlib.suppress(OSError):
+                    if source.exists() and out.exists() and os.path.samefile(source, out):
+                        relation = "is a hard link to"
+            if relation:
+                return f"{out} {relation} the input {source}"
+    return None
+
+
+def check_replaceable(
+    path: str | os.PathLike, what: str = "output", error: type[Exception] = OutputError
+) -> Path:
+    """``path``, if a new file may take its place (:func:`output_problem`); ``error`` naming it otherwise."""
+    problem = output_problem(path)
+    if problem:
+        raise error(f"{what} {path} {problem}")
+    return Path(path)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the same folder as ``path``; it replaces ``path`` if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary path in the same folder as ``path``; it replaces ``path`` if the block succeeds.
+
+    ``path`` must be absent or a regular file (:func:`check_replaceable`), checked before anything is
+    written.
+    """
+    path = check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -103,6 +209,148 @@ def file_sha256(path: str | os.PathLike) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------- output locks
+LOCK_NAME = ".histokg.lock"  # inside a locked folder; ".<name>.lock" beside a locked file
+_held: dict[tuple[int, int, str], int] = {}  # locks this process holds: (device, inode, lock name) -> depth
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def output_lock(
+    path: str | os.PathLike,
+    command: str,
+    *,
+    folder: bool = True,
+    label: str = "",
+    error: type[Exception] = OutputError,
+) -> Iterator[Path]:
+    """Hold an exclusive lock on output ``path`` (a folder, created if needed; or a file when not
+    ``folder``) while the block runs; another process asking for it gets ``error`` at once, naming the
+    holder (``command``, pid, host, since when).
+
+    ``fcntl.flock`` on a lock file (``<folder>/.histokg.lock``, or ``.<name>.lock`` beside a file) that
+    records the holder. The kernel releases the lock when the holder exits, however it ends (an
+    exception, Ctrl-C, SIGKILL): a lock file left by a killed run is no obstacle. The file is removed
+    on a clean exit. Re-entrant within a process (a command whose library call locks the same folder);
+    on a file system without locks, a warning and no lock. ``label`` names the output in messages
+    (default "output folder" or "output file").
+    """
+    path = Path(path)
+    what = label or ("output folder" if folder else "output file")
+    if folder:
+        lock_dir, lock_name, where = path, LOCK_NAME, what
+    else:
+        lock_dir, lock_name, where = path.parent, f".{path.name}.lock", f"folder of {what} {path}:"
+    problem = folder_problem(lock_dir)
+    if problem:
+        raise error(f"{where} {lock_dir} {problem}")
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        st = os.stat(lock_dir)
+    except OSError as exc:
+        raise error(f"{where} {lock_dir} cannot be created ({exc.strerror or exc})") from None
+    key = (st.st_dev, st.st_ino, lock_name)
+    with _held_guard:
+        nested = key in _held
+        if nested:
+            _held[key] += 1
+    if nested:
+        try:
+            yield path
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    lock_path = lock_dir / lock_name
+    fd = _acquire(lock_path, path, what, command, error, folder)
+    with _held_guard:
+        _held[key] = 1
+    try:
+        yield path
+    finally:
+        with _held_guard:
+            del _held[key]
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # while still holding it: a waiting opener sees the file gone
+            os.close(fd)
+
+
+def _acquire(
+    lock_path: Path, path: Path, what: str, command: str, error: type[Exception], folder: bool
+) -> int | None:
+    """The descriptor holding the lock of ``lock_path`` (None where the file system has no locks)."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise error(
+                f"{what} {path} cannot be written (its lock file {lock_path}: {exc.strerror or exc})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise error(
+                f"{what} {path} is in use by {holder}; wait for it to finish, or choose another "
+                f"{'folder' if folder else 'name'}"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            log.warning(
+                "cannot lock %s (%s): a second run writing it at the same time would go unnoticed",
+                path,
+                exc.strerror,
+            )
+            os.close(fd)
+            return None
+        try:  # a holder may have removed the file between our open and flock: lock the current one
+            current = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "since": datetime.datetime.now().isoformat(sep=" ", timespec="seconds"),
+        "argv": sys.argv,
+    }
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(record) + "\n").encode())
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from its lock file: "`histokg train` (pid 12, host h, since 2025-01-01 10:00:00)"."""
+    try:
+        record = json.loads(os.pread(fd, 65536, 0).decode() or "{}")
+        pid, host = int(record["pid"]), str(record["host"])
+        text = f"`{record['command']}` (pid {pid} on {host}, since {record['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not yet said which)"
+    if host == socket.gethostname() and not _alive(pid):
+        text += "; that process has ended, but a process it started still holds the lock"
+    return text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def data_path(name: str) -> Path:

@@ -94,7 +94,7 @@ def bench(
         raise ConfigError(str(exc)) from None
     if not cfg.data:
         raise ConfigError("--data: give a legacy-ST folder or .h5ad files (or data: in the config)")
-    results = run_bench(cfg, out_dir, overwrite=overwrite)
+    results = run_bench(cfg, out_dir, overwrite=overwrite, inputs=[config_path])
     from histokg.bench.report import headline_table
 
     click.echo(headline_table(results))

@@ -33,7 +33,7 @@ from histokg.bench.prior import bundle_for, prior_quality
 from histokg.bench.scoring import interval_scores, retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
 from histokg.features import Extractor, FeatureCache, spot_features
-from histokg.io import claim_output_dir, write_json
+from histokg.io import claim_output_dir, holding_lock, write_json
 from histokg.st.pairing import PairingConfig
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Clock:
         self._start = now
 
 
-def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
+def prepare_out(out: str | Path, overwrite: bool = False, inputs=()) -> Path:
     """Refuse a folder holding results unless ``overwrite`` (then remove exactly those files)."""
     return claim_output_dir(
         out,
@@ -68,6 +68,7 @@ def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
         overwrite=overwrite,
         hint="pass --overwrite to replace them, or choose another --out",
         label="bench output folder",
+        inputs=inputs,
     )
 
 
@@ -408,11 +409,15 @@ def machine(load_start: float) -> dict[str, Any]:
     }
 
 
-def run_bench(cfg: BenchConfig, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
-    """Run the benchmark into ``out``; returns the results (also in ``out/results.json``)."""
+@holding_lock("out", "histokg bench", label="bench output folder")
+def run_bench(cfg: BenchConfig, out: str | Path, *, overwrite: bool = False, inputs=()) -> dict[str, Any]:
+    """Run the benchmark into ``out``; returns the results (also in ``out/results.json``).
+
+    The folder is locked for the run (:func:`histokg.io.output_lock`); ``inputs``: files the caller
+    read (a config) that the outputs must not replace, besides ``cfg.data``."""
     from histokg.bench.report import write_outputs
 
-    out = prepare_out(out, overwrite)
+    out = prepare_out(out, overwrite, inputs=[*cfg.data, *inputs])
     config_path = out / "bench_config.yaml"
     save_config(cfg, config_path)
     start = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from histokg.errors import InputError
-from histokg.io import file_sha256
+from histokg.io import file_sha256, holding_lock
 from histokg.retrieval.index import RetrievalIndex
 from histokg.retrieval.shards import SlideShard, SlideSpec, embed_spec
 
@@ -132,6 +132,7 @@ def _run_dask(todo, checkpoint, out_dir, kwargs, scheduler, n_workers) -> list[s
     return failures
 
 
+@holding_lock("out_dir", "histokg index build", label="index folder")
 def build_index(
     specs: Sequence[SlideSpec],
     checkpoint: str | Path,
@@ -167,6 +168,7 @@ def build_index(
     return RetrievalIndex.create(out_dir, shards, kind=kind, n_prototypes=n_prototypes, overwrite=overwrite)
 
 
+@holding_lock("index_dir", "histokg index add", label="index folder")
 def add_to_index(
     index_dir: str | Path,
     specs: Sequence[SlideSpec],

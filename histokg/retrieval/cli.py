@@ -228,12 +228,15 @@ def _box(text: str) -> tuple[float, float, float, float]:
 @click.option(
     "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics as JSON."
 )
-def evaluate_cmd(index_dir, label, with_regions, out):
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def evaluate_cmd(index_dir, label, with_regions, out, overwrite):
     """mMV@5, mAP and hit@k of every slide descriptor (leave-one-slide/patient-out)."""
-    from histokg.io import write_json
+    from histokg.io import check_output_file, write_json
     from histokg.retrieval.evaluate import region_retrieval_metrics, slide_retrieval_metrics
     from histokg.retrieval.index import RetrievalIndex
 
+    if out:
+        check_output_file(out, "metrics file", overwrite=overwrite)
     idx = RetrievalIndex.load(index_dir)
     results = {}
     for desc in descriptor_names():

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from histokg.config import save_config, to_dict
-from histokg.io import atomic_open, write_json
+from histokg.io import atomic_open, claim_output_dir, write_json
 from histokg.keys import Key
 from histokg.st.readers.visium import POSITION_COLUMNS, write_spaceranger_outs
 from histokg.synth.biology import REGION_NAMES
@@ -193,6 +193,24 @@ def generate_section(cfg: SynthConfig, index: int, out_dir: Path, model) -> Sect
         truth.to_csv(fh)
     return SectionTruth(
         library_id, slide_path, sr_dir, truth_path, len(spots), int(in_tissue.sum()), shift.as_dict()
+    )
+
+
+# What a study writes into its folder (``histokg synth`` refuses a folder holding any, unless --overwrite).
+STUDY_FILES = ("study.json", "config.yaml")
+STUDY_DIRS = ("slides", "sections")
+
+
+def prepare_study_dir(out_dir: str | Path, *, overwrite: bool = False, inputs=()) -> Path:
+    """Refuse a folder holding a study unless ``overwrite`` (then remove its files); check it is writable."""
+    return claim_output_dir(
+        out_dir,
+        (*STUDY_FILES, *STUDY_DIRS),
+        what="a study",
+        overwrite=overwrite,
+        label="study folder",
+        folders=STUDY_DIRS,
+        inputs=inputs,
     )
 
 

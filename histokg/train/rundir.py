@@ -61,7 +61,20 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool = False, overwrite: bool =
         overwrite=overwrite,
         label="out_dir",
         hint="pass --resume to continue it, --overwrite to replace it, or choose another out_dir",
+        folders=RUN_DIRS,
+        inputs=run_inputs(cfg),
     )
+
+
+def run_outputs(out: str | Path) -> list[Path]:
+    """The files and folders a run writes in folder ``out``."""
+    return [Path(out) / name for name in (*RUN_FILES, *RUN_DIRS)]
+
+
+def run_inputs(cfg: TrainConfig) -> list[str]:
+    """The files and folders a run reads (data, gene list, KG bundle, image weights): never its outputs."""
+    paths = [cfg.data.study, *cfg.data.h5ad, cfg.data.genes, cfg.prior.bundle, cfg.model.image_weights]
+    return [p for p in paths if p and Path(p).exists()]  # a weights *name* (imagenet:...) is no path
 
 
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:

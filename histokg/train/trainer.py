@@ -10,6 +10,7 @@ continues bit-for-bit. Metrics go to CSV and TensorBoard (:mod:`~histokg.train.l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from histokg.checkpoint import load_checkpoint
 from histokg.config import save_config
 from histokg.errors import ConfigError
 from histokg.features import Extractor, FeatureCache, spot_features
-from histokg.io import atomic_open
+from histokg.io import atomic_open, output_lock
 from histokg.keys import Batch
 from histokg.losses import build_loss, loss_registry
 from histokg.models import DualEncoder
@@ -209,7 +210,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
-        """Train for ``optim.epochs`` (or until early stopping); ``resume`` continues from last.pt."""
+        """Train for ``optim.epochs`` (or until early stopping); ``resume`` continues from last.pt.
+
+        The main process holds the run folder's lock (:func:`histokg.io.output_lock`) for the whole run:
+        a second run into the same folder refuses at once, naming this one.
+        """
+        lock = (
+            output_lock(self.out, "histokg train", label="out_dir")
+            if self.info.is_main
+            else contextlib.nullcontext()
+        )
+        with lock:
+            return self._fit(resume, overwrite)
+
+    def _fit(self, resume: bool, overwrite: bool) -> TrainResult:
         if self.info.is_main:  # before any compute: a run folder is never mixed with another run's files
             prepare_run_dir(self.cfg, resume=resume, overwrite=overwrite)
         dist_utils.barrier(self.info)

@@ -7,7 +7,9 @@ command also runs the real entry point in a subprocess.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -348,3 +350,20 @@ def test_inspect_unwritable_plot(good_bundle, tmp_path):
     fails(
         ["inspect", good_bundle, "--plot", blocker / "map.png"], f"Error: {blocker}: is a file, not a folder"
     )
+
+
+def test_outputs_never_replace_inputs_or_special_files(graph, good_bundle, tmp_path):
+    """`embed GRAPH --out GRAPH` put the bundle's config.yaml over the graph's; `build --config` of the
+    output folder's own config.yaml replaced it; a FIFO given as --plot was swapped for a PNG."""
+    before = {p.name: p.read_bytes() for p in graph.iterdir()}
+    fails(["embed", graph, "--out", graph], f"--out {graph} is the graph folder {graph}")
+    assert {p.name: p.read_bytes() for p in graph.iterdir()} == before
+    config = tmp_path / "out" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("build: {}\n")
+    fails(["build", "--out", config.parent, "--config", config], f"{config} is the input {config}")
+    assert config.read_text() == "build: {}\n"
+    fifo = tmp_path / "map.png"
+    os.mkfifo(fifo)
+    fails(["inspect", good_bundle, "--plot", fifo], f"{fifo} is a named pipe (FIFO), not a regular file")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
