@@ -379,19 +379,48 @@ def test_a_lock_left_by_a_killed_process_blocks_nothing(tmp_path):
     assert not (folder / ".histokg.lock").exists()
 
 
+# `histokg train` that waits, holding its run folder's lock, until a file appears: the second run is
+# then certain to meet a running first one (on a loaded machine a free-running tiny first run may finish
+# before the second has imported torch, and the second then meets a finished run instead)
+PAUSED_TRAIN = """
+import pathlib, sys, time
+from histokg.train import trainer
+go = pathlib.Path(sys.argv.pop(1))
+fit = trainer.Trainer._fit
+def paused(self, *args, **kwargs):
+    while not go.exists():
+        time.sleep(0.05)
+    return fit(self, *args, **kwargs)
+trainer.Trainer._fit = paused  # called by Trainer.fit inside output_lock
+from histokg.cli import main
+main(sys.argv[1:])
+"""
+
+
 def test_two_train_runs_into_one_folder(synth_study, tmp_path):
     """Two runs started half a second apart both exited 0 with interleaved metrics.csv: now the second
     refuses at once, naming the first, and the first finishes normally."""
-    run = tmp_path / "run"
+    run, go = tmp_path / "run", tmp_path / "go"
     sets = [a for t in TINY for a in ("--set", t)]
-    args = [sys.executable, "-m", "histokg.cli", "-q", "train", *sets, "--set", f"data.study={synth_study}",
+    args = ["-q", "train", *sets, "--set", f"data.study={synth_study}",
             "--set", f"out_dir={run}", "--set", "optim.epochs=1"]  # fmt: skip
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (run / ".histokg.lock").exists() or not (run / ".histokg.lock").read_text():
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.05)
-    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    first = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_TRAIN, str(go), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / ".histokg.lock").exists() or not (run / ".histokg.lock").read_text():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run(
+            [sys.executable, "-m", "histokg.cli", *args], capture_output=True, text=True, timeout=300
+        )
+        assert first.poll() is None  # still holding the folder
+    finally:
+        go.touch()
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
