@@ -423,6 +423,22 @@ def embed_cmd(
     show_default=True,
     help="obsm key of the image embeddings (embed's key_added); the expression ones are KEY_expr.",
 )
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    type=click.Choice(["knn", "ridge", "blend"]),
+    help="How expression is predicted from the image embeddings (repeatable; default: knn and ridge): "
+    "knn over the reference's expression embeddings, ridge on the reference's image embeddings, blend "
+    "= their mean.",
+)
+@click.option(
+    "--smooth",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Smooth predictions over each slide's spot graph: (1 - s) * own + s * neighbours' mean.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier evaluation in --out.")
 @holding_lock("out_dir", "histokg evaluate", label="evaluation folder")
 def evaluate_cmd(
@@ -433,6 +449,8 @@ def evaluate_cmd(
     out_dir: Path,
     k: int,
     key: str,
+    methods: tuple[str, ...],
+    smooth: float,
     overwrite: bool,
 ) -> None:
     """Evaluate embeddings of EMBEDDED (from `histokg embed`) on held-out slides.
@@ -460,6 +478,8 @@ def evaluate_cmd(
         heldout_libs=heldout_libs,
         k=k,
         key=key,
+        methods=methods or ("knn", "ridge"),
+        smooth=smooth,
     )
     click.echo(format_summary_table(results))
     click.echo(f"\nresults.json, predicted.h5ad and report.html in {out_dir}")

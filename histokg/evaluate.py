@@ -60,6 +60,7 @@ def evaluate(
     k: int = 10,
     alpha: float = 1.0,
     temperature: float = 0.1,
+    smooth: float = 0.0,
     label_key: str | None = Key.obs.region,
     library_key: str = Key.obs.library_id,
     genes: Sequence[str] | None = None,
@@ -78,6 +79,9 @@ def evaluate(
     slide), ``summary`` (mean over slides), ``per_gene_pearson`` ({method: {slide: array over the
     panel}}) and ``timing_s``. With ``return_panel`` also the panel AnnData of the held-out spots
     (measured ``X``, ``layers[f"pred_{method}"]``) for plotting (:mod:`histokg.report`).
+
+    ``methods``: any of ``knn``, ``ridge``, ``blend`` (their mean); ``smooth`` > 0 smooths every
+    prediction over each held-out slide's spot graph (:func:`histokg.tl.predict_expression`).
     """
     start = time.perf_counter()
     expr_rep = expr_rep or keys.expr_key(use_rep)
@@ -119,6 +123,7 @@ def evaluate(
             use_rep=use_rep,
             ref_rep=expr_rep,
             layer=layer,
+            smooth=smooth,
             key_added=keys.pred_key(method),
         )
     if expr_rep not in heldout.obsm:
@@ -129,6 +134,7 @@ def evaluate(
         "k": k,
         "alpha": alpha,
         "temperature": temperature,
+        "smooth": smooth,
         "label_key": label_key if label_key is not None and label_key in heldout.obs else None,
         "use_rep": use_rep,
         "expr_rep": expr_rep,
@@ -317,6 +323,13 @@ def _protocol(ref_libs, held_libs, genes, opts: dict, source: str) -> dict:
             f"linear probe: sklearn Ridge(alpha={alpha}) from the reference's image embeddings obsm[{use_rep!r}] "
             "to its log1p CP10k expression, applied to the held-out image embeddings"
         )
+    if "blend" in methods:
+        prediction["blend"] = "the mean of the knn and ridge predictions above"
+    if opts["smooth"]:
+        prediction["smoothing"] = (
+            f"every prediction becomes (1 - {opts['smooth']}) x its own + {opts['smooth']} x the mean of its "
+            "spatial neighbours' on the held-out slide's spot graph (squidpy spatial_neighbors)"
+        )
     return {
         "split": {
             "reference": list(ref_libs),
@@ -337,6 +350,7 @@ def _protocol(ref_libs, held_libs, genes, opts: dict, source: str) -> dict:
             "k": int(k),
             "alpha": float(alpha),
             "temperature": float(temperature),
+            "smooth": float(opts["smooth"]),
             **prediction,
         },
         "clustering": (

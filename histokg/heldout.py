@@ -66,12 +66,15 @@ def evaluate_embedded(
     heldout_libs: Sequence[str] = (),
     k: int = 10,
     key: str = keys.IMAGE,
+    methods: Sequence[str] = ("knn", "ridge"),
+    smooth: float = 0.0,
     store_predictions: bool = False,
 ) -> dict:
     """Evaluate an embedded AnnData (reference = training slides, held out = the rest or as given).
 
     ``key``: the image embeddings ``obsm[key]`` (``tl.embed``'s ``key_added``); the expression
-    embeddings are read from ``obsm[keys.expr_key(key)]``.
+    embeddings are read from ``obsm[keys.expr_key(key)]``. ``methods`` and ``smooth``: how expression
+    is predicted from the image embeddings (:func:`histokg.evaluate.evaluate`).
 
     The model is read from ``uns["histokg"]["params"]`` and, when given, ``checkpoint`` (which must be
     the one the embeddings came from). Writes ``results.json``, ``predicted.h5ad`` (held-out spots x
@@ -110,7 +113,16 @@ def evaluate_embedded(
     reference = adata[np.isin(lib, list(reference_libs))].copy()
     heldout = adata[np.isin(lib, heldout_libs)].copy()
     label_key = Key.obs.region if Key.obs.region in adata.obs else None
-    results, panel = evaluate(reference, heldout, k=k, label_key=label_key, use_rep=key, return_panel=True)
+    results, panel = evaluate(
+        reference,
+        heldout,
+        methods=methods,
+        k=k,
+        smooth=smooth,
+        label_key=label_key,
+        use_rep=key,
+        return_panel=True,
+    )
     results["model"] = model
     results["warnings"] = warnings
     if panel.n_vars:

@@ -93,6 +93,13 @@ def test_cli_embed_and_evaluate(synth_study, checkpoint, tmp_path):
 
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["protocol"] and "S3" in json.dumps(results["protocol"])
+    assert results["protocol"]["prediction"]["methods"] == ["knn", "ridge"]
+    args = ["evaluate", str(tmp_path / "e.h5ad"), "--checkpoint", str(checkpoint), "-o", str(tmp_path / "ev2")]
+    res = runner.invoke(cli, [*args, "--method", "blend", "--smooth", "0.5"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "ev2" / "results.json").read_text())
+    assert results["protocol"]["prediction"]["methods"] == ["blend"]
+    assert results["protocol"]["prediction"]["smooth"] == 0.5 and "blend" in results["summary"]["prediction"]
 
 
 def test_load_model_names_what_a_checkpoint_lacks(checkpoint, tmp_path):

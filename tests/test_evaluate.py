@@ -115,6 +115,19 @@ def test_several_heldout_slides_are_averaged(study):
     assert pools == [int((held.obs["library_id"] == lib).sum()) for lib in ("S2", "S3")]
 
 
+def test_blend_and_smoothing_are_evaluated_and_stated(study):
+    ref, held = split(with_embeddings(study.copy(), informative=True, seed=2))
+    plain, panel = evaluate(ref, held, methods=("knn", "ridge", "blend"), label_key=None, return_panel=True)
+    layers = panel.layers
+    assert np.allclose(layers["pred_blend"], (layers["pred_knn"] + layers["pred_ridge"]) / 2, atol=1e-5)
+    smoothed, spanel = evaluate(ref, held, methods=("blend",), smooth=0.5, label_key=None, return_panel=True)
+    assert not np.allclose(spanel.layers["pred_blend"], layers["pred_blend"])
+    prediction = smoothed["protocol"]["prediction"]
+    assert prediction["smooth"] == 0.5 and "0.5 x the mean of its spatial neighbours" in prediction["smoothing"]
+    assert plain["protocol"]["prediction"]["smooth"] == 0.0 and "smoothing" not in plain["protocol"]["prediction"]
+    assert np.isfinite(smoothed["summary"]["prediction"]["blend"]["pearson_heg"])
+
+
 def test_evaluate_rejects_leaks_and_missing_inputs(study):
     adata = with_embeddings(study.copy(), informative=False)
     ref, held = split(adata)
