@@ -94,7 +94,14 @@ def test_cli_embed_and_evaluate(synth_study, checkpoint, tmp_path):
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["protocol"] and "S3" in json.dumps(results["protocol"])
     assert results["protocol"]["prediction"]["methods"] == ["knn", "ridge"]
-    args = ["evaluate", str(tmp_path / "e.h5ad"), "--checkpoint", str(checkpoint), "-o", str(tmp_path / "ev2")]
+    args = [
+        "evaluate",
+        str(tmp_path / "e.h5ad"),
+        "--checkpoint",
+        str(checkpoint),
+        "-o",
+        str(tmp_path / "ev2"),
+    ]
     res = runner.invoke(cli, [*args, "--method", "blend", "--smooth", "0.5"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "ev2" / "results.json").read_text())

@@ -123,8 +123,13 @@ def test_blend_and_smoothing_are_evaluated_and_stated(study):
     smoothed, spanel = evaluate(ref, held, methods=("blend",), smooth=0.5, label_key=None, return_panel=True)
     assert not np.allclose(spanel.layers["pred_blend"], layers["pred_blend"])
     prediction = smoothed["protocol"]["prediction"]
-    assert prediction["smooth"] == 0.5 and "0.5 x the mean of its spatial neighbours" in prediction["smoothing"]
-    assert plain["protocol"]["prediction"]["smooth"] == 0.0 and "smoothing" not in plain["protocol"]["prediction"]
+    assert (
+        prediction["smooth"] == 0.5 and "0.5 x the mean of its spatial neighbours" in prediction["smoothing"]
+    )
+    assert (
+        plain["protocol"]["prediction"]["smooth"] == 0.0
+        and "smoothing" not in plain["protocol"]["prediction"]
+    )
     assert np.isfinite(smoothed["summary"]["prediction"]["blend"]["pearson_heg"])
 
 
