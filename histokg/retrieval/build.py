@@ -4,8 +4,11 @@
 shard yet (a shard counts as finished when it records the same spec and checkpoint), one task per
 slide on a Dask cluster: a local cluster by default (``scheduler=None``: worker processes;
 ``"threads"``: one process, worker threads; ``"sync"``: no cluster, in this process) or the address of
-a running scheduler (``tcp://host:8786``) whose workers see the same files. A killed build resumes
-where it stopped; a slide that fails is named at the end while the others' shards stay on disk.
+a running scheduler (``tcp://host:8786``) whose workers see the same files. Shards are written to the
+index's ``staging/`` folder; when every slide is embedded, the index is written as one new generation
+(:mod:`histokg.retrieval.generations`) and the staged shards it took are removed. A killed build or add
+resumes where it stopped (the staged shards are reused) and leaves the index as it was until the switch;
+a slide that fails is named at the end while the others' shards stay staged.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 from histokg.io import file_sha256
+from histokg.retrieval import generations as gens
 from histokg.retrieval.index import RetrievalIndex
 from histokg.retrieval.shards import SlideShard, SlideSpec, embed_spec
 
@@ -39,6 +43,14 @@ def finished(spec: SlideSpec, out_dir: Path, sha: str) -> bool:
     return meta.get("spec") == spec.key() and meta.get("checkpoint_sha256") == sha
 
 
+def _found(spec: SlideSpec, dirs: Sequence[Path], sha: str) -> Path | None:
+    """The first of ``dirs`` that holds a finished shard of ``spec`` (None: embed it)."""
+    for folder in dirs:
+        if finished(spec, folder, sha):
+            return folder / "shards" / f"{spec.slide_id}.npz"
+    return None
+
+
 def embed_slides(
     specs: Sequence[SlideSpec],
     checkpoint: str | Path,
@@ -50,12 +62,16 @@ def embed_slides(
     device: str = "cpu",
     batch_size: int = 64,
     feature_cache: str | Path | None = None,
+    reuse: Sequence[str | Path] = (),
 ) -> list[Path]:
-    """Embed ``specs`` into shards under ``out_dir``, skipping finished ones; returns all their shard paths."""
+    """Embed ``specs`` into shards under ``out_dir``, skipping those finished there or in a ``reuse``
+    folder (e.g. the index's current generation); returns every spec's shard path."""
     out_dir = Path(out_dir)
     checkpoint = Path(checkpoint).resolve()
     sha = file_sha256(checkpoint)
-    todo = [s for s in specs if not finished(s, out_dir, sha)]
+    dirs = [out_dir, *map(Path, reuse)]
+    found = {s.slide_id: _found(s, dirs, sha) for s in specs}
+    todo = [s for s in specs if found[s.slide_id] is None]
     if len(todo) < len(specs):
         log.info("resuming: %d of %d slides already embedded", len(specs) - len(todo), len(specs))
     kwargs = {
@@ -79,7 +95,7 @@ def embed_slides(
             f"{len(failures)} of {len(todo)} slides failed (the others are saved; run again to resume): "
             + "; ".join(failures)
         )
-    return [out_dir / "shards" / f"{s.slide_id}.npz" for s in specs]
+    return [found[s.slide_id] or out_dir / "shards" / f"{s.slide_id}.npz" for s in specs]
 
 
 def _run_dask(todo, checkpoint, out_dir, kwargs, scheduler, n_workers) -> list[str]:
@@ -147,16 +163,21 @@ def build_index(
     feature_cache: str | Path | None = None,
     overwrite: bool = False,
 ) -> RetrievalIndex:
-    """Embed the slides (resumable, on Dask) and build a new index in ``out_dir``."""
+    """Embed the slides (resumable, on Dask) and build a new index in ``out_dir``.
+
+    Slides are embedded into ``out_dir/staging`` (a rerun after a kill reuses what is there, and with
+    ``overwrite`` the shards of the index being replaced that match); the index is then written as one
+    new generation (:mod:`histokg.retrieval.generations`): a kill leaves the old index or the new one."""
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists() and not overwrite:
+    if gens.holds_index(out_dir) and not overwrite:
         raise InputError(f"{out_dir} already holds an index; use `histokg index add` or --overwrite")
     if not specs:
         raise InputError("no slides to index")
     shards = embed_slides(
         specs,
         checkpoint,
-        out_dir,
+        gens.staging_dir(out_dir),
+        reuse=_current_root(out_dir),
         scheduler=scheduler,
         n_workers=n_workers,
         bundle=bundle,
@@ -165,6 +186,14 @@ def build_index(
         feature_cache=feature_cache,
     )
     return RetrievalIndex.create(out_dir, shards, kind=kind, n_prototypes=n_prototypes, overwrite=overwrite)
+
+
+def _current_root(path: Path) -> list[Path]:
+    """The current generation's folder of the index in ``path`` (its shards can be reused), if any."""
+    try:
+        return [gens.current(path).root]
+    except InputError:
+        return []
 
 
 def add_to_index(
@@ -193,7 +222,7 @@ def add_to_index(
     shards = embed_slides(
         specs,
         checkpoint,
-        index.path,
+        gens.staging_dir(index.path),
         scheduler=scheduler,
         n_workers=n_workers,
         bundle=bundle,
