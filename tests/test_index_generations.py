@@ -315,7 +315,9 @@ def test_verify_names_each_broken_file_and_repairs_what_the_shards_allow(index_c
     assert gens.current(index_copy).generation == "gen-000002"
 
 
-def test_verify_a_damaged_shard_needs_the_slide_again(index_copy, capsys):
+def test_verify_a_damaged_shard_needs_the_slide_again(
+    index_copy, mix_table, synth_study, retrieval_ckpt, capsys, caplog
+):
     shard = gens.current(index_copy).shard_path("benign-1")
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
@@ -324,10 +326,16 @@ def test_verify_a_damaged_shard_needs_the_slide_again(index_copy, capsys):
     code, lines = _verify_lines(index_copy, capsys, "--repair")
     assert code == 2
     assert (
-        f"{shard}: its SHA-256 differs from the manifest's (slide benign-1); add slide benign-1 again "
-        "(histokg index add) or rebuild the index"
+        f"{shard}: its SHA-256 differs from the manifest's (slide benign-1); rebuild the index from its "
+        "slides (index build --overwrite embeds only this one again)"
     ) in lines
     assert "cannot be repaired without the slides" in lines[-1] and lines[-1].startswith("error:")
+    # the rebuild takes the two intact shards from the index and embeds benign-1 again
+    specs = _specs(mix_table, synth_study, BASE)
+    with caplog.at_level("INFO", logger="histokg.retrieval.build"):
+        build_index(specs, retrieval_ckpt, index_copy, scheduler="sync", n_prototypes=4, overwrite=True)
+    assert "2 of 3 slides already embedded" in caplog.text
+    _check_usable(index_copy, set(BASE))
 
 
 def test_verify_a_broken_pointer_is_repaired_to_the_newest_complete_generation(index_copy, capsys):

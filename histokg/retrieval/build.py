@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -43,11 +43,14 @@ def finished(spec: SlideSpec, out_dir: Path, sha: str) -> bool:
     return meta.get("spec") == spec.key() and meta.get("checkpoint_sha256") == sha
 
 
-def _found(spec: SlideSpec, dirs: Sequence[Path], sha: str) -> Path | None:
-    """The first of ``dirs`` that holds a finished shard of ``spec`` (None: embed it)."""
-    for folder in dirs:
-        if finished(spec, folder, sha):
-            return folder / "shards" / f"{spec.slide_id}.npz"
+def _found(spec: SlideSpec, out_dir: Path, reuse: Mapping[str, Path], sha: str) -> Path | None:
+    """A finished shard of ``spec``: in ``out_dir`` (staging), else the intact one of the index being
+    replaced (None: embed it)."""
+    if finished(spec, out_dir, sha):
+        return out_dir / "shards" / f"{spec.slide_id}.npz"
+    known = reuse.get(spec.slide_id)
+    if known is not None and finished(spec, known.parent.parent, sha):
+        return known
     return None
 
 
@@ -62,15 +65,14 @@ def embed_slides(
     device: str = "cpu",
     batch_size: int = 64,
     feature_cache: str | Path | None = None,
-    reuse: Sequence[str | Path] = (),
+    reuse: Mapping[str, Path] | None = None,
 ) -> list[Path]:
-    """Embed ``specs`` into shards under ``out_dir``, skipping those finished there or in a ``reuse``
-    folder (e.g. the index's current generation); returns every spec's shard path."""
+    """Embed ``specs`` into shards under ``out_dir``, skipping those finished there or given in ``reuse``
+    (slide id -> an intact shard, e.g. of the index being rebuilt); returns every spec's shard path."""
     out_dir = Path(out_dir)
     checkpoint = Path(checkpoint).resolve()
     sha = file_sha256(checkpoint)
-    dirs = [out_dir, *map(Path, reuse)]
-    found = {s.slide_id: _found(s, dirs, sha) for s in specs}
+    found = {s.slide_id: _found(s, out_dir, reuse or {}, sha) for s in specs}
     todo = [s for s in specs if found[s.slide_id] is None]
     if len(todo) < len(specs):
         log.info("resuming: %d of %d slides already embedded", len(specs) - len(todo), len(specs))
@@ -177,7 +179,7 @@ def build_index(
         specs,
         checkpoint,
         gens.staging_dir(out_dir),
-        reuse=_current_root(out_dir),
+        reuse=_intact_shards(out_dir),
         scheduler=scheduler,
         n_workers=n_workers,
         bundle=bundle,
@@ -188,12 +190,23 @@ def build_index(
     return RetrievalIndex.create(out_dir, shards, kind=kind, n_prototypes=n_prototypes, overwrite=overwrite)
 
 
-def _current_root(path: Path) -> list[Path]:
-    """The current generation's folder of the index in ``path`` (its shards can be reused), if any."""
+def _intact_shards(path: Path) -> dict[str, Path]:
+    """Slide id -> shard of the index in ``path`` whose file still has the hash its manifest recorded
+    (a rebuild reuses these and embeds a damaged one again); empty when ``path`` holds no index."""
+    from histokg.retrieval.index import read_manifest
+
     try:
-        return [gens.current(path).root]
+        layout = gens.current(path)
+        slides = read_manifest(layout.root / gens.MANIFEST)["slides"]
     except InputError:
-        return []
+        return {}
+    intact = {}
+    for meta in slides:
+        shard = layout.shard_path(meta["slide_id"])
+        recorded = meta.get("shard_sha256")
+        if shard.is_file() and (not recorded or file_sha256(shard) == recorded):
+            intact[meta["slide_id"]] = shard
+    return intact
 
 
 def add_to_index(

@@ -309,7 +309,7 @@ def verify_cmd(index_dir, repair):
         hint = f"`histokg index verify {index_dir} --repair` can repair it"
     else:
         hint = (
-            "it cannot be repaired without the slides: add the slides named above again, or rebuild the index "
-            "(histokg index build --overwrite reuses its finished shards)"
+            "it cannot be repaired without the slides: rebuild it from its slides (histokg index build "
+            "--overwrite embeds again only the slides whose shards are damaged)"
         )
     raise InputError(f"index {index_dir} is broken ({len(report.problems)} problem(s) above); {hint}")

@@ -12,7 +12,8 @@ notes.
 (the newest complete generation is named again), a FAISS index or stored descriptors that are
 missing, damaged or disagree with the manifest (rebuilt from the shards, as a new generation), and
 the leftovers; an index written before generations is migrated. A missing or damaged shard, or
-damaged prototypes or centre, needs the slides: the message says to add them again or rebuild.
+damaged prototypes or centre, needs the slides: the message says to rebuild the index from its slides
+(``histokg index build --overwrite`` embeds again only the slides whose shards are damaged).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def _check_slide(layout: gens.Layout, manifest: dict, meta: dict, report: Report
 
     sid = meta["slide_id"]
     file = layout.shard_path(sid)
-    again = f"add slide {sid} again (histokg index add) or rebuild the index"
+    again = "rebuild the index from its slides (index build --overwrite embeds only this one again)"
     if not file.is_file():
         report.problems.append(Problem(f"{file} is missing (slide {sid}); {again}"))
         return
