@@ -76,6 +76,8 @@ def embed_slides(
     todo = [s for s in specs if found[s.slide_id] is None]
     if len(todo) < len(specs):
         log.info("resuming: %d of %d slides already embedded", len(specs) - len(todo), len(specs))
+    if any(s.kind != "slide" for s in todo):  # slides with counts: KG activations
+        bundle = _kg_bundle(bundle, checkpoint)
     kwargs = {
         "bundle": str(bundle) if bundle else None,
         "device": device,
@@ -98,6 +100,24 @@ def embed_slides(
             + "; ".join(failures)
         )
     return [found[s.slide_id] or out_dir / "shards" / f"{s.slide_id}.npz" for s in specs]
+
+
+def _kg_bundle(bundle: str | Path | None, checkpoint: Path) -> Path | None:
+    """The KG bundle of the build, absolute (workers may run elsewhere): ``bundle`` when given, else the
+    checkpoint's (:func:`histokg.checkpoint.resolve_saved_path`); an error naming it when it is not there,
+    before any slide is embedded (an index without KG activations is never built silently). Only
+    slides with counts need it: plain whole slides have no KG activations."""
+    from histokg.checkpoint import checkpoint_bundle
+
+    if bundle is not None:
+        bundle = Path(bundle).resolve()
+        if not bundle.is_dir():
+            raise InputError(f"KG bundle {bundle} does not exist (or is not a folder)")
+        return bundle
+    found = checkpoint_bundle(checkpoint)
+    if found is not None:
+        log.info("KG activations from the checkpoint's bundle %s", found)
+    return found.resolve() if found is not None else None
 
 
 def _run_dask(todo, checkpoint, out_dir, kwargs, scheduler, n_workers) -> list[str]:

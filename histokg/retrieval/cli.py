@@ -51,7 +51,7 @@ def _common(f):
         click.option(
             "--bundle",
             type=click.Path(exists=True, file_okay=False, path_type=Path),
-            help="KG bundle for KG activations (default: the checkpoint's).",
+            help="KG bundle for KG activations (default: the checkpoint's, found beside it; the build stops if it is not there).",
         ),
         click.option("--scheduler", default="processes", show_default=True, help=SCHEDULER_HELP),
         click.option(
