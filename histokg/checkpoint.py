@@ -50,7 +50,9 @@ class LoadedModel:
     - ``pairing``: the patch geometry it was trained on (:class:`~histokg.st.pairing.PairingConfig`);
     - ``genes``: the gene panel of its expression tower;
     - ``loss``: the loss's registered name; ``prior``: the KG prior settings
-      (:class:`~histokg.priors.PriorConfig`, ``prior.bundle`` None when training used no bundle);
+      (:class:`~histokg.priors.PriorConfig`, ``prior.bundle`` None when training used no bundle; a
+      bundle path is resolved as :func:`resolve_saved_path` says, and :meth:`kg_bundle` fails naming
+      where it looked when it is not found);
     - ``checkpoint``, ``sha256``: the file and its hash; ``meta``: the rest of the training metadata
       (slides, history) as saved.
     """
@@ -64,6 +66,14 @@ class LoadedModel:
     checkpoint: Path
     sha256: str
     meta: dict
+    bundle_error: str | None = None  # why the bundle the checkpoint names was not found
+
+    def kg_bundle(self) -> Path | None:
+        """The KG bundle training used, resolved; None when it used none; InputError naming the
+        checkpoint, the saved path and where it was looked for when it is not there."""
+        if self.bundle_error:
+            raise InputError(self.bundle_error)
+        return Path(self.prior.bundle) if self.prior.bundle else None
 
     @property
     def params(self) -> dict:
@@ -115,6 +125,61 @@ def saved_prior_config(meta: dict, source: str):
         raise InputError(f"{source}: its saved prior config is not valid ({exc})") from None
 
 
+def resolve_saved_path(value: str, checkpoint: str | Path, meta: dict) -> tuple[Path | None, list[Path]]:
+    """A path saved inside a checkpoint, found on this machine: (the path or None, where it looked).
+
+    Absolute: as saved. Relative (checkpoints of earlier versions; ``histokg train`` now saves
+    absolute paths): in the checkpoint's own folder, in its run folder (``RUN/checkpoints/x.pt``: RUN),
+    and in the folder training ran in (where the saved ``out_dir``, when relative, ends at RUN); never
+    in the current folder, which may hold another file of the same name.
+    """
+    saved = Path(value)
+    if saved.is_absolute():
+        return (saved if saved.exists() else None), [saved]
+    ckpt = Path(checkpoint).resolve()
+    places = [ckpt.parent]
+    if ckpt.parent.name == "checkpoints":
+        run = ckpt.parent.parent
+        places.append(run)
+        out_dir = Path(str((meta.get("config") or {}).get("out_dir") or ""))
+        if (
+            str(out_dir) not in ("", ".")
+            and not out_dir.is_absolute()
+            and run.parts[-len(out_dir.parts) :] == out_dir.parts
+        ):
+            places.append(Path(*run.parts[: -len(out_dir.parts)]))
+    tried = [p / saved for p in dict.fromkeys(places)]
+    return next((p for p in tried if p.exists()), None), tried
+
+
+def _resolve_bundle(prior, checkpoint: Path, meta: dict, source: str):
+    """``prior`` with its bundle path resolved (:func:`resolve_saved_path`); (prior, error or None)."""
+    if not prior.bundle:
+        return prior, None
+    found, tried = resolve_saved_path(prior.bundle, checkpoint, meta)
+    if found is not None:
+        return replace(prior, bundle=str(found)), None
+    where = ", ".join(str(p) for p in tried)
+    return prior, (
+        f"{source} names the KG bundle {prior.bundle!r} (prior.bundle), which is not there ({where}); "
+        "give the bundle's path (index build/add: --bundle), or put it back"
+    )
+
+
+def checkpoint_bundle(checkpoint: str | Path) -> Path | None:
+    """The KG bundle a checkpoint was trained with, resolved; None when it names none; InputError
+    naming what is missing otherwise. Reads the checkpoint, builds no model."""
+    checkpoint = Path(checkpoint)
+    source = f"checkpoint {checkpoint}"
+    meta = load_checkpoint(checkpoint)["meta"]
+    if not isinstance(meta.get("config"), dict):
+        raise InputError(f"{source}: its metadata holds no training config")
+    prior, error = _resolve_bundle(saved_prior_config(meta, source), checkpoint, meta, source)
+    if error:
+        raise InputError(error)
+    return Path(prior.bundle) if prior.bundle else None
+
+
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the dual encoder of a ``histokg train`` checkpoint (weights-only loading).
 
@@ -136,16 +201,18 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Lo
     load_weights(model, ckpt["model"], source)
     model.to(device).eval()
     loss = str((meta["config"].get("loss") or {}).get("name", ""))
+    prior, bundle_error = _resolve_bundle(saved_prior_config(meta, source), checkpoint, meta, source)
     return LoadedModel(
         model=model,
         config=model_cfg,
         pairing=pairing,
         genes=list(meta["genes"]),
         loss=loss,
-        prior=saved_prior_config(meta, source),
+        prior=prior,
         checkpoint=checkpoint,
         sha256=file_sha256(checkpoint),
         meta=meta,
+        bundle_error=bundle_error,
     )
 
 

@@ -77,7 +77,7 @@ def test_demo_runs_end_to_end_through_the_cli(demo_workdir):
     html = (out / "eval" / "kg_soft" / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="spatial_' not in html  # self-contained
     assert "trained with loss kg_soft" in html and "validation (early stopping) slides: S3" in html
-    assert "histokg serve runs/demo/index" in table and (out / "index" / "manifest.json").is_file()
+    assert "histokg serve runs/demo/index" in table and (out / "index" / "CURRENT").is_file()
 
 
 def test_demo_refuses_to_mix_with_an_earlier_demo(demo_workdir):

@@ -211,7 +211,7 @@ def test_pathway_query_and_values(built_index):
 
 def test_add_without_rebuild_and_checkpoint_guard(built_index, tmp_path):
     index = RetrievalIndex.load(built_index)
-    shards = {s: built_index / "shards" / f"{s}.npz" for s in index.slide_ids}
+    shards = {s: index.shard_path(s) for s in index.slide_ids}
     first = [shards[s] for s in ("S1", "S2", "carcinoma-1", "benign-1")]
     small = RetrievalIndex.create(tmp_path / "small", first, n_prototypes=4)
     assert small.n_regions == sum(len(SlideShard.load(p)) for p in first)
@@ -238,20 +238,24 @@ def test_add_without_rebuild_and_checkpoint_guard(built_index, tmp_path):
 
 
 def test_dask_build_is_resumable(mix_table, retrieval_ckpt, tmp_path, caplog):
-    from histokg.retrieval.build import add_to_index, build_index
+    from histokg.retrieval.build import add_to_index, build_index, embed_slides
+    from histokg.retrieval.generations import staging_dir
 
     specs = specs_from_table(mix_table)
     out = tmp_path / "idx"
-    build_index(specs[:2], retrieval_ckpt, out, scheduler="threads", n_workers=2, n_prototypes=4)
-    first = out / "shards" / f"{specs[0].slide_id}.npz"
+    embed_slides(specs[:2], retrieval_ckpt, staging_dir(out), scheduler="threads", n_workers=2)
+    first = staging_dir(out) / "shards" / f"{specs[0].slide_id}.npz"
     stamp = first.stat().st_mtime_ns
-    (out / "shards" / f"{specs[1].slide_id}.npz").unlink()  # as if killed before this slide finished
+    (staging_dir(out) / "shards" / f"{specs[1].slide_id}.npz").unlink()  # killed before it finished
     with caplog.at_level("INFO", logger="histokg.retrieval.build"):
-        index = build_index(
-            specs[:2], retrieval_ckpt, out, scheduler="threads", n_prototypes=4, overwrite=True
-        )
+        index = build_index(specs[:2], retrieval_ckpt, out, scheduler="threads", n_prototypes=4)
     assert "1 of 2 slides already embedded" in caplog.text
-    assert first.stat().st_mtime_ns == stamp and len(index.slide_ids) == 2
+    assert index.shard_path(specs[0].slide_id).stat().st_mtime_ns == stamp and len(index.slide_ids) == 2
+    assert not staging_dir(out).exists()  # the staged shards went into the index
+    caplog.clear()
+    with caplog.at_level("INFO", logger="histokg.retrieval.build"):  # a rebuild reuses the index's shards
+        build_index(specs[:2], retrieval_ckpt, out, scheduler="sync", n_prototypes=4, overwrite=True)
+    assert "2 of 2 slides already embedded" in caplog.text
     index = add_to_index(out, specs[2:3], retrieval_ckpt, scheduler="sync")
     assert len(index.slide_ids) == 3
     wrong = tmp_path / "other.pt"
@@ -311,8 +315,8 @@ def test_cli_index(built_index, mix_table, retrieval_ckpt, tmp_path, capsys):
         "--prototypes", "4", "--feature-cache", tmp_path / "features")  # fmt: skip
     assert len(list((tmp_path / "features").glob("tower-*.safetensors"))) == 2
     for spec in specs[:2]:
-        a = np.load(idx / "shards" / f"{spec.slide_id}.npz")["vectors"]
-        b = np.load(cached / "shards" / f"{spec.slide_id}.npz")["vectors"]
+        a = RetrievalIndex.load(idx).shard(spec.slide_id).vectors
+        b = RetrievalIndex.load(cached).shard(spec.slide_id).vectors
         np.testing.assert_allclose(a, b, atol=1e-6)
     # user errors: one line on stderr, exit status 2
     for args in (

@@ -4,21 +4,25 @@
 shard yet (a shard counts as finished when it records the same spec and checkpoint), one task per
 slide on a Dask cluster: a local cluster by default (``scheduler=None``: worker processes;
 ``"threads"``: one process, worker threads; ``"sync"``: no cluster, in this process) or the address of
-a running scheduler (``tcp://host:8786``) whose workers see the same files. A killed build resumes
-where it stopped; a slide that fails is named at the end while the others' shards stay on disk.
+a running scheduler (``tcp://host:8786``) whose workers see the same files. Shards are written to the
+index's ``staging/`` folder; when every slide is embedded, the index is written as one new generation
+(:mod:`histokg.retrieval.generations`) and the staged shards it took are removed. A killed build or add
+resumes where it stopped (the staged shards are reused) and leaves the index as it was until the switch;
+a slide that fails is named at the end while the others' shards stay staged.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 from histokg.io import file_sha256, holding_lock
+from histokg.retrieval import generations as gens
 from histokg.retrieval.index import RetrievalIndex
 from histokg.retrieval.shards import SlideShard, SlideSpec, embed_spec
 
@@ -39,6 +43,17 @@ def finished(spec: SlideSpec, out_dir: Path, sha: str) -> bool:
     return meta.get("spec") == spec.key() and meta.get("checkpoint_sha256") == sha
 
 
+def _found(spec: SlideSpec, out_dir: Path, reuse: Mapping[str, Path], sha: str) -> Path | None:
+    """A finished shard of ``spec``: in ``out_dir`` (staging), else the intact one of the index being
+    replaced (None: embed it)."""
+    if finished(spec, out_dir, sha):
+        return out_dir / "shards" / f"{spec.slide_id}.npz"
+    known = reuse.get(spec.slide_id)
+    if known is not None and finished(spec, known.parent.parent, sha):
+        return known
+    return None
+
+
 def embed_slides(
     specs: Sequence[SlideSpec],
     checkpoint: str | Path,
@@ -50,14 +65,19 @@ def embed_slides(
     device: str = "cpu",
     batch_size: int = 64,
     feature_cache: str | Path | None = None,
+    reuse: Mapping[str, Path] | None = None,
 ) -> list[Path]:
-    """Embed ``specs`` into shards under ``out_dir``, skipping finished ones; returns all their shard paths."""
+    """Embed ``specs`` into shards under ``out_dir``, skipping those finished there or given in ``reuse``
+    (slide id -> an intact shard, e.g. of the index being rebuilt); returns every spec's shard path."""
     out_dir = Path(out_dir)
     checkpoint = Path(checkpoint).resolve()
     sha = file_sha256(checkpoint)
-    todo = [s for s in specs if not finished(s, out_dir, sha)]
+    found = {s.slide_id: _found(s, out_dir, reuse or {}, sha) for s in specs}
+    todo = [s for s in specs if found[s.slide_id] is None]
     if len(todo) < len(specs):
         log.info("resuming: %d of %d slides already embedded", len(specs) - len(todo), len(specs))
+    if any(s.kind != "slide" for s in todo):  # slides with counts: KG activations
+        bundle = _kg_bundle(bundle, checkpoint)
     kwargs = {
         "bundle": str(bundle) if bundle else None,
         "device": device,
@@ -79,7 +99,25 @@ def embed_slides(
             f"{len(failures)} of {len(todo)} slides failed (the others are saved; run again to resume): "
             + "; ".join(failures)
         )
-    return [out_dir / "shards" / f"{s.slide_id}.npz" for s in specs]
+    return [found[s.slide_id] or out_dir / "shards" / f"{s.slide_id}.npz" for s in specs]
+
+
+def _kg_bundle(bundle: str | Path | None, checkpoint: Path) -> Path | None:
+    """The KG bundle of the build, absolute (workers may run elsewhere): ``bundle`` when given, else the
+    checkpoint's (:func:`histokg.checkpoint.resolve_saved_path`); an error naming it when it is not there,
+    before any slide is embedded (an index without KG activations is never built silently). Only
+    slides with counts need it: plain whole slides have no KG activations."""
+    from histokg.checkpoint import checkpoint_bundle
+
+    if bundle is not None:
+        bundle = Path(bundle).resolve()
+        if not bundle.is_dir():
+            raise InputError(f"KG bundle {bundle} does not exist (or is not a folder)")
+        return bundle
+    found = checkpoint_bundle(checkpoint)
+    if found is not None:
+        log.info("KG activations from the checkpoint's bundle %s", found)
+    return found.resolve() if found is not None else None
 
 
 def _run_dask(todo, checkpoint, out_dir, kwargs, scheduler, n_workers) -> list[str]:
@@ -148,16 +186,21 @@ def build_index(
     feature_cache: str | Path | None = None,
     overwrite: bool = False,
 ) -> RetrievalIndex:
-    """Embed the slides (resumable, on Dask) and build a new index in ``out_dir``."""
+    """Embed the slides (resumable, on Dask) and build a new index in ``out_dir``.
+
+    Slides are embedded into ``out_dir/staging`` (a rerun after a kill reuses what is there, and with
+    ``overwrite`` the shards of the index being replaced that match); the index is then written as one
+    new generation (:mod:`histokg.retrieval.generations`): a kill leaves the old index or the new one."""
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists() and not overwrite:
+    if gens.holds_index(out_dir) and not overwrite:
         raise InputError(f"{out_dir} already holds an index; use `histokg index add` or --overwrite")
     if not specs:
         raise InputError("no slides to index")
     shards = embed_slides(
         specs,
         checkpoint,
-        out_dir,
+        gens.staging_dir(out_dir),
+        reuse=_intact_shards(out_dir),
         scheduler=scheduler,
         n_workers=n_workers,
         bundle=bundle,
@@ -166,6 +209,25 @@ def build_index(
         feature_cache=feature_cache,
     )
     return RetrievalIndex.create(out_dir, shards, kind=kind, n_prototypes=n_prototypes, overwrite=overwrite)
+
+
+def _intact_shards(path: Path) -> dict[str, Path]:
+    """Slide id -> shard of the index in ``path`` whose file still has the hash its manifest recorded
+    (a rebuild reuses these and embeds a damaged one again); empty when ``path`` holds no index."""
+    from histokg.retrieval.index import read_manifest
+
+    try:
+        layout = gens.current(path)
+        slides = read_manifest(layout.root / gens.MANIFEST)["slides"]
+    except InputError:
+        return {}
+    intact = {}
+    for meta in slides:
+        shard = layout.shard_path(meta["slide_id"])
+        recorded = meta.get("shard_sha256")
+        if shard.is_file() and (not recorded or file_sha256(shard) == recorded):
+            intact[meta["slide_id"]] = shard
+    return intact
 
 
 @holding_lock("index_dir", "histokg index add", label="index folder")
@@ -195,7 +257,7 @@ def add_to_index(
     shards = embed_slides(
         specs,
         checkpoint,
-        index.path,
+        gens.staging_dir(index.path),
         scheduler=scheduler,
         n_workers=n_workers,
         bundle=bundle,

@@ -1,4 +1,4 @@
-"""``histokg index build|add|query|evaluate|info`` (registered in histokg.cli)."""
+"""``histokg index build|add|query|evaluate|info|verify`` (registered in histokg.cli)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _common(f):
         click.option(
             "--bundle",
             type=click.Path(exists=True, file_okay=False, path_type=Path),
-            help="KG bundle for KG activations (default: the checkpoint's).",
+            help="KG bundle for KG activations (default: the checkpoint's, found beside it; the build stops if it is not there).",
         ),
         click.option("--scheduler", default="processes", show_default=True, help=SCHEDULER_HELP),
         click.option(
@@ -71,7 +71,7 @@ def _common(f):
 
 @click.group("index")
 def index() -> None:
-    """Slide-level retrieval index: build, add slides, query, evaluate."""
+    """Slide-level retrieval index: build, add slides, query, evaluate, verify."""
 
 
 @index.command("build")
@@ -280,3 +280,39 @@ def info_cmd(index_dir):
         click.echo(
             f"  {s['slide_id']}\t{s['kind']}\t{s['n_regions']} regions\tpatient={s.get('patient')}\t{json.dumps(s.get('labels', {}))}"
         )
+
+
+@index.command("verify")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Fix what can be fixed without the slides: the pointer, the FAISS index and descriptors "
+    "(rebuilt from the shards), leftovers of killed changes; migrate an index written before generations.",
+)
+def verify_cmd(index_dir, repair):
+    """Check every file of the index in INDEX_DIR; one line per problem, exit status 2 when it is broken."""
+    from histokg.retrieval.verify import repair_index, verify_index
+
+    if repair:
+        done, report = repair_index(index_dir)
+        for line in done:
+            click.echo(f"repaired: {line}")
+    else:
+        report = verify_index(index_dir)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if report.ok:
+        where = report.generation or "written before generations"
+        click.echo(f"index {index_dir} ({where}): {report.n_slides} slides, {report.n_regions} regions: OK")
+        return
+    for line in report.lines():
+        click.echo(line)
+    if report.repairable and not repair:
+        hint = f"`histokg index verify {index_dir} --repair` can repair it"
+    else:
+        hint = (
+            "it cannot be repaired without the slides: rebuild it from its slides (histokg index build "
+            "--overwrite embeds again only the slides whose shards are damaged)"
+        )
+    raise InputError(f"index {index_dir} is broken ({len(report.problems)} problem(s) above); {hint}")

@@ -354,17 +354,19 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
             shard.genes = list(model.genes)
         except InputError as exc:  # other species or gene naming: no measured panel genes
             log.warning("slide %s: no measured gene panel: %s", spec.slide_id, exc)
-        bundle = bundle or model.prior.bundle
-        if bundle and Path(bundle).exists():
+        # an explicit bundle wins; else the checkpoint's, resolved beside the checkpoint (an error when it
+        # names one that is not there: an index without KG activations is not built silently)
+        bundle = Path(bundle) if bundle else model.kg_bundle()
+        if bundle is not None:
+            if not bundle.is_dir():
+                raise InputError(f"KG bundle {bundle} does not exist (or is not a folder)")
             try:
-                prior = _prior(str(bundle), tuple(map(str, adata.var_names)))
+                prior = _prior(str(bundle.resolve()), tuple(map(str, adata.var_names)))
                 shard.kg = np.asarray(prior.activations(adata.layers[Key.layers.counts]), np.float32)
                 shard.entities = list(prior.entity_ids)
-                meta["kg_bundle"] = str(bundle)
+                meta["kg_bundle"] = str(bundle.resolve())
             except InputError as exc:  # e.g. genes the KG does not name
                 log.warning("slide %s: no KG activations: %s", spec.slide_id, exc)
-        elif bundle:
-            log.warning("slide %s: KG bundle %s does not exist; no KG activations", spec.slide_id, bundle)
     key = spec.label_key or (Key.obs.region if Key.obs.region in adata.obs else None)
     if key is not None:
         if key not in adata.obs:

@@ -16,6 +16,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from histokg.errors import InputError
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from histokg.retrieval.index import RetrievalIndex
 
 TRANSFER_K = 10
+CHUNK_CELLS = 1 << 24  # about 64 MB of float32 per chunk of a similarity or transfer matrix
 
 
 def region_values(index: RetrievalIndex, slide_id: str, what: str, *, source: str = "measured") -> np.ndarray:
@@ -70,23 +72,38 @@ def _suggest(name: str, known: list[str]) -> str:
     return did_you_mean(name, known, n=3, cutoff=0.6)
 
 
+def _has(shard, kind: str) -> bool:
+    """Whether a slide measured values of this kind (a donor for transfers)."""
+    return {"label": shard.labels, "gene": shard.expr, "kg": shard.kg}[kind] is not None
+
+
+def transfer_neighbours(index: RetrievalIndex, slide_id: str, kind: str) -> tuple[list[str], np.ndarray]:
+    """(donor slides, (n_regions, k) indices into their concatenated regions): the :data:`TRANSFER_K`
+    nearest regions with measured ``kind`` values on other slides, for each region of ``slide_id``.
+    Computed once per slide and kind (chunked, bounded memory) and kept on the index."""
+
+    def build() -> tuple[list[str], np.ndarray]:
+        donors = [s for s in index.slide_ids if s != slide_id and _has(index.shard(s), kind)]
+        if not donors:
+            raise InputError(
+                f"no other slide in the index has measured {kind} values to transfer to {slide_id}"
+            )
+        pool = np.concatenate([index.shard(s).vectors for s in donors])
+        query = index.shard(slide_id).vectors
+        k = min(TRANSFER_K, len(pool))
+        nn = np.empty((len(query), k), np.int64)
+        step = max(1, CHUNK_CELLS // max(len(pool), 1))
+        for start in range(0, len(query), step):
+            sims = query[start : start + step] @ pool.T
+            nn[start : start + step] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        return donors, nn
+
+    return index.cached(("transfer", slide_id, kind), build)
+
+
 def _predicted(index: RetrievalIndex, slide_id: str, kind: str, name: str) -> np.ndarray:
-    donors = []
-    for meta in index.manifest["slides"]:
-        sid = meta["slide_id"]
-        if sid == slide_id:
-            continue
-        values = _measured(index, index.shard(sid), kind, name)
-        if values is not None:
-            donors.append((index.shard(sid).vectors, values))
-    if not donors:
-        raise InputError(f"no other slide in the index has measured {kind} values to transfer to {slide_id}")
-    pool = np.concatenate([d[0] for d in donors])
-    vals = np.concatenate([d[1] for d in donors])
-    query = index.shard(slide_id).vectors
-    k = min(TRANSFER_K, len(pool))
-    sims = query @ pool.T
-    nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    donors, nn = transfer_neighbours(index, slide_id, kind)
+    vals = np.concatenate([_measured(index, index.shard(s), kind, name) for s in donors])
     if kind == "label":  # majority vote of the neighbours
         picked = vals[nn]
         out = []
@@ -98,24 +115,55 @@ def _predicted(index: RetrievalIndex, slide_id: str, kind: str, name: str) -> np
         return np.nanmean(vals[nn].astype(np.float32), axis=1)
 
 
+def _kg_matrix(shard, entities: list[str]) -> np.ndarray:
+    """A shard's measured activations in the order of the index's ``entities`` (NaN where it has none)."""
+    full = np.full((len(shard), len(entities)), np.nan, np.float32)
+    column = {e: j for j, e in enumerate(entities)}
+    for j, e in enumerate(shard.entities):
+        full[:, column[e]] = shard.kg[:, j]
+    return full
+
+
+def _predicted_kg_mean(index: RetrievalIndex, slide_id: str, donor_kg: dict[str, np.ndarray]) -> np.ndarray:
+    """The mean over a slide's regions of every entity's transferred activation (as :func:`_predicted`
+    region by region, all entities at once; chunked so that memory stays bounded)."""
+    donors, nn = transfer_neighbours(index, slide_id, "kg")
+    vals = np.concatenate([donor_kg[s] for s in donors])
+    total = np.zeros(vals.shape[1], np.float64)
+    count = np.zeros(vals.shape[1], np.int64)
+    step = max(1, CHUNK_CELLS // max(nn.shape[1] * vals.shape[1], 1))
+    for start in range(0, len(nn), step):
+        per_region = np.nanmean(vals[nn[start : start + step]], axis=1)  # (chunk, entities)
+        finite = np.isfinite(per_region)
+        total += np.where(finite, per_region, 0.0).sum(axis=0)
+        count += finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def slide_kg_means(index: RetrievalIndex) -> np.ndarray:
-    """(n_slides, n_entities) mean activation of each entity on each slide (measured, else transferred)."""
+    """(n_slides, n_entities) mean activation of each entity on each slide (measured, else transferred).
+
+    Stored with the index's generation (``descriptors.npz``, computed when the index is written);
+    computed here only for an index written before that, once, with a progress bar."""
     entities = index.manifest["entities"]
     if not entities:
         raise InputError("the index has no KG activations (no slide with counts and a KG bundle)")
 
     def build() -> np.ndarray:
+        stored = index.stored("kg_means")
+        if stored is not None:
+            return stored
+        measured = {
+            s: _kg_matrix(index.shard(s), entities) for s in index.slide_ids if index.shard(s).kg is not None
+        }
         rows = []
-        for sid in index.slide_ids:
-            shard = index.shard(sid)
-            if shard.kg is not None:
-                full = np.full((len(shard), len(entities)), np.nan, np.float32)
-                for j, e in enumerate(shard.entities):
-                    full[:, entities.index(e)] = shard.kg[:, j]
-            else:
-                full = np.stack([_predicted(index, sid, "kg", e) for e in entities], axis=1)
-            with np.errstate(invalid="ignore"):
+        for sid in tqdm(index.slide_ids, desc="KG activations per slide", unit="slide", leave=False):
+            if sid in measured:
+                full = measured[sid]
                 rows.append(np.nanmean(full, axis=0) if len(full) else np.full(len(entities), np.nan))
+            else:
+                rows.append(_predicted_kg_mean(index, sid, measured))
         return np.stack(rows)
 
     with warnings.catch_warnings():

@@ -94,7 +94,7 @@ def _expression_inputs(adata: ad.AnnData, loaded: LoadedModel) -> np.ndarray:
     if loaded.config.expr_input == "kg":
         from histokg.priors import KGPrior
 
-        prior = KGPrior.from_bundle(loaded.prior.bundle, list(adata.var_names), loaded.prior)
+        prior = KGPrior.from_bundle(loaded.kg_bundle(), list(adata.var_names), loaded.prior)
         return np.asarray(prior.activations(adata.layers[Key.layers.counts]), np.float32)
     return panel_log1p(adata, loaded.genes, source=f"{_libraries_text(adata)} (model panel)")
 

@@ -72,6 +72,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def with_absolute_paths(cfg):
+    """``cfg`` with ``prior.bundle`` absolute, as the run's config.yaml and checkpoints record it: a
+    checkpoint read from another folder finds its bundle (:func:`histokg.checkpoint.resolve_saved_path`)."""
+    from dataclasses import replace
+
+    if not cfg.prior.bundle or Path(cfg.prior.bundle).is_absolute():
+        return cfg
+    return replace(cfg, prior=replace(cfg.prior, bundle=str(Path(cfg.prior.bundle).resolve())))
+
+
 def run_state(trainer, loop) -> dict[str, Any]:
     """The checkpoint of ``trainer``'s run at ``loop`` (weights, optimiser, schedule, RNG, counters, meta)."""
     from histokg.config import to_dict
@@ -89,7 +99,7 @@ def run_state(trainer, loop) -> dict[str, Any]:
         "best_metric": loop.best_metric,
         "bad_epochs": loop.bad_epochs,
         "meta": {
-            "config": to_dict(trainer.cfg),
+            "config": to_dict(with_absolute_paths(trainer.cfg)),
             "genes": trainer.genes,
             "train_slides": trainer.train_libs,
             "val_slides": trainer.val_libs,

@@ -27,6 +27,8 @@ RUN_FILES = ("config.yaml", "genes.txt", "metrics.csv", "val_metrics.csv", "summ
 RUN_DIRS = ("checkpoints", "tensorboard")
 # Keys a resumed run may change: more (or fewer) epochs, and where the folder now lives.
 RESUMABLE_KEYS = ("optim.epochs", "out_dir")
+# Keys that hold paths: saved absolute (histokg.train.checkpoint.with_absolute_paths), compared resolved.
+PATH_KEYS = ("prior.bundle",)
 
 
 def holds_run(out: str | Path) -> bool:
@@ -78,9 +80,10 @@ def run_inputs(cfg: TrainConfig) -> list[str]:
 
 
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """``"key: saved -> new"`` for every key whose value differs, except :data:`RESUMABLE_KEYS`."""
-    old = _flatten(saved)
-    new = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+    """``"key: saved -> new"`` for every key whose value differs, except :data:`RESUMABLE_KEYS`; paths
+    (:data:`PATH_KEYS`) compare resolved (runs before absolute paths were saved still resume)."""
+    old = _paths_resolved(_flatten(saved))
+    new = _paths_resolved(_flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))))
     keys = [k for k in dict.fromkeys([*old, *new]) if k not in RESUMABLE_KEYS]
     return [
         f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
@@ -97,6 +100,13 @@ def resume_config(run_dir: str | Path, config_path: Path | None, overrides: Iter
         raise InputError(f"--resume: {run_dir} holds no training run (no config.yaml)")
     cfg = load_config(TrainConfig, config_path, overrides, base=read_yaml(saved))
     return dataclasses.replace(cfg, out_dir=str(run_dir))
+
+
+def _paths_resolved(flat: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: str(Path(v).resolve()) if k in PATH_KEYS and isinstance(v, str) and v else v
+        for k, v in flat.items()
+    }
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

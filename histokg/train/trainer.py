@@ -31,7 +31,7 @@ from histokg.losses import build_loss, loss_registry
 from histokg.models import DualEncoder
 from histokg.train import distributed as dist_utils
 from histokg.train.callbacks import CallbackList, LoopState, TrainingError, default_callbacks
-from histokg.train.checkpoint import restore_state, run_state
+from histokg.train.checkpoint import restore_state, run_state, with_absolute_paths
 from histokg.train.config import TrainConfig
 from histokg.train.curves import plot_curves
 from histokg.train.data import ShardedBatchSampler, collate, prepare_data
@@ -63,7 +63,7 @@ class Trainer:
     """One training run: ``Trainer(cfg).fit(resume=...)``; ``callbacks`` replace the default ones."""
 
     def __init__(self, cfg: TrainConfig, callbacks: CallbackList | None = None):
-        self.cfg = cfg
+        self.cfg = cfg = with_absolute_paths(cfg)  # config.yaml and checkpoints record where the bundle is
         self.out = Path(cfg.out_dir)
         self.last_path = self.out / "checkpoints" / "last.pt"
         self.best_path = self.out / "checkpoints" / "best.pt"

@@ -14,13 +14,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pathways_kg.errors import KGError
 from pathways_kg.graph import Edge, Entity, Graph
 from pathways_kg.io import data_path
 from pathways_kg.registry import normalize
 from pathways_kg.schema import RELATIONS, split_id
+
+if TYPE_CHECKING:
+    from pathways_kg.readers import GeneSet
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class Source(ABC):
         cls.name = normalize(cls.__name__).removesuffix("source")
 
     def __init__(self, path: str | Path | None = None) -> None:
+        #: the file is the user's (not the copy shipped in ``pathways_kg/data``)
+        self.user_supplied = path is not None
         if path is None:
             if self.shipped is None:
                 raise KGError(f"KG source {self.name!r} needs a file: give kwargs {{path: FILE}}")
@@ -108,9 +113,16 @@ class Source(ABC):
     def add(self, builder: GraphBuilder, records: Sequence[Any]) -> None:
         """Add the records' entities and edges to ``builder``."""
 
-    def add_to(self, builder: GraphBuilder) -> None:
-        """Read the file and add its facts to ``builder``."""
-        self.add(builder, self.read())
+    def add_to(self, builder: GraphBuilder) -> Sequence[Any]:
+        """Read the file and add its facts to ``builder``; returns the records."""
+        records = self.read()
+        self.add(builder, records)
+        return records
+
+    def gene_sets(self, records: Sequence[Any]) -> list[GeneSet]:
+        """The gene sets among the records (gene-set sources; others: none). With a gene universe, the
+        build checks a user's file against it (:func:`pathways_kg.build.check_universe`)."""
+        return []
 
     def origin(self, line: int, path: str | Path | None = None) -> str:
         """``file:line`` of a record, for error messages and ``Entity.origin``/``Edge.origin``."""

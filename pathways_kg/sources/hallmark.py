@@ -22,5 +22,8 @@ class HallmarkSource(Source):
     def read(self) -> list[GeneSet]:
         return read_gmt(self.path, "hallmark")
 
+    def gene_sets(self, records: list[GeneSet]) -> list[GeneSet]:
+        return records
+
     def add(self, builder: GraphBuilder, records: list[GeneSet]) -> None:
         add_gene_sets(builder, records, self.provenance, self.path)

@@ -27,6 +27,9 @@ class ReactomeSource(Source):
     def read(self) -> tuple[list[GeneSet], list[tuple[str, str, int]]]:
         return read_gmt(self.path, "reactome"), read_reactome_hierarchy(self.hierarchy)
 
+    def gene_sets(self, records: tuple[list[GeneSet], list[tuple[str, str, int]]]) -> list[GeneSet]:
+        return records[0]
+
     def add(self, builder: GraphBuilder, records: tuple[list[GeneSet], list[tuple[str, str, int]]]) -> None:
         sets, edges = records
         add_gene_sets(builder, sets, self.provenance, self.path)

@@ -25,8 +25,9 @@ class SlideDescriptor:
     the index learned from the whole archive when it was created and saved with it: the mean region
     ``index.center`` (``center.npy``; :meth:`RetrievalIndex.centered`) and the region prototypes
     ``index.prototypes`` (``prototypes.npy``). So a loaded index gives the same descriptors as the
-    one that was saved. Descriptors are computed from the shards when first asked for and kept in
-    the index's memory (:meth:`RetrievalIndex.descriptors`), never written to disk.
+    one that was saved. The index computes every descriptor of every slide when it writes a
+    generation and stores them (``descriptors.npz``, :meth:`RetrievalIndex.descriptors` reads them);
+    for an index written before generations they are computed when first asked for, once.
 
     Descriptors are L2-normalised vectors compared by their inner product (cosine similarity);
     override :meth:`similarity` for another comparison (queries and evaluation both use it).
