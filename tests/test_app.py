@@ -144,6 +144,25 @@ def test_pathways(client):
     )
 
 
+def test_pathway_and_cell_type_names_as_a_person_types_them(client):
+    # the page's placeholder "e.g. hypoxia" and the README's `--pathway hypoxia`
+    res = ok(client.get("/api/pathways/slides", params={"name": "hypoxia", "within": "Invasive Carcinoma"}))
+    assert res["entity"] == "pathway:HALLMARK_HYPOXIA" and res["within"] == "invasive carcinoma"
+    assert res["results"]
+    assert (
+        ok(client.get("/api/pathways", params={"q": "hypoxia"}))["results"][0]["id"]
+        == "pathway:HALLMARK_HYPOXIA"
+    )
+    # colouring by a cell type whose id has a space, or by a name as typed
+    over = ok(client.get("/api/slides/S1/overlay", params={"feature": "kg:t cell"}))
+    assert over["feature"] == "kg:celltype:T cell" and over["label"] == "T cell"
+    over = ok(client.get("/api/slides/S1/overlay", params={"feature": "kg:celltype:T cell"}))
+    assert over["feature"] == "kg:celltype:T cell"
+    assert "did you mean 'stroma'" in assert_json_error(
+        client.get("/api/pathways/slides", params={"name": "hypoxia", "within": "strom"}), {400}
+    )
+
+
 # --------------------------------------------------------------------------- hostile inputs
 
 
