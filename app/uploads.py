@@ -297,8 +297,8 @@ class UploadJobs:
             pending = self._pending()
             if pending >= self.max_pending:
                 raise UploadError(
-                    f"{pending} uploads are already being checked or embedded (at most {self.max_pending} "
-                    "at once); try again later",
+                    f"{pending} upload{' is' if pending == 1 else 's are'} already being checked or "
+                    f"embedded (at most {self.max_pending} at once); try again later",
                     429,
                 )
             self._reserved += 1
