@@ -18,7 +18,7 @@ from histokg.retrieval.descriptors import descriptor_names
 from histokg.retrieval.ids import SLIDE_ID_PATTERN, check_slide_id
 from histokg.retrieval.index import RetrievalIndex
 
-FEATURE_PATTERN = r"^(cluster|label|gene:[A-Za-z0-9_.\-]{1,64}|kg:[A-Za-z0-9_.:\-]{1,200})$"
+FEATURE_PATTERN = r"^(cluster|label|gene:[A-Za-z0-9_.\-]{1,64}|kg:[^\x00-\x1f<>]{1,200})$"
 TEXT_PATTERN = r"^[^\x00-\x1f<>]{0,200}$"
 
 SlideId = Annotated[

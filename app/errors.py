@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.security import header_values
 from app.uploads import UploadError
 from histokg.errors import HistokgError
 
@@ -19,8 +20,8 @@ class NotFound(HistokgError):
     """A slide, region or upload job that does not exist (404)."""
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -57,4 +58,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
-        return error_response(500, "internal server error")
+        # answered by Starlette's outermost middleware, outside app.security.Guard: its headers here
+        return error_response(500, "internal server error", header_values())

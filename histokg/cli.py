@@ -520,19 +520,82 @@ def demo(out_dir: Path, overwrite: bool, config_path: Path | None, overrides: tu
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="A host name (any port) or name:port browsers may reach the app by, besides 127.0.0.1, "
+    "localhost and [::1] on --port (and --host itself); requests naming any other Host are refused "
+    "(DNS rebinding). Repeat for several.",
+)
+@click.option(
     "--checkpoint",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Model for uploads (default: the index's, if it is still there).",
 )
 @click.option("--max-upload-mb", type=click.FloatRange(0.1, 10_000), default=200.0, show_default=True)
-def serve(index_dir: Path, host: str, port: int, checkpoint: Path | None, max_upload_mb: float) -> None:
+@click.option(
+    "--max-upload-tiles",
+    type=click.IntRange(1, 10_000_000),
+    default=5_000,
+    show_default=True,
+    help="Most grid tiles (at the model's patch geometry) one upload may be cut into; counted from the "
+    "image header and its MPP before anything is decoded.",
+)
+@click.option(
+    "--max-job-seconds",
+    type=click.FloatRange(1, 86_400),
+    default=300.0,
+    show_default=True,
+    help="Most seconds one upload's embedding may run; a job over it is stopped.",
+)
+@click.option(
+    "--max-pending-uploads",
+    type=click.IntRange(1, 100),
+    default=4,
+    show_default=True,
+    help="Most uploads being checked, waiting or embedding at once; one more is refused (429).",
+)
+def serve(
+    index_dir: Path,
+    host: str,
+    port: int,
+    allowed_hosts: tuple[str, ...],
+    checkpoint: Path | None,
+    max_upload_mb: float,
+    max_upload_tiles: int,
+    max_job_seconds: float,
+    max_pending_uploads: int,
+) -> None:
     """Serve the web app over the index in INDEX_DIR (FastAPI; OpenAPI schema at /docs)."""
     import uvicorn
 
     from app.main import create_app  # the one place histokg reaches the app: this command starts it
+    from app.security import LOOPBACK, parse_host
 
-    application = create_app(index_dir, checkpoint=checkpoint, max_upload_bytes=int(max_upload_mb * 2**20))
-    click.echo(f"histokg app on http://{host}:{port}/ (index {index_dir}); Ctrl-C stops it")
+    served = [f"{name}:{port}" for name in LOOPBACK]
+    bound = f"[{host}]" if ":" in host else host
+    if host not in ("0.0.0.0", "::") and parse_host(bound) and f"{bound}:{port}" not in served:
+        served.append(f"{bound}:{port}")
+    for extra in allowed_hosts:
+        parsed = parse_host(extra)
+        if parsed is None:
+            raise click.BadParameter(
+                f"{extra!r} is not a host name, an IP address or name:port", param_hint="--allowed-host"
+            )
+        served.append(extra)  # a name without a port: any port (behind a proxy, the public one)
+    application = create_app(
+        index_dir,
+        checkpoint=checkpoint,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_upload_tiles=max_upload_tiles,
+        max_job_seconds=max_job_seconds,
+        max_pending_uploads=max_pending_uploads,
+        allowed_hosts=served,
+    )
+    click.echo(
+        f"histokg app on http://{bound}:{port}/ (index {index_dir}); serving Host "
+        f"{', '.join(served)}; Ctrl-C stops it"
+    )
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 

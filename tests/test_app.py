@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import time
 import zlib
@@ -22,6 +23,8 @@ from retrieval_fixtures import (  # noqa: F401  (fixtures)
 from app.main import create_app
 
 MAX_UPLOAD = 3 * 2**20
+BASE = "http://127.0.0.1:8000"  # the server answers only to the hosts it serves (loopback by default)
+MAX_TILES = 5_000
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +34,10 @@ def client(built_index, retrieval_ckpt, tmp_path_factory):
         checkpoint=retrieval_ckpt,
         max_upload_bytes=MAX_UPLOAD,
         max_upload_pixels=20_000_000,
+        max_upload_tiles=MAX_TILES,
         work_dir=tmp_path_factory.mktemp("uploads"),
     )
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as c:
         yield c
 
 
@@ -144,6 +148,25 @@ def test_pathways(client):
     )
 
 
+def test_pathway_and_cell_type_names_as_a_person_types_them(client):
+    # the page's placeholder "e.g. hypoxia" and the README's `--pathway hypoxia`
+    res = ok(client.get("/api/pathways/slides", params={"name": "hypoxia", "within": "Invasive Carcinoma"}))
+    assert res["entity"] == "pathway:HALLMARK_HYPOXIA" and res["within"] == "invasive carcinoma"
+    assert res["results"]
+    assert (
+        ok(client.get("/api/pathways", params={"q": "hypoxia"}))["results"][0]["id"]
+        == "pathway:HALLMARK_HYPOXIA"
+    )
+    # colouring by a cell type whose id has a space, or by a name as typed
+    over = ok(client.get("/api/slides/S1/overlay", params={"feature": "kg:t cell"}))
+    assert over["feature"] == "kg:celltype:T cell" and over["label"] == "T cell"
+    over = ok(client.get("/api/slides/S1/overlay", params={"feature": "kg:celltype:T cell"}))
+    assert over["feature"] == "kg:celltype:T cell"
+    assert "did you mean 'stroma'" in assert_json_error(
+        client.get("/api/pathways/slides", params={"name": "hypoxia", "within": "strom"}), {400}
+    )
+
+
 # --------------------------------------------------------------------------- hostile inputs
 
 
@@ -241,8 +264,9 @@ def test_internal_errors_are_json_without_trace(client, monkeypatch):
         raise RuntimeError("secret internal detail /work/main/x.py")
 
     monkeypatch.setattr(query, "similar_slides", boom)
-    msg = assert_json_error(client.get("/api/slides/S1/similar"), {500})
-    assert msg == "internal server error"
+    res = client.get("/api/slides/S1/similar")
+    assert assert_json_error(res, {500}) == "internal server error"
+    assert res.headers["x-content-type-options"] == "nosniff" and "content-security-policy" in res.headers
 
 
 # --------------------------------------------------------------------------- uploads
@@ -317,7 +341,8 @@ def test_hostile_uploads(client, tmp_path):
 
 def test_upload_embeds_and_queries(client, cmu_slide):
     job = ok(upload(client, "CMU-1-Small-Region.svs", cmu_slide.read_bytes()), 202)
-    assert job["status"] == "queued" and job["image"]["width"] == 2220
+    # the job may have started by the time the answer is built
+    assert job["status"] in ("queued", "tiling", "embedding") and job["image"]["width"] == 2220
     deadline = time.time() + 120
     seen = set()
     while time.time() < deadline:
@@ -330,3 +355,284 @@ def test_upload_embeds_and_queries(client, cmu_slide):
     assert st["n_tiles"] > 30 and st["progress"] == 1.0
     assert {"mean", "prototypes"} <= set(st["results"]) and len(st["results"]["mean"]) == 5
     assert seen & {"queued", "tiling", "embedding"}
+
+
+# --------------------------------------------------------------------------- who may talk to the server
+
+
+def test_host_header_must_be_one_the_server_serves(client):
+    # DNS rebinding: a name an attacker re-points at 127.0.0.1 still sends its own name as the Host
+    for host in (
+        "evil.example",
+        "evil.example:8000",
+        "127.0.0.1.evil.example",
+        "localhost.evil.example",
+        "a b",
+    ):
+        for url in ("/", "/api/slides", "/api/slides/S1/thumbnail"):
+            msg = assert_json_error(client.get(url, headers={"host": host}), {400})
+            assert "not a host this server serves" in msg and "--allowed-host" in msg, msg
+    for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "localhost.:8000", "[::1]:8000"):
+        ok(client.get("/api/info", headers={"host": host}))
+
+
+def test_allowed_hosts_and_origins_by_hand():
+    from app.security import AllowedHosts, parse_host, same_origin
+
+    assert parse_host("LocalHost.:8000") == ("localhost", 8000) and parse_host("[::1]") == ("[::1]", None)
+    for bad in ("", "a b", "x:99999", "evil.example/x", "x:y", "@evil"):
+        assert parse_host(bad) is None, bad
+    hosts = AllowedHosts(["127.0.0.1:8000", "slides.lab.example"])
+    assert hosts.allows(("127.0.0.1", 8000)) and not hosts.allows(("127.0.0.1", 8001))
+    assert hosts.allows(("slides.lab.example", 443)) and not hosts.allows(("localhost", 8000))
+    with pytest.raises(ValueError, match="not a host name"):
+        AllowedHosts(["http://x"])
+    here = ("127.0.0.1", 8000)
+    assert same_origin("http://127.0.0.1:8000", "http", here)
+    assert same_origin("http://localhost", "http", ("localhost", None))
+    assert same_origin("http://localhost:80", "http", ("localhost", None))
+    for other in ("null", "http://127.0.0.1:8001", "https://127.0.0.1:8000", "http://localhost:8000",
+                  "http://evil.example", "http://127.0.0.1:8000/x", "file://", "javascript:alert(1)"):  # fmt: skip
+        assert not same_origin(other, "http", here), other
+
+
+def _small_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 100, 150)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_cross_origin_state_changes_are_refused(client):
+    # CSRF: a page on another origin posts a form to the app; the browser names that page's origin
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:9999", "http://localhost:8000"):
+        res = client.post(
+            "/api/uploads",
+            files={"file": ("x.png", _small_png())},
+            data={"mpp": "0.5"},
+            headers={"origin": origin},
+        )
+        assert "cross-origin request refused" in assert_json_error(res, {403})
+    res = client.post(
+        "/api/uploads", files={"file": ("x.png", _small_png())}, headers={"sec-fetch-site": "cross-site"}
+    )
+    assert "cross-origin" in assert_json_error(res, {403})
+    assert list(client.app.state.jobs.work_dir.iterdir()) == []  # nothing was stored
+    # the page's own origin, and clients that are not browsers (no Origin), reach the upload's checks
+    res = client.post("/api/uploads", files={"file": ("x.exe", b"MZ")}, headers={"origin": BASE})
+    assert "not accepted" in assert_json_error(res, {415})
+    assert "not accepted" in assert_json_error(
+        client.post("/api/uploads", files={"file": ("x.exe", b"MZ")}), {415}
+    )
+    # reading is not a state change: a GET with a foreign Origin is answered (the browser keeps it from the page)
+    ok(client.get("/api/info", headers={"origin": "http://evil.example"}))
+
+
+def test_every_answer_carries_the_security_headers(client):
+    answers = [
+        client.get("/"),
+        client.get("/static/app.js"),
+        client.get("/api/slides"),
+        client.get("/api/slides/S1/thumbnail"),
+        client.get("/api/nothing"),
+        client.get("/api/slides/S1/similar", params={"k": "abc"}),
+        client.get("/api/slides", headers={"host": "evil.example"}),
+        client.post("/api/uploads", headers={"origin": "http://evil.example"}),
+        client.request("GET", "/api/slides", content=b"x" * 200_000),
+    ]
+    for res in answers:
+        assert res.headers["x-content-type-options"] == "nosniff", res.request.url
+        assert res.headers["x-frame-options"] == "DENY"
+        csp = res.headers["content-security-policy"]
+        assert (
+            "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "img-src 'self' data:" in csp
+        )
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    # the page has nothing inline for the policy to refuse: no inline script, style or handler
+    page = client.get("/").text + client.get("/static/app.js").text
+    assert "<script>" not in page and "<style" not in page and " style=" not in page
+    assert not re.search(r"\son[a-z]+=", client.get("/").text)
+
+
+def test_openapi_page_runs_under_its_own_policy(client):
+    res = client.get("/docs")
+    assert res.status_code == 200 and "swagger-ui" in res.text
+    csp = res.headers["content-security-policy"]
+    scripts = re.findall(r"<script>(.*?)</script>", res.text, flags=re.S)
+    assert scripts and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    import base64
+    import hashlib
+
+    for script in scripts:  # the one inline script is allowed by its hash, nothing else inline
+        assert base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() in csp
+    assert client.get("/redoc").status_code == 404
+    assert "no such endpoint" not in client.get("/openapi.json").text
+
+
+# --------------------------------------------------------------------------- what an upload may cost
+
+
+def _jpeg(size: int = 600) -> bytes:
+    """A small JPEG of tissue on glass (tens of KB)."""
+    rng = np.random.default_rng(1)
+    img = np.full((size, size, 3), 235.0)
+    img[size // 6 : -size // 6, size // 6 : -size // 6] = (170, 80, 160)
+    img = (img + rng.normal(0, 8, img.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=70)
+    return buf.getvalue()
+
+
+def test_uploads_are_bounded_by_their_tiles_before_anything_is_decoded(client, tmp_path, monkeypatch):
+    import histokg.wsi
+    from histokg.wsi.pyramid import write_pyramid
+
+    opened = []
+    real_open = histokg.wsi.open_slide
+    monkeypatch.setattr(histokg.wsi, "open_slide", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    jpeg = _jpeg()
+    # issue 17: a small JPEG at mpp=50 (allowed by the API) is a 30 mm slide, tens of thousands of tiles
+    msg = assert_json_error(upload(client, "wide.jpg", jpeg, mpp="50"), {413})
+    assert re.search(r"cut into [\d,]+ tiles", msg) and f"more than the {MAX_TILES:,} tiles" in msg, msg
+    assert "600 x 600 px at 50 um/px" in msg and "max_upload_tiles" in msg
+    assert opened == []  # counted from the header: the image was never decoded
+    # a TIFF whose own resolution tags say 40 um/px: counted from its header and tags
+    tiff = write_pyramid(
+        np.asarray(Image.open(io.BytesIO(jpeg))), tmp_path / "coarse.tiff", 40.0
+    ).read_bytes()
+    assert "at 40 um/px" in assert_json_error(upload(client, "coarse.tiff", tiff), {413})
+    # 999 um/px (beyond the form's 50, but a TIFF's tags may say so): millions of tiles, counted, not built
+    tiff = write_pyramid(np.asarray(Image.open(io.BytesIO(jpeg))), tmp_path / "c2.tiff", 999.0).read_bytes()
+    msg = assert_json_error(upload(client, "coarse.tiff", tiff), {413})
+    assert (
+        "at 999 um/px" in msg and int(re.search(r"cut into ([\d,]+) tiles", msg)[1].replace(",", "")) > 10**7
+    )
+    # an image smaller than one tile would only fail in the background: refused at once
+    assert "smaller than one tile" in assert_json_error(
+        upload(client, "tiny.png", _small_png(), mpp="0.1"), {422}
+    )
+    assert list(client.app.state.jobs.work_dir.iterdir()) == []
+    # the same JPEG at a plausible MPP is a few tiles, and is accepted
+    job = ok(upload(client, "ok.jpg", jpeg, mpp="0.5"), 202)
+    assert 0 < job["image"]["grid_tiles"] <= MAX_TILES
+    _wait(client, job)
+
+
+def _wait(client, job, seconds=120) -> dict:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        st = ok(client.get(job["status_url"]))
+        if st["status"] in ("done", "error"):
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"upload job still running after {seconds} s: {st}")
+
+
+def test_a_job_clock_stops_a_job_over_its_time():
+    from app.uploads import JobClock, UploadError
+
+    now = iter([100.0, 101.0, 104.0, 106.0])
+    clock = JobClock(5.0, now=lambda: next(now))  # started at 100
+    clock.check("tiling", 0, 0)  # 1 s
+    clock.check("embedding", 32, 640)  # 4 s
+    with pytest.raises(
+        UploadError, match=r"stopped after 6\.0 s, over the limit of 5 s .* with 64 of 640 tiles"
+    ):
+        clock.check("embedding", 64, 640)
+    late = JobClock(1.0, now=iter([0.0, 2.0]).__next__)
+    with pytest.raises(UploadError, match="while tiling") as err:
+        late.check("tiling", 0, 0)
+    assert err.value.status == 413
+
+
+def test_an_upload_job_over_its_time_is_stopped(
+    built_index, retrieval_ckpt, cmu_slide, tmp_path, monkeypatch
+):
+    import itertools
+
+    import app.state
+    from app.uploads import JobClock
+
+    ticks = itertools.count()  # a clock that advances 1 s whenever it is read: start, tiling, 0 of n, chunk 1
+    monkeypatch.setattr(app.state, "JobClock", lambda limit: JobClock(limit, now=lambda: float(next(ticks))))
+    application = create_app(
+        built_index, checkpoint=retrieval_ckpt, max_job_seconds=2.5, work_dir=tmp_path / "up"
+    )
+    with TestClient(application, base_url=BASE, raise_server_exceptions=False) as c:
+        assert ok(c.get("/api/info"))["max_job_seconds"] == 2.5
+        st = _wait(c, ok(upload(c, "CMU-1-Small-Region.svs", cmu_slide.read_bytes()), 202))
+    assert st["status"] == "error" and "stopped after 3.0 s, over the limit of 2.5 s" in st["message"], st
+    assert "max_job_seconds" in st["message"] and not st["results"]
+    assert re.search(r"with [1-9][\d,]* of [1-9][\d,]* tiles embedded", st["message"]), st
+    assert list((tmp_path / "up").iterdir()) == []  # the upload is removed
+    with pytest.raises(ValueError, match="max_tiles must be a positive"):
+        create_app(built_index, max_upload_tiles=0)
+    with pytest.raises(ValueError, match="max_job_seconds must be a positive"):
+        create_app(built_index, max_job_seconds=float("inf"))
+
+
+def test_too_many_pending_uploads_are_refused_before_they_are_stored(built_index, retrieval_ckpt, tmp_path):
+    import threading
+
+    application = create_app(
+        built_index, checkpoint=retrieval_ckpt, max_pending_uploads=2, work_dir=tmp_path / "up"
+    )
+    jobs = application.state.jobs
+    release = threading.Event()
+    jobs._embed_fn = lambda job, path, mpp: release.wait(60) and {}  # a job that runs until released
+    jpeg = _jpeg()
+    try:
+        with TestClient(application, base_url=BASE, raise_server_exceptions=False) as c:
+            assert ok(c.get("/api/info"))["max_pending_uploads"] == 2
+            first = ok(upload(c, "a.jpg", jpeg, mpp="0.5"), 202)
+            ok(upload(c, "b.jpg", jpeg, mpp="0.5"), 202)  # one running, one queued
+            msg = assert_json_error(upload(c, "c.jpg", jpeg, mpp="0.5"), {429})
+            assert "2 uploads are already being checked or embedded (at most 2 at once)" in msg, msg
+            assert len(list((tmp_path / "up").iterdir())) == 2  # the third was never stored
+            # an upload being stored and checked holds a place too (before it is a job)
+            release.set()
+            assert _wait(c, first)["status"] == "done"
+            while sum(j.status in ("queued", "tiling", "embedding") for j in jobs._jobs.values()):
+                time.sleep(0.05)
+            with jobs.slot(), jobs.slot():
+                assert_json_error(upload(c, "d.jpg", jpeg, mpp="0.5"), {429})
+            ok(upload(c, "e.jpg", jpeg, mpp="0.5"), 202)  # places given back when the checks end
+    finally:
+        release.set()
+
+
+def test_serve_options(built_index, monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from histokg.cli import cli
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kw: seen.update(app=application, **kw))
+    out = CliRunner().invoke(cli, ["serve", str(built_index)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000  # loopback unless told otherwise
+    with TestClient(seen["app"], base_url=BASE) as c:
+        info = ok(c.get("/api/info"))
+        assert (info["max_upload_tiles"], info["max_job_seconds"], info["max_pending_uploads"]) == (
+            5_000,
+            300,
+            4,
+        )
+        assert c.get("/api/info", headers={"host": "localhost:8001"}).status_code == 400  # another port
+    args = ["serve", str(built_index), "--port", "8123", "--allowed-host", "slides.lab.example",
+            "--allowed-host", "10.0.0.7:9000", "--max-upload-tiles", "77", "--max-job-seconds", "12",
+            "--max-pending-uploads", "2", "--max-upload-mb", "1"]  # fmt: skip
+    out = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert out.exit_code == 0 and "serving Host" in out.output and "slides.lab.example" in out.output
+    with TestClient(seen["app"], base_url="http://127.0.0.1:8123") as c:
+        info = ok(c.get("/api/info"))
+        assert (info["max_upload_tiles"], info["max_job_seconds"], info["max_pending_uploads"]) == (77, 12, 2)
+        assert info["max_upload_bytes"] == 2**20
+        for host in ("slides.lab.example", "slides.lab.example:443", "10.0.0.7:9000", "localhost:8123"):
+            ok(c.get("/api/info", headers={"host": host}))
+        for host in ("10.0.0.7:9001", "localhost:8000", "evil.example:8123"):
+            assert_json_error(c.get("/api/info", headers={"host": host}), {400})
+    out = CliRunner().invoke(cli, ["serve", str(built_index), "--allowed-host", "http://x/"])
+    assert out.exit_code == 2 and "--allowed-host" in out.output and "not a host name" in out.output
+    for bad in (["--max-upload-tiles", "0"], ["--max-job-seconds", "0"], ["--max-pending-uploads", "0"]):
+        assert CliRunner().invoke(cli, ["serve", str(built_index), *bad]).exit_code == 2

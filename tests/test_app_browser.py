@@ -1,8 +1,8 @@
 """The page in a real headless browser (Debian's chromium through Playwright), against a real server.
 
 Starts uvicorn on 127.0.0.1 over the test index, then clicks: a slide -> its similar slides -> a
-region on the slide -> similar regions -> one of them (which opens its slide), and a pathway query
-with completion. Screenshots go to ``$HISTOKG_SCREENSHOTS`` (default: the test's tmp folder).
+region on the slide -> similar regions -> one of them (which opens its slide), a pathway query
+with completion, and an upload; all under the app's Content-Security-Policy (a violation fails the test). Screenshots go to ``$HISTOKG_SCREENSHOTS`` (default: the test's tmp folder).
 """
 # ruff: noqa: F811  (pytest fixtures imported from retrieval_fixtures)
 
@@ -75,6 +75,10 @@ def page(server):
         pg = browser.new_page(viewport={"width": 1500, "height": 950})
         errors: list[str] = []
         pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        # the page runs under the app's Content-Security-Policy: anything it refuses is an error here
+        pg.on(
+            "console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None
+        )
         pg.goto(server)
         yield pg
         browser.close()
@@ -100,6 +104,8 @@ def test_slide_similar_slides_region_similar_regions(page, shots):
     expect(similar.first).to_contain_text("score")
     assert "S1" not in [similar.nth(i).get_attribute("data-slide-id") for i in range(5)]
     expect(page.get_by_test_id("legend")).to_contain_text("prototype 0")  # categorical legend of the clusters
+    swatch = page.eval_on_selector("#legend .swatch", "e => getComputedStyle(e).backgroundColor")
+    assert swatch not in ("", "rgba(0, 0, 0, 0)", "transparent"), swatch  # coloured under the CSP
     page.screenshot(path=str(shots / "1_slide.png"))
 
     # drag a rectangle over the middle of the slide: similar regions from other slides
@@ -148,9 +154,24 @@ def test_colour_by_gene_and_pathway_query(page, shots):
     options = page.locator("#pathway-options option")
     values = [options.nth(i).get_attribute("value") for i in range(options.count())]
     assert "pathway:HALLMARK_HYPOXIA" in values
-    page.fill("#pathway-input", "HALLMARK_HYPOXIA")
+    page.fill("#pathway-input", "hypoxia")  # as the placeholder says
     page.click("#pathway-go")
     results = page.locator("#pathway-results li[data-slide-id]")
     expect(results).to_have_count(9)
     expect(results.first).to_contain_text("mean activation")
     page.screenshot(path=str(shots / "4_pathway.png"))
+
+
+def test_upload_from_the_page(page, shots, tmp_path):
+    """A same-origin upload from the page passes the server's Origin check and is embedded."""
+    from playwright.sync_api import expect
+    from test_app import _jpeg
+
+    path = tmp_path / "small.jpg"
+    path.write_bytes(_jpeg())
+    page.set_input_files("#upload-file", str(path))
+    page.fill("#upload-mpp", "0.5")
+    page.click("#upload-go")
+    expect(page.locator("#upload-text")).to_contain_text("most similar slides", timeout=120_000)
+    expect(page.locator("#upload-results li")).to_have_count(5)
+    page.screenshot(path=str(shots / "5_upload.png"))

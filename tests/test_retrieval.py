@@ -209,6 +209,80 @@ def test_pathway_query_and_values(built_index):
     assert clusters.max() < len(index.prototypes)
 
 
+ENTITIES = {
+    "pathway:HALLMARK_HYPOXIA": "HALLMARK_HYPOXIA",
+    "pathway:HALLMARK_GLYCOLYSIS": "HALLMARK_GLYCOLYSIS",
+    "pathway:R-HSA-70171": "Glycolysis",
+    "pathway:R-HSA-1234174": "Cellular-response-to-hypoxia",
+    "celltype:T cell": "T cell",
+    "celltype:CD4 T cell": "CD4 T cell",
+    "phenotype:invasive carcinoma": "invasive carcinoma",
+}
+
+
+def test_entity_names_resolve_what_a_person_types():
+    from histokg.retrieval.entities import EntityNames, resolve_label
+
+    names = EntityNames(list(ENTITIES), ENTITIES)
+    typed = {
+        "hypoxia": "pathway:HALLMARK_HYPOXIA",  # the README's example and the page's placeholder
+        "Hypoxia": "pathway:HALLMARK_HYPOXIA",
+        " hallmark hypoxia ": "pathway:HALLMARK_HYPOXIA",
+        "HALLMARK-HYPOXIA": "pathway:HALLMARK_HYPOXIA",
+        "pathway:HALLMARK_HYPOXIA": "pathway:HALLMARK_HYPOXIA",
+        "cellular response to hypoxia": "pathway:R-HSA-1234174",
+        "R-HSA-1234174": "pathway:R-HSA-1234174",
+        "REACTOME_GLYCOLYSIS": "pathway:R-HSA-70171",
+        "hallmark_glycolysis": "pathway:HALLMARK_GLYCOLYSIS",
+        "t cell": "celltype:T cell",
+        "T-Cell": "celltype:T cell",
+        "cd4_t_cell": "celltype:CD4 T cell",
+        "celltype:t cell": "celltype:T cell",
+        "Invasive Carcinoma": "phenotype:invasive carcinoma",
+    }
+    for text, entity in typed.items():
+        assert names.resolve(text) == entity, text
+    # several entities: refused with the candidates, never one picked silently
+    with pytest.raises(InputError, match="matches 2 entities") as err:
+        names.resolve("glycolysis")
+    assert "pathway:HALLMARK_GLYCOLYSIS" in str(err.value) and "pathway:R-HSA-70171" in str(err.value)
+    with pytest.raises(InputError, match="did you mean 'HALLMARK_HYPOXIA'"):
+        names.resolve("hypoxya")
+    with pytest.raises(InputError, match="empty name"):
+        names.resolve("  ")
+    labels = ["invasive carcinoma", "stroma"]
+    assert resolve_label("Invasive_Carcinoma", labels) == "invasive carcinoma"
+    with pytest.raises(InputError, match="did you mean 'stroma'"):
+        resolve_label("strom", labels)
+
+
+def test_pathway_names_as_typed_reach_queries_overlays_and_the_cli(built_index, capsys):
+    from histokg.retrieval.overlay import slide_overlay
+
+    index = RetrievalIndex.load(built_index)
+    res = q.slides_by_entity(index, "hypoxia", within="Invasive Carcinoma", k=3)
+    assert res["entity"] == "pathway:HALLMARK_HYPOXIA" and res["within"] == "invasive carcinoma"
+    assert res["results"]
+    over = slide_overlay(index, "S1", "kg:Hypoxia")
+    assert over["feature"] == "kg:pathway:HALLMARK_HYPOXIA" and over["label"] == "HALLMARK_HYPOXIA"
+    np.testing.assert_array_equal(
+        q.region_values(index, "S1", "kg:hypoxia"),
+        q.region_values(index, "S1", "kg:pathway:HALLMARK_HYPOXIA"),
+    )
+    args = ["--pathway", "hypoxia", "--within", "invasive carcinoma", "-k", "2"]
+    main(["index", "query", str(built_index), *args])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("slides by HALLMARK_HYPOXIA (pathway:HALLMARK_HYPOXIA)")
+    for args, message in (
+        (["--pathway", "hypoxya"], "did you mean 'HALLMARK_HYPOXIA'"),
+        (["--pathway", "hypoxia", "--within", "carcinom"], "did you mean 'invasive carcinoma'"),
+    ):
+        with pytest.raises(SystemExit) as err:
+            main(["index", "query", str(built_index), *args])
+        msg = capsys.readouterr().err.strip()
+        assert err.value.code == 2 and len(msg.splitlines()) == 1 and message in msg, msg
+
+
 def test_add_without_rebuild_and_checkpoint_guard(built_index, tmp_path):
     index = RetrievalIndex.load(built_index)
     shards = {s: index.shard_path(s) for s in index.slide_ids}

@@ -175,7 +175,8 @@ class DescriptorCase:
         assert name in help_text
         out = runner.invoke(cli, ["index", "evaluate", str(index_dir), "--label", "mix"])
         assert out.exit_code == 0 and any(line.split()[0] == name for line in out.output.splitlines()[1:])
-        with TestClient(create_app(index_dir), raise_server_exceptions=False) as client:
+        app = create_app(index_dir)  # served on loopback only: the client names 127.0.0.1 as its Host
+        with TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False) as client:
             res = client.get("/api/slides/benign-1/similar", params={"descriptor": name, "k": 3})
             assert res.status_code == 200, res.text
             assert res.json()["descriptor"] == name and len(res.json()["results"]) == 3

@@ -30,6 +30,9 @@ def info(state: State) -> dict:
         "uploads": not state.upload_reason,
         "uploads_reason": state.upload_reason,
         "max_upload_bytes": state.max_upload_bytes,
+        "max_upload_tiles": state.limits.max_tiles,
+        "max_job_seconds": state.limits.max_job_seconds,
+        "max_pending_uploads": state.limits.max_pending,
         "region_labels": region_labels(index),
     }
 

@@ -11,7 +11,7 @@ from fastapi import Path as PathParam
 
 from app.deps import State
 from app.errors import NotFound
-from app.uploads import UploadError, check_suffix, validate_upload
+from app.uploads import UploadError, check_suffix
 
 router = APIRouter()
 
@@ -27,25 +27,29 @@ async def upload(
     if state.upload_reason:
         raise UploadError(state.upload_reason, 503)
     suffix = check_suffix(file.filename)
-    path = state.jobs.new_path(suffix)
-    written = 0
-    try:
-        with open(path, "wb") as fh:
-            while chunk := await file.read(READ_CHUNK):
-                written += len(chunk)
-                if written > state.max_upload_bytes:
-                    raise UploadError(
-                        f"the upload is over the limit of {state.max_upload_bytes:,} bytes", 413
-                    )
-                fh.write(chunk)
-        if written == 0:
-            raise UploadError("the upload is empty")
-        check = functools.partial(validate_upload, path, suffix, max_pixels=state.max_upload_pixels, mpp=mpp)
-        info = await anyio.to_thread.run_sync(check)
-        job = state.jobs.submit(path, mpp)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    with state.jobs.slot() as submit:  # 429 at once when max_pending uploads are checked or embedded
+        path = state.jobs.new_path(suffix)
+        written = 0
+        try:
+            with open(path, "wb") as fh:
+                while chunk := await file.read(READ_CHUNK):
+                    written += len(chunk)
+                    if written > state.max_upload_bytes:
+                        raise UploadError(
+                            f"the upload is over the limit of {state.max_upload_bytes:,} bytes", 413
+                        )
+                    fh.write(chunk)
+            if written == 0:
+                raise UploadError("the upload is empty")
+            pairing = await anyio.to_thread.run_sync(state.pairing)
+            check = functools.partial(
+                state.check_upload, path, suffix, limits=state.limits, mpp=mpp, pairing=pairing
+            )
+            info = await anyio.to_thread.run_sync(check)
+            job = submit(path, mpp)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
     return {**job.public(), "image": info, "status_url": f"/api/uploads/{job.id}"}
 
 

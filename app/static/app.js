@@ -138,7 +138,11 @@ function drawScale() {
   bar.hidden = true;
   if (!o) return;
   if (o.kind === "categorical") {
-    o.categories.forEach((c, i) => legend.append(el("span", { class: "swatch", style: `background:${CATEGORICAL[i % CATEGORICAL.length]}` }), c));
+    o.categories.forEach((c, i) => {
+      const swatch = el("span", { class: "swatch" });
+      swatch.style.background = CATEGORICAL[i % CATEGORICAL.length]; // CSSOM, not a style attribute: allowed by the CSP
+      legend.append(swatch, c);
+    });
     return;
   }
   bar.hidden = false;

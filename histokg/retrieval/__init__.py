@@ -8,6 +8,7 @@
   task per slide, resumable; add slides without a rebuild.
 - ``histokg.retrieval.query``: :func:`similar_slides`, :func:`similar_regions` (a rectangle on a
   slide), :func:`slides_by_entity` (pathway or cell-type name through the KG activations);
+  ``histokg.retrieval.entities``: :func:`resolve_entity` (a name as a person types it -> the KG id);
   ``histokg.retrieval.values``: :func:`region_values` (measured or transferred values on regions).
 - What the web app draws and embeds: ``histokg.retrieval.overlay`` (a slide's regions with one
   feature on one colour scale), ``histokg.retrieval.images`` (region images),
@@ -36,6 +37,7 @@ _EXPORTS = {
     "similar_to_vectors": "histokg.retrieval.query",
     "slides_by_entity": "histokg.retrieval.query",
     "find_entities": "histokg.retrieval.query",
+    "resolve_entity": "histokg.retrieval.entities",
     "region_values": "histokg.retrieval.values",
     "descriptor_names": "histokg.retrieval.descriptors",
     "get_descriptor": "histokg.retrieval.descriptors",

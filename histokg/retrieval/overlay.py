@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from histokg.errors import InputError
+from histokg.retrieval.entities import resolve_entity
 from histokg.retrieval.index import region_id
 from histokg.retrieval.values import region_values
 
@@ -35,6 +36,8 @@ def slide_overlay(
     """
     if source not in SOURCES:
         raise InputError(f"source {source!r} is not one of {list(SOURCES)}")
+    if feature.startswith("kg:"):  # as a person types it (``kg:hypoxia``): answered with the entity's id
+        feature = "kg:" + resolve_entity(index, feature[3:])
     meta = index.slide_meta(slide_id)
     shard = index.shard(slide_id)
     measured_ok = has_measured(meta, feature)

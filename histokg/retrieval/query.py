@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from histokg.errors import InputError
-from histokg.registry import nearest
+from histokg.registry import nearest, normalize
 from histokg.retrieval import faiss_index as fi
+from histokg.retrieval.entities import entity_names, resolve_entity, resolve_label
 from histokg.retrieval.index import RetrievalIndex, region_id, split_region_id
-from histokg.retrieval.values import TRANSFER_K, region_values, slide_kg_means
+from histokg.retrieval.values import TRANSFER_K, region_labels, region_values, slide_kg_means
 
 __all__ = [
     "TRANSFER_K",
@@ -34,6 +35,7 @@ __all__ = [
     "region_values",
     "regions_in_box",
     "resolve_entity",
+    "resolve_label",
     "similar_regions",
     "similar_slides",
     "similar_to_vectors",
@@ -231,47 +233,45 @@ def parse_region_id(index: RetrievalIndex, rid: int) -> tuple[str, int]:
 def find_entities(
     index: RetrievalIndex, text: str, *, limit: int = 10, types: tuple[str, ...] = ()
 ) -> list[dict]:
-    """KG entities whose id or label matches ``text`` (prefix first, then substring, then fuzzy)."""
-    text = str(text).strip().lower()
+    """KG entities for completion: the entity ``text`` names first (:mod:`histokg.retrieval.entities`),
+    then those whose id or label starts with it, then those containing it (all under the naming
+    rule: any case, without spaces, ``-`` or ``_``), then the nearest labels."""
+    text = str(text).strip()
     if len(text) > 200:
         raise InputError("an entity query is at most 200 characters")
-    labels = index.manifest["entity_labels"]
-    ents = [e for e in index.manifest["entities"] if not types or e.split(":", 1)[0] in types]
+    names = entity_names(index)
+    ents = [e for e in names.entities if not types or e.split(":", 1)[0] in types]
     if not text:
-        return [{"id": e, "label": labels.get(e, e)} for e in ents[:limit]]
+        return [{"id": e, "label": names.label(e)} for e in ents[:limit]]
+    key = normalize(text)
+    named = set(names.by_key.get(key, ()))
     scored = []
     for e in ents:
-        lab = labels.get(e, e).lower()
-        name = e.split(":", 1)[-1].lower()
-        hay = f"{lab} {e.lower()}"
-        if lab.startswith(text) or name.startswith(text) or e.lower() == text:
+        lab = normalize(names.label(e))
+        ident = normalize(e.split(":", 1)[-1])
+        if e in named:
             scored.append((0, lab, e))
-        elif text in hay or text.replace(" ", "_") in hay:
+        elif lab.startswith(key) or ident.startswith(key):
             scored.append((1, lab, e))
+        elif key in lab or key in normalize(e):
+            scored.append((2, lab, e))
     if not scored:
-        close = nearest(text, [labels.get(e, e).lower() for e in ents], n=limit, cutoff=0.5)
-        scored = [(2, lab, e) for e in ents for lab in [labels.get(e, e).lower()] if lab in close]
+        close = set(nearest(text, [names.label(e) for e in ents], n=limit, cutoff=0.5))
+        scored = [(3, normalize(names.label(e)), e) for e in ents if names.label(e) in close]
     scored.sort()
-    return [{"id": e, "label": labels.get(e, e)} for _, _, e in scored[:limit]]
-
-
-def resolve_entity(index: RetrievalIndex, name: str) -> str:
-    """An entity id from an id or a (case-insensitive) label; InputError with suggestions otherwise."""
-    if name in index.manifest["entity_labels"]:
-        return name
-    lowered = str(name).strip().lower()
-    for e, lab in index.manifest["entity_labels"].items():
-        if lab.lower() == lowered or e.split(":", 1)[-1].lower() == lowered:
-            return e
-    hits = find_entities(index, name, limit=3)
-    hint = f" (did you mean {', '.join(repr(h['label']) for h in hits)}?)" if hits else ""
-    raise InputError(f"pathway or cell type {str(name)[:80]!r} is not in the index's KG{hint}")
+    return [{"id": e, "label": names.label(e)} for _, _, e in scored[:limit]]
 
 
 def slides_by_entity(index: RetrievalIndex, name: str, *, k: int = 10, within: str | None = None) -> dict:
-    """Slides ranked by the mean activation of a KG entity, over all regions or those labelled ``within``."""
+    """Slides ranked by the mean activation of a KG entity, over all regions or those labelled ``within``.
+
+    ``name`` and ``within`` are resolved from what a person types (:mod:`histokg.retrieval.entities`:
+    ``hypoxia``, ``HALLMARK_HYPOXIA``, ``pathway:HALLMARK_HYPOXIA``; ``Invasive Carcinoma``).
+    """
     k = _check_k(k)
     entity = resolve_entity(index, name)
+    if within is not None:
+        within = resolve_label(within, region_labels(index))
     rows = []
     for sid in index.slide_ids:
         shard = index.shard(sid)
@@ -302,7 +302,7 @@ def slides_by_entity(index: RetrievalIndex, name: str, *, k: int = 10, within: s
     rows.sort(key=lambda r: -r["score"])
     return {
         "entity": entity,
-        "label": index.manifest["entity_labels"].get(entity, entity),
+        "label": entity_names(index).label(entity),
         "within": within,
         "results": rows[:k],
     }

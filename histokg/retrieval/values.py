@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from histokg.errors import InputError
+from histokg.retrieval.entities import resolve_entity
 
 if TYPE_CHECKING:
     from histokg.retrieval.index import RetrievalIndex
@@ -31,7 +32,8 @@ def region_values(index: RetrievalIndex, slide_id: str, what: str, *, source: st
     """Values of one feature on each region of a slide.
 
     ``what``: ``"cluster"`` (prototype), ``"label"`` (region label), ``"gene:<symbol>"`` (log1p
-    CP10k), ``"kg:<entity id>"`` (activation). ``source``: ``"measured"`` (the slide's own counts or
+    CP10k), ``"kg:<entity>"`` (activation; the entity by id or as a person types it, resolved by
+    :func:`histokg.retrieval.entities.resolve_entity`). ``source``: ``"measured"`` (the slide's own counts or
     labels; InputError when it has none) or ``"predicted"`` (transferred from the
     :data:`TRANSFER_K` nearest measured regions of the *other* slides).
     """
@@ -42,6 +44,8 @@ def region_values(index: RetrievalIndex, slide_id: str, what: str, *, source: st
     kind, _, name = what.partition(":")
     if kind not in ("gene", "kg", "label") or (kind != "label" and not name):
         raise InputError(f"feature {what!r}: use 'cluster', 'label', 'gene:<symbol>' or 'kg:<entity id>'")
+    if kind == "kg":
+        name = resolve_entity(index, name)
     shard = index.shard(slide_id)
     if source == "measured":
         values = _measured(index, shard, kind, name)
