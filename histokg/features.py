@@ -70,6 +70,7 @@ def tensor_digest(module: nn.Module) -> str:
 BACKENDS = ("auto", "torch", "onnx")
 #: Environment variable that decides ``auto`` (``torch`` or ``onnx``) for every extractor of a process.
 BACKEND_ENV = "HISTOKG_FEATURE_BACKEND"
+_ANNOUNCED: set[str] = set()
 
 
 def check_backend(name: str) -> str:
@@ -247,7 +248,11 @@ class Extractor:
                 session, path = onnx_session(
                     _UInt8Tower(self.backbone, self.mean, self.std), self.identity, size, folder, self._torch
                 )
-                log.info("features: %s runs in ONNX Runtime (%s)", self.architecture, path or "in memory")
+                where = str(path or "in memory")
+                (log.debug if where in _ANNOUNCED else log.info)(
+                    "features: %s runs in ONNX Runtime (%s)", self.architecture, where
+                )
+                _ANNOUNCED.add(where)  # once per process: tiled slides make an extractor per chunk
             except Exception as exc:  # export, graph check or session creation
                 log.warning(
                     "features: %s could not run in ONNX Runtime (%s: %s); PyTorch runs it",
