@@ -7,9 +7,10 @@ Run: PYTHONPATH=. .venv/bin/python benchmarks/frozen_features.py [--arch tf_effi
    input in channels_last memory format, (c) the Extractor's ONNX Runtime backend (histokg.runtime: threads
    from the affinity mask, no spinning). Best of ``--rounds`` interleaved rounds after a warm-up; prints
    images/s, the ratio to eager and the max |difference| to eager's features.
-2. The same under a fixed competing load (one busy-loop process per ``--load`` count): ONNX Runtime with
-   its default session options (threads = its own default, busy-wait spinning on) against histokg's, and
-   eager PyTorch; prints the slowdown (loaded time / idle time) of each.
+2. The same beside a fixed competing load (``--load`` busy-loop processes): ONNX Runtime with its default
+   session options (threads = its own default, busy-wait spinning on) against histokg's, and eager
+   PyTorch; prints each one's slowdown (loaded time / idle time) and the share of its rate the load keeps
+   while each runs (what spinning threads take from a neighbour on a shared machine).
 3. Whole slide (CMU-1-Small-Region.svs from the shared data): tissue tiles at the patch geometry through
    ``spot_features`` (slide in, features out: reading, decoding, batching, the tower) against the bare
    tower on the same, already decoded patches; prints the ratio.
@@ -19,7 +20,9 @@ Numbers only: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import multiprocessing as mp
 import os
 import tempfile
@@ -28,15 +31,16 @@ import time
 import numpy as np
 import torch
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # before histokg imports tqdm: the numbers, not progress bars
-
 from histokg.features import Extractor
 from histokg.runtime import INPUT, session_options, usable_cpus
 
 
-def busy_loop() -> None:
+def busy_loop(counter) -> None:
+    """The competing load: a pure-Python loop counting its iterations (its share of the CPUs)."""
     while True:
-        pass
+        for _ in range(10_000):
+            pass
+        counter.value += 1
 
 
 def best_time(fns: dict, rounds: int) -> dict[str, float]:
@@ -103,21 +107,38 @@ def section_load(extractor: Extractor, batch: np.ndarray, rounds: int, n_load: i
         "ORT histokg": lambda: tuned.run(None, {INPUT: batch}),
     }
     idle = best_time(fns, rounds)
-    procs = [mp.Process(target=busy_loop, daemon=True) for _ in range(n_load)]
+    counters = [mp.Value("q", 0, lock=False) for _ in range(n_load)]
+    procs = [mp.Process(target=busy_loop, args=(c,), daemon=True) for c in counters]
     for p in procs:
         p.start()
+    loaded, other = {}, {}
     try:
-        time.sleep(0.5)
-        loaded = best_time(fns, rounds)
+        time.sleep(1.0)
+        alone_start, start = sum(c.value for c in counters), time.perf_counter()
+        time.sleep(2.0)
+        alone = (sum(c.value for c in counters) - alone_start) / (time.perf_counter() - start)
+        for name, fn in fns.items():
+            fn()
+            count0, start, best = sum(c.value for c in counters), time.perf_counter(), float("inf")
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            rate = (sum(c.value for c in counters) - count0) / (time.perf_counter() - start)
+            loaded[name], other[name] = best, rate / alone
     finally:
         for p in procs:
             p.terminate()
             p.join()
     n = len(batch)
-    print(f"\n2. under {n_load} busy-loop process(es) (ORT defaults: its own threads, spinning on)")
-    print(f"{'runner':<16}{'idle img/s':>12}{'loaded img/s':>14}{'slowdown':>10}")
+    print(f"\n2. beside {n_load} busy-loop process(es) (ORT defaults: its own thread count, spinning on)")
+    print(f"{'runner':<16}{'idle img/s':>12}{'loaded img/s':>14}{'slowdown':>10}{'load keeps':>12}")
     for name in fns:
-        print(f"{name:<16}{n / idle[name]:>12.1f}{n / loaded[name]:>14.1f}{loaded[name] / idle[name]:>10.2f}")
+        print(
+            f"{name:<16}{n / idle[name]:>12.1f}{n / loaded[name]:>14.1f}{loaded[name] / idle[name]:>10.2f}"
+            f"{other[name]:>11.0%}"
+        )
+    print("(load keeps: the busy loop's rate while the runner runs, over its rate with the runner idle)")
 
 
 def section_slide(extractor: Extractor, px: int, batch_size: int) -> None:
@@ -131,7 +152,8 @@ def section_slide(extractor: Extractor, px: int, batch_size: int) -> None:
     pairing = PairingConfig(patch_um=px * 0.5, patch_px=px)
     adata = tile_adata(slide, pairing, min_tissue=0.25)
     start = time.perf_counter()
-    feats = spot_features(adata, extractor, pairing, batch_size=batch_size).tower[0]
+    with contextlib.redirect_stderr(io.StringIO()):  # the numbers, not the progress bar
+        feats = spot_features(adata, extractor, pairing, batch_size=batch_size).tower[0]
     whole = time.perf_counter() - start
     ds = SpotPatchDataset(adata, pairing, expression=np.zeros((adata.n_obs, 0), np.float32))
     try:
