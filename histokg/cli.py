@@ -42,10 +42,32 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnx"]),
+    default=None,
+    envvar="HISTOKG_FEATURE_BACKEND",
+    help="Frozen image towers on the CPU: ONNX Runtime (onnx), PyTorch (torch), or auto (ONNX Runtime "
+    "where it can run) [env HISTOKG_FEATURE_BACKEND; default auto].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Intra-op threads of torch and ONNX Runtime (default: the CPUs this process may use).",
+)
 @click.version_option(package_name="histokg")
-def cli(verbose: int, quiet: bool) -> None:
+def cli(verbose: int, quiet: bool, backend: str | None, threads: int | None) -> None:
     """histokg: align H&E whole-slide images with spatial transcriptomics, guided by a knowledge graph."""
+    import os
+
+    from histokg.features import BACKEND_ENV
+    from histokg.runtime import configure_threads
+
     _setup_logging(verbose, quiet)
+    configure_threads(threads)
+    if backend:
+        os.environ[BACKEND_ENV] = backend  # every Extractor of this process (and its workers) reads it
 
 
 # --------------------------------------------------------------------------- data

@@ -106,7 +106,13 @@ def embed_spots(
     from histokg.features import Extractor, FeatureCache, spot_features
 
     device = _device(model, device)
-    extractor = Extractor.of_model(model, device=device, dtype=dtype)
+    extractor = Extractor.of_model(
+        model,
+        device=device,
+        dtype=dtype,
+        backend="auto",
+        model_dir=Path(cache_dir) / "onnx" if cache_dir else None,
+    )
     feats = spot_features(
         adata,
         extractor,

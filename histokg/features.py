@@ -21,8 +21,10 @@ web app's uploads).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ from histokg.st.pairing import PairingConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Extractor", "FeatureCache", "SpotFeatures", "dihedral", "spot_features"]
+__all__ = ["BACKENDS", "Extractor", "FeatureCache", "SpotFeatures", "dihedral", "spot_features"]
 
 # A function of one (H, W, 3) uint8 patch returning a 1-d float vector, computed beside the tower.
 PatchFunction = Callable[[np.ndarray], np.ndarray]
@@ -64,11 +66,47 @@ def tensor_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+#: Feature backends: ``auto`` (ONNX Runtime for a float32 tower on the CPU, else PyTorch), ``torch``, ``onnx``.
+BACKENDS = ("auto", "torch", "onnx")
+#: Environment variable that decides ``auto`` (``torch`` or ``onnx``) for every extractor of a process.
+BACKEND_ENV = "HISTOKG_FEATURE_BACKEND"
+_ANNOUNCED: set[str] = set()
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise InputError(f"features: unknown backend {name!r} (valid: {', '.join(BACKENDS)})")
+    return name
+
+
+class _UInt8Tower(nn.Module):
+    """The backbone with its input normalisation in front: uint8 (N, H, W, 3) in (the graph ORT runs)."""
+
+    def __init__(self, backbone: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.backbone, self.mean, self.std = backbone, mean, std
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        from histokg.models import normalise
+
+        x = patches.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return self.backbone(normalise(x, self.mean, self.std))
+
+
 class Extractor:
     """A backbone and its input normalisation: uint8 patches in, pooled features out.
 
     ``dtype`` is the autocast dtype of the forward pass (the trainer's mixed precision on a GPU; None:
     float32); it is part of the identity. Features always come back as float32 numpy arrays.
+
+    ``backend`` runs the forward pass: ``torch``, or ``onnx`` (ONNX Runtime on the CPU: the tower exported
+    once per identity and input size, cached in ``model_dir``, by default
+    :func:`histokg.runtime.default_model_dir`; see :mod:`histokg.runtime`), or ``auto``: ONNX Runtime for
+    a float32 tower on the CPU, PyTorch otherwise, unless ``$HISTOKG_FEATURE_BACKEND`` says ``torch`` or
+    ``onnx``. Where ONNX cannot serve (a GPU, autocast, no onnxruntime, a failed export or run) PyTorch
+    does, and a warning line says why. The backend is not part of :attr:`identity` (nor of the feature
+    cache's key): both compute the same function, within 1e-4 (tests/test_onnx_backend.py), as thread
+    counts or CPU kernels already differ; :attr:`backend` says which ran and the cache records it.
     """
 
     def __init__(
@@ -78,6 +116,8 @@ class Extractor:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        backend: str = "torch",
+        model_dir: str | Path | None = None,
     ):
         from histokg.models import input_stats
 
@@ -88,6 +128,9 @@ class Extractor:
         mean, std = input_stats(backbone)
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         self.num_features = int(backbone.num_features)
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.backend = self._choose(check_backend(backend))
+        self._sessions: dict[tuple[int, int], object] = {}  # (H, W) -> ORT session, or None: PyTorch
 
     @classmethod
     def create(
@@ -98,6 +141,8 @@ class Extractor:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         seed: int = 0,
+        backend: str = "auto",
+        model_dir: str | Path | None = None,
     ) -> Extractor:
         """A frozen backbone of ``architecture`` with ``weights`` (a named set, a local file, or None for a
         random initialisation drawn from ``seed``). Built on a forked RNG, so that creating it draws nothing
@@ -111,13 +156,57 @@ class Extractor:
             load_backbone_weights(backbone, weights, architecture)
         for p in backbone.parameters():
             p.requires_grad_(False)
-        return cls(backbone.eval().to(device), architecture, device=device, dtype=dtype)
+        return cls(
+            backbone.eval().to(device),
+            architecture,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            model_dir=model_dir,
+        )
 
     @classmethod
-    def of_model(cls, model, *, device=None, dtype: torch.dtype | None = None) -> Extractor:
-        """The backbone of a :class:`~histokg.models.DualEncoder` (shared, not copied)."""
+    def of_model(
+        cls,
+        model,
+        *,
+        device=None,
+        dtype: torch.dtype | None = None,
+        backend: str = "torch",
+        model_dir: str | Path | None = None,
+    ) -> Extractor:
+        """The backbone of a :class:`~histokg.models.DualEncoder` (shared, not copied). PyTorch by default:
+        a model in training changes its weights; inference passes ``backend="auto"``."""
         device = device or next(model.parameters()).device
-        return cls(model.image.backbone, model.cfg.image_encoder, device=device, dtype=dtype)
+        return cls(
+            model.image.backbone,
+            model.cfg.image_encoder,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            model_dir=model_dir,
+        )
+
+    def _choose(self, backend: str) -> str:
+        """The backend that will run: ``torch`` or ``onnx`` (a line in the log when ``onnx`` cannot)."""
+        explicit = backend == "onnx"
+        if backend == "auto":
+            env = os.environ.get(BACKEND_ENV, "auto")
+            backend, explicit = check_backend(env), env != "auto"
+        if backend == "torch":
+            return "torch"
+        if self.device.type != "cpu":
+            why = f"the tower is on {self.device}"  # on a GPU PyTorch is the fast path: said when asked
+        elif self.dtype is not None:
+            why = f"the forward pass autocasts to {self.dtype}"
+        elif importlib.util.find_spec("onnxruntime") is None:
+            why, explicit = "onnxruntime is not installed", True  # a missing dependency is always said
+        else:
+            return "onnx"
+        (log.warning if explicit else log.debug)(
+            "features: ONNX Runtime not used for %s (%s); PyTorch runs it", self.architecture, why
+        )
+        return "torch"
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
@@ -128,9 +217,57 @@ class Extractor:
         amp = f"|autocast={self.dtype}" if self.dtype is not None else ""
         return f"{self.architecture}|sha256:{tensor_digest(self.backbone)}{amp}"
 
-    @torch.no_grad()
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Features (N, d) float32 of uint8 patches (N, H, W, 3); the backbone runs in eval mode."""
+        patches = np.ascontiguousarray(patches)
+        session = self._session(patches) if self.backend == "onnx" else None
+        if session is not None:
+            from histokg.runtime import INPUT
+
+            try:
+                return session.run(None, {INPUT: patches})[0].astype(np.float32, copy=False)
+            except Exception as exc:  # ORT's own error types
+                log.warning(
+                    "features: ONNX Runtime failed on %s (%s); PyTorch runs it", self.architecture, exc
+                )
+                self._sessions[patches.shape[1:3]] = None
+        return self._torch(patches)
+
+    def _session(self, patches: np.ndarray):
+        """The ORT session for this input size (exported or loaded once), or None: PyTorch."""
+        if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[-1] != 3:
+            return None
+        size = patches.shape[1:3]
+        if size not in self._sessions:
+            from histokg.runtime import default_model_dir, onnx_session
+
+            folder = self.model_dir or default_model_dir()
+            was_training = self.backbone.training
+            self.backbone.eval()
+            try:
+                session, path = onnx_session(
+                    _UInt8Tower(self.backbone, self.mean, self.std), self.identity, size, folder, self._torch
+                )
+                where = str(path or "in memory")
+                (log.debug if where in _ANNOUNCED else log.info)(
+                    "features: %s runs in ONNX Runtime (%s)", self.architecture, where
+                )
+                _ANNOUNCED.add(where)  # once per process: tiled slides make an extractor per chunk
+            except Exception as exc:  # export, graph check or session creation
+                log.warning(
+                    "features: %s could not run in ONNX Runtime (%s: %s); PyTorch runs it",
+                    self.architecture,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
+                session = None
+            finally:
+                self.backbone.train(was_training)
+            self._sessions[size] = session
+        return self._sessions[size]
+
+    @torch.no_grad()
+    def _torch(self, patches: np.ndarray) -> np.ndarray:
         from histokg.models import normalise
 
         was_training = self.backbone.training
@@ -318,7 +455,9 @@ class FeatureCache:
 
     def write(self, paths: Mapping[str, Path], spot_ids: np.ndarray, found, extractor: Extractor) -> None:
         tower, extras = found
-        self._write(paths["tower"], tower, spot_ids, {"extractor": extractor.identity})
+        self._write(
+            paths["tower"], tower, spot_ids, {"extractor": extractor.identity, "backend": extractor.backend}
+        )
         for name, values in extras.items():
             self._write(paths[name], values, spot_ids, {"kind": name})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ from histokg.synth import SynthConfig, generate_study
 from histokg.testing import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """Exported ONNX towers of the tests go to a folder of the session, never to the user's cache."""
+    if "HISTOKG_CACHE_DIR" not in os.environ:
+        os.environ["HISTOKG_CACHE_DIR"] = str(tmp_path_factory.mktemp("histokg-cache"))
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,7 @@ class BenchConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ablations: AblationConfig = field(default_factory=AblationConfig)
     cache_dir: str | None = None  # features and KG bundles (content-addressed); None: OUT/cache
-    threads: int = 0  # torch threads (0: leave torch's default)
+    threads: int = 0  # torch and ONNX Runtime intra-op threads (0: as set, by the CLI the usable CPUs)
 
     def __post_init__(self) -> None:
         from histokg.losses import loss_registry

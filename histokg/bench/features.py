@@ -41,14 +41,20 @@ class FeatureConfig:
     read_mpp: float | None = None
     batch_size: int = 32
     device: str = "auto"
+    # the frozen tower's forward pass: auto (ONNX Runtime on the CPU, else PyTorch), torch or onnx
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        from histokg.features import BACKENDS
         from pathways_kg.dataconf import check
 
         check(1 <= self.views <= 8, "views", f"must be in 1..8, got {self.views}")
         check(self.patch_px >= 8, "patch_px", f"must be >= 8, got {self.patch_px}")
         check(self.patch_um > 0, "patch_um", f"must be > 0, got {self.patch_um}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(
+            self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+        )
         check(
             self.read_mpp is None or 0.05 <= self.read_mpp <= 50,
             "read_mpp",

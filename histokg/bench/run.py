@@ -34,6 +34,7 @@ from histokg.bench.scoring import interval_scores, retrieval_scores, score_slide
 from histokg.config import Component, save_config, to_dict
 from histokg.features import Extractor, FeatureCache, spot_features
 from histokg.io import claim_output_dir, holding_lock, write_json
+from histokg.runtime import configure_threads, usable_cpus
 from histokg.st.pairing import PairingConfig
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,17 @@ class Bench:
         self.clock.lap("read sections")
         fcfg = cfg.features
         extractor = Extractor.create(
-            fcfg.image_encoder, fcfg.image_weights, device=feature_device(fcfg.device)
+            fcfg.image_encoder,
+            fcfg.image_weights,
+            device=feature_device(fcfg.device),
+            backend=fcfg.backend,
+            model_dir=self.cache / "onnx",
         )
         cache = FeatureCache(self.cache / "features")
         pairing = PairingConfig(patch_um=fcfg.patch_um, patch_px=fcfg.patch_px, read_mpp=fcfg.read_mpp)
         self.feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.features_computed = []
+        self.features_backend = extractor.backend
         for sid, adata in tqdm(self.sections.items(), desc="frozen features", unit="section"):
             found = spot_features(
                 adata, extractor, pairing, views=fcfg.views, cache=cache, extras={NAIVE: naive_features},
@@ -304,7 +310,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            configure_threads(cfg.threads)
         load_start = os.getloadavg()[0]
         self.setup()
         folds_info = []
@@ -339,7 +345,11 @@ class Bench:
             "config": to_dict(cfg),
             "machine": machine(load_start),
             "sections": {s: int(a.n_obs) for s, a in self.sections.items()},
-            "features": {"computed": self.features_computed, "cache": str(self.cache / "features")},
+            "features": {
+                "computed": self.features_computed,
+                "cache": str(self.cache / "features"),
+                "backend": self.features_backend,
+            },
             "kg": {"bundles": {m: str(p) for m, p in self.bundles.items()}, "error": self.kg_error},
             "folds": folds_info,
             "runs": self.rows,
@@ -401,6 +411,7 @@ def machine(load_start: float) -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -122,6 +122,7 @@ class Trainer:
                 device=self.device,
                 dtype=self.precision.dtype,
                 seed=cfg.seed,
+                model_dir=self.out / "feature_cache" / "onnx",
             )
             self._cache_features(extractor)
             self.model = DualEncoder(cfg.model, n_expr, image_features=extractor.num_features)

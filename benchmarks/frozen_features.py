@@ -1,0 +1,208 @@
+"""Frozen image-tower throughput on the CPU: eager PyTorch vs channels_last vs ONNX Runtime, in one process.
+
+Run: PYTHONPATH=. .venv/bin/python benchmarks/frozen_features.py [--arch tf_efficientnet_lite0] [--px 224]
+     [--batch 32] [--rounds 3] [--weights imagenet:tf_efficientnet_lite0] [--no-load] [--no-slide]
+
+1. The same uint8 batch through (a) the Extractor's PyTorch path (eager, NCHW), (b) the same backbone and
+   input in channels_last memory format, (c) the Extractor's ONNX Runtime backend (histokg.runtime: threads
+   from the affinity mask, no spinning). Best of ``--rounds`` interleaved rounds after a warm-up; prints
+   images/s, the ratio to eager and the max |difference| to eager's features.
+2. The same beside a fixed competing load (``--load`` busy-loop processes): ONNX Runtime with its default
+   session options (threads = its own default, busy-wait spinning on) against histokg's, and eager
+   PyTorch; prints each one's slowdown (loaded time / idle time) and the share of its rate the load keeps
+   while each runs (what spinning threads take from a neighbour on a shared machine).
+3. Whole slide (CMU-1-Small-Region.svs from the shared data): tissue tiles at the patch geometry through
+   ``spot_features`` (slide in, features out: reading, decoding, batching, the tower) against the bare
+   tower on the same, already decoded patches; prints the ratio.
+Numbers only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import multiprocessing as mp
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from histokg.features import Extractor
+from histokg.runtime import INPUT, session_options, usable_cpus
+
+
+def busy_loop(counter) -> None:
+    """The competing load: a pure-Python loop counting its iterations (its share of the CPUs)."""
+    while True:
+        for _ in range(10_000):
+            pass
+        counter.value += 1
+
+
+def best_time(fns: dict, rounds: int) -> dict[str, float]:
+    """Fastest wall time of each function over interleaved rounds (each warmed up once)."""
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def channels_last_fn(extractor: Extractor, batch: np.ndarray):
+    net = copy.deepcopy(extractor.backbone).eval().to(memory_format=torch.channels_last)
+    mean, std = extractor.mean, extractor.std
+
+    @torch.no_grad()
+    def run() -> np.ndarray:
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        return net(x).numpy()
+
+    return run
+
+
+def ort_default_session(path: str):
+    """A session as ONNX Runtime makes it by default (its thread count, spinning on)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def ort_histokg_session(path: str):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
+
+
+def section_backends(extractor: Extractor, batch: np.ndarray, rounds: int) -> None:
+    eager = lambda: extractor._torch(batch)  # noqa: E731
+    fns = {
+        "eager": eager,
+        "channels_last": channels_last_fn(extractor, batch),
+        "onnxruntime": lambda: extractor(batch),
+    }
+    ref = eager()
+    diffs = {name: float(np.abs(fn() - ref).max()) for name, fn in fns.items()}
+    best = best_time(fns, rounds)
+    n = len(batch)
+    print(f"\n1. same batch ({n} x {batch.shape[1]} px), best of {rounds} rounds")
+    print(f"{'backend':<16}{'img/s':>10}{'vs eager':>10}{'max |diff|':>14}")
+    for name in fns:
+        print(f"{name:<16}{n / best[name]:>10.1f}{best['eager'] / best[name]:>10.2f}{diffs[name]:>14.2e}")
+
+
+def section_load(extractor: Extractor, batch: np.ndarray, rounds: int, n_load: int, path: str) -> None:
+    default, tuned = ort_default_session(path), ort_histokg_session(path)
+    fns = {
+        "eager torch": lambda: extractor._torch(batch),
+        "ORT defaults": lambda: default.run(None, {INPUT: batch}),
+        "ORT histokg": lambda: tuned.run(None, {INPUT: batch}),
+    }
+    idle = best_time(fns, rounds)
+    counters = [mp.Value("q", 0, lock=False) for _ in range(n_load)]
+    procs = [mp.Process(target=busy_loop, args=(c,), daemon=True) for c in counters]
+    for p in procs:
+        p.start()
+    loaded, other = {}, {}
+    try:
+        time.sleep(1.0)
+        alone_start, start = sum(c.value for c in counters), time.perf_counter()
+        time.sleep(2.0)
+        alone = (sum(c.value for c in counters) - alone_start) / (time.perf_counter() - start)
+        for name, fn in fns.items():
+            fn()
+            count0, start, best = sum(c.value for c in counters), time.perf_counter(), float("inf")
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            rate = (sum(c.value for c in counters) - count0) / (time.perf_counter() - start)
+            loaded[name], other[name] = best, rate / alone
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+    n = len(batch)
+    print(f"\n2. beside {n_load} busy-loop process(es) (ORT defaults: its own thread count, spinning on)")
+    print(f"{'runner':<16}{'idle img/s':>12}{'loaded img/s':>14}{'slowdown':>10}{'load keeps':>12}")
+    for name in fns:
+        print(
+            f"{name:<16}{n / idle[name]:>12.1f}{n / loaded[name]:>14.1f}{loaded[name] / idle[name]:>10.2f}"
+            f"{other[name]:>11.0%}"
+        )
+    print("(load keeps: the busy loop's rate while the runner runs, over its rate with the runner idle)")
+
+
+def section_slide(extractor: Extractor, px: int, batch_size: int) -> None:
+    from histokg.features import spot_features
+    from histokg.st.dataset import SpotPatchDataset
+    from histokg.st.pairing import PairingConfig
+    from histokg.testing import shared_data_dir
+    from histokg.tl.embed import tile_adata
+
+    slide = shared_data_dir() / "wsi" / "CMU-1-Small-Region.svs"
+    pairing = PairingConfig(patch_um=px * 0.5, patch_px=px)
+    adata = tile_adata(slide, pairing, min_tissue=0.25)
+    start = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # the numbers, not the progress bar
+        feats = spot_features(adata, extractor, pairing, batch_size=batch_size).tower[0]
+    whole = time.perf_counter() - start
+    ds = SpotPatchDataset(adata, pairing, expression=np.zeros((adata.n_obs, 0), np.float32))
+    try:
+        patches = np.stack([ds.read_image(i) for i in range(adata.n_obs)])
+    finally:
+        ds.close()
+    start = time.perf_counter()
+    bare = np.concatenate(
+        [extractor(patches[i : i + batch_size]) for i in range(0, len(patches), batch_size)]
+    )
+    tower = time.perf_counter() - start
+    n = adata.n_obs
+    print(f"\n3. whole slide {slide.name}: {n} tissue tiles of {px} px at 0.5 um/px ({extractor.backend})")
+    print(f"slide -> features {n / whole:.1f} tiles/s; bare tower on decoded patches {n / tower:.1f} img/s")
+    print(f"ratio {tower / whole:.2f} (max |diff| {np.abs(feats - bare).max():.1e})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="tf_efficientnet_lite0")
+    parser.add_argument("--weights", default="imagenet:tf_efficientnet_lite0", help="'' for a random init")
+    parser.add_argument("--px", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--load", type=int, default=1, help="busy-loop processes for section 2")
+    parser.add_argument("--no-load", action="store_true")
+    parser.add_argument("--no-slide", action="store_true")
+    args = parser.parse_args()
+
+    print(
+        f"machine: {os.cpu_count()} CPUs, usable {usable_cpus()}, torch {torch.__version__} threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
+    )
+    batch = np.random.default_rng(0).integers(0, 256, (args.batch, args.px, args.px, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        extractor = Extractor.create(args.arch, args.weights or None, backend="onnx", model_dir=tmp)
+        extractor(batch[:1])
+        (path,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp) for f in fs if f.endswith(".onnx")]
+        print(
+            f"{args.arch} ({args.weights or 'random init'}): export + probe + session {time.perf_counter() - start:.1f} s"
+        )
+        section_backends(extractor, batch, args.rounds)
+        if not args.no_load:
+            section_load(extractor, batch, args.rounds, args.load, path)
+        if not args.no_slide:
+            section_slide(extractor, args.px, args.batch)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
