@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from histokg.devices import check_device
 from histokg.errors import HistokgError
 from histokg.keys import Key
 
@@ -72,8 +74,10 @@ def synth(out_dir: Path, config_path: Path | None, overrides: tuple[str, ...]) -
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality of the tiles.")
 def convert(src: Path, dst: Path, mpp: float | None, tile: int, quality: int) -> None:
     """Write SRC (a plain image or any slide) as a pyramidal tiled TIFF with MPP that OpenSlide reads."""
+    from histokg.io import check_path_length
     from histokg.wsi import convert as convert_image
 
+    check_path_length(dst, "pyramid")
     out = convert_image(src, dst, mpp=mpp, tile=tile, quality=quality)
     click.echo(f"pyramid: {out}")
 
@@ -89,6 +93,7 @@ def tile(
 ) -> None:
     """Tissue mask and grid tiling of SLIDE: CLAM-style coordinates .h5 and an overlay PNG in OUT_DIR."""
     from histokg.config import load_config, save_config
+    from histokg.io import check_path_length
     from histokg.wsi import (
         TilingConfig,
         detect_tissue,
@@ -100,11 +105,14 @@ def tile(
     )
 
     cfg = load_config(TilingConfig, config_path, overrides)
+    outputs = {"h5": out_dir / f"{slide.stem}.h5", "png": out_dir / f"{slide.stem}_tiles.png"}
+    for path in (*outputs.values(), out_dir / "tiling_config.yaml"):
+        check_path_length(path, "tiling output")  # every name fits before any is written
     with open_slide(slide, mpp=mpp) as s:
         mask = detect_tissue(s, cfg.mask)
         tiles = tile_slide(s, cfg, mask)
-        h5 = save_tiles_h5(tiles, out_dir / f"{slide.stem}.h5")
-        png = save_png(tiles_overlay(tiles, mask), out_dir / f"{slide.stem}_tiles.png")
+        h5 = save_tiles_h5(tiles, outputs["h5"])
+        png = save_png(tiles_overlay(tiles, mask), outputs["png"])
     save_config(cfg, out_dir / "tiling_config.yaml")
     click.echo(f"{len(tiles)} tiles -> {h5}\noverlay -> {png}")
 
@@ -232,12 +240,19 @@ def pair(
 ) -> None:
     """Pair each spot of H5AD with its patch: flags edge and off-tissue spots, records the geometry."""
     from histokg.config import load_config
-    from histokg.st.contract import read_h5ad, write_h5ad
+    from histokg.io import check_path_length
+    from histokg.st.contract import check_spots, read_h5ad, write_h5ad
     from histokg.st.pairing import PairingConfig, pair_spots, spots_overlay
     from histokg.wsi import save_png
 
     cfg = load_config(PairingConfig, config_path, overrides)
-    adata = pair_spots(read_h5ad(h5ad), cfg, slide_dir=slide_dir)
+    check_path_length(out, "paired .h5ad")
+    adata = read_h5ad(h5ad)
+    check_spots(adata, f"h5ad file {h5ad}")
+    if overlay_dir is not None:
+        for lib in adata.obs[Key.obs.library_id].astype(str).unique():
+            check_path_length(overlay_dir / f"{lib}_spots.png", "spot overlay")
+    adata = pair_spots(adata, cfg, slide_dir=slide_dir)
     write_h5ad(adata, out)
     if overlay_dir is not None:
         for lib in adata.obs[Key.obs.library_id].astype(str).unique():
@@ -305,7 +320,12 @@ def train_cmd(
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
+@click.option(
+    "--device",
+    default=None,
+    callback=lambda ctx, param, value: check_device(value),  # one line for a device this machine lacks
+    help="auto, cpu, cuda, cuda:N (default: auto, the GPU if there is one).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def embed_cmd(
     checkpoint: Path,
@@ -322,7 +342,7 @@ def embed_cmd(
     """Embed INPUTS with a trained model: .h5ad files (spots), study folders, or slides (whole-slide tiles)."""
     from histokg.checkpoint import load_model
     from histokg.io import check_output_file
-    from histokg.st.contract import read_h5ad, write_h5ad
+    from histokg.st.contract import check_spots, read_h5ad, write_h5ad
     from histokg.st.study import load_study
     from histokg.tl.embed import concat_embedded, embed, embed_slide
 
@@ -332,7 +352,10 @@ def embed_cmd(
     spots = {
         p: load_study(p) if p.is_dir() else read_h5ad(p) for p in inputs if p.is_dir() or p.suffix == ".h5ad"
     }
-    model = load_model(checkpoint, device or "cpu")
+    for path, adata in spots.items():
+        if not path.is_dir():  # a study folder is checked as it is read
+            check_spots(adata, f"h5ad file {path}")
+    model = load_model(checkpoint, "cpu")  # tl.embed moves it to --device
     parts = []
     for path in inputs:
         if path in spots:
@@ -489,6 +512,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if _is_user_error(exc):
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path the user named, or made
+            from histokg.io import short_path
+
+            name = short_path(exc.filename) if exc.filename else "a path"
+            click.echo(f"error: {name}: the name is too long for the file system ({exc.strerror})", err=True)
             sys.exit(2)
         raise
 

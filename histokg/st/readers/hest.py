@@ -148,7 +148,7 @@ class HESTReader(Reader):
         """As recorded; otherwise from the spot pitch of a known array (Visium, legacy ST)."""
         if spots.spot_diameter_um is not None or spots.spot_diameter_fullres is not None:
             return super().resolve_spot_diameter(spots, mpp)
-        pitch_um = pitch_pixels(np.asarray(spots.xy)) * mpp
+        pitch_um = pitch_pixels(np.asarray(spots.xy), f"h5ad file {self.h5ad}") * mpp
         for array_pitch, (technology, diameter) in KNOWN_ARRAYS.items():
             if abs(pitch_um / array_pitch - 1) <= PITCH_TOLERANCE:
                 log.info(
