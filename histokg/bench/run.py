@@ -27,7 +27,7 @@ from histokg.bench.baselines import baseline_predictor, knn_predictor, ridge_pre
 from histokg.bench.config import BenchConfig
 from histokg.bench.data import load_sections, make_folds, shared_genes
 from histokg.bench.engine import RunInputs, train_heads
-from histokg.bench.features import NAIVE, feature_device, naive_features
+from histokg.bench.features import NAIVE, feature_device, naive_features, train_device
 from histokg.bench.folds import FoldBuilder, FoldData, without_kernel
 from histokg.bench.prior import bundle_for, prior_quality
 from histokg.bench.scoring import retrieval_scores, score_slide, summarise
@@ -86,6 +86,8 @@ class Bench:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
+        feature_device(cfg.features.device)  # both devices are checked before any data is read
+        train_device(cfg.heads.device)
         self.sections = load_sections(cfg.data, cfg.label_key, cfg.in_tissue_only)
         self.folds = make_folds(list(self.sections), cfg.folds, cfg.train, cfg.test)
         self.genes = shared_genes(self.sections)
