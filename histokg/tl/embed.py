@@ -98,7 +98,9 @@ def _expression_inputs(adata: ad.AnnData, loaded: LoadedModel) -> np.ndarray:
         from histokg.priors import KGPrior
 
         counts = adata.layers[Key.layers.counts]
-        _check_counted(adata, np.asarray(counts.sum(axis=1)).ravel() > 0, f"{_libraries_text(adata)}", "genes")
+        _check_counted(
+            adata, np.asarray(counts.sum(axis=1)).ravel() > 0, f"{_libraries_text(adata)}", "genes"
+        )
         prior = KGPrior.from_bundle(loaded.prior.bundle, list(adata.var_names), loaded.prior)
         return np.asarray(prior.activations(counts), np.float32)
     inputs = panel_log1p(adata, loaded.genes, source=source)
