@@ -253,3 +253,113 @@ def test_check_spots_is_what_every_consumer_calls(legacy_adata):
         InputError, match=r"\['metadata'\]\['mpp'\]: microns per pixel 1e-09 is not plausible"
     ):
         check_spots(adata, "x")
+
+
+# --------------------------------------------------------------------------- found by tests/test_properties.py
+
+
+def test_duplicate_spot_ids_are_refused_by_pair_and_embed(legacy_adata):
+    """Before: pair_spots and tl.embed returned an AnnData with two spots of one id (the contract refuses
+    such a file when it is read back)."""
+    adata = legacy_adata.copy()
+    names = list(adata.obs_names)
+    names[-1] = names[0]
+    adata.obs_names = names
+    with pytest.raises(InputError, match=r"pair_spots: duplicate spot ids, e.g. \['counts_1x1'\]"):
+        pair_spots(adata)
+    with pytest.raises(InputError, match=r"tl.embed: duplicate spot ids, e.g. \['counts_1x1'\]"):
+        embed(adata, tiny_model(list(adata.var_names)), device="cpu", copy=True)
+
+
+@pytest.mark.parametrize(
+    ("layer", "value", "expected"),
+    [
+        ("X", np.nan, r"X: 1 value\(s\) are NaN or infinite, e.g. nan for spot 'counts_1x2', gene 'G0'"),
+        ("counts", np.inf, r"layers\['counts'\]: 1 value\(s\) are NaN or infinite, e.g. inf for spot"),
+        ("counts", -3.0, r"layers\['counts'\]: 1 value\(s\) are negative \(raw counts are >= 0\), e.g. -3.0"),
+    ],
+)
+def test_non_finite_or_negative_matrix_values_are_refused(legacy_adata, layer, value, expected):
+    """Before: a NaN in X came out of pair_spots and tl.embed unchanged (a NaN in an output); NaN, infinite
+    or negative raw counts came out of pair_spots unchanged, and tl.embed computed every embedding, then
+    blamed the checkpoint ("1 of 36 embeddings are not finite; the checkpoint or its inputs are broken")."""
+    adata = legacy_adata.copy()
+    matrix = adata.X.toarray() if layer == "X" else adata.layers["counts"].toarray().astype(float)
+    matrix[1, 0] = value
+    if layer == "X":
+        adata.X = matrix
+    else:
+        adata.layers["counts"] = matrix
+    with pytest.raises(InputError, match=expected):
+        pair_spots(adata)
+    with pytest.raises(InputError, match=expected):
+        embed(adata, tiny_model(list(adata.var_names)), device="cpu", copy=True)
+
+
+def _hest_file(legacy_adata, tmp_path, *, xy=None, scalefactors=None):
+    import anndata as ad
+
+    hest = ad.AnnData(X=legacy_adata.layers["counts"], obs=legacy_adata.obs[[]].copy())
+    hest.obsm["spatial"] = legacy_adata.obsm["spatial"] if xy is None else xy
+    hest.uns["spatial"] = {"S": {"scalefactors": scalefactors or {"spot_diameter_fullres": 20.0}}}
+    path = tmp_path / "S.h5ad"
+    hest.write_h5ad(path)
+    return path
+
+
+def test_hest_values_that_are_not_numbers_are_one_line(legacy_section, legacy_adata, tmp_path, capsys):
+    """Before: ValueError "could not convert string to float" from numpy, with a traceback."""
+    from histokg.st import read_hest
+
+    image = legacy_section["image"]
+    xy = legacy_adata.obsm["spatial"].astype(str)
+    xy[3, 0] = "abc"
+    path = _hest_file(legacy_adata, tmp_path, xy=xy)
+    with pytest.raises(InputError, match=r"S.h5ad: obsm\['spatial'\]: expected numbers \(could not convert"):
+        read_hest(path, image, mpp=5.0)
+    line = one_line_error(capsys, "read", "hest", path, image, "--mpp", "5", "-o", tmp_path / "x.h5ad")
+    assert "obsm['spatial']: expected numbers" in line and not (tmp_path / "x.h5ad").exists()
+    path = _hest_file(legacy_adata, tmp_path, scalefactors={"spot_diameter_fullres": "abc"})
+    field = r"uns\['spatial'\]\['S'\]\['scalefactors'\]\['spot_diameter_fullres'\]"
+    with pytest.raises(InputError, match=rf"h5ad file .*S.h5ad: {field}: expected a number, got 'abc'"):
+        read_hest(path, image, mpp=5.0)
+    path = _hest_file(legacy_adata, tmp_path)
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"pixel_size_um_estimated": "abc"}')
+    with pytest.raises(InputError, match=r"meta.json: pixel_size_um_estimated: expected a number, got 'abc'"):
+        read_hest(path, image, metadata_json=meta)
+
+
+def test_visium_scale_factors_that_are_not_finite_are_left_out(tmp_path, legacy_section, caplog):
+    """Before: a NaN tissue_lowres_scalef was copied into uns['spatial'][...]['scalefactors'] (a NaN in
+    the output)."""
+    import json
+
+    from PIL import Image
+
+    from histokg.st import read_visium, write_10x_h5
+
+    outs = tmp_path / "S1"
+    (outs / "spatial").mkdir(parents=True)
+    barcodes = [f"AAAC{i:04d}-1" for i in range(4)]
+    write_10x_h5(
+        outs / "filtered_feature_bc_matrix.h5", np.ones((4, 2), int), barcodes, ["A", "B"], ["A", "B"]
+    )
+    pd.DataFrame(
+        {
+            "barcode": barcodes,
+            "in_tissue": 1,
+            "array_row": [0, 0, 1, 1],
+            "array_col": [0, 1, 0, 1],
+            "pxl_row_in_fullres": [300.0, 300.0, 340.0, 340.0],
+            "pxl_col_in_fullres": [300.0, 340.0, 300.0, 340.0],
+        }
+    ).to_csv(outs / "spatial" / "tissue_positions.csv", index=False)
+    scalefactors = {"spot_diameter_fullres": 11.0, "tissue_hires_scalef": 0.1, "tissue_lowres_scalef": "NaN"}
+    (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps(scalefactors).replace('"NaN"', "NaN"))
+    Image.open(legacy_section["image"]).resize((80, 80)).save(outs / "spatial" / "tissue_hires_image.png")
+    with caplog.at_level(logging.WARNING):
+        adata = read_visium(outs, library_id="S1")
+    kept = adata.uns["spatial"]["S1"]["scalefactors"]
+    assert "tissue_lowres_scalef" not in kept and all(np.isfinite(float(v)) for v in kept.values())
+    assert "['tissue_lowres_scalef'] not finite" in caplog.text

@@ -282,13 +282,17 @@ def check_coordinates(xy: np.ndarray, ids: Sequence[str], where: str) -> np.ndar
 def check_spots(adata: ad.AnnData, source: str = "AnnData") -> None:
     """What every consumer of spots needs (pairing, patches, features, embedding, overlays, training).
 
-    At least one spot; ``obsm["spatial"]`` an (n_obs, 2) array of finite centres, not all at one point
-    within a library; ``obs["library_id"]``; for each library ``uns["spatial"][lib]`` with a plausible MPP
+    At least one spot, unique ids; ``obsm["spatial"]`` an (n_obs, 2) array of finite centres, not all at one
+    point within a library; ``X`` finite and ``layers["counts"]`` (where present) finite and not negative;
+    ``obs["library_id"]``; for each library ``uns["spatial"][lib]`` with a plausible MPP
     (:func:`histokg.budget.check_mpp`) and a spot diameter within the budget
     (:func:`histokg.budget.check_spot_diameter`). Errors name ``source``, the field and the first bad spots.
     """
     if adata.n_obs == 0:
         raise InputError(f"{source}: no spots (0 observations); nothing to pair, embed or train on")
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
+        raise InputError(f"{source}: duplicate spot ids, e.g. {dup}")
     if Key.obs.library_id not in adata.obs:
         raise InputError(f"{source}: obs[{Key.obs.library_id!r}] is missing")
     spatial = adata.obsm.get(Key.obsm.spatial)
@@ -298,6 +302,10 @@ def check_spots(adata: ad.AnnData, source: str = "AnnData") -> None:
             "read the data with `histokg read` so that it follows the AnnData contract"
         )
     xy = check_coordinates(spatial, list(adata.obs_names), f"{source}: obsm['spatial']")
+    ids, genes = adata.obs_names, adata.var_names
+    _check_matrix(adata.X, f"{source}: X", ids, genes, counts=False)
+    if Key.layers.counts in adata.layers:
+        _check_matrix(adata.layers[Key.layers.counts], f"{source}: layers['counts']", ids, genes, counts=True)
     libs = adata.obs[Key.obs.library_id].astype(str).to_numpy()
     for lib in pd.unique(libs):
         rows = np.flatnonzero(libs == lib)
@@ -322,6 +330,34 @@ def check_spots(adata: ad.AnnData, source: str = "AnnData") -> None:
         budget.check_spot_diameter(
             diameter, mpp, f"{source}: {field}['scalefactors'][{Key.scalefactors.spot_diameter_fullres!r}]"
         )
+
+
+def _check_matrix(matrix, where: str, spots: Sequence[str], genes: Sequence[str], *, counts: bool) -> None:
+    """A spots x genes matrix must hold numbers, none NaN or infinite; raw counts (``counts``) none below 0
+    either. The error names how many values are bad and the spot and gene of the first."""
+    if matrix is None:
+        return
+    if sp.issparse(matrix) and matrix.format not in ("csr", "csc", "coo"):
+        matrix = sp.csr_matrix(matrix)
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.dtype.kind not in "biufc":
+        raise InputError(f"{where}: expected numbers, got dtype {values.dtype}")
+    bad = ~np.isfinite(values) if values.dtype.kind in "fc" else np.zeros(values.shape, bool)
+    what = "NaN or infinite"
+    if not bad.any() and counts and values.dtype.kind in "fi":
+        bad, what = values < 0, "negative (raw counts are >= 0)"
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad.ravel())[0])
+    if sp.issparse(matrix):  # tocoo keeps the order of .data
+        coo = matrix.tocoo()
+        row, col = int(coo.row[first]), int(coo.col[first])
+    else:
+        row, col = (int(i) for i in np.unravel_index(first, values.shape))
+    raise InputError(
+        f"{where}: {int(bad.sum())} value(s) are {what}, e.g. {values.ravel()[first]} for spot "
+        f"{str(spots[row])!r}, gene {str(genes[col])!r}"
+    )
 
 
 def check_spots_in_image(xy: np.ndarray, width: int, height: int, ids: Sequence[str], where: str) -> None:

@@ -280,9 +280,16 @@ def _is_number(v) -> bool:
 
 
 def other_scalefactors(scalefactors: dict) -> dict:
-    """The numeric fields of a ``scalefactors_json.json`` other than the two the contract sets itself."""
+    """The numeric fields of a ``scalefactors_json.json`` other than the two the contract sets itself
+    (NaN or infinite ones are left out, with a warning: the contract's scale factors are finite)."""
     own = (Key.scalefactors.tissue_hires_scalef, Key.scalefactors.spot_diameter_fullres)
-    return {k: v for k, v in scalefactors.items() if k not in own and _is_number(v)}
+    numbers = {k: v for k, v in scalefactors.items() if k not in own and _is_number(v)}
+    bad = sorted(k for k, v in numbers.items() if not math.isfinite(v))
+    if bad:
+        log.warning(
+            "scalefactors_json.json: %s not finite; left out of uns['spatial'][...]['scalefactors']", bad
+        )
+    return {k: v for k, v in numbers.items() if k not in bad}
 
 
 # --------------------------------------------------------------------------- writer
