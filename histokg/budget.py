@@ -3,11 +3,11 @@
 A microns-per-pixel (MPP), a spot diameter, a patch or tile size, or an image's pixel count decides how
 many pixels are read, decoded or allocated and how many tiles or patches are made. A wrong value
 (``--mpp 1e-6``, a spot diameter of ``1e7`` um) would otherwise become a 289 GiB allocation or hours of
-drawing. Each check compares the work a value implies with a sane cap (the constants below) and, for
-allocations, with the memory this process can still get (:func:`histokg.wsi.memory.available_memory`);
-the error names the value, what it would cost and what a plausible value is. The decompression guard
-for image headers (:func:`histokg.wsi.memory.check_image_memory`) is the same idea for the pixels an
-image file claims.
+drawing. Each check compares the work a value implies with a sane cap (the constants below); the error
+names the value, what it would cost and what a plausible value is. The decompression guard for image
+headers (:func:`histokg.wsi.memory.check_image_memory`, which compares the pixels an image file claims
+with the memory this process can still get) is the same idea; it lives in ``histokg.wsi``, which imports
+this module, never the other way round (tests/test_layers.py).
 
 Who calls what:
 
@@ -21,8 +21,7 @@ Who calls what:
   :func:`histokg.retrieval.regions.embed_regions` lets a caller (the web app's uploads) set a smaller cap,
   and :func:`tile_count` tells it the number before any pixel is decoded;
 - :func:`check_spot_diameter`: the AnnData contract (every reader, ``pair``, overlays, ``embed``);
-- :func:`check_tiff_tile`: :func:`histokg.wsi.write_pyramid` (``convert --tile``);
-- :func:`check_allocation`: any other allocation sized by user input.
+- :func:`check_tiff_tile`: :func:`histokg.wsi.write_pyramid` (``convert --tile``).
 """
 
 from __future__ import annotations
@@ -157,15 +156,3 @@ def check_tiff_tile(tile, what: str) -> int:
             f"{what}: the tile size must be a multiple of 16 in 16..{MAX_TIFF_TILE} px, got {tile!r}"
         )
     return int(value)
-
-
-def check_allocation(nbytes: float, what: str, hint: str = "") -> None:
-    """Refuse allocating ``nbytes`` when the memory this process can get is smaller."""
-    from histokg.wsi.memory import available_memory, format_bytes
-
-    available, source = available_memory()
-    if nbytes > available:
-        raise InputError(
-            f"{what} needs about {format_bytes(nbytes)} of memory but only {format_bytes(available)} is "
-            f"available ({source})" + (f"; {hint}" if hint else "")
-        )
