@@ -104,14 +104,14 @@ def saved_model_config(meta: dict, source: str) -> tuple[ModelConfig, PairingCon
     data = config.get("data") or {}
     try:
         model_cfg = from_dict(ModelConfig, config.get("model"), "model")
-        geometry = {key: data[key] for key in ("patch_um", "patch_px") if key in data}
-        pairing = from_dict(PairingConfig, geometry, "data")
     except ConfigError as exc:
         raise InputError(f"{source}: its saved config is not valid ({exc})") from None
-    if not (pairing.patch_um > 0 and pairing.patch_px >= 8):
-        raise InputError(
-            f"{source}: its saved patch geometry ({pairing.patch_um} um at {pairing.patch_px} px) is not valid"
-        )
+    geometry = {key: data[key] for key in ("patch_um", "patch_px") if key in data}
+    try:  # PairingConfig checks the geometry against histokg.budget
+        pairing = from_dict(PairingConfig, geometry, "data")
+    except ConfigError as exc:
+        shown = f"{geometry.get('patch_um')} um at {geometry.get('patch_px')} px"
+        raise InputError(f"{source}: its saved patch geometry ({shown}) is not valid ({exc})") from None
     return replace(model_cfg, image_weights=None), pairing
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from histokg.devices import check_device
 from histokg.errors import HistokgError
 from histokg.io import holding_lock
 from histokg.keys import Key
@@ -129,7 +131,7 @@ def tile(
     SLIDE_tiles.png and the settings SLIDE_tiling_config.yaml (one set per slide: many slides may share
     OUT_DIR; a slide's own files are replaced only with --overwrite)."""
     from histokg.config import load_config, save_config
-    from histokg.io import claim_output_dir
+    from histokg.io import check_path_length, claim_output_dir
     from histokg.wsi import (
         TilingConfig,
         detect_tissue,
@@ -142,6 +144,8 @@ def tile(
 
     cfg = load_config(TilingConfig, config_path, overrides)
     names = [f"{slide.stem}{suffix}" for suffix in (".h5", "_tiles.png", "_tiling_config.yaml")]
+    for name in names:
+        check_path_length(out_dir / name, "tiling output")  # every name fits before any is written
     claim_output_dir(
         out_dir,
         names,
@@ -289,7 +293,7 @@ def pair(
     """Pair each spot of H5AD with its patch: flags edge and off-tissue spots, records the geometry."""
     from histokg.config import load_config
     from histokg.io import check_output_file
-    from histokg.st.contract import read_h5ad, write_h5ad
+    from histokg.st.contract import check_spots, read_h5ad, write_h5ad
     from histokg.st.pairing import PairingConfig, pair_spots, spots_overlay
     from histokg.wsi import save_png
 
@@ -297,6 +301,7 @@ def pair(
     check_output_file(out, "paired .h5ad", overwrite=overwrite, inputs=inputs)
     cfg = load_config(PairingConfig, config_path, overrides)
     adata = read_h5ad(h5ad)
+    check_spots(adata, f"h5ad file {h5ad}")
     libs = adata.obs[Key.obs.library_id].astype(str).unique() if overlay_dir is not None else []
     for lib in libs:
         check_output_file(overlay_dir / f"{lib}_spots.png", "overlay", overwrite=overwrite, inputs=inputs)
@@ -370,7 +375,12 @@ def train_cmd(
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
+@click.option(
+    "--device",
+    default=None,
+    callback=lambda ctx, param, value: check_device(value),  # one line for a device this machine lacks
+    help="auto, cpu, cuda, cuda:N (default: auto, the GPU if there is one).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @holding_lock("out", "histokg embed", folder=False, label="embedded .h5ad")
 def embed_cmd(
@@ -388,7 +398,7 @@ def embed_cmd(
     """Embed INPUTS with a trained model: .h5ad files (spots), study folders, or slides (whole-slide tiles)."""
     from histokg.checkpoint import load_model
     from histokg.io import check_output_file
-    from histokg.st.contract import read_h5ad, write_h5ad
+    from histokg.st.contract import check_spots, read_h5ad, write_h5ad
     from histokg.st.study import load_study
     from histokg.tl.embed import concat_embedded, embed, embed_slide
 
@@ -398,7 +408,10 @@ def embed_cmd(
     spots = {
         p: load_study(p) if p.is_dir() else read_h5ad(p) for p in inputs if p.is_dir() or p.suffix == ".h5ad"
     }
-    model = load_model(checkpoint, device or "cpu")
+    for path, adata in spots.items():
+        if not path.is_dir():  # a study folder is checked as it is read
+            check_spots(adata, f"h5ad file {path}")
+    model = load_model(checkpoint, "cpu")  # tl.embed moves it to --device
     parts = []
     for path in inputs:
         if path in spots:
@@ -642,6 +655,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if _is_user_error(exc):
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path the user named, or made
+            from histokg.io import short_path
+
+            name = short_path(exc.filename) if exc.filename else "a path"
+            click.echo(f"error: {name}: the name is too long for the file system ({exc.strerror})", err=True)
             sys.exit(2)
         raise
 

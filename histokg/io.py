@@ -46,16 +46,62 @@ __all__ = [
     "check_not_input",
     "check_output_dir",
     "check_output_file",
+    "check_path_length",
     "claim_output_dir",
     "file_sha256",
     "holding_lock",
     "load_tensor_file",
     "output_lock",
     "read_json_object",
+    "read_table",
+    "short_path",
     "write_json",
 ]
 
 PathLike = str | os.PathLike
+
+
+def short_path(path: str | Path, keep: int = 80) -> str:
+    """``path`` as text, with its middle left out when longer than ``keep`` characters (for messages)."""
+    text = str(path)
+    return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-(keep // 2 - 3) :]}"
+
+
+def _name_max(path: Path) -> tuple[int, int]:
+    """(longest name, longest path) in bytes on the file system of ``path``'s nearest existing folder."""
+    folder = path.absolute()
+    while folder != folder.parent:
+        try:
+            if folder.is_dir():
+                break
+        except OSError:  # this name is itself too long: look further up
+            pass
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or the folder is not readable
+        return 255, 4096
+
+
+def check_path_length(path: str | Path, what: str = "output file") -> Path:
+    """Error naming ``path`` when one of its names, or the whole path, is longer than its file system
+    allows (ENAMETOOLONG), before anything is computed or written."""
+    path = Path(path)
+    name_max, path_max = _name_max(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise InputError(
+                f"{what} {short_path(path)}: the name {short_path(part, 40)!r} is {size} bytes, too long for the "
+                f"file system (at most {name_max} bytes a name); choose a shorter name"
+            )
+    size = len(os.fsencode(str(path.absolute())))
+    if size > path_max:
+        raise InputError(
+            f"{what} {short_path(path)}: the path is {size} bytes, too long for the file system (at most "
+            f"{path_max} bytes); choose a shorter path"
+        )
+    return path
 
 
 def check_output_dir(path: PathLike, what: str = "output folder") -> Path:
@@ -64,7 +110,7 @@ def check_output_dir(path: PathLike, what: str = "output folder") -> Path:
     A symbolic link to a folder is followed (runs on a scratch disk linked into a project are common);
     anything else that is not a folder (a file, a FIFO, a device node, a dangling link) is refused.
     """
-    path = Path(path)
+    path = check_path_length(path, what)
     problem = folder_problem(path)
     if problem:
         raise InputError(f"{what} {path} {problem}")
@@ -87,7 +133,7 @@ def check_output_file(
     """Check that file ``path`` can be written: a regular file or nothing (not a folder, device node,
     FIFO, socket or symbolic link), not one of the command's ``inputs`` (whatever ``overwrite`` says),
     not there unless ``overwrite``, its folder writable."""
-    path = Path(path)
+    path = check_path_length(path, what)
     if path.is_dir() and not path.is_symlink():
         raise InputError(f"{what} {path} is a folder; give a file name")
     problem = output_problem(path)
@@ -137,7 +183,7 @@ def claim_output_dir(
     goes, a FIFO or device node), and an output that is or holds one of ``inputs``. Then checked
     writable (:func:`check_output_dir`, errors naming it ``label``). ``hint`` says what else the user can do.
     """
-    path = Path(path)
+    path = check_path_length(path, label)
     found = [name for name in outputs if os.path.lexists(path / name)] if path.is_dir() else []
     for name in found:
         _check_kind(path / name, name in folders, what)
@@ -222,3 +268,26 @@ def load_tensor_file(path: str | Path, what: str, map_location: Any = "cpu") -> 
         text = str(exc).strip()
         first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
         raise InputError(f"{what} {path}: cannot be read as a torch tensor file ({first})") from None
+
+
+def read_table(path: str | Path, what: str, *, sep: str = ",", **kwargs: Any):
+    """``pandas.read_csv`` of a user's table with one-line errors naming ``what`` and the file: missing,
+    empty, not UTF-8 text, malformed (unbalanced quotes, ragged rows), or a header without rows."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist or is not a file")
+    try:
+        frame = pd.read_csv(path, sep=sep, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} {path} is empty; expected a header row and one row per entry") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "tab" if sep == "\t" else f"{sep!r}"
+        raise InputError(f"{what} {path}: cannot be parsed as a {kind}-separated table ({reason})") from None
+    if frame.empty:
+        raise InputError(f"{what} {path}: a header ({', '.join(map(str, frame.columns[:6]))}) but no rows")
+    return frame

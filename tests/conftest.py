@@ -52,3 +52,18 @@ def synth_adata(synth_study: Path):
     from histokg.st.study import load_study
 
     return load_study(synth_study)
+
+
+@pytest.fixture(scope="session")
+def legacy_section(tmp_path_factory) -> dict[str, Path]:
+    """A tiny legacy-ST section (6 x 6 spots on an 800 px JPEG, 5 um/px): tests/bad_values_fixtures.py."""
+    from bad_values_fixtures import write_legacy_section
+
+    return write_legacy_section(tmp_path_factory.mktemp("legacy"))
+
+
+@pytest.fixture(scope="session")
+def legacy_adata(legacy_section):
+    from histokg.st import read_legacy_st
+
+    return read_legacy_st(legacy_section["counts"], legacy_section["spots"], legacy_section["image"])

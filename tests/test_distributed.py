@@ -78,10 +78,13 @@ def test_a_plain_cuda_device_is_this_ranks_gpu(monkeypatch):
     from histokg.train.distributed import DistInfo, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert resolve_device("cuda", DistInfo()) == torch.device("cuda:0")
     assert resolve_device("cuda", DistInfo(rank=1, world_size=2, local_rank=1)) == torch.device("cuda:1")
     assert resolve_device("cuda:3", DistInfo()) == torch.device("cuda:3")
     assert resolve_device("auto", DistInfo(local_rank=1)) == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"device 'cuda:7': no such GPU; this machine has 4 CUDA devices"):
+        resolve_device("cuda:7", DistInfo())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto", DistInfo()) == torch.device("cpu")
     with pytest.raises(ConfigError, match="CUDA is not available"):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from histokg.bench.config import HeadsConfig
+from histokg.bench.features import train_device
 from histokg.config import Component
 from histokg.errors import ConfigError
 from histokg.keys import Batch
@@ -131,7 +132,7 @@ def train_heads(
     if cls.needs_gaussians and inputs.g_mean is None:
         raise ConfigError(f"loss {loss_spec.name!r} needs KG2E Gaussians, which this fold does not have")
     seed_everything(seed)
-    device = torch.device(cfg.device)
+    device = train_device(cfg.device)
     views, n, d = inputs.features.shape
     optim = optim_config(cfg)
     model = DualEncoder(model_config(cfg), inputs.expr_inputs.shape[1], image_features=d).to(device)

@@ -45,12 +45,12 @@ class FeatureConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
+        from histokg import budget
         from histokg.features import BACKENDS
-        from pathways_kg.dataconf import check
+        from pathways_kg.dataconf import DataConfError, check
 
         check(1 <= self.views <= 8, "views", f"must be in 1..8, got {self.views}")
-        check(self.patch_px >= 8, "patch_px", f"must be >= 8, got {self.patch_px}")
-        check(self.patch_um > 0, "patch_um", f"must be > 0, got {self.patch_um}")
+        budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(
             self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
@@ -63,10 +63,19 @@ class FeatureConfig:
 
 
 def feature_device(name: str) -> torch.device:
-    """``features.device``: ``auto`` is the GPU where there is one."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``features.device``: ``auto`` is the GPU where there is one (:func:`histokg.devices.resolve_device`)."""
+    from histokg.devices import resolve_device
+    from histokg.errors import ConfigError
+
+    return resolve_device(name, what="features.device", error=ConfigError)
+
+
+def train_device(name: str) -> torch.device:
+    """``heads.device`` (where the heads train), as :func:`feature_device` resolves it."""
+    from histokg.devices import resolve_device
+    from histokg.errors import ConfigError
+
+    return resolve_device(name, what="heads.device", error=ConfigError)
 
 
 def naive_features(patch: np.ndarray) -> np.ndarray:

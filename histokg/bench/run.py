@@ -27,7 +27,7 @@ from histokg.bench.baselines import baseline_predictor, knn_predictor, ridge_cv_
 from histokg.bench.config import BenchConfig
 from histokg.bench.data import load_sections, make_folds, section_patients, shared_genes
 from histokg.bench.engine import RunInputs, train_heads
-from histokg.bench.features import NAIVE, feature_device, naive_features
+from histokg.bench.features import NAIVE, feature_device, naive_features, train_device
 from histokg.bench.folds import FoldBuilder, FoldData, image_inputs, without_kernel
 from histokg.bench.prior import bundle_for, prior_quality
 from histokg.bench.scoring import interval_scores, retrieval_scores, score_slide, summarise
@@ -88,6 +88,8 @@ class Bench:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
+        feature_device(cfg.features.device)  # both devices are checked before any data is read
+        train_device(cfg.heads.device)
         self.sections = load_sections(cfg.data, cfg.label_key, cfg.in_tissue_only)
         self.patients, self.patient_source = section_patients(self.sections, cfg.patients)
         self.folds = make_folds(list(self.sections), cfg.folds, cfg.train, cfg.test, self.patients)

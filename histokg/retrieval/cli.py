@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from histokg.devices import check_device
 from histokg.errors import InputError
 from histokg.retrieval.descriptors import descriptor_names, get_descriptor
 
@@ -57,7 +58,13 @@ def _common(f):
         click.option(
             "--workers", type=click.IntRange(1, 256), help="Local Dask workers (default: CPU cores)."
         ),
-        click.option("--device", default="cpu", show_default=True),
+        click.option(
+            "--device",
+            default="cpu",
+            show_default=True,
+            callback=lambda ctx, param, value: check_device(value),
+            help="auto, cpu, cuda or cuda:N.",
+        ),
         click.option(
             "--feature-cache",
             type=click.Path(file_okay=False, path_type=Path),

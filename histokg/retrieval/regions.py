@@ -38,17 +38,20 @@ def embed_regions(
     progress: Progress | None = None,
     library_id: str | None = None,
     batch_size: int = 32,
+    max_tiles: int | None = None,
 ) -> np.ndarray:
     """(n_tiles, dim) L2-normalised image-tower embeddings of the tissue tiles of ``slide``.
 
     ``mpp`` for images without one; ``library_id`` names the tiles' library (default: the file's
-    stem). Raises InputError when the slide has no tissue tiles.
+    stem). Raises InputError when the slide has no tissue tiles, or when its grid holds more than
+    ``max_tiles`` tiles (default :data:`histokg.budget.MAX_TILES`; counted from the slide's size before the
+    grid is allocated, :func:`histokg.budget.tile_count` gives the number without decoding the image).
     """
     from histokg.tl.embed import embed, tile_adata
 
     report = progress or (lambda stage, done, total: None)
     report("tiling", 0, 0)
-    tiles = tile_adata(slide, model.pairing, library_id=library_id, mpp=mpp)
+    tiles = tile_adata(slide, model.pairing, library_id=library_id, mpp=mpp, max_tiles=max_tiles)
     n = int(tiles.n_obs)
     if n == 0:
         raise InputError(f"no tissue tiles found on {slide}")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from histokg import budget
 from histokg.errors import InputError
 from histokg.io import atomic_open, atomic_path
 from histokg.keys import Key
@@ -162,18 +163,18 @@ def specs_from_paths(
 def specs_from_table(table: str | Path) -> list[SlideSpec]:
     """Specs from a CSV/TSV with a ``path`` column; optional ``slide_id``, ``kind``, ``library_id``,
     ``patient``, ``mpp``, ``label_key``; every other column is a slide label (e.g. ``diagnosis``)."""
-    import pandas as pd
+    from histokg.io import read_table
 
     table = Path(table)
-    if not table.is_file():
-        raise InputError(f"slide table {table} does not exist")
     sep = "\t" if table.suffix in (".tsv", ".txt") else ","
-    frame = pd.read_csv(table, sep=sep, dtype=str, keep_default_na=False)
+    frame = read_table(table, "slide table", sep=sep, dtype=str, keep_default_na=False)
     if "path" not in frame.columns:
         raise InputError(f"slide table {table}: no 'path' column (columns: {list(frame.columns)})")
     known = {"path", "slide_id", "kind", Key.obs.library_id, "patient", "mpp", "label_key"}
     specs = []
     for i, row in frame.iterrows():
+        if not str(row["path"]).strip():
+            raise InputError(f"slide table {table}, row {i + 2}: the path is empty")
         path = Path(row["path"])
         if not path.is_absolute():
             path = (table.parent / path).resolve()
@@ -184,12 +185,7 @@ def specs_from_table(table: str | Path) -> list[SlideSpec]:
         )
         lib = row.get(Key.obs.library_id) or None
         sid = row.get("slide_id") or safe_slide_id(lib or path.stem)
-        try:
-            mpp = float(row["mpp"]) if row.get("mpp") else None
-        except ValueError:
-            raise InputError(
-                f"slide table {table}, row {i + 2}: mpp {row['mpp']!r} is not a number"
-            ) from None
+        mpp = budget.check_mpp(row["mpp"], f"slide table {table}, row {i + 2}") if row.get("mpp") else None
         labels = {c: str(row[c]) for c in frame.columns if c not in known and row[c] != ""}
         specs.append(
             SlideSpec(

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from histokg import budget
 from histokg.errors import InputError
 from histokg.io import atomic_path
 from histokg.keys import Key
@@ -105,6 +106,37 @@ def _integer_counts(
     return counts.astype(np.float32), False
 
 
+def check_counts(counts, barcodes: Sequence[str], source: str) -> None:
+    """An all-zero count matrix is an error; spots without a single count are named in a warning.
+
+    A section with no counts can be neither trained on nor evaluated, and every spot's expression
+    would be the same (an all-zero input gives every spot one identical expression embedding).
+    Spots without counts among others are kept (their expression is zero) with a warning.
+    A matrix without genes (tiles of a slide without transcriptomics) is not checked.
+    """
+    counts = sp.csr_matrix(counts)
+    n_spots, n_genes = counts.shape
+    if n_genes == 0 or n_spots == 0:
+        return
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    empty = np.flatnonzero(totals <= 0)
+    if len(empty) == n_spots:
+        raise InputError(
+            f"{source}: every count is zero ({n_spots} spots x {n_genes} genes); a section without counts "
+            "can be neither trained on nor evaluated (every spot would get the same expression embedding); "
+            "is it the right matrix (raw counts, filtered_feature_bc_matrix)?"
+        )
+    if len(empty):
+        log.warning(
+            "%s: %d of %d spots have no counts at all (e.g. %s); they are kept with an all-zero expression, "
+            "which gives them one identical expression embedding",
+            source,
+            len(empty),
+            n_spots,
+            [str(barcodes[i]) for i in empty[:3]],
+        )
+
+
 def aggregate_duplicate_genes(
     counts: sp.csr_matrix, genes: Sequence[str], gene_ids: Sequence[str], source: str
 ) -> tuple[sp.csr_matrix, list[str], list[str]]:
@@ -165,6 +197,15 @@ def build_anndata(
     genes = [str(g) for g in genes]
     counts = sp.csr_matrix(counts)
     counts, is_integer = _integer_counts(counts, barcodes, genes, source, library_id)
+    check_counts(counts, barcodes, source)
+    if in_tissue is not None and len(barcodes) and not np.asarray(in_tissue, dtype=bool).any():
+        log.warning(
+            "%s: none of the %d spots is marked as under tissue (in_tissue is False for all); pairing "
+            "still flags each spot against the slide's tissue mask, but training with "
+            "data.in_tissue_only (the default) would drop them all",
+            source,
+            len(barcodes),
+        )
     gene_ids = list(gene_ids) if gene_ids is not None else genes
     counts, genes, gene_ids = aggregate_duplicate_genes(counts, genes, gene_ids, source)
     obs = pd.DataFrame(index=pd.Index([f"{library_id}_{b}" for b in barcodes], name="spot_id"))
@@ -186,38 +227,143 @@ def build_anndata(
 
 
 def validate(adata: ad.AnnData, source: str = "AnnData") -> None:
-    """Raise :class:`InputError` naming the field at fault if ``adata`` breaks the contract."""
+    """Raise :class:`InputError` naming the field at fault if ``adata`` breaks the contract.
+
+    The spots are checked as :func:`check_spots` does (at least one, finite centres not all at one point,
+    a plausible MPP and spot diameter per library); then the thumbnail and scale factors squidpy reads.
+    """
     if not adata.obs_names.is_unique:
         dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
         raise InputError(f"{source}: duplicate spot ids, e.g. {dup}")
     for col in (Key.obs.library_id, Key.obs.in_tissue):
         if col not in adata.obs:
             raise InputError(f"{source}: obs[{col!r}] is missing")
-    spatial = adata.obsm.get(Key.obsm.spatial)
-    if spatial is None or np.asarray(spatial).shape != (adata.n_obs, 2):
-        raise InputError(f"{source}: obsm['spatial'] must be an (n_obs, 2) array of (x, y) level-0 pixels")
-    if not np.isfinite(np.asarray(spatial, dtype=float)).all():
-        raise InputError(f"{source}: obsm['spatial'] has non-finite coordinates")
-    libs = adata.obs[Key.obs.library_id].astype(str).unique()
-    for lib in libs:
-        entry = adata.uns.get(Key.uns.spatial, {}).get(lib)
-        if entry is None:
-            raise InputError(f"{source}: uns['spatial'][{lib!r}] is missing")
-        for key in (Key.scalefactors.tissue_hires_scalef, Key.scalefactors.spot_diameter_fullres):
-            if key not in entry.get(Key.uns.scalefactors, {}):
-                raise InputError(f"{source}: uns['spatial'][{lib!r}]['scalefactors'][{key!r}] is missing")
+    check_spots(adata, source)
+    for lib in adata.obs[Key.obs.library_id].astype(str).unique():
+        entry = adata.uns[Key.uns.spatial][lib]
+        if Key.scalefactors.tissue_hires_scalef not in entry.get(Key.uns.scalefactors, {}):
+            raise InputError(
+                f"{source}: uns['spatial'][{lib!r}]['scalefactors'][{Key.scalefactors.tissue_hires_scalef!r}] "
+                "is missing"
+            )
         if Key.uns.hires not in entry.get(Key.uns.images, {}):
             raise InputError(f"{source}: uns['spatial'][{lib!r}]['images']['hires'] is missing")
-        mpp = entry.get(Key.uns.metadata, {}).get(Key.metadata.mpp)
-        if mpp is None or not np.isfinite(float(mpp)) or float(mpp) <= 0:
+
+
+def _spot_text(adata: ad.AnnData, i: int, xy: np.ndarray) -> str:
+    lib = adata.obs[Key.obs.library_id].iloc[i] if Key.obs.library_id in adata.obs else None
+    where = f" of library {str(lib)!r}" if lib is not None else ""
+    return f"spot {str(adata.obs_names[i])!r}{where} at (x={xy[i, 0]:.6g}, y={xy[i, 1]:.6g})"
+
+
+def check_coordinates(xy: np.ndarray, ids: Sequence[str], where: str) -> np.ndarray:
+    """``xy`` as a float (n, 2) array when every spot centre is a finite number; otherwise an
+    :class:`InputError` naming ``where``, how many spots and the first bad spot ids."""
+    try:
+        xy = np.asarray(xy, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: spot centres are not numbers ({exc})") from None
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) != len(ids):
+        raise InputError(
+            f"{where}: spot centres must be an (n_spots, 2) array of (x, y) pixels, got shape {xy.shape} "
+            f"for {len(ids)} spots"
+        )
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        examples = ", ".join(f"{str(ids[i])!r} ({xy[i, 0]:.6g}, {xy[i, 1]:.6g})" for i in rows[:3])
+        raise InputError(
+            f"{where}: {len(rows)} of {len(xy)} spot centres are not finite numbers (NaN or infinite), "
+            f"e.g. {examples}; fix or drop those rows"
+        )
+    return xy
+
+
+def check_spots(adata: ad.AnnData, source: str = "AnnData") -> None:
+    """What every consumer of spots needs (pairing, patches, features, embedding, overlays, training).
+
+    At least one spot, unique ids; ``obsm["spatial"]`` an (n_obs, 2) array of finite centres, not all at one
+    point within a library; ``X`` finite and ``layers["counts"]`` (where present) finite and not negative;
+    ``obs["library_id"]``; for each library ``uns["spatial"][lib]`` with a plausible MPP
+    (:func:`histokg.budget.check_mpp`) and a spot diameter within the budget
+    (:func:`histokg.budget.check_spot_diameter`). Errors name ``source``, the field and the first bad spots.
+    """
+    if adata.n_obs == 0:
+        raise InputError(f"{source}: no spots (0 observations); nothing to pair, embed or train on")
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
+        raise InputError(f"{source}: duplicate spot ids, e.g. {dup}")
+    if Key.obs.library_id not in adata.obs:
+        raise InputError(f"{source}: obs[{Key.obs.library_id!r}] is missing")
+    spatial = adata.obsm.get(Key.obsm.spatial)
+    if spatial is None:
+        raise InputError(
+            f"{source}: obsm['spatial'] is missing (the (x, y) spot centres in level-0 pixels of the slide); "
+            "read the data with `histokg read` so that it follows the AnnData contract"
+        )
+    xy = check_coordinates(spatial, list(adata.obs_names), f"{source}: obsm['spatial']")
+    ids, genes = adata.obs_names, adata.var_names
+    _check_matrix(adata.X, f"{source}: X", ids, genes, counts=False)
+    if Key.layers.counts in adata.layers:
+        _check_matrix(adata.layers[Key.layers.counts], f"{source}: layers['counts']", ids, genes, counts=True)
+    libs = adata.obs[Key.obs.library_id].astype(str).to_numpy()
+    for lib in pd.unique(libs):
+        rows = np.flatnonzero(libs == lib)
+        if len(rows) > 1 and (xy[rows] == xy[rows[0]]).all():
             raise InputError(
-                f"{source}: uns['spatial'][{lib!r}]['metadata']['mpp'] is missing or not positive"
+                f"{source}: all {len(rows)} spots of library {lib!r} lie at one point, "
+                f"{_spot_text(adata, int(rows[0]), xy)}; the spot table holds no positions"
             )
+        entry = (adata.uns.get(Key.uns.spatial) or {}).get(lib)
+        if not isinstance(entry, dict):
+            raise InputError(f"{source}: uns['spatial'][{lib!r}] is missing")
+        field = f"uns['spatial'][{lib!r}]"
+        mpp = (entry.get(Key.uns.metadata) or {}).get(Key.metadata.mpp)
+        if mpp is None:
+            raise InputError(f"{source}: {field}['metadata']['mpp'] is missing")
+        mpp = budget.check_mpp(mpp, f"{source}: {field}['metadata']['mpp']")
+        diameter = (entry.get(Key.uns.scalefactors) or {}).get(Key.scalefactors.spot_diameter_fullres)
+        if diameter is None:
+            raise InputError(
+                f"{source}: {field}['scalefactors'][{Key.scalefactors.spot_diameter_fullres!r}] is missing"
+            )
+        budget.check_spot_diameter(
+            diameter, mpp, f"{source}: {field}['scalefactors'][{Key.scalefactors.spot_diameter_fullres!r}]"
+        )
+
+
+def _check_matrix(matrix, where: str, spots: Sequence[str], genes: Sequence[str], *, counts: bool) -> None:
+    """A spots x genes matrix must hold numbers, none NaN or infinite; raw counts (``counts``) none below 0
+    either. The error names how many values are bad and the spot and gene of the first."""
+    if matrix is None:
+        return
+    if sp.issparse(matrix) and matrix.format not in ("csr", "csc", "coo"):
+        matrix = sp.csr_matrix(matrix)
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.dtype.kind not in "biufc":
+        raise InputError(f"{where}: expected numbers, got dtype {values.dtype}")
+    bad = ~np.isfinite(values) if values.dtype.kind in "fc" else np.zeros(values.shape, bool)
+    what = "NaN or infinite"
+    if not bad.any() and counts and values.dtype.kind in "fi":
+        bad, what = values < 0, "negative (raw counts are >= 0)"
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad.ravel())[0])
+    if sp.issparse(matrix):  # tocoo keeps the order of .data
+        coo = matrix.tocoo()
+        row, col = int(coo.row[first]), int(coo.col[first])
+    else:
+        row, col = (int(i) for i in np.unravel_index(first, values.shape))
+    raise InputError(
+        f"{where}: {int(bad.sum())} value(s) are {what}, e.g. {values.ravel()[first]} for spot "
+        f"{str(spots[row])!r}, gene {str(genes[col])!r}"
+    )
 
 
 def check_spots_in_image(xy: np.ndarray, width: int, height: int, ids: Sequence[str], where: str) -> None:
-    """Error if spot centres fall outside a ``width`` x ``height`` image."""
-    xy = np.asarray(xy, dtype=float)
+    """Error if spot centres are not finite numbers (:func:`check_coordinates`) or fall outside a
+    ``width`` x ``height`` image."""
+    xy = check_coordinates(xy, ids, where)
     outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from histokg.errors import InputError
 from histokg.keys import Batch, Key
 from histokg.pp import panel_log1p
+from histokg.st.contract import check_spots
 from histokg.st.pairing import PairingConfig, open_library_slide, slide_paths
 from histokg.wsi.slide import Slide
 
@@ -44,6 +45,7 @@ class SpotPatchDataset(Dataset):
         aug_seed: int | None = None,
         slide_dir: str | Path | None = None,
     ):
+        check_spots(adata, "the AnnData given to SpotPatchDataset")
         self.adata = adata
         self.cfg = cfg
         self.transform = transform

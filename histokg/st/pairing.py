@@ -16,9 +16,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
+from histokg import budget
 from histokg.errors import InputError
 from histokg.keys import Key
-from histokg.st.contract import bool_flag, check_spots_in_image
+from histokg.st.contract import bool_flag, check_spots, check_spots_in_image
 from histokg.wsi.mask import MaskConfig, detect_tissue
 from histokg.wsi.slide import Slide, open_slide
 from histokg.wsi.tiling import draw_overlay
@@ -36,6 +37,11 @@ class PairingConfig:
     # read every patch as a scan at this um/px would show it (e.g. 3.4 to match a low-resolution
     # section); None: the slide's own resolution
     read_mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        from pathways_kg.dataconf import DataConfError
+
+        budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
 
     @property
     def target_mpp(self) -> float:
@@ -126,6 +132,7 @@ def pair_spots(
     in :func:`slide_paths`; where ``slides`` or ``slide_dir`` point elsewhere than the recorded path,
     ``source_image_path`` is updated to the (absolute) slide used.
     """
+    check_spots(adata, "the AnnData given to pair_spots")
     paths = slide_paths(adata, slides, slide_dir=slide_dir)
     partial = np.zeros(adata.n_obs, dtype=bool)
     on_mask = np.zeros(adata.n_obs, dtype=bool)
@@ -148,6 +155,14 @@ def pair_spots(
             mask = detect_tissue(slide, cfg.mask, allow_empty=True)
             on_mask[idx] = mask.contains(xy)
             fraction[idx] = mask.fraction_in_boxes(boxes)
+            _check_spots_meet_tissue(lib, path, mask, on_mask[idx], xy, list(adata.obs_names[idx]))
+        if Key.obs.in_tissue in adata.obs and not adata.obs[Key.obs.in_tissue].to_numpy(bool)[idx].any():
+            log.warning(
+                "%s: none of its %d spots is marked as under tissue (obs['in_tissue'] is False for all); "
+                "training with data.in_tissue_only (the default) would drop them all",
+                lib,
+                len(idx),
+            )
         log.info(
             "%s: %d spots paired, %d patches padded at the image edge, %d spots off the tissue mask",
             lib,
@@ -175,6 +190,26 @@ def pair_spots(
     return adata
 
 
+def _check_spots_meet_tissue(lib, path, mask, on_mask: np.ndarray, xy: np.ndarray, ids: list[str]) -> None:
+    """No spot on a tissue mask that found tissue: the spots and the slide are not of one section."""
+    if on_mask.any():
+        return
+    if not mask.mask.any():
+        log.warning(
+            "%s: the tissue mask of slide %s is empty (nothing more saturated than %.3f); every spot is "
+            "flagged off the mask (on_tissue_mask False): is it a faint, non-H&E or blank image?",
+            lib,
+            path,
+            mask.threshold,
+        )
+        return
+    raise InputError(
+        f"library {lib!r} vs slide {path}: none of the {len(ids)} spots lies on the slide's tissue mask "
+        f"(e.g. spot {ids[0]!r} at x={xy[0, 0]:.1f}, y={xy[0, 1]:.1f}); are the spot table and the slide "
+        "from the same section, at the same resolution and orientation?"
+    )
+
+
 SPOT_COLOURS = {"ok": (20, 170, 60), "partial": (240, 140, 0), "off_tissue": (220, 30, 30)}
 
 
@@ -191,6 +226,7 @@ def spots_overlay(
     Green: full patch on tissue; orange: patch padded at the image edge; red: spot off the tissue
     mask or not under tissue according to the reader.
     """
+    check_spots(adata, "the AnnData given to spots_overlay")
     sel = (adata.obs[Key.obs.library_id].astype(str) == lib).to_numpy()
     path = slide_paths(adata[sel], slides, slide_dir=slide_dir)[lib]
     obs = adata.obs.loc[sel]

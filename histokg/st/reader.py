@@ -41,9 +41,16 @@ import openslide
 import pandas as pd
 import scipy.sparse as sp
 
+from histokg import budget
 from histokg.errors import InputError, SlideError
 from histokg.keys import Key
-from histokg.st.contract import build_anndata, check_spots_in_image, match_ids, spatial_uns
+from histokg.st.contract import (
+    build_anndata,
+    check_coordinates,
+    check_spots_in_image,
+    match_ids,
+    spatial_uns,
+)
 from histokg.wsi.slide import PLAIN_SUFFIXES, open_slide
 
 log = logging.getLogger(__name__)
@@ -252,8 +259,12 @@ class Reader(ABC):
     def read(self) -> ad.AnnData:
         """Read the section into the AnnData contract."""
         spots = self.load()
+        if len(spots.barcodes) == 0:
+            raise InputError(f"{spots.source}: no spots to read")
+        spots.xy = check_coordinates(spots.xy, [str(b) for b in spots.barcodes], spots.positions)
         view = self._open_slide(spots) if self.slide is not None else self.without_slide(spots)
         diameter_px, diameter_source = self.resolve_spot_diameter(spots, view.mpp)
+        budget.check_spot_diameter(diameter_px, view.mpp, f"{spots.source}: spot size from {diameter_source}")
         spatial = spatial_uns(
             view.hires,
             view.hires_scalef,
@@ -285,6 +296,8 @@ class Reader(ABC):
     def _open_slide(self, spots: Spots) -> SlideView:
         assert self.slide is not None
         mpp, mpp_source = self._resolve_mpp(spots)
+        if mpp is not None and mpp_source != "given":  # a given MPP is named as the slide's (open_slide)
+            budget.check_mpp(mpp, f"{self.image_label} {self.slide}: the MPP from {mpp_source}")
         try:
             opened = open_slide(self.slide, mpp=mpp)
         except SlideError as exc:

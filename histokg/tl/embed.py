@@ -20,13 +20,14 @@ import torch
 
 from histokg import keys
 from histokg.checkpoint import LoadedModel, load_model
+from histokg.devices import resolve_device
 from histokg.embedding import embed_expression, embed_spots
 from histokg.errors import InputError
 from histokg.keys import Key
 from histokg.pp import panel_log1p
-from histokg.st.contract import build_anndata, spatial_uns
+from histokg.st.contract import build_anndata, check_spots, spatial_uns
 from histokg.st.pairing import PairingConfig
-from histokg.wsi import TilingConfig, detect_tissue, open_slide, tile_slide
+from histokg.wsi import TilingConfig, open_slide, tile_slide
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ def embed(
     library's one embedding routine (:func:`histokg.embedding.embed_spots`: the model's backbone features,
     cached in ``cache_dir`` when given, then its head); ``progress(done, total)`` follows the patches.
     """
+    check_spots(adata, "the AnnData given to tl.embed")
     adata = adata.copy() if copy else adata
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     loaded = _as_model(model, device)
     net = loaded.model.to(device).eval()
     has_counts = expression and Key.layers.counts in adata.layers and adata.n_vars > 0
@@ -91,12 +93,42 @@ def embed(
 
 def _expression_inputs(adata: ad.AnnData, loaded: LoadedModel) -> np.ndarray:
     """What the expression tower reads for each spot: panel log1p CP10k, or KG activations."""
+    source = f"{_libraries_text(adata)} (model panel)"
     if loaded.config.expr_input == "kg":
         from histokg.priors import KGPrior
 
+        counts = adata.layers[Key.layers.counts]
+        _check_counted(
+            adata, np.asarray(counts.sum(axis=1)).ravel() > 0, f"{_libraries_text(adata)}", "genes"
+        )
         prior = KGPrior.from_bundle(loaded.kg_bundle(), list(adata.var_names), loaded.prior)
-        return np.asarray(prior.activations(adata.layers[Key.layers.counts]), np.float32)
-    return panel_log1p(adata, loaded.genes, source=f"{_libraries_text(adata)} (model panel)")
+        return np.asarray(prior.activations(counts), np.float32)
+    inputs = panel_log1p(adata, loaded.genes, source=source)
+    _check_counted(adata, inputs.any(axis=1), source, f"{len(loaded.genes)} panel genes")
+    return inputs
+
+
+def _check_counted(adata: ad.AnnData, counted: np.ndarray, source: str, genes: str) -> None:
+    """Spots without a count in the genes the expression tower reads all get one identical embedding:
+    an error when no spot has one, a warning naming them otherwise."""
+    if counted.all():
+        return
+    missing = np.flatnonzero(~counted)
+    if not counted.any():
+        raise InputError(
+            f"{source}: none of the {adata.n_obs} spots has a count in the {genes}; every expression "
+            "embedding would be the same. Is it the right count matrix? Pass expression=False "
+            "(--images-only) to embed the patches only"
+        )
+    log.warning(
+        "%s: %d of %d spots have no count in the %s (e.g. %s); their expression embeddings are all the "
+        "same (that of an empty spot)",
+        source,
+        len(missing),
+        adata.n_obs,
+        genes,
+        [str(adata.obs_names[i]) for i in missing[:3]],
+    )
 
 
 def _libraries_text(adata: ad.AnnData) -> str:
@@ -129,16 +161,21 @@ def tile_adata(
     library_id: str | None = None,
     mpp: float | None = None,
     min_tissue: float = 0.5,
+    max_tiles: int | None = None,
 ) -> ad.AnnData:
-    """AnnData of a slide's tissue tiles (one observation per tile, no genes), in the contract."""
+    """AnnData of a slide's tissue tiles (one observation per tile, no genes), in the contract.
+
+    More than ``max_tiles`` grid tiles (default :data:`histokg.budget.MAX_TILES`; the web app's uploads
+    pass a smaller cap) is an error before the grid is allocated: :func:`histokg.budget.tile_count` gives
+    the number from the slide's size alone.
+    """
     slide_path = Path(slide_path)
     library_id = library_id or slide_path.stem
     cfg = TilingConfig(
         target_mpp=pairing.target_mpp, patch_px=pairing.patch_px, min_tissue=min_tissue, mask=pairing.mask
     )
     with open_slide(slide_path, mpp=mpp) as slide:
-        mask = detect_tissue(slide, cfg.mask)
-        tiles = tile_slide(slide, cfg, mask)
+        tiles = tile_slide(slide, cfg, max_tiles=max_tiles)  # counts the grid before the mask and tiles
         hires, scale = slide.thumbnail(2000)
         slide_mpp = slide.mpp
     ids = [f"tile_{x}_{y}" for x, y in tiles.coords]
@@ -175,11 +212,18 @@ def embed_slide(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device | None = None,
+    max_tiles: int | None = None,
 ) -> ad.AnnData:
-    """Tile a slide's tissue at the model's patch geometry and embed every tile."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Tile a slide's tissue at the model's patch geometry and embed every tile.
+
+    More than ``max_tiles`` grid tiles (default :data:`histokg.budget.MAX_TILES`) is an error before
+    anything is decoded or embedded.
+    """
+    device = resolve_device(device)
     loaded = _as_model(model, device)
-    adata = tile_adata(slide_path, loaded.pairing, library_id=library_id, mpp=mpp, min_tissue=min_tissue)
+    adata = tile_adata(
+        slide_path, loaded.pairing, library_id=library_id, mpp=mpp, min_tissue=min_tissue, max_tiles=max_tiles
+    )
     if adata.n_obs == 0:
         raise InputError(f"slide {slide_path}: no tissue tiles to embed")
     embed(adata, loaded, batch_size=batch_size, num_workers=num_workers, device=device)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from histokg import budget
 from histokg.config import Component, check
 from histokg.models import ModelConfig
 from histokg.priors import PriorConfig
 from histokg.st.transforms import AugmentConfig
+from pathways_kg.dataconf import DataConfError
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check(self.n_genes >= 1, "n_genes", f"must be >= 1, got {self.n_genes}")
-        check(
-            math.isfinite(self.patch_um) and self.patch_um > 0,
-            "patch_um",
-            f"must be > 0, got {self.patch_um}",
-        )
-        check(self.patch_px >= 8, "patch_px", f"must be >= 8, got {self.patch_px}")
+        budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         shared = sorted(set(self.val_slides) & set(self.exclude_slides))
         check(not shared, "val_slides", f"{shared} are also in exclude_slides")

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from histokg.errors import ConfigError
 from histokg.keys import Batch, Key
 from histokg.pp import check_panel, panel_genes, panel_log1p
-from histokg.st.contract import concat_sections
+from histokg.st.contract import check_spots, concat_sections, read_h5ad
 from histokg.st.dataset import SpotPatchDataset
 from histokg.st.pairing import PairingConfig
 from histokg.train.config import DataConfig
@@ -46,12 +46,22 @@ def load_spots(cfg: DataConfig) -> ad.AnnData:
         for file in cfg.h5ad:
             if not Path(file).is_file():
                 raise ConfigError(f"data.h5ad: {file} does not exist")
-            parts.append(ad.read_h5ad(file))
+            part = read_h5ad(file)
+            check_spots(part, f"data.h5ad: h5ad file {file}")
+            parts.append(part)
         adata = concat_sections(parts) if len(parts) > 1 else parts[0]
     else:
         raise ConfigError("no training data: set data.study or data.h5ad")
     if cfg.in_tissue_only:
-        adata = adata[adata.obs[Key.obs.in_tissue].to_numpy(bool)].copy()
+        in_tissue = adata.obs[Key.obs.in_tissue].to_numpy(bool)
+        libs = adata.obs[Key.obs.library_id].astype(str).to_numpy()
+        empty = sorted(set(libs) - set(libs[in_tissue]) - set(cfg.exclude_slides))
+        if empty:
+            raise ConfigError(
+                f"data.in_tissue_only: no spot of {', '.join(map(repr, empty))} is marked as under tissue "
+                "(obs['in_tissue']); exclude those slides (data.exclude_slides) or set data.in_tissue_only=false"
+            )
+        adata = adata[in_tissue].copy()
     return adata
 
 

@@ -74,14 +74,9 @@ def cleanup(info: DistInfo) -> None:
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``device`` of the config: ``auto`` is this rank's GPU where there is one, else the CPU."""
+    """``device`` of the config: ``auto`` is this rank's GPU where there is one, else the CPU; ``cuda`` is
+    this rank's GPU (:func:`histokg.devices.resolve_device`, shared with inference)."""
+    from histokg.devices import resolve_device as resolve
     from histokg.errors import ConfigError
 
-    if name == "auto":
-        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
-    if device.type == "cuda" and device.index is None:  # plain "cuda": this rank's GPU
-        device = torch.device(f"cuda:{info.local_rank}")
-    return device
+    return resolve(name, local_rank=info.local_rank, what="device", error=ConfigError)

@@ -6,11 +6,13 @@ channel of a thumbnail, then morphological closing, and removal of small specks 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from skimage import color, filters, morphology
 
+from histokg import budget
 from histokg.errors import InputError
 from histokg.wsi.slide import Slide
 
@@ -24,6 +26,17 @@ class MaskConfig:
     closing_um: float = 32.0  # closing radius that joins nearby tissue fragments
     min_object_um2: float = 40_000.0  # specks smaller than this (about 200 x 200 um) are dropped
     min_hole_um2: float = 40_000.0  # holes smaller than this are filled
+
+    def __post_init__(self) -> None:
+        from pathways_kg.dataconf import DataConfError, check
+
+        budget.check_mpp(self.mask_mpp, "mask_mpp", error=DataConfError)
+        check(
+            0 <= self.min_saturation <= 1, "min_saturation", f"must be in [0, 1], got {self.min_saturation}"
+        )
+        for key in ("closing_um", "min_object_um2", "min_hole_um2"):
+            value = getattr(self, key)
+            check(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -70,7 +83,8 @@ def tissue_mask_from_image(
         threshold = float(filters.threshold_otsu(saturation))
     threshold = max(threshold, cfg.min_saturation)
     mask = saturation > threshold
-    radius = max(1, int(round(cfg.closing_um / um_per_px)))
+    # a disk wider than the image closes nothing more: the cap keeps a tiny MPP from allocating gigabytes
+    radius = min(max(1, int(round(cfg.closing_um / um_per_px))), max(rgb.shape[:2]))
     mask = morphology.closing(mask, morphology.disk(radius))
     px_area = um_per_px**2
     mask = morphology.remove_small_objects(mask, max_size=max(1, int(cfg.min_object_um2 / px_area)))

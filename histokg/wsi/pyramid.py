@@ -15,6 +15,7 @@ import tifffile
 from PIL import Image
 from tqdm.auto import tqdm
 
+from histokg import budget
 from histokg.errors import InputError
 from histokg.io import atomic_path
 from histokg.wsi.slide import open_slide
@@ -52,10 +53,8 @@ def write_pyramid(
         raise InputError(
             f"{out_path}: expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
         )
-    if not mpp or mpp <= 0:
-        raise InputError(f"{out_path}: mpp must be positive, got {mpp!r}")
-    if tile % 16:
-        raise InputError(f"{out_path}: tile size must be a multiple of 16, got {tile}")
+    mpp = budget.check_mpp(mpp, f"{out_path}: mpp")
+    tile = _check_tiles_and_quality(out_path, tile, quality)
     levels = pyramid_levels(image, min_side=min_side)
     rows = sum(-(-level.shape[0] // tile) for level in levels)
     with (
@@ -98,6 +97,13 @@ def write_pyramid(
     return out_path
 
 
+def _check_tiles_and_quality(out_path: Path, tile, quality) -> int:
+    """The TIFF tile side (:func:`histokg.budget.check_tiff_tile`); the JPEG quality in 1..100."""
+    if not (isinstance(quality, int) and 1 <= quality <= 100):
+        raise InputError(f"{out_path}: JPEG quality must be a whole number in 1..100, got {quality!r}")
+    return budget.check_tiff_tile(tile, f"{out_path}: tile")
+
+
 def _tiles(level: np.ndarray, tile: int, bar: tqdm):
     """Tiles of ``level`` in row-major order (edge tiles smaller; tifffile pads them), counting rows."""
     height, width = level.shape[:2]
@@ -112,8 +118,10 @@ def _tiles(level: np.ndarray, tile: int, bar: tqdm):
 def convert(src: str | Path, dst: str | Path, mpp: float | None = None, **kwargs) -> Path:
     """Convert a slide or plain image to a pyramidal TIFF that OpenSlide reads back with its MPP.
 
-    Level 0 is held in memory (checked against the memory available before reading).
+    Level 0 is held in memory (checked against the memory available before reading); the MPP, the tile
+    size and the JPEG quality are checked before anything is read.
     """
+    _check_tiles_and_quality(Path(dst), kwargs.get("tile", 256), kwargs.get("quality", 90))
     with open_slide(src, mpp=mpp) as slide:
         image = slide.read_level(0, progress=True)
         return write_pyramid(image, dst, slide.mpp, **kwargs)

@@ -9,7 +9,6 @@ resolution), whose microns per pixel (MPP) the caller supplies. All coordinates 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import openslide
 from PIL import Image
 from tqdm.auto import tqdm
 
+from histokg import budget
 from histokg.errors import SlideError
 from histokg.wsi.memory import check_image_memory
 
@@ -112,6 +112,7 @@ class Slide:
         level = self.best_level(size_um / out_px)
         down = self.level_downsamples[level]
         side = max(1, int(round(side0 / down)))
+        budget.check_read(side, size_um, self.level_mpp(level), f"slide {self.path}")
         region = self._read_pil((x0, y0), level, (side, side))
         size = side
         scan_px = max(1, int(round(size_um / scan_mpp))) if scan_mpp else side
@@ -208,6 +209,11 @@ class OpenSlideSlide(Slide):
         self.mpp = _resolve_mpp(path, self.properties, mpp)
         self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        try:
+            budget.check_extent(*self.level_dimensions[0], self.mpp, f"slide {path}", error=SlideError)
+        except SlideError:
+            self._osr.close()
+            raise
 
     def _read_pil(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
         try:
@@ -239,8 +245,8 @@ class PlainImageSlide(Slide):
                 f"slide {path}: a plain image carries no microns-per-pixel; pass mpp "
                 "(--mpp) or let the ST reader derive it from the spot pitch"
             )
-        self.mpp = _check_mpp(path, float(mpp))
-        self._array = _decode_plain_image(path)
+        self.mpp = _check_mpp(path, mpp)
+        self._array = _decode_plain_image(path, self.mpp)
         height, width = self._array.shape[:2]
         self.level_dimensions = ((width, height),)
         self.level_downsamples = (1.0,)
@@ -303,11 +309,14 @@ def _open_plain_header(path: Path) -> Image.Image:
     )
 
 
-def _decode_plain_image(path: Path) -> np.ndarray:
-    """Decode a plain image to RGB after checking that its claimed size fits in memory."""
+def _decode_plain_image(path: Path, mpp: float | None = None) -> np.ndarray:
+    """Decode a plain image to RGB after checking that its claimed size fits in memory (and, with
+    ``mpp``, that its claimed size is that of a section)."""
     img = _open_plain_header(path)
     try:
         width, height = img.size
+        if mpp is not None:
+            budget.check_extent(width, height, mpp, f"slide {path}", error=SlideError)
         check_image_memory(path, width, height, PLAIN_DECODE_BYTES_PER_PX)
     except SlideError:
         img.close()
@@ -330,7 +339,7 @@ def _decode_plain_image(path: Path) -> np.ndarray:
 
 def _resolve_mpp(path: Path, props: dict[str, str], override: float | None) -> float:
     if override is not None:
-        return _check_mpp(path, float(override))
+        return _check_mpp(path, override)
     raw = props.get(openslide.PROPERTY_NAME_MPP_X)
     if raw is None:
         raise SlideError(
@@ -344,10 +353,8 @@ def _resolve_mpp(path: Path, props: dict[str, str], override: float | None) -> f
     return _check_mpp(path, value)
 
 
-def _check_mpp(path: Path, mpp: float) -> float:
-    if not math.isfinite(mpp) or mpp <= 0 or mpp > 1000:
-        raise SlideError(f"slide {path}: microns-per-pixel {mpp!r} is not a positive plausible value")
-    return mpp
+def _check_mpp(path: Path, mpp) -> float:
+    return budget.check_mpp(mpp, f"slide {path}", error=SlideError)
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

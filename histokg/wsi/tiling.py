@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from histokg import budget
 from histokg.errors import InputError
 from histokg.io import atomic_path
 from histokg.wsi.mask import MaskConfig, TissueMask, detect_tissue
@@ -28,6 +29,19 @@ class TilingConfig:
     stride_px: int | None = None  # defaults to patch_px (no overlap)
     min_tissue: float = 0.5  # keep tiles whose tissue fraction is at least this
     mask: MaskConfig = field(default_factory=MaskConfig)
+
+    def __post_init__(self) -> None:
+        from pathways_kg.dataconf import DataConfError, check
+
+        budget.check_mpp(self.target_mpp, "target_mpp", error=DataConfError)
+        budget.check_patch(self.patch_px * self.target_mpp, self.patch_px, error=DataConfError)
+        stride = self.stride_px
+        check(
+            stride is None or (int(stride) == stride and 1 <= stride <= budget.MAX_PATCH_PX),
+            "stride_px",
+            f"must be a whole number of pixels in 1..{budget.MAX_PATCH_PX} (or null: the tile size), got {stride!r}",
+        )
+        check(0 <= self.min_tissue <= 1, "min_tissue", f"must be in [0, 1], got {self.min_tissue}")
 
 
 @dataclass
@@ -54,13 +68,30 @@ class Tiles:
         return len(self.coords)
 
 
-def tile_slide(slide: Slide, cfg: TilingConfig = TilingConfig(), mask: TissueMask | None = None) -> Tiles:
-    """Grid-tile the tissue of ``slide``; tiles below ``cfg.min_tissue`` tissue fraction are dropped."""
+def tile_slide(
+    slide: Slide,
+    cfg: TilingConfig = TilingConfig(),
+    mask: TissueMask | None = None,
+    *,
+    max_tiles: int | None = None,
+) -> Tiles:
+    """Grid-tile the tissue of ``slide``; tiles below ``cfg.min_tissue`` tissue fraction are dropped.
+
+    The grid is counted before it is allocated: more than ``max_tiles`` grid tiles (default
+    :data:`histokg.budget.MAX_TILES`) is an error naming the slide, its MPP and the tile geometry.
+    """
+    width, height = slide.dimensions
+    n_grid = budget.tile_count(width, height, slide.mpp, cfg.target_mpp, cfg.patch_px, cfg.stride_px)
+    budget.check_tiles(
+        n_grid,
+        f"slide {slide.path} ({width}x{height} px at {slide.mpp:g} um/px) in {cfg.patch_px}-px tiles "
+        f"at {cfg.target_mpp:g} um/px",
+        max_tiles,
+    )
     if mask is None:
         mask = detect_tissue(slide, cfg.mask)
     size0 = cfg.patch_px * cfg.target_mpp / slide.mpp
     stride0 = (cfg.stride_px or cfg.patch_px) * cfg.target_mpp / slide.mpp
-    width, height = slide.dimensions
     xs = np.arange(0.0, width - size0 + 1e-6, stride0)
     ys = np.arange(0.0, height - size0 + 1e-6, stride0)
     if len(xs) == 0 or len(ys) == 0:

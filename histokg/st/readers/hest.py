@@ -79,9 +79,18 @@ class HESTReader(Reader):
     def load(self) -> Spots:
         src = read_h5ad(self.h5ad)
         if Key.obsm.spatial in src.obsm:
-            xy = np.asarray(src.obsm[Key.obsm.spatial], dtype=np.float64)[:, :2]
+            xy = _numbers(src.obsm[Key.obsm.spatial], f"h5ad file {self.h5ad}: obsm['spatial']")
+            if xy.ndim != 2 or xy.shape[1] < 2:
+                raise InputError(
+                    f"h5ad file {self.h5ad}: obsm['spatial'] must be an (n_spots, 2) array of (x, y) pixels, "
+                    f"got shape {xy.shape}"
+                )
+            xy = xy[:, :2]
         elif {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(src.obs.columns):
-            xy = src.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+            xy = _numbers(
+                src.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]],
+                f"h5ad file {self.h5ad}: obs pxl_col_in_fullres/pxl_row_in_fullres",
+            )
         else:
             raise InputError(
                 f"h5ad file {self.h5ad}: no obsm['spatial'] and no obs pxl_col_in_fullres/pxl_row_in_fullres"
@@ -118,7 +127,7 @@ class HESTReader(Reader):
         key = next((k for k in HEST_MPP_KEYS if self._meta.get(k)), None)
         if key is None:
             raise InputError(f"{self.metadata_json}: none of {HEST_MPP_KEYS} is set")
-        return float(self._meta[key]), f"HEST metadata {key}"
+        return _number(self._meta[key], f"{self.metadata_json}: {key}"), f"HEST metadata {key}"
 
     def _recorded_spot_diameter(self, src: ad.AnnData) -> tuple[float | None, float | None, str]:
         """(um, px, source) from the argument, the metadata JSON or the h5ad; (None, None, "") if none."""
@@ -126,7 +135,7 @@ class HESTReader(Reader):
             return float(self.spot_diameter_um), None, "given"
         if self._meta.get("spot_diameter"):
             return (
-                float(self._meta["spot_diameter"]),
+                _number(self._meta["spot_diameter"], f"{self.metadata_json}: spot_diameter"),
                 None,
                 f"HEST metadata spot_diameter ({self.metadata_json})",
             )
@@ -136,19 +145,16 @@ class HESTReader(Reader):
                 if isinstance(entry, dict)
                 else None
             )
-            if value:
-                return (
-                    None,
-                    float(value),
-                    f"h5ad uns['spatial'][{lib!r}]['scalefactors']['spot_diameter_fullres']",
-                )
+            if value is not None and not (isinstance(value, int | float) and value == 0):
+                field = f"h5ad uns['spatial'][{lib!r}]['scalefactors']['spot_diameter_fullres']"
+                return None, _number(value, f"h5ad file {self.h5ad}: {field.removeprefix('h5ad ')}"), field
         return None, None, ""
 
     def resolve_spot_diameter(self, spots: Spots, mpp: float) -> tuple[float, str]:
         """As recorded; otherwise from the spot pitch of a known array (Visium, legacy ST)."""
         if spots.spot_diameter_um is not None or spots.spot_diameter_fullres is not None:
             return super().resolve_spot_diameter(spots, mpp)
-        pitch_um = pitch_pixels(np.asarray(spots.xy)) * mpp
+        pitch_um = pitch_pixels(np.asarray(spots.xy), f"h5ad file {self.h5ad}") * mpp
         for array_pitch, (technology, diameter) in KNOWN_ARRAYS.items():
             if abs(pitch_um / array_pitch - 1) <= PITCH_TOLERANCE:
                 log.info(
@@ -165,6 +171,22 @@ class HESTReader(Reader):
             f"no spot_diameter_fullres in uns['spatial']) and the spot pitch, {pitch_um:.1f} um, is not that of "
             "a known array (Visium 100 um, legacy ST 200 um); pass spot_diameter_um (--spot-diameter)"
         )
+
+
+def _number(value, where: str) -> float:
+    """``value`` as a float; a value that is not a number is an :class:`InputError` naming ``where``."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: expected a number, got {value!r}") from None
+
+
+def _numbers(values, where: str) -> np.ndarray:
+    """``values`` as a float array; values that are not numbers are an :class:`InputError` naming ``where``."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: expected numbers ({exc})") from None
 
 
 def _read_metadata(path: Path) -> dict:

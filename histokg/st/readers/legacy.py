@@ -87,6 +87,16 @@ def read_spot_table(path: str | Path) -> pd.DataFrame:
     for col in SPOT_TABLE_COLUMNS:
         if not pd.api.types.is_numeric_dtype(table[col]):
             raise InputError(f"spot table {path}: column {col!r} must be numeric")
+    bad = ~np.isfinite(table[list(SPOT_TABLE_COLUMNS)].to_numpy(np.float64)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        examples = "; ".join(
+            ", ".join(f"{c}={table[c].iloc[i]}" for c in SPOT_TABLE_COLUMNS) for i in rows[:2]
+        )
+        raise InputError(
+            f"spot table {path}: {len(rows)} of {len(table)} rows have empty, NaN or infinite x, y, pixel_x "
+            f"or pixel_y (e.g. line {rows[0] + 2}: {examples}); fix or drop those rows"
+        )
     ids = table["x"].round().astype(int).astype(str) + "x" + table["y"].round().astype(int).astype(str)
     table.index = pd.Index(ids, name="spot")
     if not table.index.is_unique:
@@ -98,12 +108,23 @@ def read_spot_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def pitch_pixels(xy: np.ndarray) -> float:
-    """Median nearest-neighbour distance between spot centres, in pixels."""
+def pitch_pixels(xy: np.ndarray, where: str = "spot centres") -> float:
+    """Median nearest-neighbour distance between spot centres, in pixels (``where`` names them in errors)."""
+    xy = np.asarray(xy, dtype=np.float64)
     if len(xy) < 2:
-        raise InputError("cannot measure the spot pitch from fewer than two spots")
+        raise InputError(f"{where}: cannot measure the spot pitch from fewer than two spots")
+    if not np.isfinite(xy).all():
+        raise InputError(f"{where}: spot centres hold NaN or infinite values; cannot measure the spot pitch")
     dist, _ = cKDTree(xy).query(xy, k=2)
-    return float(np.median(dist[:, 1]))
+    pitch = float(np.median(dist[:, 1]))
+    if pitch <= 0:
+        shared = int((dist[:, 1] == 0).sum())
+        raise InputError(
+            f"{where}: {shared} of {len(xy)} spots share their position with another spot (e.g. all at "
+            f"x={xy[0, 0]:.6g}, y={xy[0, 1]:.6g}); the spot pitch, and so the microns per pixel, cannot be "
+            "measured: are pixel_x and pixel_y the spots' own pixel positions?"
+        )
+    return pitch
 
 
 class LegacySTReader(Reader):
@@ -150,7 +171,9 @@ class LegacySTReader(Reader):
         found = self.match(table.index, spot_table.index, str(self.counts_path), str(self.spots_path))
         table = table.loc[found]
         spot_rows = spot_table.loc[table.index]
-        self.measured_pitch = pitch_pixels(spot_table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64))
+        self.measured_pitch = pitch_pixels(
+            spot_table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64), f"spot table {self.spots_path}"
+        )
         return Spots(
             counts=sp.csr_matrix(table.to_numpy()),
             barcodes=table.index,

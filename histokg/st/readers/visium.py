@@ -11,6 +11,7 @@ derived from the spot diameter (Visium spots are 55 um across).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,6 +86,11 @@ class VisiumReader(Reader):
         diameter_key = Key.scalefactors.spot_diameter_fullres
         if diameter_key not in scalefactors:
             raise InputError(f"{scalefactors_file}: field 'spot_diameter_fullres' is missing")
+        diameter = scalefactors[diameter_key]
+        if not (_is_number(diameter) and math.isfinite(diameter) and diameter > 0):
+            raise InputError(
+                f"{scalefactors_file}: spot_diameter_fullres must be a positive number of pixels, got {diameter!r}"
+            )
         found = self.match(adata_counts.obs_names, positions.index, str(counts_file), str(positions_file))
         adata_counts = adata_counts[found].copy()
         pos = positions.loc[adata_counts.obs_names]
@@ -249,6 +255,12 @@ def _read_hires(spatial_dir: Path, scalefactors: dict) -> tuple[np.ndarray | Non
         if file.is_file():
             if key not in scalefactors:
                 raise InputError(f"{spatial_dir / 'scalefactors_json.json'}: {key!r} missing for {name}")
+            scalef = scalefactors[key]
+            if not (_is_number(scalef) and math.isfinite(scalef) and 0 < scalef <= 1):
+                raise InputError(
+                    f"{spatial_dir / 'scalefactors_json.json'}: {key} must be a number in (0, 1] "
+                    f"(image px per full-resolution px), got {scalef!r}"
+                )
             try:
                 with Image.open(file) as img:  # PIL's pixel limit applies: these images are ~2000 px
                     arr = np.asarray(img.convert("RGB"))
@@ -268,9 +280,16 @@ def _is_number(v) -> bool:
 
 
 def other_scalefactors(scalefactors: dict) -> dict:
-    """The numeric fields of a ``scalefactors_json.json`` other than the two the contract sets itself."""
+    """The numeric fields of a ``scalefactors_json.json`` other than the two the contract sets itself
+    (NaN or infinite ones are left out, with a warning: the contract's scale factors are finite)."""
     own = (Key.scalefactors.tissue_hires_scalef, Key.scalefactors.spot_diameter_fullres)
-    return {k: v for k, v in scalefactors.items() if k not in own and _is_number(v)}
+    numbers = {k: v for k, v in scalefactors.items() if k not in own and _is_number(v)}
+    bad = sorted(k for k, v in numbers.items() if not math.isfinite(v))
+    if bad:
+        log.warning(
+            "scalefactors_json.json: %s not finite; left out of uns['spatial'][...]['scalefactors']", bad
+        )
+    return {k: v for k, v in numbers.items() if k not in bad}
 
 
 # --------------------------------------------------------------------------- writer
