@@ -39,7 +39,9 @@ def test_synth_read_pair(tmp_path):
 def test_tile_and_convert(cmu_slide, tmp_path):
     out = run("tile", cmu_slide, tmp_path / "tiles", "--set", "patch_px=256")
     assert "tiles ->" in out and (tmp_path / "tiles" / "CMU-1-Small-Region.h5").is_file()
-    assert (tmp_path / "tiles" / "CMU-1-Small-Region_tiling_config.yaml").read_text().count("patch_px: 256") == 1
+    assert (tmp_path / "tiles" / "CMU-1-Small-Region_tiling_config.yaml").read_text().count(
+        "patch_px: 256"
+    ) == 1
     run("convert", cmu_slide, tmp_path / "cmu.tiff")
     assert (tmp_path / "cmu.tiff").stat().st_size > 100_000
 
