@@ -125,17 +125,42 @@ def test_tiles_prediction_and_a_reference_of_another_checkpoint(slide, model, re
         predict_slide(slide, model, ref)
 
 
-def test_cli_predict_then_refuses_to_overwrite(slide, retrieval_ckpt, reference, tmp_path):  # noqa: F811
+def test_cli_predict_with_exports_then_refuses_to_overwrite(
+    slide,
+    retrieval_ckpt,  # noqa: F811
+    reference,
+    kg_bundle,  # noqa: F811
+    tmp_path,
+):
+    import geojson
+    import spatialdata
+
     out = tmp_path / "pred"
     args = ["predict", str(slide), "--checkpoint", str(retrieval_ckpt), "--reference", str(reference)]
-    args += ["-o", str(out), "--spots", "hex", "--pathways", "0", "--geojson"]
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    args += ["-o", str(out), "--spots", "hex", "--pathways", "4", "--kg-bundle", str(kg_bundle)]
+    result = CliRunner().invoke(cli, [*args, "--geojson", "--spatialdata"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     folder = out / "S3"
-    assert sorted(p.name for p in folder.iterdir()) == ["predicted.geojson", "predicted.h5ad"]
-    assert read_h5ad(folder / "predicted.h5ad").n_vars > 0
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "predicted.geojson",
+        "predicted.h5ad",
+        "predicted.zarr",
+    ]
+    adata = read_h5ad(folder / "predicted.h5ad")
+    collection = geojson.loads((folder / "predicted.geojson").read_text())
+    assert collection.is_valid and len(collection["features"]) == adata.n_obs
+    measured = collection["features"][0]["properties"]["measurements"]
+    gene, pathway = adata.var_names[0], adata.obsm[Key.obsm.pred_pathways].columns[0]
+    assert {gene, f"{gene} hw90", pathway, f"{pathway} hw90", "cluster"} <= set(measured)
+    assert measured[gene] == pytest.approx(float(adata.X[0, 0]), abs=1e-6)
+    sdata = spatialdata.read_zarr(folder / "predicted.zarr")
+    table = sdata.tables["table"]
+    assert table.n_obs == adata.n_obs and Key.layers.pred_knn in table.layers
+    assert set(sdata.images) == {"S3_full_image"} and set(sdata.shapes) == {"S3_shapes"}
     with pytest.raises(Exception, match="already holds predictions"):
         CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert CliRunner().invoke(cli, [*args, "--overwrite"], catch_exceptions=False).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["predicted.h5ad"]  # the earlier exports went
 
 
 def test_cli_predict_slide_without_mpp_is_one_line_exit_2(tmp_path, retrieval_ckpt, reference, slide, capsys):  # noqa: F811

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import threading
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -149,7 +150,9 @@ def write_spatialdata(sdata, path: str | Path, *, overwrite: bool = False) -> Pa
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        sdata.write(tmp)
+        with warnings.catch_warnings():  # zarr's notice about future sharding defaults, once per array
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+            sdata.write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
