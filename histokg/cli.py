@@ -640,6 +640,10 @@ cli.add_command(_retrieval_cli.index)
 from histokg.bench import cli as _bench_cli  # noqa: E402  (histokg bench)
 
 cli.add_command(_bench_cli.bench)
+from histokg.predict import cli as _predict_cli  # noqa: E402  (histokg predict, histokg export)
+
+cli.add_command(_predict_cli.predict_cmd)
+cli.add_command(_predict_cli.export)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,6 +45,16 @@ def pred_key(method: str) -> str:
     return f"{PRED_PREFIX}{method}"
 
 
+def sd_key(pred: str) -> str:
+    """The layer/obsm key of the kNN neighbours' spread of prediction ``pred`` (``histokg predict``)."""
+    return f"{pred}_sd"
+
+
+def interval_key(pred: str, level: float = 0.9) -> str:
+    """The layer/obsm key of the half-width of the ``level`` interval of prediction ``pred``: ``pred_knn_hw90``."""
+    return f"{pred}_hw{round(level * 100):d}"
+
+
 class Key:
     """AnnData keys by container: ``Key.obs.library_id``, ``Key.obsm.spatial``, ``Key.uns.spatial``, ..."""
 
@@ -78,6 +88,8 @@ class Key:
         expr = EXPR  # expression-tower embeddings
         truth = "truth"  # a synthetic study's ground truth per spot (cell-type fractions, ...)
         umap = "X_umap"  # scanpy's UMAP (histokg.tl.cluster with umap=True)
+        # histokg predict: KG pathway scores transferred from the reference (DataFrame over entity ids)
+        pred_pathways = "pred_pathways"
 
     class obsp:
         """Graphs of ``adata.obsp`` (squidpy's spatial graph)."""
@@ -108,6 +120,8 @@ class Key:
         # predicted log1p CP10k (histokg.tl.predict; obsm DataFrames when the panel is not var)
         pred_knn = pred_key("knn")
         pred_ridge = pred_key("ridge")
+        pred_blend = pred_key("blend")
+        pred_disagreement = pred_key("disagreement")  # histokg predict --method blend: |knn - ridge|
 
     class var:
         """Columns of ``adata.var``."""
@@ -145,6 +159,7 @@ class Key:
         absent_genes = "absent_genes"  # panel genes the measured data lacks (measured zeros)
         prediction = "prediction"  # layer name -> method and parameters
         pairing = "pairing"  # the patch geometry and slides of histokg.st.pairing.pair_spots
+        predict = "predict"  # histokg predict: observations, method, reference, interval, KG bundle
 
     class params:
         """Fields of ``uns["histokg"]["params"]`` (histokg.tl.embed: the model that embedded)."""
@@ -175,6 +190,17 @@ class Key:
         where = "where"  # "layers" or "obsm": the container holding the prediction
         genes = "genes"  # (obsm only) the columns of the prediction
         n_predicted = "n_predicted"  # (histokg.tl.add_predictions) spots with a prediction
+
+
+class SData:
+    """Names SpatialData and spatialdata-io use for a table annotating shapes (``histokg export spatialdata``)."""
+
+    region_key = "region"  # obs column: the shapes element each row annotates
+    instance_key = "instance_id"  # obs column: the row's index in that shapes element
+    image = "{}_full_image"  # the slide, by library id
+    shapes = "{}_shapes"  # spots or tiles, by library id
+    table = "table"
+    microns = "microns"  # coordinate system scaled by the MPP (``global`` is level-0 pixels)
 
 
 class Batch:

@@ -186,6 +186,56 @@ def pearson_hist(
 # --------------------------------------------------------------------------- helpers
 
 
+def geojson_overlay(
+    collection: Mapping,
+    thumbnail: np.ndarray,
+    scale: float,
+    *,
+    title: str = "",
+    ax: Axes | None = None,
+    path: str | Path | None = None,
+    show: bool | None = None,
+    figsize: tuple[float, float] = (7.0, 7.0),
+    dpi: int = 110,
+) -> Figure:
+    """The polygons of a GeoJSON FeatureCollection (level-0 pixels, e.g. ``histokg export geojson``) drawn
+    over a slide thumbnail (``scale``: thumbnail px per level-0 px), filled with their classification's
+    colour (grey without one), with a legend of the classes."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Patch
+
+    fig = _figure(ax, show, figsize, dpi, 1, "geojson_overlay")
+    ax = ax or fig.add_subplot()
+    ax.imshow(thumbnail)
+    polygons, colours, classes = [], [], {}
+    for feature in collection.get("features", []):
+        geometry = feature.get("geometry") or {}
+        if geometry.get("type") != "Polygon":
+            continue
+        polygons.append(np.asarray(geometry["coordinates"][0], np.float64) * scale)
+        cls = (feature.get("properties") or {}).get("classification") or {}
+        rgb = tuple(np.asarray(cls.get("color", (128, 128, 128)), np.float64) / 255)
+        colours.append(rgb)
+        if "name" in cls:
+            classes.setdefault(cls["name"], rgb)
+    ax.add_collection(
+        PolyCollection(polygons, facecolors=colours, edgecolors="black", linewidths=0.2, alpha=0.6)
+    )
+    if classes:
+        handles = [
+            Patch(color=c, label=n) for n, c in sorted(classes.items(), key=lambda kv: _natural_key(kv[0]))
+        ]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    ax.set_title(title or f"{len(polygons)} objects")
+    ax.set_axis_off()
+    return _finish(fig, path, show)
+
+
+def _natural_key(text: str):
+    tail = text.rsplit(" ", 1)[-1]
+    return (0, int(tail), text) if tail.isdigit() else (1, 0, text)
+
+
 def _wants_show(show: bool | None) -> bool:
     return matplotlib.is_interactive() if show is None else bool(show)
 

@@ -72,6 +72,7 @@ COMMON_WORDS = {
     "label",
     "truth",
     "tissue_fraction",
+    "predict",  # also the command histokg predict
 }
 DISTINCTIVE = CONTRACT - COMMON_WORDS
 # names inside uns entries: a dict literal keyed by one of them builds an uns entry

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -169,37 +171,67 @@ def tile_adata(
     pass a smaller cap) is an error before the grid is allocated: :func:`histokg.budget.tile_count` gives
     the number from the slide's size alone.
     """
-    slide_path = Path(slide_path)
-    library_id = library_id or slide_path.stem
     cfg = TilingConfig(
         target_mpp=pairing.target_mpp, patch_px=pairing.patch_px, min_tissue=min_tissue, mask=pairing.mask
     )
+
+    def tiles(slide) -> Layout:
+        grid = tile_slide(slide, cfg, max_tiles=max_tiles)  # counts the grid before the mask and tiles
+        ids = [f"tile_{x}_{y}" for x, y in grid.coords]
+        obs = pd.DataFrame({Key.obs.tissue_fraction: grid.tissue_fraction})
+        return Layout(ids, grid.centers, grid.size0, obs, {Key.metadata.reader: "tiles"})
+
+    return layout_adata(slide_path, tiles, library_id=library_id, mpp=mpp)
+
+
+@dataclass
+class Layout:
+    """Observations laid on a slide: ids, level-0 centres (x, y), their diameter (or side) in level-0
+    pixels, extra obs columns and extra ``uns["spatial"][lib]["metadata"]`` fields."""
+
+    ids: list[str]
+    centres: np.ndarray
+    diameter0: float
+    obs: pd.DataFrame
+    metadata: dict
+
+
+def layout_adata(
+    slide_path: str | Path,
+    layout: Callable[[Any], Layout],
+    *,
+    library_id: str | None = None,
+    mpp: float | None = None,
+) -> ad.AnnData:
+    """AnnData (no genes) of the observations ``layout(slide)`` lays on a slide (it checks their number
+    against :mod:`histokg.budget` before it allocates them, then finds the tissue), in the contract: the
+    slide's thumbnail, MPP (given, or the slide's) and the observations' diameter."""
+    import scipy.sparse as sp
+
+    slide_path = Path(slide_path)
+    library_id = library_id or slide_path.stem
     with open_slide(slide_path, mpp=mpp) as slide:
-        tiles = tile_slide(slide, cfg, max_tiles=max_tiles)  # counts the grid before the mask and tiles
+        laid = layout(slide)
         hires, scale = slide.thumbnail(2000)
         slide_mpp = slide.mpp
-    ids = [f"tile_{x}_{y}" for x, y in tiles.coords]
     spatial = spatial_uns(
         hires,
         scale,
-        tiles.size0,
+        laid.diameter0,
         slide_path,
         slide_mpp,
-        extra_metadata={Key.metadata.reader: "tiles", Key.metadata.mpp_source: "given" if mpp else "slide"},
+        extra_metadata={Key.metadata.mpp_source: "given" if mpp else "slide", **laid.metadata},
     )
-    import scipy.sparse as sp
-
-    adata = build_anndata(
-        sp.csr_matrix((len(ids), 0), dtype=np.int32),
-        ids,
+    return build_anndata(
+        sp.csr_matrix((len(laid.ids), 0), dtype=np.int32),
+        laid.ids,
         [],
-        tiles.centers,
+        laid.centres,
         library_id,
         spatial,
-        obs_extra=pd.DataFrame({Key.obs.tissue_fraction: tiles.tissue_fraction}),
+        obs_extra=laid.obs,
         source=str(slide_path),
     )
-    return adata
 
 
 def embed_slide(

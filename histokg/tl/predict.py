@@ -171,6 +171,25 @@ def predict_expression(
     return adata if copy else None
 
 
+def neighbour_spread(
+    query: np.ndarray,
+    reference: np.ndarray,
+    values: np.ndarray,
+    *,
+    k: int = 10,
+    temperature: float = 0.1,
+) -> np.ndarray:
+    """The weighted standard deviation of ``values`` over each query's ``k`` nearest reference rows (the kNN
+    predictor's neighbours, :func:`histokg.metrics.knn_predict` with ``spread=True``), in query chunks."""
+    chunks = [
+        knn_predict(
+            query[s : s + _QUERY_CHUNK], reference, values, k=k, temperature=temperature, spread=True
+        )[1]
+        for s in range(0, len(query), _QUERY_CHUNK)
+    ]
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, values.shape[1]), np.float32)
+
+
 def predicted(adata: ad.AnnData, key: str) -> pd.DataFrame:
     """The prediction ``key`` of :func:`predict_expression` as a DataFrame (spots x genes)."""
     record = _records(adata).get(key)
@@ -347,11 +366,20 @@ def interval_scale(
     k: int = 10,
     temperature: float = 0.1,
     level: float = 0.9,
+    method: str = "knn",
+    alpha: float = 1.0,
 ) -> float:
     """The multiple ``z`` of the kNN neighbours' spread that makes ``prediction +- z * spread`` hold the
     measured value with probability ``level``, calibrated on the reference alone: each reference slide
     (``groups``; one slide: three contiguous blocks of it) is predicted from the others, and ``z`` is the
-    ``level`` quantile of ``|measured - predicted| / spread`` over its spots and genes."""
+    ``level`` quantile of ``|measured - predicted| / spread`` over its spots and genes.
+
+    ``image``: the reference's image embeddings (the queries), ``expr``: its expression embeddings (the
+    kNN's reference). ``method`` "ridge" or "blend" calibrates the interval around that prediction
+    (``Ridge(alpha)`` fitted on the other slides' image embeddings), still in units of the kNN neighbours'
+    spread."""
+    if method not in METHODS:
+        raise InputError(f"interval_scale: method={method!r} is not one of {', '.join(METHODS)}")
     groups = np.asarray(groups)
     if len(np.unique(groups)) < 2:
         groups = np.arange(len(groups)) * 3 // max(len(groups), 1)
@@ -363,6 +391,9 @@ def interval_scale(
         pred, sd = knn_predict(
             image[held], expr[~held], values[~held], k=k, temperature=temperature, spread=True
         )
+        if method in ("ridge", "blend"):
+            ridge = _ridge(image[held], image[~held], values[~held], alpha=alpha)
+            pred = ridge if method == "ridge" else (pred + ridge) / 2
         ratios.append((np.abs(values[held] - pred) / np.maximum(sd, 1e-3)).ravel())
     if not ratios:
         raise InputError("interval_scale: the reference needs at least two slides or three spots")
