@@ -228,6 +228,7 @@ def output_lock(path: PathLike, command: str, *, folder: bool = True, label: str
     (``.<name>.lock`` beside a file), released when the process ends however it ends, so a lock file
     left by a killed run blocks nothing.
     """
+    check_path_length(path, label or ("output folder" if folder else "output file"))
     return _output_lock(path, command, folder=folder, label=label, error=InputError)
 
 

@@ -235,7 +235,9 @@ def output_lock(
     records the holder. The kernel releases the lock when the holder exits, however it ends (an
     exception, Ctrl-C, SIGKILL): a lock file left by a killed run is no obstacle. The file is removed
     on a clean exit. Re-entrant within a process (a command whose library call locks the same folder);
-    on a file system without locks, a warning and no lock. ``label`` names the output in messages
+    on a file system without locks, a warning and no lock. Folders the lock had to create are removed
+    again when the block leaves them empty (a command refused before writing leaves nothing behind).
+    ``label`` names the output in messages
     (default "output folder" or "output file").
     """
     path = Path(path)
@@ -243,10 +245,15 @@ def output_lock(
     if folder:
         lock_dir, lock_name, where = path, LOCK_NAME, what
     else:
-        lock_dir, lock_name, where = path.parent, f".{path.name}.lock", f"folder of {what} {path}:"
+        lock_dir, lock_name, where = path.parent, _file_lock_name(path.name), f"folder of {what} {path}:"
     problem = folder_problem(lock_dir)
     if problem:
         raise error(f"{where} {lock_dir} {problem}")
+    created = []  # the folders this lock makes (deepest first): removed again if left empty
+    missing = lock_dir.absolute()
+    while not os.path.lexists(missing) and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
         st = os.stat(lock_dir)
@@ -277,6 +284,21 @@ def output_lock(
             with contextlib.suppress(OSError):
                 os.unlink(lock_path)  # while still holding it: a waiting opener sees the file gone
             os.close(fd)
+        for folder_made in created:  # a command that failed before writing leaves no empty folder behind
+            try:
+                os.rmdir(folder_made)
+            except OSError:  # not empty (the command wrote its outputs), or another process uses it
+                break
+
+
+def _file_lock_name(name: str) -> str:
+    """``.<name>.lock``; for a name so long that this would not fit a file name (255 bytes), a digest of it."""
+    lock = f".{name}.lock"
+    if len(os.fsencode(lock)) <= 255:
+        return lock
+    import hashlib
+
+    return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:24]}.lock"
 
 
 def _acquire(
