@@ -60,14 +60,21 @@ _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     show_default=True,
     help="Tissue fraction a tile or spot needs.",
 )
-@click.option("--method", type=click.Choice(["knn", "ridge", "blend"]), default="knn", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["knn", "ridge", "blend"]),
+    default="blend",
+    show_default=True,
+    help="knn over the reference's expression embeddings, ridge on its image embeddings, or their mean "
+    "(blend: the best of the three in histokg bench, docs/benchmarks.md).",
+)
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="kNN neighbours.")
 @click.option(
     "--smooth",
     type=click.FloatRange(0, 1),
-    default=0.0,
+    default=0.5,
     show_default=True,
-    help="Weight of the spatial neighbours' mean prediction.",
+    help="Weight of the spatial neighbours' mean prediction (0: none; 0.5 measured best in histokg bench).",
 )
 @click.option(
     "--level",

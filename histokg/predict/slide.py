@@ -60,11 +60,11 @@ class PredictConfig:
     spot_um: float = 55.0  # pseudo-spot diameter
     pitch_um: float = 100.0  # pseudo-spot centre-to-centre distance
     min_tissue: float = 0.5  # tissue fraction a tile or spot (its bounding square) needs
-    method: str = "knn"  # knn | ridge | blend
+    method: str = "blend"  # knn | ridge | blend (their mean: best in histokg bench, docs/benchmarks.md)
     k: int = 10
     temperature: float = 0.1
     alpha: float = 1.0  # ridge
-    smooth: float = 0.0  # weight of the spatial neighbours' mean (0: none)
+    smooth: float = 0.5  # weight of the spatial neighbours' mean (0: none; 0.5 best in histokg bench)
     level: float = 0.9  # coverage of the reported interval
     n_pathways: int = 50  # the most variable pathway entities of the reference (0: none)
     resolution: float = 1.0  # Leiden
