@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from histokg import budget
 from histokg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -107,16 +108,9 @@ class UploadWork:
 
 def upload_work(width: int, height: int, mpp: float, target_mpp: float, patch_px: int) -> UploadWork:
     """The grid :func:`histokg.wsi.tiling.tile_slide` would lay on a ``width`` x ``height`` image at
-    ``mpp``, counted without building it."""
-    side = patch_px * target_mpp / mpp
-
-    def count(extent: int) -> int:  # len(np.arange(0, extent - side + 1e-6, side)), as tile_slide does
-        span = extent - side + 1e-6
-        return max(0, math.ceil(span / side)) if span > 0 else 0
-
-    return UploadWork(
-        int(width), int(height), float(mpp), int(patch_px), float(target_mpp), count(width) * count(height)
-    )
+    ``mpp``, counted without building it (:func:`histokg.budget.tile_count`, as tile_slide counts it)."""
+    tiles = budget.tile_count(width, height, mpp, target_mpp, patch_px)
+    return UploadWork(int(width), int(height), float(mpp), int(patch_px), float(target_mpp), tiles)
 
 
 def check_work(work: UploadWork, limits: UploadLimits) -> None:
