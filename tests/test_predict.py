@@ -19,6 +19,7 @@ from retrieval_fixtures import kg_bundle, retrieval_ckpt  # noqa: F401  (session
 from histokg import keys
 from histokg.checkpoint import load_model
 from histokg.cli import cli, main
+from histokg.errors import InputError
 from histokg.keys import Key
 from histokg.predict.grid import hex_centres, hex_spots_adata
 from histokg.predict.slide import PredictConfig, predict_slide
@@ -67,6 +68,15 @@ def test_hex_grid_is_visium_like():
     interior = (xy[:, 0] > 150) & (xy[:, 0] < 850) & (xy[:, 1] > 150) & (xy[:, 1] < 850)
     assert (np.isclose(d[interior], 100).sum(axis=1) == 6).all()  # six neighbours: a hexagonal lattice
     assert math.isclose(np.diff(np.unique(xy[:, 1]))[0], 100 * math.sqrt(3) / 2)
+
+
+def test_a_pseudo_spot_grid_is_counted_against_the_budget_before_it_is_laid(slide, model, monkeypatch):
+    import histokg.predict.grid as grid
+
+    monkeypatch.setattr(grid, "detect_tissue", lambda *a, **k: pytest.fail("the mask was computed"))
+    with pytest.raises(InputError, match="hex grid of pseudo-spots: .* tiles, more than the 1,000 allowed"):
+        monkeypatch.setattr(grid.budget, "MAX_TILES", 1_000)
+        hex_spots_adata(slide, model.pairing.mask, spot_um=1, pitch_um=1)
 
 
 def test_hex_spots_on_tissue_follow_the_contract(slide, model):
