@@ -25,8 +25,10 @@ import importlib.util
 import json
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -379,8 +381,57 @@ def _batches(ds, rows: np.ndarray, batch_size: int, num_workers: int) -> Iterato
         )
         yield from loader
         return
-    for start in range(0, len(rows), batch_size):
-        yield np.stack([ds.read_image(int(i)) for i in rows[start : start + batch_size]])
+    batches = (
+        np.stack([ds.read_image(int(i)) for i in rows[start : start + batch_size]])
+        for start in range(0, len(rows), batch_size)
+    )
+    yield from read_ahead(batches)
+
+
+def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """``items`` produced by one background thread, up to ``depth`` ahead of the consumer.
+
+    Reading a batch of patches (OpenSlide's decoding, OpenCV's and Pillow's resampling: all release
+    the GIL) then overlaps the tower's forward pass on the previous batch, without the start-up and
+    copying of DataLoader worker processes. Order is kept; an exception in the producer is raised
+    here; closing the generator stops the thread after the item it is reading.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            buffer.put((end, exc))
+            return
+        buffer.put((end, None))
+
+    thread = threading.Thread(target=produce, name="histokg-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = buffer.get()
+            if exc is not None:
+                raise exc
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a producer blocked on a full buffer see the stop
+            with suppress(queue.Empty):
+                buffer.get_nowait()
+            thread.join(timeout=0.05)
 
 
 def _compute(ds, rows, extractor, views, extras, batch_size, num_workers, lib, progress, done):

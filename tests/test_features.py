@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import timm
 import torch
 
 from histokg.errors import InputError
-from histokg.features import Extractor, FeatureCache, dihedral, spot_features
+from histokg.features import Extractor, FeatureCache, dihedral, read_ahead, spot_features
 from histokg.st.dataset import SpotPatchDataset
 from histokg.st.pairing import PairingConfig
 
@@ -111,3 +114,35 @@ def test_tl_embed_goes_through_the_cache_and_gives_the_models_own_embeddings(sec
     with torch.no_grad():
         want = model.encode_image(images).numpy()
     np.testing.assert_allclose(plain.obsm["X_histokg"][:3], want, rtol=1e-4, atol=1e-5)
+
+
+def test_read_ahead_keeps_order_raises_and_stops():
+    """The reading thread ahead of the tower: every item in order; the producer's error is raised in the
+    consumer; closing early stops the thread (it does not read the rest of the slide)."""
+    assert list(read_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("slide x.tiff: truncated")
+
+    got = []
+    with pytest.raises(ValueError, match="truncated"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def slow():
+        for i in range(1000):
+            produced.append(i)
+            time.sleep(0.001)
+            yield i
+
+    gen = read_ahead(slow(), depth=2)
+    assert next(gen) == 0
+    gen.close()
+    count = len(produced)
+    time.sleep(0.05)
+    assert len(produced) == count < 10  # stopped, not running on to the end
+    assert not any(t.name == "histokg-read-ahead" and t.is_alive() for t in threading.enumerate())

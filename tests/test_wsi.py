@@ -80,6 +80,20 @@ def test_read_physical_matches_direct_read(cmu_slide):
         assert partial and (edge[:20, :20] == 255).all()  # padded white outside the image
 
 
+def test_read_physical_upsampling_matches_pillow_bilinear(cmu_slide):
+    """Enlarging goes through OpenCV (benchmarks/tiling.py): the same pixels as Pillow's bilinear
+    resize of the same region to within one grey level, inside the slide and at its padded edge."""
+    with open_slide(cmu_slide) as slide:
+        for centre in ((1100.0, 1500.0), (10.0, 10.0)):
+            patch, _ = slide.read_physical(centre, size_um=112.0, out_px=320)  # 224 px read, 320 out
+            side0 = int(round(112.0 / slide.mpp))
+            x0, y0 = (int(round(c - 112.0 / slide.mpp / 2)) for c in centre)
+            region = Image.fromarray(slide.read_region((x0, y0), 0, (side0, side0)))
+            ref = np.asarray(region.resize((320, 320), Image.Resampling.BILINEAR)).astype(int)
+            assert patch.shape == (320, 320, 3) and patch.dtype == np.uint8
+            assert np.abs(patch.astype(int) - ref).max() <= 1
+
+
 def test_pyramid_roundtrip_through_openslide(tmp_path):
     img = smooth_image()
     out = write_pyramid(img, tmp_path / "p.tiff", mpp=0.25, min_side=256)
