@@ -13,13 +13,28 @@ import click
 from histokg.devices import check_device
 from histokg.errors import HistokgError
 from histokg.io import holding_lock
-from histokg.keys import Key
+from histokg.keys import Key, SData
 
 log = logging.getLogger("histokg")
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML config file."
 )
+DEVICE_OPTION = click.option(
+    "--device",
+    default=None,
+    callback=lambda ctx, param, value: check_device(value),  # one line for a device this machine lacks
+    help="auto, cpu, cuda, cuda:N (default: auto, the GPU if there is one).",
+)
+
+
+def embedding_options(fn):
+    """``--batch-size``, ``--num-workers`` and ``--device`` of the commands that embed patches."""
+    fn = DEVICE_OPTION(fn)
+    fn = click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)(fn)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)(fn)
+
+
 SET_OPTION = click.option(
     "--set",
     "overrides",
@@ -373,14 +388,7 @@ def train_cmd(
     is_flag=True,
     help="Embed the patches only (no expression tower), e.g. another species' data.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option(
-    "--device",
-    default=None,
-    callback=lambda ctx, param, value: check_device(value),  # one line for a device this machine lacks
-    help="auto, cpu, cuda, cuda:N (default: auto, the GPU if there is one).",
-)
+@embedding_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @holding_lock("out", "histokg embed", folder=False, label="embedded .h5ad")
 def embed_cmd(
@@ -435,6 +443,57 @@ def embed_cmd(
     write_h5ad(adata, out)
     embedded = ", ".join(k for k in adata.obsm if k.startswith(Key.obsm.image))
     click.echo(f"{adata.n_obs} observations embedded ({embedded}) -> {out}")
+
+
+@cli.command("embed-spatialdata")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--table", help="Table whose observations to embed (default: the store's only table).")
+@click.option("--image", help="Image element the patches come from (default: the finest over the shapes).")
+@click.option(
+    "--slide",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The file the image element was made from (default: the element, written to a temporary TIFF).",
+)
+@click.option("--mpp", type=float, help="Microns per pixel of the image, when the store does not record it.")
+@click.option("--name", default=SData.embeddings, show_default=True, help="The table of embeddings to write.")
+@click.option("--images-only", is_flag=True, help="Embed the patches only (no expression tower).")
+@embedding_options
+@click.option("--overwrite", is_flag=True, help="Replace a table NAME written before.")
+@holding_lock("store", "histokg embed-spatialdata", folder=False, label="SpatialData store")
+def embed_spatialdata_cmd(
+    store: Path,
+    checkpoint: Path,
+    table: str | None,
+    image: str | None,
+    slide: Path | None,
+    mpp: float | None,
+    name: str,
+    images_only: bool,
+    batch_size: int,
+    num_workers: int,
+    device: str | None,
+    overwrite: bool,
+) -> None:
+    """Embed the observations of a table of a SpatialData STORE (e.g. Visium HD bins) and write the
+    embeddings into STORE as a new table annotating the same shapes (obsm X_histokg, X_histokg_expr)."""
+    from histokg.export.spatialdata import embed_into_spatialdata
+
+    written, adata = embed_into_spatialdata(
+        store,
+        checkpoint,
+        table=table,
+        image=image,
+        slide=slide,
+        mpp=mpp,
+        name=name,
+        expression=not images_only,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+    )
+    click.echo(f"{adata.n_obs} observations embedded -> {written}")
 
 
 @cli.command("evaluate")

@@ -200,6 +200,9 @@ class SData:
     image = "{}_full_image"  # the slide, by library id
     shapes = "{}_shapes"  # spots or tiles, by library id
     table = "table"
+    embeddings = (
+        "histokg_embeddings"  # table of embeddings written into a store (``histokg embed-spatialdata``)
+    )
     microns = "microns"  # coordinate system scaled by the MPP (``global`` is level-0 pixels)
 
 

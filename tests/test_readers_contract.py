@@ -31,6 +31,7 @@ from histokg.st.reader import Reader
 from histokg.st.readers import get_reader, reader_classes, reader_modules, reader_names, reader_registry
 from histokg.st.readers.hest import HESTReader
 from histokg.st.readers.legacy import LegacySTReader
+from histokg.st.readers.spatialdata import SpatialDataReader
 from histokg.st.readers.visium import VisiumReader
 from histokg.st.readers.visium_hd import VisiumHDReader
 from histokg.st.readers.xenium import XeniumReader
@@ -272,6 +273,27 @@ class TestXeniumReader(ReaderContract):
         return {"path": out, "slide": study / "slides" / "S2.tiff", "spot_um": 55.0, "alignment": alignment}
 
 
+class TestSpatialDataReader(ReaderContract):
+    cls = SpatialDataReader
+    spot_um = 55.0
+    mpp = SYNTH_MPP
+
+    def inputs(self, request, tmp_path_factory) -> dict:
+        """A store spatialdata-io's Visium reader wrote from a synthetic section and its microscope image."""
+        import warnings
+
+        spatialdata_io = pytest.importorskip("spatialdata_io")
+        study = request.getfixturevalue("synth_study")
+        store = tmp_path_factory.mktemp("sdata") / "S1.zarr"
+        slide = study / "slides" / "S1.tiff"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spatialdata_io.visium(
+                study / "sections" / "S1", dataset_id="S1", fullres_image_file=slide.resolve()
+            ).write(store)
+        return {"path": store, "slide": slide}
+
+
 # --------------------------------------------------------------------------- the registry itself
 
 
@@ -320,7 +342,7 @@ def test_unknown_reader_is_one_line_with_the_nearest_name(capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         "error: unknown reader 'xenum'; did you mean 'xenium'? "
-        "(valid readers: hest, legacy, visium, visium-hd, xenium)"
+        "(valid readers: hest, legacy, spatialdata, visium, visium-hd, xenium)"
     )
     with pytest.raises(Exception, match=r"unknown reader 'merfish' \(valid readers: hest, legacy"):
         get_reader("merfish")
