@@ -165,3 +165,47 @@ def test_empty_tissue_mask(tmp_path):
         pytest.raises(InputError, match=r"blank\.tiff: the tissue mask is empty"),
     ):
         detect_tissue(slide)
+
+
+def _noise_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((1001, 757), (100, 131)), ((600, 900), (451, 300))])
+def test_box_resize_is_pillows_box_resize_without_the_copy(shape, size):
+    """Thumbnails of plain images come from box_resize (two passes over bands): the same bytes as
+    Pillow resizing the whole image at once."""
+    from histokg.wsi.slide import box_resize
+
+    image = _noise_image(*shape)
+    want = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    np.testing.assert_array_equal(box_resize(image, *size, rows=64), want)
+
+
+def test_pyramid_levels_by_bands_equal_whole_reduce():
+    from histokg.wsi.pyramid import pyramid_levels
+
+    image = _noise_image(1203, 777, seed=1)
+    levels = pyramid_levels(image, min_side=100, rows=128)
+    assert [lv.shape[:2] for lv in levels] == [(1203, 777), (602, 389), (301, 195), (151, 98), (76, 49)]
+    for above, level in zip(levels[:-1], levels[1:], strict=True):
+        np.testing.assert_array_equal(level, np.asarray(Image.fromarray(above).reduce(2)))
+
+
+def test_plain_jpeg_decoded_once_with_pillows_pixels_and_truncation_refused(tmp_path):
+    """An RGB JPEG is decoded by imagecodecs into the slide's one array: the pixels Pillow decodes; a
+    truncated file is refused as before; a grey JPEG still goes through Pillow (as RGB)."""
+    path = tmp_path / "he.jpg"
+    Image.fromarray(smooth_image()).save(path, quality=85)
+    with open_slide(path, mpp=0.5) as slide:
+        np.testing.assert_array_equal(slide.read_level(0), np.asarray(Image.open(path).convert("RGB")))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match=r"cut\.jpg: cannot decode image.*truncated"):
+        open_slide(cut, mpp=0.5)
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(smooth_image()[..., 0]).save(grey)
+    with open_slide(grey, mpp=0.5) as slide:
+        assert slide.read_level(0).shape == (*smooth_image().shape[:2], 3)

@@ -23,12 +23,22 @@ from histokg.wsi.slide import open_slide
 log = logging.getLogger(__name__)
 
 
-def pyramid_levels(image: np.ndarray, min_side: int = 512) -> list[np.ndarray]:
-    """Level 0 and successive 2x box-downsampled levels until the longest side is below ``min_side``."""
+def pyramid_levels(image: np.ndarray, min_side: int = 512, rows: int = 512) -> list[np.ndarray]:
+    """Level 0 and successive 2x box-downsampled levels until the longest side is below ``min_side``.
+
+    Each level is Pillow's ``reduce(2)`` of the one above, applied to bands of ``rows`` (even) rows:
+    the same pixels as reducing the whole level at once (each output row averages two input rows that
+    fall in one band), without copying a whole level into Pillow first.
+    """
     levels = [image]
     while max(levels[-1].shape[:2]) > min_side:
-        current = Image.fromarray(levels[-1])
-        levels.append(np.asarray(current.reduce(2)))
+        above = levels[-1]
+        height, width = above.shape[:2]
+        level = np.empty(((height + 1) // 2, (width + 1) // 2, 3), np.uint8)
+        for y in range(0, height, rows):
+            band = Image.fromarray(above[y : y + rows]).reduce(2)
+            level[y // 2 : y // 2 + band.height] = np.asarray(band)
+        levels.append(level)
     return levels
 
 
@@ -118,8 +128,9 @@ def _tiles(level: np.ndarray, tile: int, bar: tqdm):
 def convert(src: str | Path, dst: str | Path, mpp: float | None = None, **kwargs) -> Path:
     """Convert a slide or plain image to a pyramidal TIFF that OpenSlide reads back with its MPP.
 
-    Level 0 is held in memory (checked against the memory available before reading); the MPP, the tile
-    size and the JPEG quality are checked before anything is read.
+    Level 0 is held in memory once (checked against the memory available before reading; a plain RGB
+    JPEG is decoded straight into it), the smaller levels beside it (a third more); the MPP, the tile
+    size and the JPEG quality are checked before anything is read. Peak memory: benchmarks/slide_memory.py.
     """
     _check_tiles_and_quality(Path(dst), kwargs.get("tile", 256), kwargs.get("quality", 90))
     with open_slide(src, mpp=mpp) as slide:

@@ -144,12 +144,7 @@ class Slide:
         lw, lh = self.level_dimensions[level]
         if (lw, lh) == (out_w, out_h):
             return np.array(self.read_level(level, progress=True)), out_w / width
-        img = self._level_image(level).resize((out_w, out_h), Image.Resampling.BOX)
-        return np.asarray(img), out_w / width
-
-    def _level_image(self, level: int) -> Image.Image:
-        """A whole level as an RGB PIL image (memory checked before reading)."""
-        return Image.fromarray(self.read_level(level, progress=True))
+        return box_resize(self.read_level(level, progress=True), out_w, out_h), out_w / width
 
     def read_level(self, level: int = 0, *, progress: bool = False) -> np.ndarray:
         """A whole level as an RGB array, read in horizontal bands; refuses levels that cannot fit in memory."""
@@ -274,9 +269,6 @@ class PlainImageSlide(Slide):
             raise SlideError(f"slide {self.path}: plain images have one level, level {level} requested")
         return self._array
 
-    def _level_image(self, level: int) -> Image.Image:
-        return Image.fromarray(self.read_level(level))
-
     def close(self) -> None:
         self._array = np.empty((0, 0, 3), np.uint8)
 
@@ -314,18 +306,42 @@ def _open_plain_header(path: Path) -> Image.Image:
 
 def _decode_plain_image(path: Path, mpp: float | None = None) -> np.ndarray:
     """Decode a plain image to RGB after checking that its claimed size fits in memory (and, with
-    ``mpp``, that its claimed size is that of a section)."""
+    ``mpp``, that its claimed size is that of a section).
+
+    An RGB JPEG (every H&E JPEG we have met) is decoded by libjpeg-turbo through imagecodecs straight
+    into the one array it returns: one decoded copy in memory, where Pillow holds its own 4-byte-per-
+    pixel buffer and copies it into the array (peak 7 bytes per pixel). The pixels are Pillow's (the
+    same library decodes both). imagecodecs decodes a truncated stream silently, so the stream is
+    first read through by Pillow at 1/8 scale (a fraction of a full decode), which raises as a full
+    decode would. Other images (PNG, BMP, grey or CMYK JPEG) are decoded by Pillow.
+    """
     img = _open_plain_header(path)
+    fast = img.format == "JPEG" and img.mode == "RGB"
     try:
         width, height = img.size
         if mpp is not None:
             budget.check_extent(width, height, mpp, f"slide {path}", error=SlideError)
-        check_image_memory(path, width, height, PLAIN_DECODE_BYTES_PER_PX)
+        check_image_memory(path, width, height, 3 if fast else PLAIN_DECODE_BYTES_PER_PX)
     except SlideError:
         img.close()
         raise
+    log.info("%s: decoding %dx%d px", path.name, width, height)
+    if fast:
+        try:
+            img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()  # reads the whole stream: a truncated or corrupt file raises here
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise SlideError(
+                f"slide {path}: cannot decode image, it may be corrupt or truncated: {exc}"
+            ) from None
+        finally:
+            img.close()
+        try:
+            return _decode_jpeg_into_array(path, width, height)
+        except Exception as exc:  # an encoding libjpeg-turbo's plain API refuses: Pillow decodes it
+            log.debug("%s: imagecodecs could not decode it (%s); decoding with Pillow", path.name, exc)
+            img = _open_plain_header(path)
     try:
-        log.info("%s: decoding %dx%d px", path.name, width, height)
         img.load()
         if img.mode != "RGB":
             converted = img.convert("RGB")
@@ -338,6 +354,17 @@ def _decode_plain_image(path: Path, mpp: float | None = None) -> np.ndarray:
         ) from None
     finally:
         img.close()
+
+
+def _decode_jpeg_into_array(path: Path, width: int, height: int) -> np.ndarray:
+    """An RGB JPEG decoded by imagecodecs into a new (height, width, 3) array (no second copy)."""
+    import imagecodecs
+
+    out = np.empty((height, width, 3), np.uint8)
+    decoded = imagecodecs.jpeg8_decode(path.read_bytes(), out=out)
+    if decoded.shape != out.shape:  # pragma: no cover - imagecodecs writes into ``out`` or raises
+        raise ValueError(f"decoded shape {decoded.shape}, expected {out.shape}")
+    return decoded
 
 
 def _resolve_mpp(path: Path, props: dict[str, str], override: float | None) -> float:
@@ -380,6 +407,27 @@ def _to_rgb_array(img: Image.Image, *, contiguous: bool = False) -> np.ndarray:
         return arr[..., :3]
     a = alpha[..., None].astype(np.float32) / 255.0
     return np.clip(arr[..., :3] * a + 255.0 * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
+
+
+def box_resize(image: np.ndarray, width: int, height: int, rows: int = 512) -> np.ndarray:
+    """Pillow's ``BOX`` resize of an RGB array to ``width`` x ``height``, without copying the array whole.
+
+    ``Image.fromarray(image).resize(...)`` first copies the whole image into Pillow (for a plain 9k-px
+    JPEG, another 263 MiB beside the decoded array). Pillow resamples horizontally, row by row, into an
+    8-bit image and then vertically; done here in the same two passes, the first over bands of
+    ``rows`` rows, the result is bit-identical (tests/test_wsi.py) with one narrow intermediate
+    (``width`` columns, every row) instead of the copy.
+    """
+    full_h, full_w = image.shape[:2]
+    if (full_w, full_h) == (width, height):
+        return np.array(image)
+    narrow = np.empty((full_h, width, 3), np.uint8)
+    for y in range(0, full_h, rows):
+        band = image[y : y + rows]
+        narrow[y : y + len(band)] = np.asarray(
+            Image.fromarray(band).resize((width, len(band)), Image.Resampling.BOX)
+        )
+    return np.asarray(Image.fromarray(narrow).resize((width, height), Image.Resampling.BOX))
 
 
 def _upsample(rgb: np.ndarray, out_px: int) -> np.ndarray:
