@@ -27,7 +27,6 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -88,12 +87,6 @@ def build_index(tmp: Path) -> tuple[Path, Path]:
     return out, checkpoint
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def start_server(index: Path, checkpoint: Path, port: int, max_pending: int) -> subprocess.Popen:
     """``histokg serve`` in its own process (its RSS is the server's alone)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -113,19 +106,14 @@ def start_server(index: Path, checkpoint: Path, port: int, max_pending: int) -> 
         str(max_pending),
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import httpx
+    from histokg.testing import wait_for_http
 
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the server exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/api/info", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit("the server did not answer within 60 s")
+    try:
+        wait_for_http(f"http://{HOST}:{port}/api/info", proc, timeout=60)
+    except RuntimeError as exc:
+        proc.kill()
+        sys.exit(str(exc))
+    return proc
 
 
 def request_mix(base: str, n: int, seed: int = 0) -> list[str]:
@@ -258,7 +246,9 @@ def main() -> None:
         t0 = time.time()
         index, checkpoint = build_index(Path(tmp))
         print(f"index built in {time.time() - t0:.0f} s ({index})")
-        port = free_port()
+        from histokg.testing import free_port
+
+        port = free_port(HOST)
         server = start_server(index, checkpoint, port, args.max_pending)
         base = f"http://{HOST}:{port}"
         try:

@@ -44,13 +44,9 @@ def run(args: list[str]) -> tuple[int, float, float, str]:
 
 def slide_size(path: Path, mpp: float | None) -> tuple[int, int]:
     sys.path.insert(0, str(REPO))
-    from histokg.wsi.slide import PLAIN_SUFFIXES, _open_plain_header, open_slide
+    from histokg.wsi import slide_dimensions
 
-    if path.suffix.lower() in PLAIN_SUFFIXES:
-        with _open_plain_header(path) as img:
-            return img.size
-    with open_slide(path, mpp=mpp) as slide:
-        return slide.dimensions
+    return slide_dimensions(path, mpp=mpp)
 
 
 def main() -> None:

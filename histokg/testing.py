@@ -1,4 +1,5 @@
-"""Helpers for histokg's tests and benchmarks: where the read-only real data lies.
+"""Helpers for histokg's tests and benchmarks: where the read-only real data lies, and a free local port
+with a wait for a server started on it.
 
 The real data (her2st sections, the CMU-1 slide, Space Ranger layouts, KG sources; see each folder's
 PROVENANCE.md) is never part of the project: it is read from ``$HISTOKG_SHARED_DATA``, or from a
@@ -8,9 +9,13 @@ PROVENANCE.md) is never part of the project: it is read from ``$HISTOKG_SHARED_D
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
-__all__ = ["shared_data_dir"]
+__all__ = ["free_port", "shared_data_dir", "wait_for_http"]
 
 REPO = Path(__file__).resolve().parents[1]
 _MARKER = Path("wsi") / "CMU-1-Small-Region.svs"
@@ -26,3 +31,28 @@ def shared_data_dir() -> Path:
         "real test data not found: set HISTOKG_SHARED_DATA to the shared/data folder "
         f"(looked in {[str(c) for c in candidates if c]})"
     )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``host`` right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until ``url`` answers 200 while ``process`` (the server) runs; a RuntimeError when it exits
+    first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as res:
+                if res.status == 200:
+                    return
+        except OSError:  # not listening yet, or an HTTP error status (urllib.error.URLError is an OSError)
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:g} s")
+        time.sleep(0.2)

@@ -9,7 +9,6 @@ with completion, and an upload; all under the app's Content-Security-Policy (a v
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from retrieval_fixtures import (  # noqa: F401  (fixtures)
     mix_table,
     retrieval_ckpt,
 )
+
+from histokg.testing import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -36,19 +37,13 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(built_index, retrieval_ckpt):
     import uvicorn
 
     from app.main import create_app
 
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         create_app(built_index, checkpoint=retrieval_ckpt), host="127.0.0.1", port=port, log_level="warning"
     )

@@ -4,7 +4,6 @@ gradients of batch 2b (same weights, same data)."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 
 from histokg.losses import build_loss
 from histokg.models import DualEncoder, ModelConfig
+from histokg.testing import free_port
 from histokg.train.distributed import DistInfo
 from histokg.train.engine import JointModule
 
@@ -46,12 +46,6 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     grads = {n: p.grad.clone() for n, p in joint.named_parameters() if p.grad is not None}
     torch.save({"loss": loss.detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.filterwarnings("ignore")

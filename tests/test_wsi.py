@@ -18,6 +18,7 @@ from histokg.wsi import (
     open_slide,
     save_png,
     save_tiles_h5,
+    slide_dimensions,
     tile_slide,
     tiles_overlay,
     write_pyramid,
@@ -122,6 +123,31 @@ def test_convert_plain_image(tmp_path):
     out = convert(src, tmp_path / "plain.tiff", mpp=0.8)
     with open_slide(out) as slide:
         assert slide.mpp == pytest.approx(0.8) and slide.dimensions == (900, 600)
+
+
+def test_slide_dimensions_reads_headers_only(cmu_slide, tmp_path):
+    """The size of a pyramid and of a plain image without their pixels: a JPEG cut after its header has a
+    size (open_slide, which decodes it, fails), and the checks open_slide makes come first."""
+    assert slide_dimensions(cmu_slide) == (2220, 2967)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(smooth_image(600, 3000)).save(whole, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    assert slide_dimensions(cut, mpp=0.5) == (3000, 600)
+    with pytest.raises(SlideError, match=r"cut\.jpg.*(truncated|corrupt)"):
+        open_slide(cut, mpp=0.5)
+    with pytest.raises(SlideError, match=r"whole\.jpg: a plain image carries no microns-per-pixel"):
+        slide_dimensions(whole)
+    with pytest.raises(SlideError, match=r"whole\.jpg: microns per pixel 0.0 is not plausible"):
+        slide_dimensions(whole, mpp=0.0)
+    with pytest.raises(SlideError, match=r"whole\.jpg: 3000x600 px at 100 um/px.*larger than any section"):
+        slide_dimensions(whole, mpp=100.0)
+    with pytest.raises(SlideError, match="missing.svs does not exist"):
+        slide_dimensions(tmp_path / "missing.svs")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(SlideError, match=r"notes\.jpg: not a JPEG, PNG or BMP image"):
+        slide_dimensions(text, mpp=0.5)
 
 
 def test_corrupt_slide_is_named(tmp_path):

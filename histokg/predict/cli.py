@@ -180,14 +180,11 @@ def predict_cmd(
 
 
 def _check_slide(slide: Path, mpp: float | None) -> None:
-    """Open the slide (header only for pyramids): an absent MPP or a broken file is one error, before any compute."""
-    from histokg.wsi.slide import PLAIN_SUFFIXES, _open_plain_header, open_slide
+    """Check the slide's header: an absent MPP or a broken file is one error, before any compute (a plain
+    image is decoded when predicted, not twice)."""
+    from histokg.wsi import slide_dimensions
 
-    if slide.suffix.lower() in PLAIN_SUFFIXES and mpp is not None:
-        _open_plain_header(slide).close()  # a plain image is decoded when predicted, not twice
-        return
-    with open_slide(slide, mpp=mpp):
-        pass
+    slide_dimensions(slide, mpp=mpp)
 
 
 def _check_outputs(folder: Path, outputs: list[str], overwrite: bool, inputs: list) -> None:

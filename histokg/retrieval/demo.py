@@ -11,6 +11,8 @@ returns the lines to print, ending with how to start the app.
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +61,15 @@ def build_demo_index(
         "(labels: planted region):",
         *("  " + line for line in format_metrics(results).splitlines()),
         "",
-        f"  the web app: .venv/bin/histokg serve {index_dir}   then open http://127.0.0.1:8000/",
+        f"  the web app: {histokg_command()} serve {index_dir}   then open http://127.0.0.1:8000/",
     ]
     return "\n".join(lines)
+
+
+def histokg_command() -> str:
+    """How to run ``histokg`` here: the script beside this Python (a venv's ``bin/histokg``, wherever the
+    package is installed), plain ``histokg`` when that is the one on PATH or there is none."""
+    beside = Path(sys.executable).with_name("histokg")
+    if not beside.is_file() or shutil.which("histokg") == str(beside):
+        return "histokg"
+    return str(beside)

@@ -2,7 +2,7 @@
 
 from histokg.wsi.mask import MaskConfig, TissueMask, detect_tissue, tissue_mask_from_image
 from histokg.wsi.pyramid import convert, write_pyramid
-from histokg.wsi.slide import OpenSlideSlide, PlainImageSlide, Slide, open_slide
+from histokg.wsi.slide import OpenSlideSlide, PlainImageSlide, Slide, open_slide, slide_dimensions
 from histokg.wsi.tiling import (
     Tiles,
     TilingConfig,
@@ -29,6 +29,7 @@ __all__ = [
     "open_slide",
     "save_png",
     "save_tiles_h5",
+    "slide_dimensions",
     "tile_slide",
     "tiles_overlay",
     "tissue_mask_from_image",

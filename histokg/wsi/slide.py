@@ -48,14 +48,28 @@ _BAND_BYTES = 64 * 2**20
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """Open a slide. ``mpp`` overrides (or, for plain images and TIFFs without it, supplies) level-0 um/px."""
-    path = Path(path)
-    if not path.exists():
-        raise SlideError(f"slide {path} does not exist")
-    if not path.is_file():
-        raise SlideError(f"slide {path} is not a file")
+    path = _existing_file(path)
     if path.suffix.lower() in PLAIN_SUFFIXES:
         return PlainImageSlide(path, mpp)
     return OpenSlideSlide(path, mpp)
+
+
+def slide_dimensions(path: str | Path, mpp: float | None = None) -> tuple[int, int]:
+    """Level-0 (width, height) of a slide, checked as :func:`open_slide` checks it but without decoding pixels.
+
+    A plain image's header alone is read (its pixels are decoded once, when the slide is used); a pyramid
+    is opened by OpenSlide and closed. A missing or unreadable file, an absent or invalid MPP, or a size
+    larger than any section is a :class:`~histokg.errors.SlideError` naming the file.
+    """
+    path = _existing_file(path)
+    if path.suffix.lower() not in PLAIN_SUFFIXES:
+        with OpenSlideSlide(path, mpp) as slide:
+            return slide.dimensions
+    mpp = _plain_mpp(path, mpp)
+    with _open_plain_header(path) as img:
+        width, height = img.size
+    budget.check_extent(width, height, mpp, f"slide {path}", error=SlideError)
+    return width, height
 
 
 class Slide:
@@ -238,12 +252,7 @@ class PlainImageSlide(Slide):
 
     def __init__(self, path: Path, mpp: float | None):
         self.path = path
-        if mpp is None:
-            raise SlideError(
-                f"slide {path}: a plain image carries no microns-per-pixel; pass mpp "
-                "(--mpp) or let the ST reader derive it from the spot pitch"
-            )
-        self.mpp = _check_mpp(path, mpp)
+        self.mpp = _plain_mpp(path, mpp)
         self._array = _decode_plain_image(path, self.mpp)
         height, width = self._array.shape[:2]
         self.level_dimensions = ((width, height),)
@@ -274,6 +283,25 @@ class PlainImageSlide(Slide):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(f"slide {path} does not exist")
+    if not path.is_file():
+        raise SlideError(f"slide {path} is not a file")
+    return path
+
+
+def _plain_mpp(path: Path, mpp: float | None) -> float:
+    """The checked MPP of a plain image, which the caller must supply."""
+    if mpp is None:
+        raise SlideError(
+            f"slide {path}: a plain image carries no microns-per-pixel; pass mpp "
+            "(--mpp) or let the ST reader derive it from the spot pitch"
+        )
+    return _check_mpp(path, mpp)
 
 
 def _open_plain_header(path: Path) -> Image.Image:
