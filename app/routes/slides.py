@@ -88,6 +88,7 @@ def slide(slide_id: SlideId, state: State) -> dict:
         "thumbnail_scale": meta.get("thumbnail_scale"),
         "thumbnail_size": meta.get("thumbnail_size"),
         "region_diameter_px": meta.get("region_diameter_px"),
+        "spot_diameter_px": _finite(meta.get("spot_diameter_px")),
         "measured": {
             "genes": meta.get("has_expr", False),
             "kg": meta.get("has_kg", False),
@@ -141,3 +142,8 @@ def similar(
         state.index, slide_id, k=k, descriptor=descriptor, exclude_patient=exclude_patient
     )
     return {"slide_id": slide_id, "descriptor": descriptor, "results": with_thumbs(rows)}
+
+
+def _finite(value) -> float | None:
+    """A positive finite number, else None (JSON has no NaN; an index written before a field lacks it)."""
+    return float(value) if isinstance(value, int | float) and 0 < value < float("inf") else None

@@ -61,6 +61,12 @@ function fmt(v) {
   return a !== 0 && (a < 0.01 || a >= 1e4) ? v.toExponential(2) : v.toPrecision(3);
 }
 
+function ordinal(n) {
+  const k = Math.round(n), tail = k % 100;
+  const suffix = tail >= 11 && tail <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[k % 10] || "th");
+  return `${k}${suffix}`;
+}
+
 function isPredicted() { return state.meta && state.meta.origin === "predicted"; }
 
 // ---------------------------------------------------------------- slides
@@ -105,10 +111,20 @@ async function openSlide(slideId, highlight) {
   state.highlight = highlight || null;
   state.mark = null;
   for (const b of document.querySelectorAll("#slides-panel button")) b.classList.toggle("active", b.dataset.slideId === slideId);
-  try {
-    state.meta = await api(`/api/slides/${encodeURIComponent(slideId)}`);
+  let m, thumb;
+  try { // the slide's description and its picture, then both at once: never one slide's scale on another's image
+    m = await api(`/api/slides/${encodeURIComponent(slideId)}`);
+    thumb = await new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error(`the thumbnail of ${slideId} failed to load`));
+      img.src = `/api/slides/${encodeURIComponent(slideId)}/thumbnail`;
+    });
   } catch (err) { showError(err.message); status(""); return; }
-  const m = state.meta;
+  if (state.slide !== slideId) return; // another slide was opened meanwhile
+  state.meta = m;
+  state.thumb = thumb;
+  state.overlay = null;
   const predicted = isPredicted();
   if (predicted) {
     $("slide-title").textContent = `${m.name} - predicted from H&E`;
@@ -126,12 +142,6 @@ async function openSlide(slideId, highlight) {
   $("search-hint").hidden = predicted;
   $("descriptor").disabled = predicted;
   $("position").textContent = "Click on the slide to read a position (in µm from the slide's top-left corner) and the value there.";
-  state.thumb = await new Promise((resolve, reject) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => reject(new Error("thumbnail failed to load"));
-    img.src = `/api/slides/${encodeURIComponent(slideId)}/thumbnail`;
-  });
   await Promise.all([loadOverlay(), loadSimilarSlides()]);
   status(predicted ? `${m.name}: predicted from H&E; click on the slide to read values` : `${slideId}: drag or click on the slide to find similar regions`);
 }
@@ -145,18 +155,27 @@ function currentFeature() {
   return `${kind}:${name}`;
 }
 
+let overlayRequests = 0;
+
 async function loadOverlay() {
   if (!state.slide) return;
   const feature = currentFeature();
   if (!feature) { status("type a gene or pathway name"); return; }
   showError("");
+  if ($("status").textContent === "type a gene or pathway name") status("");
   const params = new URLSearchParams({ feature, source: $("feature-source").value });
+  const ticket = ++overlayRequests; // only the latest request's answer (or error) is shown
+  const slide = state.slide;
+  let overlay = null;
   try {
-    state.overlay = await api(`/api/slides/${encodeURIComponent(state.slide)}/overlay?${params}`);
+    overlay = await api(`/api/slides/${encodeURIComponent(slide)}/overlay?${params}`);
   } catch (err) {
-    state.overlay = null;
+    if (ticket !== overlayRequests || slide !== state.slide) return;
     showError(err.message);
   }
+  if (ticket !== overlayRequests || slide !== state.slide || !state.meta || state.meta.slide_id !== slide) return;
+  state.overlay = overlay;
+  if (state.mark) showPosition(state.mark); // the value under the mark, of the new feature
   draw();
   drawLegend();
 }
@@ -180,9 +199,11 @@ function draw() {
   canvas.height = Math.round(img.height * fit);
   state.scale = (state.meta.thumbnail_scale || 1) * fit; // display px per level-0 px
   ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
-  const o = state.overlay;
+  const o = state.overlay && state.overlay.slide_id === state.meta.slide_id ? state.overlay : null;
   if (o && state.opacity > 0) {
     const r = Math.max(2, (state.meta.region_diameter_px || 50) * state.scale / 2);
+    // spots at their own size (an index written before spot_diameter_px: half the patch around them)
+    const spot = Math.max(2, state.meta.spot_diameter_px ? state.meta.spot_diameter_px * state.scale / 2 : r * 0.5);
     ctx.globalAlpha = state.opacity;
     for (let i = 0; i < o.x.length; i++) {
       const c = colour(o, i);
@@ -190,7 +211,7 @@ function draw() {
       ctx.fillStyle = c;
       const x = o.x[i] * state.scale, y = o.y[i] * state.scale;
       if (state.meta.kind === "tiles") ctx.fillRect(x - r, y - r, 2 * r, 2 * r);
-      else { ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI); ctx.fill(); }
+      else { ctx.beginPath(); ctx.arc(x, y, spot, 0, 2 * Math.PI); ctx.fill(); }
     }
     ctx.globalAlpha = 1;
   }
@@ -249,7 +270,7 @@ function drawLegend() {
   const mid = (o.vmin + o.vmax) / 2;
   ticks.append(el("span", {}, `≤ ${fmt(o.vmin)}`), el("span", {}, fmt(mid)), el("span", {}, `≥ ${fmt(o.vmax)} ${v.unit}`));
   const [lo, hi] = sc.clip_percentiles;
-  $("legend-scale").textContent = `Colour scale ${fmt(sc.vmin)} to ${fmt(sc.vmax)} ${v.unit}: the ${lo}th to ${hi}th percentile of ${sc.over}`
+  $("legend-scale").textContent = `Colour scale ${fmt(sc.vmin)} to ${fmt(sc.vmax)} ${v.unit}: the ${ordinal(lo)} to ${ordinal(hi)} percentile of ${sc.over}`
     + ` (set per slide). ${sc.n_below} of ${sc.n} regions lie below and ${sc.n_above} above it and take the end colours.`;
   $("legend-definition").textContent = `${v.unit}: ${v.definition}.`;
 }
@@ -262,7 +283,7 @@ function nearestRegion(p) {
     const d = (o.x[i] - p.x) ** 2 + (o.y[i] - p.y) ** 2;
     if (d < bestD) { bestD = d; best = i; }
   }
-  const reach = (state.meta.region_diameter_px || 50) * 0.75;
+  const reach = Math.max(state.meta.region_diameter_px || 50, state.meta.spot_diameter_px || 0) * 0.75;
   return bestD <= reach * reach ? best : -1;
 }
 
@@ -274,7 +295,7 @@ function showPosition(p) {
   if (i >= 0 && o) {
     const v = o.values[i];
     if (o.kind === "categorical") text += `: ${o.categories[v]}`;
-    else text += `: ${o.label.split(" (")[0]} ${fmt(v)} ${o.value.unit} (${o.value.what})`;
+    else text += `: ${o.label.split(" (")[0]} ${fmt(v)} ${o.value.unit}, ${o.value.what}`;
   } else text += ": no region here";
   $("position").textContent = text;
   state.mark = p;

@@ -92,6 +92,7 @@ class PredictedSlide:
             "thumbnail_scale": self.thumbnail_scale,
             "thumbnail_size": [int(self.thumbnail.shape[1]), int(self.thumbnail.shape[0])],
             "region_diameter_px": self.diameter_px,
+            "spot_diameter_px": self.diameter_px if self.kind == "spots" else None,
             "measured": {"genes": False, "kg": False, "labels": False},
             "genes": list(self.genes),
             "pathways": [] if self.pathways is None else list(map(str, self.pathways.columns)),
@@ -309,9 +310,9 @@ def load_predicted_slide(path: str | Path) -> PredictedSlide:
     clusters = adata.obs[Key.obs.cluster].astype(str).to_numpy() if Key.obs.cluster in adata.obs else None
     spots = record.get("observations", "tiles")
     layout = (
-        f"hexagonal pseudo-spots of {float(cfg.get('spot_um', 55)):g} um, {float(cfg.get('pitch_um', 100)):g} um apart"
+        f"hexagonal pseudo-spots of {float(cfg.get('spot_um', 55)):g} µm, {float(cfg.get('pitch_um', 100)):g} µm apart"
         if spots == "hex"
-        else f"tissue tiles of {diameter * mpp:.0f} um"
+        else f"tissue tiles of {diameter * mpp:.0f} µm"
     )
     return PredictedSlide(
         slide_id=safe_slide_id(library)[: 128 - len(ID_SUFFIX)] + ID_SUFFIX,

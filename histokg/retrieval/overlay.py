@@ -81,16 +81,16 @@ def slide_overlay(
         return out | categorical(
             [f"prototype {int(v)}" for v in values],
             "Region prototype",
-            f"each region takes the nearest of the index's {n or 'k'} prototypes (k-means centres of all "
+            f"Each region takes the nearest of the index's {n or 'k'} prototypes (k-means centres of all "
             "regions' image embeddings): one colour, regions that look alike to the model. "
             "A grouping by appearance, not a diagnosis.",
         )
     if feature == "label":
         note = (
-            "the label annotated on the region"
+            "The label annotated on the region."
             if source == "measured"
-            else f"the most common label of the {TRANSFER_K} most similar regions (image embedding) "
-            "on other slides that have labels"
+            else f"Predicted: the most common label of the {TRANSFER_K} most similar regions (image "
+            "embedding) on other slides that have labels."
         )
         return out | categorical(values, "Region label", note)
     vals = np.asarray(values, np.float64)
