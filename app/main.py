@@ -1,7 +1,8 @@
-"""The histokg web app: a FastAPI service over a retrieval index and the page it serves itself.
+"""The histokg web app: a FastAPI service over a retrieval index (and, when given, slides predicted
+from H&E by ``histokg predict``) and the page it serves itself.
 
-``create_app(index_dir)`` builds the application; ``histokg serve INDEX_DIR`` runs it with uvicorn on
-127.0.0.1. Slides are addressed by their id in the index, never by a path; every parameter is
+``create_app(index_dir)`` builds the application; ``histokg serve INDEX_DIR [--predictions OUT]`` runs it
+with uvicorn on 127.0.0.1. Slides are addressed by their id in the index, never by a path; every parameter is
 validated; request bodies are bounded; every error is JSON ``{"error": message}`` without a trace;
 requests must name a host the server serves, state-changing ones must come from its own origin, and
 every answer carries a Content-Security-Policy. The OpenAPI schema is at ``/openapi.json``
@@ -43,13 +44,16 @@ def create_app(
     max_pending_uploads: int = UploadLimits.max_pending,
     allowed_hosts: Iterable[str] = LOOPBACK,
     work_dir: str | Path | None = None,
+    predictions: Iterable[str | Path] = (),
 ) -> FastAPI:
     """The application over the index in ``index_dir`` (uploads embed with ``checkpoint``, whose hash
     must be the index's; default: the checkpoint path the index recorded).
 
     Uploads are bounded by size, decoded pixels, grid tiles at the model's patch geometry, a job's
     running time and how many are checked or queued at once (:class:`app.uploads.UploadLimits`). ``allowed_hosts``: the names (any port) or
-    ``name:port`` pairs requests may carry in their Host header (:mod:`app.security`).
+    ``name:port`` pairs requests may carry in their Host header (:mod:`app.security`). ``predictions``:
+    outputs of ``histokg predict`` (files or folders, :func:`histokg.predict.view.load_predictions`) shown
+    beside the index's slides as slides predicted from H&E; only the operator names them.
     """
     limits = UploadLimits(
         max_bytes=max_upload_bytes,
@@ -59,7 +63,7 @@ def create_app(
         max_pending=max_pending_uploads,
     )
     index = RetrievalIndex.load(index_dir)
-    state = AppState(index, checkpoint, limits, work_dir)
+    state = AppState(index, checkpoint, limits, work_dir, predictions)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -1,4 +1,5 @@
-"""What the app holds while it runs: the index, the upload limits and jobs, and the upload model.
+"""What the app holds while it runs: the index, the slides ``histokg predict`` wrote, the upload limits
+and jobs, and the upload model.
 
 :class:`AppState` lives on ``app.state.histokg``; routes reach it through :func:`app.deps.get_state`.
 Uploads are embedded by the library (:func:`histokg.retrieval.regions.embed_regions`) with the
@@ -11,11 +12,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from app.uploads import Job, JobClock, UploadJobs, UploadLimits, validate_upload
 from app.urls import with_thumbs
 from histokg.io import file_sha256
+from histokg.predict.view import PredictedSlide, load_predictions
 from histokg.retrieval import query as q
 from histokg.retrieval.descriptors import region_descriptor_names
 from histokg.retrieval.index import RetrievalIndex
@@ -31,8 +34,11 @@ class AppState:
         checkpoint: str | Path | None,
         limits: UploadLimits,
         work_dir: str | Path | None,
+        predictions: Iterable[str | Path] = (),
     ) -> None:
         self.index = index
+        # slides predicted from H&E, named by the operator (never by a client), by slide id
+        self.predicted: dict[str, PredictedSlide] = load_predictions(list(predictions), set(index.slide_ids))
         self.limits = limits
         self.max_upload_bytes = limits.max_bytes
         self.checkpoint = Path(checkpoint) if checkpoint else Path(index.manifest.get("checkpoint") or "")

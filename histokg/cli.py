@@ -649,6 +649,13 @@ def demo(out_dir: Path, overwrite: bool, config_path: Path | None, overrides: tu
     show_default=True,
     help="Most uploads being checked, waiting or embedding at once; one more is refused (429).",
 )
+@click.option(
+    "--predictions",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Outputs of `histokg predict` to show as slides predicted from H&E: its -o folder, one slide's "
+    "folder or a predicted.h5ad. Repeat for several.",
+)
 def serve(
     index_dir: Path,
     host: str,
@@ -659,8 +666,10 @@ def serve(
     max_upload_tiles: int,
     max_job_seconds: float,
     max_pending_uploads: int,
+    predictions: tuple[Path, ...],
 ) -> None:
-    """Serve the web app over the index in INDEX_DIR (FastAPI; OpenAPI schema at /docs)."""
+    """Serve the web app over the index in INDEX_DIR, and slides predicted from H&E (--predictions)
+    (FastAPI; OpenAPI schema at /docs)."""
     import uvicorn
 
     from app.main import create_app  # the one place histokg reaches the app: this command starts it
@@ -685,9 +694,12 @@ def serve(
         max_job_seconds=max_job_seconds,
         max_pending_uploads=max_pending_uploads,
         allowed_hosts=served,
+        predictions=predictions,
     )
+    n_predicted = len(application.state.histokg.predicted)
     click.echo(
-        f"histokg app on http://{bound}:{port}/ (index {index_dir}); serving Host "
+        f"histokg app on http://{bound}:{port}/ (index {index_dir}"
+        f"{f', {n_predicted} predicted slides' if predictions else ''}); serving Host "
         f"{', '.join(served)}; Ctrl-C stops it"
     )
     uvicorn.run(application, host=host, port=port, log_level="info")

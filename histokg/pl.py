@@ -22,17 +22,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 
+from histokg.colours import CATEGORICAL
 from histokg.errors import InputError
 from histokg.io import atomic_path
 from histokg.keys import Key
 
 log = logging.getLogger(__name__)
 
-_PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
-]  # fmt: skip
+_PALETTE = list(CATEGORICAL)  # the one categorical palette
 
 
 def spatial_genes(

@@ -77,3 +77,44 @@ def built_index(synth_study, mix_table, retrieval_ckpt, kg_bundle, tmp_path_fact
         return out
 
     return _once("index", build)
+
+
+@pytest.fixture(scope="session")
+def reference_h5ad(synth_study, retrieval_ckpt, tmp_path_factory) -> Path:
+    """Sections S1-S2 of the study embedded with the retrieval checkpoint: a `histokg predict` reference."""
+
+    def build():
+        from histokg.checkpoint import load_model
+        from histokg.keys import Key
+        from histokg.st.contract import write_h5ad
+        from histokg.st.study import load_study
+        from histokg.tl.embed import embed
+
+        adata = load_study(synth_study, with_truth=False)
+        adata = adata[adata.obs[Key.obs.library_id].isin(["S1", "S2"])].copy()
+        embed(adata, load_model(retrieval_ckpt))
+        path = tmp_path_factory.mktemp("ref") / "reference.h5ad"
+        write_h5ad(adata, path)
+        return path
+
+    return _once("reference", build)
+
+
+@pytest.fixture(scope="session")
+def predictions_dir(synth_study, retrieval_ckpt, reference_h5ad, kg_bundle, tmp_path_factory) -> Path:
+    """`histokg predict` (the command) on section S3's image alone: hexagonal pseudo-spots, 8 pathways;
+    the folder it wrote (``<out>/S3/predicted.h5ad``)."""
+
+    def build():
+        from click.testing import CliRunner
+
+        from histokg.cli import cli
+
+        out = tmp_path_factory.mktemp("predictions") / "pred"
+        args = ["predict", str(synth_study / "slides" / "S3.tiff"), "--checkpoint", str(retrieval_ckpt)]
+        args += ["--reference", str(reference_h5ad), "-o", str(out), "--spots", "hex", "--pathways", "8"]
+        result = CliRunner().invoke(cli, [*args, "--kg-bundle", str(kg_bundle)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return out
+
+    return _once("predictions", build)

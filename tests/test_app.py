@@ -17,6 +17,8 @@ from retrieval_fixtures import (  # noqa: F401  (fixtures)
     built_index,
     kg_bundle,
     mix_table,
+    predictions_dir,
+    reference_h5ad,
     retrieval_ckpt,
 )
 
@@ -28,10 +30,11 @@ MAX_TILES = 5_000
 
 
 @pytest.fixture(scope="module")
-def client(built_index, retrieval_ckpt, tmp_path_factory):
+def client(built_index, retrieval_ckpt, predictions_dir, tmp_path_factory):
     app = create_app(
         built_index,
         checkpoint=retrieval_ckpt,
+        predictions=[predictions_dir],
         max_upload_bytes=MAX_UPLOAD,
         max_upload_pixels=20_000_000,
         max_upload_tiles=MAX_TILES,
@@ -83,7 +86,7 @@ def test_openapi_and_page(client):
 
 def test_slides_overlay_and_thumbnails(client, built_index):
     slides = ok(client.get("/api/slides"))["slides"]
-    assert len(slides) == 9
+    assert len([s for s in slides if s["origin"] == "index"]) == 9
     meta = ok(client.get("/api/slides/S1"))
     assert meta["measured"] == {"genes": True, "kg": True, "labels": True} and meta["genes"]
     thumb = client.get("/api/slides/S1/thumbnail")
@@ -165,6 +168,157 @@ def test_pathway_and_cell_type_names_as_a_person_types_them(client):
     assert "did you mean 'stroma'" in assert_json_error(
         client.get("/api/pathways/slides", params={"name": "hypoxia", "within": "strom"}), {400}
     )
+
+
+# --------------------------------------------------------------------------- what the page tells a pathologist
+
+
+def test_slides_carry_their_mpp_and_regions_their_position_in_um(client):
+    rows = {r["slide_id"]: r for r in ok(client.get("/api/slides"))["slides"]}
+    from histokg.retrieval.index import RetrievalIndex
+
+    index = client.app.state.index
+    assert isinstance(index, RetrievalIndex)
+    for sid in index.slide_ids:
+        mpp = index.slide_meta(sid)["slide_mpp"]
+        assert rows[sid]["mpp"] == pytest.approx(mpp) and 0.01 < mpp < 100
+        assert ok(client.get(f"/api/slides/{sid}"))["mpp"] == pytest.approx(mpp)
+    x, y = (float(v) for v in index.shard("S1").coords[0])
+    box = {"x0": x - 50, "y0": y - 50, "x1": x + 50, "y1": y + 50}
+    res = ok(client.get("/api/slides/S1/regions/similar", params=box))
+    for r in res["results"]:
+        assert r["mpp"] == pytest.approx(index.slide_meta(r["slide_id"])["slide_mpp"])
+
+
+def test_overlay_legend_says_what_the_values_are_and_how_the_scale_is_clipped(client):
+    gene = ok(client.get("/api/slides/S1"))["genes"][0]
+    measured = ok(
+        client.get("/api/slides/S1/overlay", params={"feature": f"gene:{gene}", "source": "measured"})
+    )
+    predicted = ok(
+        client.get("/api/slides/S1/overlay", params={"feature": f"gene:{gene}", "source": "predicted"})
+    )
+    assert measured["value"]["what"] == "measured expression" and measured["value"]["unit"] == "log1p CP10k"
+    assert predicted["value"]["what"] == "predicted expression"
+    assert "10 most similar regions" in predicted["value"]["definition"]
+    for over in (measured, predicted):
+        scale = over["scale"]
+        assert scale["clip_percentiles"] == [2.0, 98.0]
+        assert scale["over"] == "this slide's measured and predicted values"
+        values = np.array([v for v in over["values"] if v is not None])
+        both = np.concatenate(
+            [values, [v for v in (predicted if over is measured else measured)["values"] if v is not None]]
+        )
+        assert (scale["vmin"], scale["vmax"]) == pytest.approx(tuple(np.percentile(both, [2, 98])), abs=1e-4)
+        assert scale["n_below"] == int((values < scale["vmin"] - 1e-9).sum()) and scale["n"] == len(values)
+        assert scale["n_above"] == int((values > scale["vmax"] + 1e-9).sum())
+    kg = ok(client.get("/api/slides/S1/overlay", params={"feature": "kg:hypoxia"}))
+    assert kg["value"]["what"] == "measured pathway score" and kg["value"]["unit"] == "rank score, 0-1"
+    clusters = ok(client.get("/api/slides/S1/overlay", params={"feature": "cluster"}))
+    assert (
+        clusters["legend"]["title"] == "Region prototype" and "not a diagnosis" in clusters["legend"]["note"]
+    )
+    assert len(clusters["colours"]) == len(clusters["categories"]) == len(set(clusters["colours"]))
+
+
+def test_a_gene_outside_the_panel_says_so_and_names_near_genes(client):
+    genes = ok(client.get("/api/slides/S1"))["genes"]
+    for source in ("measured", "predicted"):
+        err = assert_json_error(
+            client.get("/api/slides/S1/overlay", params={"feature": "gene:EPCAM", "source": source}), {400}
+        )
+        assert (
+            err.startswith("gene 'EPCAM' is outside the model's gene panel") and f"{len(genes)} genes" in err
+        )
+        assert "include" in err or "did you mean" in err  # names panel genes, never the whole list
+    typo = genes[0][:-1] + ("Z" if genes[0][-1] != "Z" else "Y")
+    err = assert_json_error(client.get("/api/slides/S1/overlay", params={"feature": f"gene:{typo}"}), {400})
+    assert f"did you mean {genes[0]!r}" in err
+
+
+def test_predicted_slides_from_histokg_predict(client, predictions_dir):
+    from histokg import keys
+    from histokg.keys import Key
+    from histokg.st.contract import read_h5ad
+
+    adata = read_h5ad(predictions_dir / "S3" / "predicted.h5ad")
+    rows = {r["slide_id"]: r for r in ok(client.get("/api/slides"))["slides"]}
+    assert rows["S3.predicted"]["origin"] == "predicted" and rows["S3"]["origin"] == "index"
+    assert rows["S3.predicted"]["name"] == "S3" and rows["S3.predicted"]["n_regions"] == adata.n_obs
+    assert ok(client.get("/api/info"))["n_predicted"] == 1
+    meta = ok(client.get("/api/slides/S3.predicted"))
+    entry = adata.uns["spatial"]["S3"]
+    assert meta["mpp"] == pytest.approx(entry["metadata"]["mpp"]) and meta["kind"] == "spots"
+    assert meta["genes"] == list(adata.var_names) and len(meta["pathways"]) == 8
+    assert meta["predicted"]["reference_slides"] == ["S1", "S2"] and meta["predicted"]["method"] == "blend"
+    thumb = client.get("/api/slides/S3.predicted/thumbnail")
+    assert Image.open(io.BytesIO(thumb.content)).size == tuple(meta["thumbnail_size"])
+    gene = meta["genes"][3]
+    over = ok(client.get("/api/slides/S3.predicted/overlay", params={"feature": f"gene:{gene}"}))
+    assert over["source"] == "predicted" and over["sources"] == ["predicted", "uncertainty"]
+    assert (
+        over["value"]["what"] == "predicted expression (from H&E)" and "S1, S2" in over["value"]["definition"]
+    )
+    np.testing.assert_allclose(over["values"], adata.X[:, 3], atol=1e-4)
+    np.testing.assert_allclose(np.c_[over["x"], over["y"]], adata.obsm["spatial"], atol=0.05)
+    hw = ok(
+        client.get(
+            "/api/slides/S3.predicted/overlay", params={"feature": f"gene:{gene}", "source": "uncertainty"}
+        )
+    )
+    np.testing.assert_allclose(
+        hw["values"], adata.layers[keys.interval_key(Key.layers.pred_blend)][:, 3], atol=1e-4
+    )
+    assert (
+        hw["value"]["what"] == "uncertainty: 90% interval half-width"
+        and "90% of the time" in hw["value"]["definition"]
+    )
+    assert hw["scale"]["over"] == "this slide's interval half-widths"
+    pathway = meta["pathways"][0]
+    kg = ok(
+        client.get(
+            "/api/slides/S3.predicted/overlay", params={"feature": "kg:" + pathway.split(":", 1)[1].lower()}
+        )
+    )
+    assert kg["feature"] == f"kg:{pathway}" and kg["value"]["what"] == "predicted pathway score (from H&E)"
+    np.testing.assert_allclose(kg["values"], adata.obsm["pred_pathways"][pathway], atol=1e-4)
+    clusters = ok(client.get("/api/slides/S3.predicted/overlay", params={"feature": "cluster"}))
+    assert clusters["kind"] == "categorical" and clusters["legend"]["title"] == "Cluster (predicted from H&E)"
+    assert len(clusters["categories"]) == adata.obs["histokg_leiden"].nunique()
+    # what a predicted slide cannot answer, said in words
+    measured = client.get(
+        "/api/slides/S3.predicted/overlay", params={"feature": f"gene:{gene}", "source": "measured"}
+    )
+    assert "nothing on it was measured" in assert_json_error(measured, {400})
+    err = assert_json_error(
+        client.get("/api/slides/S3.predicted/overlay", params={"feature": "gene:EPCAM"}), {400}
+    )
+    assert "outside the model's gene panel" in err
+    assert "not in the index" in assert_json_error(client.get("/api/slides/S3.predicted/similar"), {400})
+    box = {"x0": 0, "y0": 0, "x1": 100, "y1": 100}
+    assert_json_error(client.get("/api/slides/S3.predicted/regions/similar", params=box), {400})
+    assert "intervals are given" in assert_json_error(
+        client.get("/api/slides/S1/overlay", params={"feature": f"gene:{gene}", "source": "uncertainty"}),
+        {400},
+    )
+    assert_json_error(client.get("/api/slides/S4.predicted"), {404})
+
+
+def test_predictions_are_checked_when_the_server_starts(
+    built_index, predictions_dir, reference_h5ad, tmp_path
+):
+    from histokg.cli import main
+    from histokg.errors import InputError
+
+    with pytest.raises(InputError, match="not an output of histokg predict"):
+        create_app(built_index, predictions=[reference_h5ad])
+    with pytest.raises(InputError, match="'S3.predicted' is also that of"):
+        create_app(built_index, predictions=[predictions_dir, predictions_dir / "S3"])
+    with pytest.raises(InputError, match="no predicted.h5ad in it"):
+        create_app(built_index, predictions=[tmp_path])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(built_index), "--predictions", str(reference_h5ad)])
+    assert exit_info.value.code == 2
 
 
 # --------------------------------------------------------------------------- hostile inputs

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from retrieval_fixtures import kg_bundle, retrieval_ckpt  # noqa: F401  (session fixtures)
+from retrieval_fixtures import kg_bundle, reference_h5ad, retrieval_ckpt  # noqa: F401  (session fixtures)
 
 from histokg import keys
 from histokg.checkpoint import load_model
@@ -23,9 +23,7 @@ from histokg.errors import InputError
 from histokg.keys import Key
 from histokg.predict.grid import hex_centres, hex_spots_adata
 from histokg.predict.slide import PredictConfig, predict_slide
-from histokg.st.contract import read_h5ad, write_h5ad
-from histokg.st.study import load_study
-from histokg.tl.embed import embed
+from histokg.st.contract import read_h5ad
 
 _CACHE: dict = {}
 
@@ -36,13 +34,8 @@ def model(retrieval_ckpt):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def reference(synth_study, model, tmp_path_factory):
-    adata = load_study(synth_study, with_truth=False)
-    adata = adata[adata.obs[Key.obs.library_id].isin(["S1", "S2"])].copy()
-    embed(adata, model)
-    path = tmp_path_factory.mktemp("ref") / "reference.h5ad"
-    write_h5ad(adata, path)
-    return path
+def reference(reference_h5ad):  # noqa: F811  (S1-S2 embedded with the checkpoint, shared with the app tests)
+    return reference_h5ad
 
 
 @pytest.fixture(scope="module")

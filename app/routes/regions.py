@@ -32,9 +32,9 @@ def similar_regions(
     k: K = 8,
     target: Annotated[str | None, Query(pattern=SLIDE_ID_PATTERN, max_length=128)] = None,
 ) -> dict:
-    known_slide(state.index, slide_id)
+    known_slide(state.index, slide_id, state)
     if target is not None:
-        known_slide(state.index, target)
+        known_slide(state.index, target, state)
     res = q.similar_regions(state.index, slide_id, q.Box(x0, y0, x1, y1, units), k=k, target_slide=target)
     for r in res["results"]:
         r["thumbnail_url"] = region_thumbnail_url(r["region_id"])

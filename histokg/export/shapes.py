@@ -145,14 +145,11 @@ def cluster_labels(adata: ad.AnnData) -> pd.Series | None:
 
 
 def class_colours(labels: pd.Series) -> dict[str, tuple[int, int, int]]:
-    """One distinct RGB colour per class (matplotlib's tab20, then tab20b)."""
-    from matplotlib import colormaps
+    """One distinct RGB colour per class, in natural order (:data:`histokg.colours.CATEGORICAL`)."""
+    from histokg.colours import categorical_colours, rgb
 
-    palette = [*colormaps["tab20"].colors, *colormaps["tab20b"].colors]
     classes = sorted(pd.unique(labels), key=_natural)
-    return {
-        c: tuple(int(round(255 * v)) for v in palette[i % len(palette)][:3]) for i, c in enumerate(classes)
-    }
+    return {c: rgb(colour) for c, colour in zip(classes, categorical_colours(len(classes)), strict=True)}
 
 
 def interval_suffix(adata: ad.AnnData) -> str:

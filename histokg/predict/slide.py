@@ -175,6 +175,7 @@ def predict_slide(
         "slide": str(Path(slide).resolve()),
         "interval_scale": z,
         "kg_bundle": str(bundle) if bundle else "",
+        "pathway_score": model.prior.score,  # how a pathway's score is computed (histokg.priors)
         "pathways": pathways,
         "reference_libraries": sorted(map(str, reference.obs[Key.obs.library_id].astype(str).unique())),
     }

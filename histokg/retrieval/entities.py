@@ -39,7 +39,8 @@ MAX_CANDIDATES = 8  # candidates named in an ambiguity error
 class EntityNames:
     """Every spelling of every entity of an index, under the naming rule (built once per index)."""
 
-    def __init__(self, entities: list[str], labels: dict[str, str]) -> None:
+    def __init__(self, entities: list[str], labels: dict[str, str], where: str = "the index's KG") -> None:
+        self.where = where  # what holds the entities, for errors
         self.entities = list(entities)
         self.labels = {e: str(labels.get(e, e)) for e in self.entities}
         self.by_key: dict[str, list[str]] = {}
@@ -78,15 +79,15 @@ class EntityNames:
             shown = ", ".join(f"{self.label(e)!r} ({e})" for e in hits[:MAX_CANDIDATES])
             more = f" and {len(hits) - MAX_CANDIDATES} more" if len(hits) > MAX_CANDIDATES else ""
             raise InputError(
-                f"{what} {text!r} matches {len(hits)} entities of the index's KG: {shown}{more}; "
+                f"{what} {text!r} matches {len(hits)} entities of {self.where}: {shown}{more}; "
                 "give one of these ids (or its collection prefix, e.g. HALLMARK_ or REACTOME_)"
             )
         if not self.entities:
             raise InputError(
-                f"{what} {text!r}: the index has no KG entities (no slide with counts and a KG bundle)"
+                f"{what} {text!r}: {self.where} holds no KG entities (no slide with counts and a KG bundle)"
             )
         hint = did_you_mean(text, self.labels.values(), n=3, cutoff=0.6, spellings=self.spellings)
-        raise InputError(f"{what} {text!r} is not in the index's KG{hint}")
+        raise InputError(f"{what} {text!r} is not in {self.where}{hint}")
 
 
 def entity_names(index: RetrievalIndex) -> EntityNames:

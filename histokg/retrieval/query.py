@@ -208,12 +208,19 @@ def region_record(index: RetrievalIndex, rid: int, score: float | None = None) -
         "x": x,
         "y": y,
         "diameter_px": float(index.slide_meta(slide).get("region_diameter_px") or 0.0),
+        "mpp": slide_mpp(index.slide_meta(slide)),
     }
     if score is not None:
         out["score"] = score
     if shard.labels is not None:
         out["label"] = str(shard.labels[n])
     return out
+
+
+def slide_mpp(meta: dict) -> float | None:
+    """A slide's microns per level-0 pixel (None when the index does not know it)."""
+    mpp = float(meta.get("slide_mpp") or np.nan)
+    return mpp if np.isfinite(mpp) and mpp > 0 else None
 
 
 def parse_region_id(index: RetrievalIndex, rid: int) -> tuple[str, int]:

@@ -336,7 +336,8 @@ def shard_from_adata(adata, spec: SlideSpec, model, *, bundle: str | Path | None
         "thumbnail_scale": float(scalef.get(Key.scalefactors.tissue_hires_scalef, np.nan)),
         "n_regions": int(adata.n_obs),
     }
-    if meta["kind"] == "spots":  # the patch around a spot is what was embedded
+    if meta["kind"] == "spots":  # the patch around a spot is what was embedded; the spot is drawn
+        meta["spot_diameter_px"] = meta["region_diameter_px"]
         meta["region_diameter_px"] = float(model.pairing.patch_um / meta["slide_mpp"])
     shard = SlideShard(
         meta=meta,

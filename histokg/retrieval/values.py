@@ -64,6 +64,8 @@ def _measured(index: RetrievalIndex, shard, kind: str, name: str) -> np.ndarray 
     if name not in names:
         known = index.manifest["genes"] if kind == "gene" else index.manifest["entities"]
         if name not in known:
+            if kind == "gene":
+                raise not_in_panel(name, known, "the genes this index holds")
             raise InputError(f"{kind} {name!r} is not in the index{_suggest(name, known)}")
         return np.full(len(shard), np.nan, np.float32)
     return mat[:, names.index(name)].astype(np.float32)
@@ -74,6 +76,19 @@ def _suggest(name: str, known: list[str]) -> str:
     from histokg.registry import did_you_mean
 
     return did_you_mean(name, known, n=3, cutoff=0.6)
+
+
+def not_in_panel(gene: str, panel: list[str], what: str) -> InputError:
+    """The error for a gene outside the model's panel: it says so, and names the nearest panel genes
+    (or, when none is near, the first few of the panel), never the whole list."""
+    hint = _suggest(gene, panel)
+    if not hint and panel:
+        shown = sorted(panel)[:6]
+        hint = f"; its genes include {', '.join(shown)}{', ...' if len(panel) > len(shown) else ''}"
+    return InputError(
+        f"gene {gene!r} is outside the model's gene panel ({len(panel)} genes: {what}), "
+        f"so it has no measured or predicted values here{hint}"
+    )
 
 
 def _has(shard, kind: str) -> bool:
