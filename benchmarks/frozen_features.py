@@ -2,6 +2,8 @@
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/frozen_features.py [--arch tf_efficientnet_lite0] [--px 224]
      [--batch 32] [--rounds 3] [--weights imagenet:tf_efficientnet_lite0] [--no-load] [--no-slide]
+GPU: the same with ``--device cuda --batch 256`` (eager fp32, channels_last and bf16 autocast in PyTorch;
+     part 4 of benchmarks/gpu/run.sh).
 
 1. The same uint8 batch through (a) the Extractor's PyTorch path (eager, NCHW), (b) the same backbone and
    input in channels_last memory format, (c) the Extractor's ONNX Runtime backend (histokg.runtime: threads
@@ -64,9 +66,9 @@ def channels_last_fn(extractor: Extractor, batch: np.ndarray):
 
     @torch.no_grad()
     def run() -> np.ndarray:
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.from_numpy(batch).to(extractor.device).permute(0, 3, 1, 2).float().div_(255.0)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        return net(x).numpy()
+        return net(x).float().cpu().numpy()
 
     return run
 
@@ -84,13 +86,13 @@ def ort_histokg_session(path: str):
     return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
 
 
-def section_backends(extractor: Extractor, batch: np.ndarray, rounds: int) -> None:
+def section_backends(extractor: Extractor, batch: np.ndarray, rounds: int, bf16: Extractor | None) -> None:
     eager = lambda: extractor._torch(batch)  # noqa: E731
-    fns = {
-        "eager": eager,
-        "channels_last": channels_last_fn(extractor, batch),
-        "onnxruntime": lambda: extractor(batch),
-    }
+    fns = {"eager": eager, "channels_last": channels_last_fn(extractor, batch)}
+    if extractor.backend == "onnx":
+        fns["onnxruntime"] = lambda: extractor(batch)
+    if bf16 is not None:
+        fns["bf16 autocast"] = lambda: bf16._torch(batch)
     ref = eager()
     diffs = {name: float(np.abs(fn() - ref).max()) for name, fn in fns.items()}
     best = best_time(fns, rounds)
@@ -203,7 +205,14 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=1, help="busy-loop processes for section 2")
     parser.add_argument("--no-load", action="store_true")
     parser.add_argument("--no-slide", action="store_true")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (eager, channels_last, ONNX Runtime) or cuda (eager fp32, channels_last, bf16 autocast; "
+        "no ONNX Runtime and no competing-load section: those are about CPU threads)",
+    )
     args = parser.parse_args()
+    gpu = args.device != "cpu"
 
     print(
         f"machine: {os.cpu_count()} CPUs, usable {usable_cpus()}, torch {torch.__version__} threads "
@@ -212,14 +221,23 @@ def main() -> None:
     batch = np.random.default_rng(0).integers(0, 256, (args.batch, args.px, args.px, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        extractor = Extractor.create(args.arch, args.weights or None, backend="onnx", model_dir=tmp)
+        backend = "torch" if gpu else "onnx"
+        weights = args.weights or None
+        extractor = Extractor.create(args.arch, weights, device=args.device, backend=backend, model_dir=tmp)
         extractor(batch[:1])
-        (path,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp) for f in fs if f.endswith(".onnx")]
+        bf16 = None
+        if gpu:
+            bf16 = Extractor.create(
+                args.arch, weights, device=args.device, dtype=torch.bfloat16, backend="torch"
+            )
+            print(f"device {torch.cuda.get_device_name(args.device)}")
         print(
-            f"{args.arch} ({args.weights or 'random init'}): export + probe + session {time.perf_counter() - start:.1f} s"
+            f"{args.arch} ({args.weights or 'random init'}, {extractor.backend}): export + probe + session "
+            f"{time.perf_counter() - start:.1f} s"
         )
-        section_backends(extractor, batch, args.rounds)
-        if not args.no_load:
+        section_backends(extractor, batch, args.rounds, bf16)
+        if not args.no_load and not gpu:
+            (path,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp) for f in fs if f.endswith(".onnx")]
             section_load(extractor, batch, args.rounds, args.load, path)
         if not args.no_slide:
             section_slide(extractor, args.px, args.batch, args.rounds)

@@ -16,6 +16,9 @@
 #                  `histokg evaluate` on held-out C5: tf_efficientnet_lite0 (ImageNet) with the last 2
 #                  blocks trained (model.unfreeze_last=2, bf16, 224 px of 112 um) against the same tower
 #                  fully frozen (cached features), same seed and epochs.
+#   4. frozen      benchmarks/frozen_features.py --device cuda --batch 256 --no-slide: the frozen tower's
+#                  throughput in eager fp32, channels_last and bf16 autocast (the CPU run's ONNX Runtime
+#                  comparison, issue 19, on the GPU).
 #
 # Outputs under $OUT (at most 8 files come back):
 #   summary.md           every number in one file: the train_step tables, the bench's results.md, both
@@ -33,7 +36,7 @@
 #
 # Environment: PY (python, default python3), WORK (scratch, default /tmp/histokg_gpu), HER2ST (the
 # legacy-ST folder, default .gpu_data/her2st), SITE (where the carried wheels go, default /tmp/site),
-# BUDGET1/BUDGET2/BUDGET3 (seconds per part), PARTS (which parts, default 123), DRY=1 (same as --dry).
+# BUDGET1..BUDGET4 (seconds per part), PARTS (which parts, default 123), DRY=1 (same as --dry).
 # The carried wheels (.whl/wheels.tar.xz, cp312 manylinux) are installed with --no-deps into SITE unless
 # SKIP_WHEELS=1 (the default with --dry, which then runs on the caller's environment).
 
@@ -49,7 +52,7 @@ WORK=${WORK:-/tmp/histokg_gpu}
 HER2ST=${HER2ST:-$ROOT/.gpu_data/her2st}
 SITE=${SITE:-/tmp/site}
 SKIP_WHEELS=${SKIP_WHEELS:-$DRY}
-PARTS=${PARTS:-123}
+PARTS=${PARTS:-1234}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10 MPLBACKEND=Agg
@@ -61,7 +64,8 @@ STATUS="$WORK/status.txt"
 
 if [[ $DRY == 1 ]]; then
     DEVICE=cpu
-    BUDGET1=${BUDGET1:-600} BUDGET2=${BUDGET2:-900} BUDGET3=${BUDGET3:-900}
+    BUDGET1=${BUDGET1:-600} BUDGET2=${BUDGET2:-900} BUDGET3=${BUDGET3:-900} BUDGET4=${BUDGET4:-600}
+    FROZEN_ARGS=(--device cpu --batch 8 --rounds 1 --no-load --no-slide)
     STEP_ARGS=(--device cpu --amp off --px 64 --batch 16 --steps 1)
     STEP_ENCODERS=(resnet18 tf_efficientnet_lite0)
     BENCH_SET=(--seeds 1 --set features.device=cpu --set heads.device=cpu --set features.views=1
@@ -73,7 +77,8 @@ else
     # measured on an H200 (2026-12-04): 76 + 275 + about 200 s plus 40 s of setup; at most 90 + 290 + 220 s
     # plus setup (10 minutes) if every part runs out of its budget: run PARTS=12 and PARTS=3 separately
     # when the lease is short
-    BUDGET1=${BUDGET1:-90} BUDGET2=${BUDGET2:-290} BUDGET3=${BUDGET3:-220}
+    BUDGET1=${BUDGET1:-90} BUDGET2=${BUDGET2:-290} BUDGET3=${BUDGET3:-220} BUDGET4=${BUDGET4:-90}
+    FROZEN_ARGS=(--device cuda --batch 256 --rounds 5 --no-slide)
     STEP_ARGS=(--device cuda --amp bf16 --px 224 --batch 256 --steps 5)
     STEP_ENCODERS=(resnet50 tf_efficientnet_lite0)
     # configs/bench/gpu.yaml (lite0, 8 views, 224 px, heads embed 256 / [1024], batch 256, on cuda),
@@ -280,13 +285,18 @@ EOF
     done
     return $rc
 }
-export -f part1 part2 part3
+# ------------------------------------------------------------------ part 4: frozen tower throughput
+part4() {
+    "$PY" benchmarks/frozen_features.py "${FROZEN_ARGS[@]}" | tee "$WORK/frozen_features.txt"
+}
+export -f part1 part2 part3 part4
 # arrays do not cross `bash -c`: pass them as declarations
-ARRAYS="$(declare -p STEP_ARGS STEP_ENCODERS BENCH_SET); TRAIN_PX=$TRAIN_PX TRAIN_EPOCHS=$TRAIN_EPOCHS TRAIN_BATCH=$TRAIN_BATCH"
+ARRAYS="$(declare -p STEP_ARGS STEP_ENCODERS BENCH_SET FROZEN_ARGS); TRAIN_PX=$TRAIN_PX TRAIN_EPOCHS=$TRAIN_EPOCHS TRAIN_BATCH=$TRAIN_BATCH"
 
 [[ $PARTS == *1* ]] && run_part part1_train_step "$BUDGET1" "$ARRAYS; part1"
 [[ $PARTS == *2* ]] && run_part part2_bench "$BUDGET2" "$ARRAYS; part2"
 [[ $PARTS == *3* ]] && run_part part3_unfreeze "$BUDGET3" "$ARRAYS; part3"
+[[ $PARTS == *4* ]] && run_part part4_frozen "$BUDGET4" "$ARRAYS; part4"
 
 # ------------------------------------------------------------------ summary: every number, one file
 # summary.md holds everything; stdout ends with the headline tables (what a 12,000-character tail keeps).
@@ -355,6 +365,15 @@ for run in ("frozen", "unfrozen2"):
     else:
         full += ["(no evaluation)", ""]
         head += ["(no evaluation)"]
+frozen = work / "frozen_features.txt"
+full += ["## 4. frozen tower throughput (benchmarks/frozen_features.py)", ""]
+head += ["## 4. frozen tower"]
+if frozen.is_file():
+    full += ["```", frozen.read_text().strip(), "```", ""]
+    head += ["```", frozen.read_text().strip(), "```"]
+else:
+    full += ["(no frozen-tower results)", ""]
+    head += ["(no frozen-tower results)"]
 text = "\n".join(full) + "\n"
 out.write_text(text)
 print("\n==================== SUMMARY (all of it: summary.md) ====================\n" + text)
