@@ -157,6 +157,24 @@ def test_versions_cli_writes_atomically_and_never_replaces_unasked(tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["versions.yml"]  # no lock or temporary file left
 
 
+def test_samples_check_prints_the_plan_or_one_line(tmp_path, capsys):
+    from histokg.cli import main
+
+    root = _files(tmp_path)
+    main(["samples", "check", str(_sheet(root, GOOD)), "--train-patients", "P1"])
+    out = capsys.readouterr().out
+    assert "4 samples (3 with transcriptomics, 1 H&E only), 2 patients" in out
+    assert "train: S1, S2" in out and "evaluate: S3" in out and "predict: S3, S4" in out
+    bad = _sheet(root, [GOOD[0], "S1,slides/S2.tiff,st/S2,P1"], "bad.csv")
+    with pytest.raises(SystemExit) as stop:
+        main(["samples", "check", str(bad)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: sample sheet {bad}, row 3, field 'sample': 'S1' is also the sample of row 2; sample ids must be unique"
+    ]
+
+
 # --------------------------------------------------------------------------- snakemake
 
 
