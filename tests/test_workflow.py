@@ -270,21 +270,17 @@ def test_workflow_runs_the_tiny_study_and_a_killed_run_redoes_only_what_was_lost
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path)]
     cmd += ["--configfile", str(tmp_path / "workflow.yaml"), "--cores", "2", "-q"]
 
-    # run until the model is trained and an embedding job is under way, then kill everything at once
+    # run until the model is trained and an embedding job holds its output lock, then kill everything at once
     run = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 400
+    locks: list[Path] = []
     while time.monotonic() < deadline and run.poll() is None:
-        started = [p for p in (results / "logs").glob("S*/embed.log")] if (results / "logs").is_dir() else []
-        running = [
-            p
-            for p in started
-            if not (results / "samples" / p.parent.name / "embed" / "versions.yml").exists()
-        ]
-        if (results / "model" / "versions.yml").exists() and running:
+        locks = list(results.glob("samples/*/embed/.embedded.h5ad.lock"))
+        if (results / "model" / "versions.yml").exists() and locks:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert run.poll() is None, (
         "the workflow ended before it could be killed:\n" + run.stdout.read().decode()[-3000:]
     )
@@ -292,7 +288,9 @@ def test_workflow_runs_the_tiny_study_and_a_killed_run_redoes_only_what_was_lost
     run.wait()
     before = _outputs(results)
     assert "model/run/checkpoints/best.pt" in before and not (results / "report").exists()
-    killed = [p.parent.name for p in running]
+    left = [lock for lock in locks if lock.exists()]  # lock files the killed jobs left behind
+    assert left
+    killed = [lock.parent.parent.name for lock in left]
 
     # a killed Snakemake leaves its lock: unlock, then the plan is exactly what did not finish
     assert subprocess.run([*cmd, "--unlock"], env=env, capture_output=True).returncode == 0
@@ -307,8 +305,9 @@ def test_workflow_runs_the_tiny_study_and_a_killed_run_redoes_only_what_was_lost
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     after = _outputs(results)
     assert {k: after.get(k) for k in before} == before  # what had finished was not made again
-    for name in killed:
+    for name in killed:  # redone, the left lock file in the way notwithstanding
         assert f"samples/{name}/embed/embedded.h5ad" in after
+    assert not list(results.glob("samples/*/*/.*.lock"))  # clean exits leave no lock file
 
     # every step of every sample, each with its versions.yml
     expected = {
