@@ -7,7 +7,8 @@ The sample sheet follows nf-core's style: a CSV with one row per sample and the 
 ``st_dir``  the spatial transcriptomics folder (e.g. Space Ranger ``outs``), empty for an H&E-only slide;
 ``patient`` who the section came from.
 
-Further columns are slide labels (e.g. ``diagnosis``) handed to the retrieval index. Relative paths are
+An optional ``mpp`` column gives a slide's microns per pixel where the file has none (a plain JPEG/PNG);
+further columns are slide labels (e.g. ``diagnosis``) handed to the retrieval index. Relative paths are
 relative to the sheet's folder. :func:`read_samples` checks everything a run needs before anything runs:
 every problem is one :class:`~histokg.errors.InputError` naming the sheet, its row (the line number, the
 header being line 1) and the field. :func:`plan_study` splits the samples by the patients that train
@@ -18,20 +19,23 @@ transcriptomics. ``workflow/Snakefile`` runs this plan; :func:`write_report` sum
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from histokg.budget import check_mpp
 from histokg.errors import InputError
 from histokg.io import atomic_open, read_table, short_path
 from histokg.keys import Key
 from histokg.registry import did_you_mean
 
 COLUMNS = ("sample", "slide", "st_dir", "patient")
+OPTIONAL = ("mpp",)
 SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-INDEX_COLUMNS = ("path", "slide_id", "kind", Key.obs.library_id, "patient")
+INDEX_COLUMNS = ("path", "slide_id", "kind", Key.obs.library_id, "patient", "mpp")
 STEPS = ("read", "pair", "embed", "predict", "evaluate")  # a sample's folders, in the order they are made
 
 
@@ -91,6 +95,7 @@ class Sample:
     patient: str
     labels: tuple[tuple[str, str], ...] = ()
     row: int = 0  # line of the sheet (header = 1)
+    mpp: float | None = None  # microns per pixel of a slide that does not carry it
 
     @property
     def has_st(self) -> bool:
@@ -101,19 +106,8 @@ def read_samples(path: str | Path) -> list[Sample]:
     """The samples of sheet ``path``, checked: columns, ids, files, duplicates (one error, nothing written)."""
     path = Path(path)
     frame = read_table(path, "sample sheet", dtype=str, keep_default_na=False)
-    columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in COLUMNS if c not in columns]
-    if missing:
-        hint = did_you_mean(missing[0], [c for c in columns if c not in COLUMNS])
-        raise InputError(
-            f"sample sheet {path}: no {missing[0]!r} column{hint} (columns: {', '.join(columns)}; needed: "
-            f"{', '.join(COLUMNS)})"
-        )
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
-    if repeated:
-        raise InputError(f"sample sheet {path}: the column {repeated[0]!r} occurs more than once")
-    frame.columns = columns
-    extra = [c for c in columns if c not in COLUMNS]
+    frame.columns = _columns(path, frame.columns)
+    extra = [c for c in frame.columns if c not in COLUMNS and c not in OPTIONAL]
     samples: list[Sample] = []
     first_row: dict[str, int] = {}
     first_path: dict[Path, tuple[str, int]] = {}
@@ -152,8 +146,29 @@ def read_samples(path: str | Path) -> list[Sample]:
                 raise fail(field, f"{short_path(target)} is also sample {other!r}'s (row {other_row})")
             first_path[target] = (name, row)
         labels = tuple((c, values[c]) for c in extra if values[c])
-        samples.append(Sample(name, slide, st_dir, values["patient"], labels, row))
+        mpp = None
+        if values.get("mpp"):
+            mpp = check_mpp(values["mpp"], f"sample sheet {path}, row {row}, field 'mpp'")
+        samples.append(Sample(name, slide, st_dir, values["patient"], labels, row, mpp))
     return samples
+
+
+def _columns(path: Path, header) -> list[str]:
+    """The sheet's column names, stripped; a missing (maybe misspelt) or repeated one is an error."""
+    columns = [str(c).strip() for c in header]
+    missing = [c for c in COLUMNS if c not in columns]
+    if missing:
+        hint = did_you_mean(missing[0], [c for c in columns if c not in COLUMNS])
+        raise InputError(
+            f"sample sheet {path}: no {missing[0]!r} column{hint} (columns: {', '.join(columns)}; needed: "
+            f"{', '.join(COLUMNS)})"
+        )
+    with path.open(encoding="utf-8", newline="") as fh:  # pandas renames a repeated column (x, x.1)
+        written = [c.strip() for c in next(csv.reader(fh), [])]
+    repeated = sorted({c for c in written if written.count(c) > 1})
+    if repeated:
+        raise InputError(f"sample sheet {path}: the column {repeated[0]!r} occurs more than once")
+    return columns
 
 
 def _path(sheet: Path, text: str, fail, field: str, sample: str, *, folder: bool) -> Path:
@@ -230,8 +245,6 @@ def plan_study(
 def write_index_table(plan: StudyPlan, paired: dict[str, str | Path], path: str | Path) -> Path:
     """The slide table of ``histokg index build --table`` (atomic): every sample, by its paired spots
     (``paired[sample]``) where it has transcriptomics, else by its slide; patient and labels beside."""
-    import csv
-
     labels = sorted({k for s in plan.samples.values() for k, _ in s.labels} - set(INDEX_COLUMNS))
     path = Path(path)
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
@@ -240,8 +253,9 @@ def write_index_table(plan: StudyPlan, paired: dict[str, str | Path], path: str 
         for name, s in plan.samples.items():
             source, kind = (paired[name], "h5ad") if name in paired else (s.slide, "slide")
             own = dict(s.labels)
+            mpp = s.mpp if kind == "slide" and s.mpp else ""
             writer.writerow(
-                [Path(source).resolve(), name, kind, name, s.patient, *(own.get(k, "") for k in labels)]
+                [Path(source).resolve(), name, kind, name, s.patient, mpp, *(own.get(k, "") for k in labels)]
             )
     return path
 

@@ -89,11 +89,46 @@ def test_a_bad_header_is_named(tmp_path):
     (root / "typo.csv").write_text("sample,slide,st_dir,pateint\nS1,slides/S1.tiff,st/S1,P1\n")
     with pytest.raises(InputError, match=r"no 'patient' column; did you mean 'pateint'\?"):
         read_samples(root / "typo.csv")
+    (root / "twice.csv").write_text("sample,slide,st_dir,patient,patient\nS1,slides/S1.tiff,st/S1,P1,P2\n")
+    with pytest.raises(InputError, match=r"twice.csv: the column 'patient' occurs more than once"):
+        read_samples(root / "twice.csv")
     (root / "empty.csv").write_text("sample,slide,st_dir,patient\n")
     with pytest.raises(InputError, match="a header .* but no rows"):
         read_samples(root / "empty.csv")
     with pytest.raises(InputError, match="does not exist"):
         read_samples(root / "absent.csv")
+
+
+def test_an_mpp_column_reaches_the_index_table_and_is_checked(tmp_path):
+    import pandas as pd
+
+    from histokg.workflow import write_index_table
+
+    root = _files(tmp_path)
+    sheet = root / "mpp.csv"
+    sheet.write_text(
+        "sample,slide,st_dir,patient,mpp,diagnosis\n"
+        + "\n".join(f"{row},,{d}" for row, d in zip(GOOD[:3], ("her2", "her2", "tnbc"), strict=True))
+        + "\nS4,slides/S4.tiff,,P2,0.74,tnbc\n"
+    )
+    samples = read_samples(sheet)
+    assert (
+        samples[3].mpp == 0.74 and samples[0].mpp is None and dict(samples[0].labels) == {"diagnosis": "her2"}
+    )
+    plan = plan_study(samples, ["P1"])
+    table = write_index_table(plan, {s: root / f"{s}.h5ad" for s in plan.with_st}, root / "slides.csv")
+    rows = pd.read_csv(table, dtype=str, keep_default_na=False).set_index("slide_id")
+    assert (
+        rows.loc["S4", "mpp"] == "0.74" and rows.loc["S4", "kind"] == "slide" and rows.loc["S1", "mpp"] == ""
+    )
+    assert rows.loc["S3", "diagnosis"] == "tnbc" and rows.loc["S3", "path"] == str(
+        (root / "S3.h5ad").resolve()
+    )
+    sheet.write_text(sheet.read_text().replace("0.74", "740"))
+    with pytest.raises(
+        InputError, match=r"mpp.csv, row 5, field 'mpp': microns per pixel '740' is not plausible"
+    ):
+        read_samples(sheet)
 
 
 def test_the_plan_splits_by_training_patients(tmp_path):
