@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all test-browser bench lint format venv clean
+.PHONY: demo workflow-demo test test-all test-browser bench lint format venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/histokg demo --out $(DEMO_OUT) --overwrite
+
+# The Snakemake workflow (docs/pipeline.md) on its tiny synthetic study; the study is made once.
+$(VENV)/.installed-workflow: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[workflow]"
+	touch $@ $(VENV)/.installed
+
+workflow-demo: $(VENV)/.installed-workflow
+	test -f runs/workflow-demo/study/study.json || $(BIN)/histokg synth runs/workflow-demo/study --config configs/workflow_synth.yaml
+	$(BIN)/snakemake --cores 2
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser" $(PYTEST_ARGS)

@@ -497,7 +497,9 @@ def embed_spatialdata_cmd(
 
 
 @cli.command("evaluate")
-@click.argument("embedded", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "embedded", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "--checkpoint",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -536,7 +538,7 @@ def embed_spatialdata_cmd(
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier evaluation in --out.")
 @holding_lock("out_dir", "histokg evaluate", label="evaluation folder")
 def evaluate_cmd(
-    embedded: Path,
+    embedded: tuple[Path, ...],
     checkpoint: Path | None,
     reference_libs: tuple[str, ...],
     heldout_libs: tuple[str, ...],
@@ -547,23 +549,24 @@ def evaluate_cmd(
     smooth: float,
     overwrite: bool,
 ) -> None:
-    """Evaluate embeddings of EMBEDDED (from `histokg embed`) on held-out slides.
+    """Evaluate embeddings of EMBEDDED (from `histokg embed`; several files of one checkpoint are
+    combined, e.g. the reference's and a held-out slide's) on held-out slides.
 
     Prints the summary table; results.json (every number), predicted.h5ad and report.html/.md go to --out.
     """
     from histokg.heldout import EVALUATION_FILES, evaluate_embedded
     from histokg.io import check_not_input, check_output_dir, check_output_file
     from histokg.report import format_summary_table
-    from histokg.st.contract import read_h5ad
+    from histokg.tl.embed import read_embedded
 
     if k < 1:
         raise click.BadParameter(f"must be >= 1, got {k}", param_hint="-k")
     check_output_dir(out_dir, "evaluation folder")
     check_not_input(
-        [out_dir / name for name in EVALUATION_FILES], [embedded, checkpoint], "evaluation output"
+        [out_dir / name for name in EVALUATION_FILES], [*embedded, checkpoint], "evaluation output"
     )
     check_output_file(out_dir / "results.json", "evaluation results", overwrite=overwrite)
-    adata = read_h5ad(embedded)
+    adata = read_embedded(embedded)
     results = evaluate_embedded(
         adata,
         out_dir,
@@ -602,6 +605,59 @@ def demo(out_dir: Path, overwrite: bool, config_path: Path | None, overrides: tu
 
     cfg = load_config(DemoConfig, config_path, overrides)
     click.echo(run_demo(out_dir, cfg, overwrite=overwrite, inputs=[config_path]))
+
+
+@cli.command("versions")
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The checkpoint the step used: its path and SHA-256 are recorded.",
+)
+@click.option("--step", default="histokg", show_default=True, help="The step's name (the YAML's top key).")
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: print)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@holding_lock("out", "histokg versions", folder=False, label="versions file")
+def versions_cmd(checkpoint: Path | None, step: str, out: Path | None, overwrite: bool) -> None:
+    """The versions of histokg, Python, torch and timm (and the checkpoint's hash) as versions.yml."""
+    from histokg.io import check_output_file
+    from histokg.versions import versions_yaml, write_versions
+
+    if out is None:
+        click.echo(versions_yaml(step, checkpoint=checkpoint), nl=False)
+        return
+    check_output_file(out, "versions file", overwrite=overwrite, inputs=[checkpoint])
+    click.echo(f"-> {write_versions(out, step, checkpoint=checkpoint)}")
+
+
+@cli.group("samples")
+def samples_group() -> None:
+    """A study's sample sheet (sample,slide,st_dir,patient), as the Snakemake workflow reads it."""
+
+
+@samples_group.command("check")
+@click.argument("sheet", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--train-patients",
+    "train_patients",
+    multiple=True,
+    help="Patients whose sections train (repeatable): checked against the sheet, and the plan printed.",
+)
+def samples_check(sheet: Path, train_patients: tuple[str, ...]) -> None:
+    """Check SHEET (columns, sample ids, files, duplicates): one line naming row and field if it is bad."""
+    from histokg.workflow import plan_study, read_samples
+
+    samples = read_samples(sheet)
+    with_st = sum(s.has_st for s in samples)
+    click.echo(
+        f"{sheet}: {len(samples)} samples ({with_st} with transcriptomics, {len(samples) - with_st} H&E only), "
+        f"{len({s.patient for s in samples})} patients"
+    )
+    if train_patients:
+        plan = plan_study(samples, train_patients, sheet=sheet, field="--train-patients")
+        for what, names in (("train", plan.train), ("evaluate", plan.evaluate), ("predict", plan.predict)):
+            click.echo(f"  {what}: {', '.join(names) or '-'}")
 
 
 # --------------------------------------------------------------------------- retrieval and the web app

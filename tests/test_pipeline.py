@@ -161,6 +161,7 @@ def _schema(path: Path):
         "pairing.yaml": PairingConfig,
         "synth.yaml": SynthConfig,
         "tiling.yaml": TilingConfig,
+        "workflow_synth.yaml": SynthConfig,
     }[rel]
 
 

@@ -128,6 +128,28 @@ def test_tiles_prediction_and_a_reference_of_another_checkpoint(slide, model, re
         predict_slide(slide, model, ref)
 
 
+def test_several_reference_files_combine_and_another_checkpoint_is_named(reference, model, tmp_path):
+    from histokg.tl.embed import read_embedded
+    from histokg.tl.predict import embedding_checkpoint
+
+    whole = read_h5ad(reference)
+    lib = whole.obs[Key.obs.library_id].astype(str)
+    parts = []
+    for name in ("S1", "S2"):
+        parts.append(write_h5ad(whole[(lib == name).to_numpy()].copy(), tmp_path / f"{name}.h5ad"))
+    combined = read_embedded(parts)
+    assert list(combined.obs_names) == list(whole.obs_names)
+    np.testing.assert_array_equal(combined.obsm[keys.IMAGE], whole.obsm[keys.IMAGE])
+    assert embedding_checkpoint(combined) == embedding_checkpoint(whole) == model.sha256  # the params survive
+    other = read_h5ad(parts[1])
+    other.uns[Key.uns.histokg][Key.histokg.params][Key.params.checkpoint_sha256] = "f" * 64
+    moved = write_h5ad(other, tmp_path / "other.h5ad")
+    with pytest.raises(
+        InputError, match=f"{moved} was embedded with checkpoint ffffffffffff, .*S1.h5ad with"
+    ):
+        read_embedded([parts[0], moved])
+
+
 def test_cli_predict_with_exports_then_refuses_to_overwrite(
     slide,
     retrieval_ckpt,  # noqa: F811

@@ -128,6 +128,17 @@ def test_concat_requires_distinct_library_ids(synth_study):
         concat_sections([a, a])
 
 
+def test_concat_keeps_the_slides_of_a_part_holding_several(synth_adata):
+    lib = synth_adata.obs["library_id"].astype(str)
+    first_two = synth_adata[lib.isin(["S1", "S2"]).to_numpy()].copy()  # one part, two slides
+    third = synth_adata[(lib == "S3").to_numpy()].copy()
+    out = concat_sections([first_two, third])
+    assert out.obs["library_id"].astype(str).value_counts().to_dict() == lib.value_counts().to_dict()
+    assert list(out.obs["library_id"].cat.categories) == ["S1", "S2", "S3"]
+    with pytest.raises(InputError, match="share a library_id"):
+        concat_sections([first_two, first_two[first_two.obs["library_id"] == "S2"].copy()])
+
+
 def test_pairing_flags_and_patch_centres(synth_adata):
     adata = synth_adata.copy()
     pair_spots(adata, PairingConfig(patch_um=112, patch_px=224))

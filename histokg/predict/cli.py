@@ -24,9 +24,12 @@ _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--checkpoint", type=_EXISTING_FILE, required=True, help="The trained model.")
 @click.option(
     "--reference",
+    "references",
     type=_EXISTING_FILE,
     required=True,
-    help="Spots with counts embedded by `histokg embed` with the same checkpoint.",
+    multiple=True,
+    help="Spots with counts embedded by `histokg embed` with the same checkpoint (repeatable: the files "
+    "are combined).",
 )
 @click.option(
     "-o",
@@ -112,7 +115,7 @@ _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 def predict_cmd(
     slides: tuple[Path, ...],
     checkpoint: Path,
-    reference: Path,
+    references: tuple[Path, ...],
     out_dir: Path,
     spots: str,
     spot_um: float,
@@ -142,7 +145,7 @@ def predict_cmd(
     from histokg.checkpoint import load_model
     from histokg.errors import InputError
     from histokg.predict.slide import PredictConfig, check_reference
-    from histokg.st.contract import read_h5ad
+    from histokg.tl.embed import read_embedded
 
     cfg = PredictConfig(
         spots=spots,
@@ -164,13 +167,13 @@ def predict_cmd(
             f"slides share the name {dup[0]!r}: each slide gets a folder by its name; rename one"
         )
     outputs = [PREDICTED, *([GEOJSON] if geojson else []), *([ZARR] if spatialdata else [])]
-    inputs = [checkpoint, reference, *slides, kg_bundle]
+    inputs = [checkpoint, *references, *slides, kg_bundle]
     for slide in slides:
         _check_slide(slide, mpp)
         _check_outputs(out_dir / slide.stem, outputs, overwrite, inputs)
-    ref = read_h5ad(reference)
+    ref = read_embedded(references, "reference")
     model = load_model(checkpoint, device or "cpu")
-    check_reference(ref, model, f"reference {reference}")
+    check_reference(ref, model, f"reference {', '.join(map(str, references))}")
     for slide in slides:
         folder = out_dir / slide.stem
         result = _predict_one(

@@ -421,12 +421,16 @@ def concat_sections(adatas: Sequence[ad.AnnData], join: str = "inner") -> ad.Ann
     """
     if len(adatas) == 1:
         return adatas[0]
-    keys = [str(a.obs[Key.obs.library_id].iloc[0]) for a in adatas]
-    if len(set(keys)) != len(keys):
-        raise InputError(f"sections share a library_id: {keys}; give each slide its own library_id")
     label = Key.obs.library_id
-    out = ad.concat(list(adatas), label=label, keys=keys, uns_merge="unique", join=join, merge="first")
-    out.obs[label] = out.obs[label].astype("category")
+    libs = [list(dict.fromkeys(map(str, a.obs[label].astype(str)))) for a in adatas]
+    flat = [lib for part in libs for lib in part]
+    if len(set(flat)) != len(flat):
+        raise InputError(f"sections share a library_id: {flat}; give each slide its own library_id")
+    if all(len(part) == 1 for part in libs):
+        out = ad.concat(list(adatas), label=label, keys=flat, uns_merge="unique", join=join, merge="first")
+    else:  # a part holding several slides keeps each spot's own library_id (a label would relabel them all)
+        out = ad.concat(list(adatas), uns_merge="unique", join=join, merge="first")
+    out.obs[label] = pd.Categorical(out.obs[label].astype(str), categories=flat)
     validate(out, source="concatenated sections")
     return out
 

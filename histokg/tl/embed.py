@@ -156,6 +156,31 @@ def concat_embedded(parts: list[ad.AnnData]) -> ad.AnnData:
     return concat_sections(parts, join="outer")
 
 
+def read_embedded(
+    paths: list[str | Path] | tuple[str | Path, ...], what: str = "embedded .h5ad"
+) -> ad.AnnData:
+    """Read ``histokg embed`` outputs and concatenate them (:func:`concat_embedded`); several files must
+    record one and the same checkpoint (``uns["histokg"]["params"]``), else one error naming the file."""
+    from histokg.st.contract import read_h5ad
+    from histokg.tl.predict import embedding_checkpoint
+
+    parts = [read_h5ad(p) for p in paths]
+    if len(parts) > 1:
+        shas = [embedding_checkpoint(a) for a in parts]
+        for path, sha in zip(paths, shas, strict=True):
+            if not sha:
+                raise InputError(
+                    f"{what} {path} records no checkpoint (uns['histokg']['params']): it cannot be combined "
+                    "with other files; embed it with histokg embed"
+                )
+            if sha != shas[0]:
+                raise InputError(
+                    f"{what} {path} was embedded with checkpoint {sha[:12]}, {paths[0]} with {shas[0][:12]}: "
+                    "embeddings of two models cannot be combined; embed both with one checkpoint"
+                )
+    return concat_embedded(parts)
+
+
 def tile_adata(
     slide_path: str | Path,
     pairing: PairingConfig,
