@@ -23,7 +23,7 @@ from histokg.errors import InputError
 from histokg.keys import Key
 from histokg.predict.grid import hex_centres, hex_spots_adata
 from histokg.predict.slide import PredictConfig, predict_slide
-from histokg.st.contract import read_h5ad
+from histokg.st.contract import read_h5ad, write_h5ad
 
 _CACHE: dict = {}
 
