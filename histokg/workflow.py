@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -307,11 +308,12 @@ def write_report(
             lines.append(
                 f"| {name} | "
                 + " | ".join(
-                    f"{h[k]:.3f}"
+                    f"{h[k]:.3f}" if math.isfinite(h[k]) else "n/a"
                     for k in ("recall@5_i2e", "recall@5_e2i", "chance@5", "pearson_heg", "pearson_hvg", "ari")
                 )
                 + " |"
             )
+        lines += ["", "n/a: not measurable on that section (ARI needs region labels in `obs`)."]
     if predictions:
         import anndata as ad
 
