@@ -46,7 +46,9 @@ class LoadedModel:
 
     - ``model``: the :class:`~histokg.models.DualEncoder` in eval mode;
     - ``config``: its architecture (:class:`~histokg.models.ModelConfig`; ``image_weights`` cleared, since
-      the checkpoint holds the tower's weights; ``config.expr_input`` says what the expression tower reads);
+      the checkpoint holds the tower's weights; ``config.expr_input`` says what the expression tower reads,
+      ``config.image_extras`` what the image head reads beside the tower, standardised as
+      :attr:`image_extras` says);
     - ``pairing``: the patch geometry it was trained on (:class:`~histokg.st.pairing.PairingConfig`);
     - ``genes``: the gene panel of its expression tower;
     - ``loss``: the loss's registered name; ``prior``: the KG prior settings
@@ -74,6 +76,14 @@ class LoadedModel:
         if self.bundle_error:
             raise InputError(self.bundle_error)
         return Path(self.prior.bundle) if self.prior.bundle else None
+
+    @property
+    def image_extras(self):
+        """The per-patch extras the image head reads and their stored standardisation (fitted on the
+        training spots): a :class:`~histokg.patch_stats.Standardisation`, or None (``config.image_extras``
+        empty, as in every checkpoint before the option)."""
+        extras = self.model.image.extras
+        return extras.standardisation if extras is not None else None
 
     @property
     def params(self) -> dict:

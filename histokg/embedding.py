@@ -1,7 +1,8 @@
 """The one embedding routine: a dual encoder's image and expression embeddings of many observations.
 
 Image embeddings always go patches -> backbone features (:func:`histokg.features.spot_features`, with
-its cache) -> projection head, in batches; expression embeddings go the expression tower's inputs ->
+its cache; followed by the model's standardised per-patch extras, :mod:`histokg.patch_stats`, when it
+has some) -> projection head, in batches; expression embeddings go the expression tower's inputs ->
 expression tower. The trainer's validation, ``histokg bench``, :func:`histokg.tl.embed` (and through it
 the retrieval index and the app's uploads) all call these, so an embedding means the same everywhere.
 Outputs are float32, L2-normalised and checked finite.
@@ -55,7 +56,8 @@ def embed_features(
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     what: str = "image embeddings",
 ) -> np.ndarray:
-    """Image embeddings (n, embed_dim) of backbone ``features`` (n, d): the image tower's head."""
+    """Image embeddings (n, embed_dim) of the image head's input ``features`` (n, d): the backbone's
+    features, followed by the model's standardised extras where it has some (:func:`embed_spots`)."""
     device = _device(model, device)
     was_training = model.training
     model.eval()
@@ -102,9 +104,13 @@ def embed_spots(
     what: str = "image embeddings",
 ) -> np.ndarray:
     """Image embeddings of every observation's patch: features of ``model``'s own backbone (cached in
-    ``cache_dir`` when given; under autocast to ``dtype`` when given), then its head."""
+    ``cache_dir`` when given; under autocast to ``dtype`` when given), followed by the model's per-patch
+    extras standardised as it stores them (``model.image_extras``: computed from the same patches), then
+    its head."""
     from histokg.features import Extractor, FeatureCache, spot_features
+    from histokg.patch_stats import extra_functions
 
+    extras = model.image.extras
     device = _device(model, device)
     extractor = Extractor.of_model(
         model,
@@ -118,10 +124,12 @@ def embed_spots(
         extractor,
         pairing,
         cache=FeatureCache(cache_dir) if cache_dir else None,
+        extras=extra_functions(extras.names) if extras is not None else None,
         batch_size=batch_size,
         num_workers=num_workers,
         slide_dir=slide_dir,
         dataset=dataset,
         progress=progress,
     )
-    return embed_features(model, feats.tower[0], device=device, autocast=extractor.autocast, what=what)
+    head_input = feats.tower[0] if extras is None else extras.append(feats.tower[0], feats.extras)
+    return embed_features(model, head_input, device=device, autocast=extractor.autocast, what=what)

@@ -10,8 +10,8 @@ web app's uploads).
   file, a seed's random initialisation, the tower inside a checkpoint) key the cache by what they are.
 - :func:`spot_features`: the features of every spot (or tile) of an AnnData, in ``obs`` order, for
   ``views`` dihedral views (view 0 = the patch as read; 1-3 rotations by 90 degrees; 4-7 the same after
-  a horizontal flip), plus any ``extras`` (per-patch functions such as the bench's colour/texture
-  numbers) computed from the same patches in the same pass.
+  a horizontal flip), plus any ``extras`` (per-patch functions such as
+  :func:`histokg.patch_stats.naive_features`) computed from the same patches in the same pass.
 - :class:`FeatureCache`: safetensors files, one per section and kind, content-addressed by the
   extractor's identity, the patch geometry (um and px), the views, the slide file (resolved path, size,
   modification time, MPP) and the spots (ids and centres); written atomically. A changed input never

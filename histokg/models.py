@@ -38,6 +38,9 @@ class ModelConfig:
     freeze_image: bool = False  # freeze the image backbone (heads still train)
     unfreeze_last: int = 0  # with freeze_image: unfreeze this many final backbone blocks
     cache_features: bool = False  # with a fully frozen backbone: cache its features on disk
+    # per-patch numbers the image head reads after the tower's features, standardised on the training
+    # spots (histokg.patch_stats.EXTRAS: "naive", 26 colour/texture numbers); needs cached frozen features
+    image_extras: tuple[str, ...] = ()
     expr_input: str = "genes"  # "genes" (log-normalised gene panel) or "kg" (KG activations)
     expr_hidden: tuple[int, ...] = (512,)
     embed_dim: int = 128
@@ -50,6 +53,17 @@ class ModelConfig:
 
         # a weights name as registered (``ImageNet:TF-EfficientNet-Lite0`` is recorded as its registered name)
         object.__setattr__(self, "image_weights", pretrained.canonical(self.image_weights))
+        if self.image_extras:
+            from histokg.patch_stats import check_extras
+            from pathways_kg.dataconf import check
+
+            check_extras(self.image_extras)
+            check(
+                self.freeze_image and self.unfreeze_last == 0 and self.cache_features,
+                "image_extras",
+                f"{list(self.image_extras)} needs a frozen tower on cached features (model.freeze_image=true, "
+                "model.unfreeze_last=0, model.cache_features=true): the numbers are computed once per patch",
+            )
 
 
 def create_backbone(name: str) -> nn.Module:
@@ -167,11 +181,50 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (images - mean) / std
 
 
+class ImageExtras(nn.Module):
+    """The per-patch numbers the image head reads after the tower's features (``model.image_extras``) and
+    their standardisation, fitted on the training spots: buffers ``mean`` and ``sd``, saved with the weights
+    (plain tensors: weights-only loading reads them)."""
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
+        from histokg.patch_stats import extras_width
+
+        self.names = tuple(names)
+        self.width = extras_width(self.names)
+        self.register_buffer("mean", torch.zeros(self.width))
+        self.register_buffer("sd", torch.ones(self.width))
+
+    @property
+    def standardisation(self):
+        """The stored :class:`~histokg.patch_stats.Standardisation`."""
+        from histokg.patch_stats import Standardisation
+
+        return Standardisation(self.names, self.mean.cpu().numpy(), self.sd.cpu().numpy())
+
+    def fit(self, raw) -> None:
+        """Fit on ``raw`` (n_train, k), the training spots' extras, and store the result."""
+        from histokg.patch_stats import Standardisation
+
+        fitted = Standardisation.fit(self.names, raw)
+        with torch.no_grad():
+            self.mean.copy_(torch.from_numpy(fitted.mean))
+            self.sd.copy_(torch.from_numpy(fitted.sd))
+
+    def append(self, features, raw):
+        """The head's input: ``features`` with the standardised extras appended
+        (:meth:`histokg.patch_stats.Standardisation.append`)."""
+        return self.standardisation.append(features, raw)
+
+
 class ImageTower(nn.Module):
     """timm backbone (ImageNet-normalised input in [0, 1]) + projection head to ``embed_dim``.
 
     With ``num_features`` the tower is its head alone (its input is cached backbone features); a
     backbone can be attached later (:meth:`attach_backbone`), e.g. so that a checkpoint holds it.
+    With ``cfg.image_extras`` the head reads the backbone's features followed by the standardised extras
+    (:attr:`extras`, an :class:`ImageExtras`; None without): ``features`` given to :meth:`forward` are that
+    whole input, built by :meth:`ImageExtras.append`.
     """
 
     def __init__(self, cfg: ModelConfig, num_features: int | None = None):
@@ -185,7 +238,9 @@ class ImageTower(nn.Module):
             num_features = int(backbone.num_features)
             self.attach_backbone(backbone, cfg)
         self.num_features = int(num_features)
-        self.head = mlp([self.num_features, cfg.embed_dim, cfg.embed_dim], cfg.dropout)
+        self.extras = ImageExtras(cfg.image_extras) if cfg.image_extras else None
+        width = self.extras.width if self.extras is not None else 0
+        self.head = mlp([self.num_features + width, cfg.embed_dim, cfg.embed_dim], cfg.dropout)
 
     def attach_backbone(self, backbone: nn.Module, cfg: ModelConfig) -> None:
         """Use ``backbone`` (frozen as ``cfg`` says: ``freeze_image`` with ``unfreeze_last`` blocks trainable)."""
@@ -217,6 +272,11 @@ class ImageTower(nn.Module):
         self, images: torch.Tensor | None = None, features: torch.Tensor | None = None
     ) -> torch.Tensor:
         if features is None:
+            if self.extras is not None:
+                raise InputError(
+                    f"this image head also reads per-patch extras ({', '.join(self.extras.names)}): embed "
+                    "patches through histokg.embedding.embed_spots (tl.embed), which computes them"
+                )
             features = self.features(images)
         return self.head(features)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from histokg.bench.config import HeadsConfig
@@ -18,7 +19,7 @@ from histokg.train.trainer import Trainer
 HEADS = HeadsConfig(embed_dim=32, expr_hidden=(64,), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2)
 
 
-def _trainer_cfg(study, out):
+def _trainer_cfg(study, out, image_extras=()):
     from histokg.train.config import DataConfig
 
     cfg = train_config(
@@ -29,12 +30,16 @@ def _trainer_cfg(study, out):
         log_every=1000,
     )
     return dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, image_encoder="test_efficientnet", image_weights=None)
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, image_encoder="test_efficientnet", image_weights=None, image_extras=image_extras
+        ),
     )
 
 
+@pytest.mark.parametrize("image_extras", [(), ("naive",)], ids=["frozen", "frozen+naive"])
 def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_weights(
-    synth_study, tmp_path, monkeypatch
+    synth_study, tmp_path, monkeypatch, image_extras
 ):
     owners: list[str] = []
     step = engine.optimizer_step
@@ -44,12 +49,14 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
         step(parts, loop)
 
     monkeypatch.setattr(engine, "optimizer_step", counting_step)
-    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run"))
+    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run", image_extras))
     result = trainer.fit()
     n_train = owners.count("train")
     assert n_train == result.steps > 0
 
-    # the bench's heads on the very features and expression inputs the trainer cached and used
+    # the bench's heads on the very features and expression inputs the trainer cached and used (with
+    # image extras: the tower's features and the standardised naive numbers, as the bench's image_inputs
+    # builds them, tests/test_patch_stats.py)
     feats = trainer.train.dataset.extra[Batch.features]
     inputs = RunInputs(features=feats[None], expr_inputs=trainer.train.expr_inputs)
     joint, facts = train_heads(inputs, Component("infonce"), HEADS, seed=0)
@@ -57,7 +64,7 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
 
     ours = trainer.model.state_dict()
     theirs = joint.model.state_dict()
-    assert set(theirs) == {k for k in ours if not k.startswith("image.backbone.")}
+    assert set(theirs) == {k for k in ours if not k.startswith(("image.backbone.", "image.extras."))}
     for key, value in theirs.items():
         assert torch.equal(value, ours[key]), key
     # and they embed alike (the one embedding routine)

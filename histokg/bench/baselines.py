@@ -1,7 +1,7 @@
 """The baselines of ``histokg bench``: what a trained model must beat, fitted on the training slides only.
 
 - ``mean``: the training mean for every held-out spot (constant: Pearson 0, the floor);
-- ``naive_ridge``: 26 colour/texture numbers per patch (:func:`histokg.bench.features.naive_features`),
+- ``naive_ridge``: 26 colour/texture numbers per patch (:func:`histokg.patch_stats.naive_features`),
   standardised, Ridge(alpha = 100 / (26 x genes));
 - ``frozen_pca_ridge``: the HEST-Benchmark probe: standardised frozen features -> PCA -> Ridge;
 - ``frozen_ridge_cv``: Ridge on standardised frozen features, alpha chosen by leave-one-training-slide-out;

@@ -6,11 +6,9 @@ computed in one pass over the patches:
 
 - **frozen tower features**: the timm backbone's pooled features of each spot's patch, for ``views``
   dihedral views (:func:`histokg.features.dihedral`);
-- **naive colour/texture features** (the baseline, :func:`naive_features`, cached as ``naive-v1``):
-  per-channel mean and standard deviation of RGB and of the haematoxylin/eosin/DAB channels
-  (scikit-image ``rgb2hed``), grey-level gradient magnitude mean and standard deviation, background
-  (near-white) and dark-pixel fractions, and a uniform local-binary-pattern histogram (P=8, R=1): 26
-  numbers per patch.
+- **naive colour/texture features** (the baseline, and the ``naive`` image input): the library's
+  :func:`histokg.patch_stats.naive_features` (26 numbers per patch, cached as ``naive-v1``), which
+  ``histokg train`` also computes for ``model.image_extras: [naive]``; imported here from there.
 """
 
 from __future__ import annotations
@@ -18,13 +16,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from histokg.patch_stats import N_NAIVE, NAIVE, naive_features
 
 log = logging.getLogger(__name__)
 
-N_NAIVE = 26
-NAIVE = "naive-v1"  # the cache's name for naive_features (change it when the features change)
+__all__ = ["N_NAIVE", "NAIVE", "FeatureConfig", "feature_device", "naive_features", "train_device"]
 
 
 @dataclass(frozen=True)
@@ -76,26 +74,3 @@ def train_device(name: str) -> torch.device:
     from histokg.errors import ConfigError
 
     return resolve_device(name, what="heads.device", error=ConfigError)
-
-
-def naive_features(patch: np.ndarray) -> np.ndarray:
-    """26 colour/texture numbers of an (H, W, 3) uint8 patch (see the module docstring)."""
-    from skimage.color import rgb2gray, rgb2hed
-    from skimage.feature import local_binary_pattern
-    from skimage.filters import sobel
-
-    rgb = patch.astype(np.float32) / 255.0
-    hed = rgb2hed(patch)
-    grey = rgb2gray(patch)
-    grad = sobel(grey)
-    lbp = local_binary_pattern((grey * 255).astype(np.uint8), P=8, R=1, method="uniform")
-    hist = np.bincount(lbp.astype(np.int64).ravel(), minlength=10)[:10] / lbp.size
-    out = [
-        rgb.reshape(-1, 3).mean(0),
-        rgb.reshape(-1, 3).std(0),
-        hed.reshape(-1, 3).mean(0),
-        hed.reshape(-1, 3).std(0),
-        [grad.mean(), grad.std(), float((grey > 0.85).mean()), float((grey < 0.35).mean())],
-        hist,
-    ]
-    return np.concatenate([np.asarray(o, dtype=np.float32).ravel() for o in out])

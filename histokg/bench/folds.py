@@ -22,6 +22,7 @@ from histokg.bench.leakage import Ledger
 from histokg.bench.prior import describe, expression_quality, prior_quality, tune_prior
 from histokg.bench.scoring import Panel, Targets
 from histokg.keys import Key
+from histokg.patch_stats import Standardisation
 
 
 def counts_of(adata: ad.AnnData, genes: list[str]):
@@ -254,7 +255,8 @@ def without_kernel(entry: dict, kernel: str) -> dict:
 def image_inputs(data: FoldData, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The image head's input of the training spots (views, n, k) and of each held-out slide, for ``name``:
     ``frozen`` (the tower's features), or those with ``naive`` (the 26 colour/texture numbers,
-    standardised on the training spots) and/or ``context`` (each spot's graph neighbours' mean features,
+    standardised on the training spots: :class:`histokg.patch_stats.Standardisation`, as ``histokg train``
+    with ``model.image_extras: [naive]``) and/or ``context`` (each spot's graph neighbours' mean features,
     within its own section) appended."""
     train, test = data.train_feats, dict(data.test_feats)
     parts = set(name.split("+")) - {"frozen"}
@@ -264,16 +266,11 @@ def image_inputs(data: FoldData, name: str) -> tuple[np.ndarray, dict[str, np.nd
             s: np.concatenate([f, _neighbour_mean(f, np.full(f.shape[1], s), data.graphs)], axis=-1)
             for s, f in test.items()
         }
-    if "naive" in parts:
+    if "naive" in parts:  # as histokg train's model.image_extras: [naive] (one library function)
         data.ledger.fitted("naive features' standardisation (image input)", data.groups)
-        mu, sd = data.train_naive.mean(0), data.train_naive.std(0) + 1e-6
-
-        def add(f: np.ndarray, naive: np.ndarray) -> np.ndarray:
-            z = ((naive - mu) / sd).astype(np.float32)
-            return np.concatenate([f, np.broadcast_to(z, (f.shape[0], *z.shape))], axis=-1)
-
-        train = add(train, data.train_naive)
-        test = {s: add(f, data.test_naive[s]) for s, f in test.items()}
+        scaler = Standardisation.fit(("naive",), data.train_naive)
+        train = scaler.append(train, data.train_naive)
+        test = {s: scaler.append(f, data.test_naive[s]) for s, f in test.items()}
     return np.ascontiguousarray(train, np.float32), {
         s: np.ascontiguousarray(f, np.float32) for s, f in test.items()
     }

@@ -27,13 +27,14 @@ from histokg.bench.baselines import baseline_predictor, knn_predictor, ridge_cv_
 from histokg.bench.config import BenchConfig
 from histokg.bench.data import load_sections, make_folds, section_patients, shared_genes
 from histokg.bench.engine import RunInputs, train_heads
-from histokg.bench.features import NAIVE, feature_device, naive_features, train_device
+from histokg.bench.features import NAIVE, feature_device, train_device
 from histokg.bench.folds import FoldBuilder, FoldData, image_inputs, without_kernel
 from histokg.bench.prior import bundle_for, prior_quality
 from histokg.bench.scoring import interval_scores, retrieval_scores, score_slide, summarise
 from histokg.config import Component, save_config, to_dict
 from histokg.features import Extractor, FeatureCache, spot_features
 from histokg.io import claim_output_dir, holding_lock, write_json
+from histokg.patch_stats import extra_functions
 from histokg.runtime import configure_threads, usable_cpus
 from histokg.st.pairing import PairingConfig
 
@@ -110,7 +111,7 @@ class Bench:
         self.features_backend = extractor.backend
         for sid, adata in tqdm(self.sections.items(), desc="frozen features", unit="section"):
             found = spot_features(
-                adata, extractor, pairing, views=fcfg.views, cache=cache, extras={NAIVE: naive_features},
+                adata, extractor, pairing, views=fcfg.views, cache=cache, extras=extra_functions(("naive",)),
                 batch_size=fcfg.batch_size,
             )  # fmt: skip
             self.feats[sid] = (found.tower, found.extras[NAIVE])

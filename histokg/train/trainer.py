@@ -29,6 +29,7 @@ from histokg.io import atomic_open, output_lock
 from histokg.keys import Batch
 from histokg.losses import build_loss, loss_registry
 from histokg.models import DualEncoder
+from histokg.patch_stats import extra_functions, raw_extras
 from histokg.train import distributed as dist_utils
 from histokg.train.callbacks import CallbackList, LoopState, TrainingError, default_callbacks
 from histokg.train.checkpoint import restore_state, run_state, with_absolute_paths
@@ -124,9 +125,10 @@ class Trainer:
                 seed=cfg.seed,
                 model_dir=self.out / "feature_cache" / "onnx",
             )
-            self._cache_features(extractor)
+            found = self._cache_features(extractor)
             self.model = DualEncoder(cfg.model, n_expr, image_features=extractor.num_features)
             self.model.image.attach_backbone(extractor.backbone, cfg.model)
+            self._feed_features(found)
         else:
             self.model = DualEncoder(cfg.model, n_expr)
         self.model.to(self.device)
@@ -183,15 +185,34 @@ class Trainer:
             grad_clip=optim.grad_clip,
         )
 
-    def _cache_features(self, extractor) -> None:
-        """Frozen backbone: its features of every spot, computed once (cached in the run folder, keyed by
-        the tower's weights, patch geometry, slide and spots) and fed to the heads instead of patches."""
+    def _cache_features(self, extractor) -> list:
+        """Frozen backbone: its features of every spot (and the ``model.image_extras`` of the same patches),
+        computed once (cached in the run folder, keyed by the tower's weights, patch geometry, slide and
+        spots); one :class:`~histokg.features.SpotFeatures` per split (training, validation)."""
         cache = FeatureCache(self.out / "feature_cache")
-        for split in (self.train, self.val):
-            feats = spot_features(
-                split.adata, extractor, split.dataset.cfg, cache=cache, batch_size=64, dataset=split.dataset
+        extras = extra_functions(self.cfg.model.image_extras)
+        return [
+            spot_features(
+                split.adata,
+                extractor,
+                split.dataset.cfg,
+                cache=cache,
+                extras=extras,
+                batch_size=64,
+                dataset=split.dataset,
             )
-            split.dataset.extra[Batch.features] = feats.tower[0]
+            for split in (self.train, self.val)
+        ]
+
+    def _feed_features(self, found: list) -> None:
+        """The heads read the cached features instead of patches: the tower's, followed by the extras
+        standardised on the training spots only (stored in the model, so its checkpoint embeds alike)."""
+        extras = self.model.image.extras
+        if extras is not None:
+            extras.fit(raw_extras(found[0].extras, extras.names))
+        for split, feats in zip((self.train, self.val), found, strict=True):
+            head_input = feats.tower[0] if extras is None else extras.append(feats.tower[0], feats.extras)
+            split.dataset.extra[Batch.features] = head_input
             split.dataset.load_images = False
             split.dataset.patches = None
 
