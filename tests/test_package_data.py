@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 OWN_FILE_USERS = {
     "app/routes/pages.py": "serves app/static, package data of `app` (checked below)",
     "histokg/testing.py": "looks for the tests' shared/data beside a checkout; never shipped data",
+    "histokg/workflow.py": "the Snakemake workflow's default training config, a path relative to the folder "
+    "snakemake runs in (workflow/Snakefile and config/ live in a checkout, not in the wheel)",
 }
 
 

@@ -122,10 +122,28 @@ def _affine(transformation) -> np.ndarray:
     return np.asarray(transformation.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), float)
 
 
-def _transforms(element) -> dict[str, np.ndarray]:
+#: the range of scales (element units per coordinate-system unit) a transformation may have: a
+#: microscope image in pixels, microns or millimetres is far inside it; 0, inf or 1e300 are not
+_SCALE_RANGE = (1e-6, 1e6)
+
+
+def _transforms(element, where: str) -> dict[str, np.ndarray]:
+    """The element's transformations to each coordinate system as 3x3 affine matrices, each checked
+    finite and invertible with a plausible scale (an error names the element and coordinate system)."""
     from spatialdata.transformations import get_transformation
 
-    return {cs: _affine(t) for cs, t in get_transformation(element, get_all=True).items()}
+    out = {}
+    for cs, t in get_transformation(element, get_all=True).items():
+        matrix = _affine(t)
+        scale = _scale(matrix) if np.isfinite(matrix).all() else math.nan
+        if not (_SCALE_RANGE[0] <= scale <= _SCALE_RANGE[1]):
+            raise InputError(
+                f"{where}: its transformation to coordinate system {cs!r} is not usable (scale {scale:.3g}, "
+                f"matrix {matrix[:2].round(6).tolist()}); a transformation must be finite and invertible, "
+                f"with a scale in {_SCALE_RANGE[0]:g}..{_SCALE_RANGE[1]:g}"
+            )
+        out[cs] = matrix
+    return out
 
 
 def _scale(matrix: np.ndarray) -> float:
@@ -293,10 +311,10 @@ class SpatialDataReader(Reader):
     def _image(self, region: str, shapes) -> tuple[str, str, np.ndarray]:
         """(image name, shared coordinate system, shapes -> image level-0 pixels as a 3x3 matrix)."""
         sdata, path = self.sdata, self.path
-        shapes_tf = _transforms(shapes)
+        shapes_tf = _transforms(shapes, f"{path}: shapes {region!r}")
         candidates: dict[str, tuple[str, np.ndarray]] = {}
         for name, image in sdata.images.items():
-            image_tf = _transforms(image)
+            image_tf = _transforms(image, f"{path}: image {name!r}")
             shared = [cs for cs in shapes_tf if cs in image_tf]
             if shared:
                 cs = "global" if "global" in shared else shared[0]
@@ -372,7 +390,7 @@ class SpatialDataReader(Reader):
 
     def platform_mpp(self, spots: Spots) -> tuple[float, str] | None:
         r, image = self.resolved, self.sdata.images[self.resolved.image_name]
-        microns = _transforms(image).get(SData.microns)
+        microns = _transforms(image, f"{self.path}: image {r.image_name!r}").get(SData.microns)
         if microns is not None:
             return _scale(
                 microns
