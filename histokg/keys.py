@@ -175,6 +175,7 @@ class Key:
         genes = "genes"  # the model's gene panel
         train_slides = "train_slides"
         val_slides = "val_slides"  # slides that chose the checkpoint (early stopping)
+        image_extras = "image_extras"  # extra image-head inputs (model.image_extras), e.g. ["naive"]
 
     class prediction:
         """Fields of one record ``uns["histokg"]["prediction"][key]`` (histokg.tl.predict)."""

@@ -119,7 +119,9 @@ def test_embedding_spots_and_a_slide_recomputes_the_extras(
 ):
     monkeypatch.setenv("HISTOKG_FEATURE_BACKEND", "torch")  # compared with the PyTorch tower below
     loaded = load_model(with_extras.last_path)
-    spots = embed(synth_adata, loaded, copy=True).obsm["X_histokg"]
+    embedded = embed(synth_adata, loaded, copy=True)
+    assert list(embedded.uns["histokg"]["params"]["image_extras"]) == ["naive"]  # recorded with the model
+    spots = embedded.obsm["X_histokg"]
     assert np.isfinite(spots).all()
     np.testing.assert_allclose(spots, _by_hand(loaded, synth_adata), atol=2e-5)
     tiles = embed_slide(synth_study / "slides" / "S3.tiff", with_extras.last_path, batch_size=16)
