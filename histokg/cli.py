@@ -49,7 +49,17 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    for noisy in ("PIL", "matplotlib", "numba", "fsspec", "h5py", "urllib3"):
+    for noisy in (
+        "PIL",
+        "matplotlib",
+        "numba",
+        "fsspec",
+        "h5py",
+        "urllib3",
+        "ome_zarr",
+        "spatialdata",
+        "distributed",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from pathways_kg.cli import quiet_pykeen
 

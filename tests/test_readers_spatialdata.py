@@ -282,6 +282,7 @@ def run_cli(argv):
         "no such table",
         "no such image",
         "labels region",
+        "zero scale",
         "no mpp",
     ],
 )
@@ -319,6 +320,23 @@ def test_bad_stores_are_one_line_and_write_nothing(case, hd, xenium, tmp_path, c
         }
         write_store(SpatialData(labels={"cell_labels": labels}, tables=tables), store, None)
         expected = "table 'table' must annotate one shapes element (spots, bins or cells); it annotates 'cell_labels' (labels)"
+    elif case == "zero scale":  # a transformation that maps every spot onto one point
+        store = tmp_path / "zero.zarr"
+        circles = ShapesModel.parse(
+            np.array([[10.0, 10], [30, 30]]),
+            geometry=0,
+            radius=4.0,
+            transformations={"global": Scale([0.0, 0.0], axes=("x", "y"))},
+        )
+        table = counts_table(2, ["A", "B"], 0)
+        table.obs["region"] = pd.Categorical(["spots"] * 2)
+        table.obs["spot_id"] = [0, 1]
+        image = Image2DModel.parse(np.full((3, 64, 64), 200, np.uint8), dims=("c", "y", "x"))
+        tables = {
+            "table": TableModel.parse(table, region="spots", region_key="region", instance_key="spot_id")
+        }
+        write_store(SpatialData(images={"img": image}, shapes={"spots": circles}, tables=tables), store, None)
+        expected = "shapes 'spots': its transformation to coordinate system 'global' is not usable (scale 0"
     else:  # circles without any calibration: not a spatialdata-io Visium or Xenium store, no microns system
         store = tmp_path / "nompp.zarr"
         circles = ShapesModel.parse(np.array([[10.0, 10], [30, 30], [50, 50]]), geometry=0, radius=4.0)
