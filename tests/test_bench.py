@@ -131,6 +131,7 @@ def test_sections_labels_and_folds(legacy_study):
         make_folds(list(sections), train=["T1", "T2"], test=["T2"])
 
 
+@pytest.mark.slow  # 45 s; make test keeps the bench's fast paths (test_bench_takes_h5ad_files_after_data, test_engine)
 def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys):
     out = tmp_path / "bench"
     args = [
