@@ -522,7 +522,20 @@ def embed_spatialdata_cmd(
     "--heldout", "heldout_libs", multiple=True, help="Held-out library ids (default: all non-reference)."
 )
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours for retrieval prediction.")
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="kNN neighbours for the prediction (default: chosen on the reference, each of its slides "
+    "predicted from the others).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Ridge penalty (default: chosen on the reference as -k is).",
+)
 @click.option(
     "--key",
     default=Key.obsm.image,
@@ -553,7 +566,8 @@ def evaluate_cmd(
     reference_libs: tuple[str, ...],
     heldout_libs: tuple[str, ...],
     out_dir: Path,
-    k: int,
+    k: int | None,
+    alpha: float | None,
     key: str,
     methods: tuple[str, ...],
     smooth: float,
@@ -569,8 +583,6 @@ def evaluate_cmd(
     from histokg.report import format_summary_table
     from histokg.tl.embed import read_embedded
 
-    if k < 1:
-        raise click.BadParameter(f"must be >= 1, got {k}", param_hint="-k")
     check_output_dir(out_dir, "evaluation folder")
     check_not_input(
         [out_dir / name for name in EVALUATION_FILES], [*embedded, checkpoint], "evaluation output"
@@ -584,6 +596,7 @@ def evaluate_cmd(
         reference_libs=reference_libs,
         heldout_libs=heldout_libs,
         k=k,
+        alpha=alpha,
         key=key,
         methods=methods or ("knn", "ridge"),
         smooth=smooth,

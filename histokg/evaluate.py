@@ -44,7 +44,14 @@ from histokg.metrics import (
     retrieval_recall,
 )
 from histokg.pp import top_genes
-from histokg.tl.predict import METHODS, has_counts, panel_adata, panel_genes, predict_expression
+from histokg.tl.predict import (
+    METHODS,
+    has_counts,
+    panel_adata,
+    panel_genes,
+    predict_expression,
+    reference_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +64,8 @@ def evaluate(
     *,
     methods: Sequence[str] = ("knn", "ridge"),
     n_top: int = 50,
-    k: int = 10,
-    alpha: float = 1.0,
+    k: int | None = None,
+    alpha: float | None = None,
     temperature: float = 0.1,
     smooth: float = 0.0,
     label_key: str | None = Key.obs.region,
@@ -81,7 +88,9 @@ def evaluate(
     (measured ``X``, ``layers[f"pred_{method}"]``) for plotting (:mod:`histokg.report`).
 
     ``methods``: any of ``knn``, ``ridge``, ``blend`` (their mean); ``smooth`` > 0 smooths every
-    prediction over each held-out slide's spot graph (:func:`histokg.tl.predict_expression`).
+    prediction over each held-out slide's spot graph (:func:`histokg.tl.predict_expression`). ``k`` and
+    ``alpha`` None: chosen once on the reference alone (:func:`histokg.tl.predict.reference_params`), recorded
+    in ``protocol["chosen"]``.
     """
     start = time.perf_counter()
     expr_rep = expr_rep or keys.expr_key(use_rep)
@@ -102,6 +111,13 @@ def evaluate(
     heg = top_genes(reference, n_top, "mean", genes=genes, layer=layer) if methods else []
     hvg = top_genes(reference, n_top, "variance", genes=genes, layer=layer) if methods else []
 
+    chosen = None
+    if methods and (k is None or alpha is None):
+        chosen = reference_params(
+            reference, use_rep, expr_rep, genes=genes, layer=layer, temperature=temperature
+        )
+        k = chosen["k"] if k is None else k
+        alpha = chosen["alpha"] if alpha is None else alpha
     # the held-out spots over the panel (measured X); each method's prediction lands in its layers
     panel = panel_adata(heldout, genes, layer=layer, predictions=False) if methods else None
     for method in methods:
@@ -133,6 +149,7 @@ def evaluate(
         "n_top": n_top,
         "k": k,
         "alpha": alpha,
+        "chosen": chosen or {},
         "temperature": temperature,
         "smooth": smooth,
         "label_key": label_key if label_key is not None and label_key in heldout.obs else None,
@@ -347,10 +364,11 @@ def _protocol(ref_libs, held_libs, genes, opts: dict, source: str) -> dict:
         "recall_ks": opts["ks"],
         "prediction": {
             "methods": list(methods),
-            "k": int(k),
-            "alpha": float(alpha),
+            "k": int(k) if k is not None else None,
+            "alpha": float(alpha) if alpha is not None else None,
             "temperature": float(temperature),
             "smooth": float(opts["smooth"]),
+            **({"chosen": opts["chosen"]} if opts.get("chosen") else {}),
             **prediction,
         },
         "clustering": (

@@ -64,7 +64,8 @@ def evaluate_embedded(
     checkpoint: str | Path | None = None,
     reference_libs: Sequence[str] = (),
     heldout_libs: Sequence[str] = (),
-    k: int = 10,
+    k: int | None = None,
+    alpha: float | None = None,
     key: str = keys.IMAGE,
     methods: Sequence[str] = ("knn", "ridge"),
     smooth: float = 0.0,
@@ -74,7 +75,8 @@ def evaluate_embedded(
 
     ``key``: the image embeddings ``obsm[key]`` (``tl.embed``'s ``key_added``); the expression
     embeddings are read from ``obsm[keys.expr_key(key)]``. ``methods`` and ``smooth``: how expression
-    is predicted from the image embeddings (:func:`histokg.evaluate.evaluate`).
+    is predicted from the image embeddings, ``k`` and ``alpha`` its parameters (None: chosen on the
+    reference) (:func:`histokg.evaluate.evaluate`).
 
     The model is read from ``uns["histokg"]["params"]`` and, when given, ``checkpoint`` (which must be
     the one the embeddings came from). Writes ``results.json``, ``predicted.h5ad`` (held-out spots x

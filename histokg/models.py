@@ -41,6 +41,10 @@ class ModelConfig:
     # per-patch numbers the image head reads after the tower's features, standardised on the training
     # spots (histokg.patch_stats.EXTRAS: "naive", 26 colour/texture numbers); needs cached frozen features
     image_extras: tuple[str, ...] = ()
+    # with cached features: the dihedral views cached per spot (1-8: the patch, its rotations by 90 degrees,
+    # then the same mirrored); each epoch every training spot reads one of them (feature-level augmentation,
+    # as histokg bench's features.views); validation and embedding read view 0, the patch as it is
+    feature_views: int = 1
     expr_input: str = "genes"  # "genes" (log-normalised gene panel) or "kg" (KG activations)
     expr_hidden: tuple[int, ...] = (512,)
     embed_dim: int = 128
@@ -53,9 +57,18 @@ class ModelConfig:
 
         # a weights name as registered (``ImageNet:TF-EfficientNet-Lite0`` is recorded as its registered name)
         object.__setattr__(self, "image_weights", pretrained.canonical(self.image_weights))
+        from pathways_kg.dataconf import check
+
+        check(1 <= self.feature_views <= 8, "feature_views", f"must be in 1..8, got {self.feature_views}")
+        check(
+            self.feature_views == 1
+            or (self.freeze_image and self.unfreeze_last == 0 and self.cache_features),
+            "feature_views",
+            f"{self.feature_views} views need a frozen tower on cached features (model.freeze_image=true, "
+            "model.unfreeze_last=0, model.cache_features=true); on patches, data.augment flips and rotates them",
+        )
         if self.image_extras:
             from histokg.patch_stats import check_extras
-            from pathways_kg.dataconf import check
 
             check_extras(self.image_extras)
             check(

@@ -19,7 +19,7 @@ from histokg.train.trainer import Trainer
 HEADS = HeadsConfig(embed_dim=32, expr_hidden=(64,), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2)
 
 
-def _trainer_cfg(study, out, image_extras=()):
+def _trainer_cfg(study, out, image_extras=(), feature_views=1):
     from histokg.train.config import DataConfig
 
     cfg = train_config(
@@ -32,14 +32,22 @@ def _trainer_cfg(study, out, image_extras=()):
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(
-            cfg.model, image_encoder="test_efficientnet", image_weights=None, image_extras=image_extras
+            cfg.model,
+            image_encoder="test_efficientnet",
+            image_weights=None,
+            image_extras=image_extras,
+            feature_views=feature_views,
         ),
     )
 
 
-@pytest.mark.parametrize("image_extras", [(), ("naive",)], ids=["frozen", "frozen+naive"])
+@pytest.mark.parametrize(
+    "image_extras, views",
+    [((), 1), (("naive",), 1), (("naive",), 3)],
+    ids=["frozen", "frozen+naive", "frozen+naive, 3 views"],
+)
 def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_weights(
-    synth_study, tmp_path, monkeypatch, image_extras
+    synth_study, tmp_path, monkeypatch, image_extras, views
 ):
     owners: list[str] = []
     step = engine.optimizer_step
@@ -49,7 +57,7 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
         step(parts, loop)
 
     monkeypatch.setattr(engine, "optimizer_step", counting_step)
-    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run", image_extras))
+    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run", image_extras, views))
     result = trainer.fit()
     n_train = owners.count("train")
     assert n_train == result.steps > 0
@@ -57,8 +65,13 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
     # the bench's heads on the very features and expression inputs the trainer cached and used (with
     # image extras: the tower's features and the standardised naive numbers, as the bench's image_inputs
     # builds them, tests/test_patch_stats.py)
+    # with several views: the same views (views, n, d), each epoch's draw shared (train.data.feature_views)
     feats = trainer.train.dataset.extra[Batch.features]
-    inputs = RunInputs(features=feats[None], expr_inputs=trainer.train.expr_inputs)
+    feats = feats.features if views > 1 else feats[None]
+    assert feats.shape[0] == views
+    if views > 1:  # the views differ (rotations of the patches), so the draw matters
+        assert not np.array_equal(feats[0], feats[1])
+    inputs = RunInputs(features=feats, expr_inputs=trainer.train.expr_inputs)
     joint, facts = train_heads(inputs, Component("infonce"), HEADS, seed=0)
     assert owners.count("bench") == facts["steps"] == result.steps
 

@@ -85,7 +85,13 @@ def test_protocol_states_split_genes_pooling_and_averaging(informative, study):
         or "all spots of the held-out slide" in protocol["pooling"]
     )
     assert "log1p" in protocol["normalisation"]
-    assert protocol["prediction"]["methods"] == ["knn", "ridge"] and protocol["prediction"]["k"] == 10
+    prediction = protocol["prediction"]
+    assert prediction["methods"] == ["knn", "ridge"]
+    # k and alpha chosen on the reference alone (each reference slide predicted from the other)
+    assert (
+        prediction["k"] == prediction["chosen"]["k"] and prediction["alpha"] == prediction["chosen"]["alpha"]
+    )
+    assert "leave-one-reference-slide-out over 2 inner folds" in prediction["chosen"]["chosen_by"]
     assert "per held-out slide" in protocol["averaging"]
     # HEG/HVG are chosen on the reference only, among the panel
     panel = study.uns["histokg"]["params"]["genes"]

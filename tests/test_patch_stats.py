@@ -185,3 +185,15 @@ def test_the_bench_naive_input_is_what_train_feeds_its_heads(with_extras):
     fitted = Standardisation.fit(["naive"], data.train_naive)
     np.testing.assert_array_equal(fitted.mean, trainer.model.image.extras.mean.numpy())
     np.testing.assert_array_equal(fitted.sd, trainer.model.image.extras.sd.numpy())
+
+
+def test_feature_views_need_a_frozen_tower_on_cached_features_and_a_count_in_1_to_8():
+    """model.feature_views (the cached dihedral views the heads train on) is refused where no features are
+    cached, and outside 1..8, naming the key and the value."""
+    assert load_config(TrainConfig, None, [*FROZEN, "model.feature_views=8"]).model.feature_views == 8
+    for fine_tuned in (["model.unfreeze_last=1"], ["model.cache_features=false"]):
+        with pytest.raises(ConfigError, match=r"model\.feature_views: 4 views need a frozen tower"):
+            load_config(TrainConfig, None, [*FROZEN, "model.feature_views=4", *fine_tuned])
+    for bad in (0, 9):
+        with pytest.raises(ConfigError, match=rf"model\.feature_views: must be in 1\.\.8, got {bad}"):
+            load_config(TrainConfig, None, [*FROZEN, f"model.feature_views={bad}"])

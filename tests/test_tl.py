@@ -547,3 +547,77 @@ def test_blend_is_the_mean_of_knn_and_ridge_and_smoothing_follows_the_spot_graph
     np.testing.assert_allclose(want[row], 0.5 * values[row] + 0.5 * values[nbrs].mean(0), rtol=1e-5)
     with pytest.raises(InputError, match="smooth must be in"):
         tl.predict_expression(held, ref, smooth=1.5)
+
+
+# --------------------------------------------------------------------------- prediction parameters
+
+
+def _clusters(n_groups: int, per_cluster: int, n_clusters: int, noise: float, seed: int = 0):
+    """Embeddings that place spots by cluster (image = expression embedding, both unit) and values = the
+    cluster's mean profile plus i.i.d. noise; ``n_groups`` slides, each with every cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, 16))
+    profiles = rng.normal(size=(n_clusters, 30))
+    emb, vals, groups = [], [], []
+    for g in range(n_groups):
+        for c in range(n_clusters):
+            e = centres[c] + 0.05 * rng.normal(size=(per_cluster, 16))
+            emb.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+            vals.append(profiles[c] + noise * rng.normal(size=(per_cluster, 30)))
+            groups += [g] * per_cluster
+    return np.concatenate(emb).astype(np.float32), np.concatenate(vals).astype(np.float32), np.array(groups)
+
+
+def test_choose_params_takes_more_neighbours_where_the_values_are_noisier():
+    """Each reference slide predicted from the others: with noisy values averaging many neighbours of a
+    cluster wins; with exact values and a continuum (each spot its own profile) the nearest few win."""
+    from histokg.tl.predict import ALPHA_GRID, K_GRID, choose_params
+
+    emb, vals, groups = _clusters(3, per_cluster=120, n_clusters=4, noise=3.0)
+    noisy = choose_params(emb, emb, vals, groups)
+    assert noisy["k"] >= 40 and noisy["k"] in K_GRID and noisy["alpha"] in ALPHA_GRID
+    assert set(noisy["k_scores"]) == {str(k) for k in K_GRID}
+    assert "leave-one-reference-slide-out over 3" in noisy["chosen_by"]
+
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0, 2 * np.pi, 900)  # a circle: neighbours in embedding = neighbours in value
+    emb = np.stack([np.cos(t), np.sin(t)], 1).astype(np.float32)
+    vals = np.stack([np.sin(3 * t + j) for j in range(20)], 1).astype(np.float32)
+    exact = choose_params(emb, emb, vals, np.arange(900) % 3)
+    assert exact["k"] <= 10
+    # values linear in the image embedding, no noise: the least penalised ridge wins
+    lin = choose_params(emb, emb, emb @ rng.normal(size=(2, 20)).astype(np.float32), np.arange(900) % 3)
+    assert lin["alpha"] == min(ALPHA_GRID)
+
+
+def test_choose_params_with_one_slide_uses_blocks_and_refuses_too_little():
+    from histokg.tl.predict import choose_params
+
+    emb, vals, _ = _clusters(1, per_cluster=60, n_clusters=3, noise=1.0)
+    one = choose_params(emb, emb, vals, np.zeros(len(emb)))
+    assert "over 3 inner folds" in one["chosen_by"]
+    with pytest.raises(InputError, match="at least two slides or three spots"):
+        choose_params(emb[:1], emb[:1], vals[:1], np.zeros(1))
+
+
+def test_predict_expression_chooses_k_and_alpha_on_the_reference_by_default(embedded):
+    """Default k and alpha: chosen on the reference alone (recorded), and the prediction is the one those
+    values give when passed explicitly; a held-out slide changes nothing about the choice."""
+    from histokg.tl.predict import reference_params
+
+    ref, held = split(embedded)
+    out = tl.predict_expression(held, ref, method="blend", copy=True)
+    params = out.uns["histokg"]["prediction"]["pred_blend"]["params"]
+    chosen = params["chosen"]
+    assert params["k"] == chosen["k"] and params["alpha"] == chosen["alpha"]
+    assert chosen == reference_params(ref)
+    other_held = split(embedded, "S1")[1]
+    again = tl.predict_expression(other_held, ref, method="knn", copy=True)
+    assert again.uns["histokg"]["prediction"]["pred_knn"]["params"]["k"] == chosen["k"]
+    explicit = tl.predict_expression(
+        held, ref, method="blend", k=chosen["k"], alpha=chosen["alpha"], copy=True
+    )
+    np.testing.assert_array_equal(
+        tl.predicted(out, "pred_blend").to_numpy(), tl.predicted(explicit, "pred_blend").to_numpy()
+    )
+    assert "chosen" not in explicit.uns["histokg"]["prediction"]["pred_blend"]["params"]

@@ -83,11 +83,24 @@ def baseline_predictor(name: str, data: FoldData, slide: str, cfg: EvalConfig):
         return ridge_cv_predictor(
             data, data.train_feats[0], data.test_feats[slide][0], "frozen_ridge_cv alpha"
         )
-    # frozen_knn: cosine kNN between standardised frozen features
+    # frozen_knn: cosine kNN between standardised frozen features; k as configured, or chosen on the
+    # training sections as the trained models' is (histokg.tl.predict.choose_params)
     sc = StandardScaler().fit(data.train_feats[0])
     ref = _unit(sc.transform(data.train_feats[0])).astype(np.float32)
     query = _unit(sc.transform(data.test_feats[slide][0])).astype(np.float32)
-    return knn_predictor(query, ref, cfg.k, cfg.temperature)
+    k = cfg.k
+    if k is None:
+        if "frozen_knn k" not in data.alphas:
+            from histokg.tl.predict import choose_params
+
+            if data.ledger is not None:
+                data.ledger.fitted("frozen_knn k (inner leave-one-training-slide-out)", data.groups)
+            values = data.targets.train_values["panel"]
+            data.alphas["frozen_knn k"] = choose_params(
+                ref, ref, values, data.groups, temperature=cfg.temperature, alphas=(1.0,)
+            )["k"]
+        k = int(data.alphas["frozen_knn k"])
+    return knn_predictor(query, ref, k, cfg.temperature)
 
 
 def ridge_cv_predictor(data: FoldData, train_x: np.ndarray, test_x: np.ndarray, what: str):
@@ -106,14 +119,13 @@ def cv_alpha(data: FoldData, x: np.ndarray) -> float:
     """Ridge alpha by leave-one-training-slide-out (mean Pearson over the model panel); training slides only
     (with a single training slide: three contiguous blocks of its spots)."""
     from histokg.metrics import pearson_per_gene
+    from histokg.tl.predict import inner_groups
 
     y = data.targets.train_values["panel"].astype(np.float64)
     alphas = np.logspace(0, 5, 11)
-    labels = data.groups
     if data.ledger is not None:
-        data.ledger.fitted("ridge alpha (inner leave-one-training-slide-out)", labels)
-    if len(np.unique(labels)) < 2:  # one training section: three contiguous blocks of its spots
-        labels = np.arange(len(y)) * 3 // len(y)
+        data.ledger.fitted("ridge alpha (inner leave-one-training-slide-out)", data.groups)
+    labels = inner_groups(data.groups)  # one training section: three contiguous blocks of its spots
     groups = np.unique(labels)
     scores = np.zeros(len(alphas))
     for g in groups:

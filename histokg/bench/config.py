@@ -65,9 +65,12 @@ class PanelConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    k: int = 10  # kNN neighbours (BLEEP-style retrieval prediction)
+    # kNN neighbours (BLEEP-style retrieval prediction; also frozen_knn's) and the ridge probe's penalty on
+    # the trained image embeddings; None: chosen per fold and run on the training sections alone, each
+    # predicted from the others (histokg.tl.predict.choose_params, as histokg predict/evaluate choose them)
+    k: int | None = None
     temperature: float = 0.1  # softmax(sim / temperature) weights of the neighbours
-    ridge_alpha: float = 1.0  # ridge probe on trained image embeddings (as `histokg evaluate`)
+    ridge_alpha: float | None = None
     pca_dim: int = 256  # HEST-Benchmark probe: PCA of the frozen features, ridge alpha = 100 / (dim * genes)
     recall_k: int = 5
     # every prediction is also scored smoothed over the held-out slide's spot graph (squidpy):
@@ -76,6 +79,12 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check(0.0 <= self.smooth <= 1.0, "smooth", f"must be in [0, 1], got {self.smooth}")
+        check(self.k is None or self.k >= 1, "k", f"must be >= 1 (or null: chosen), got {self.k}")
+        check(
+            self.ridge_alpha is None or (math.isfinite(self.ridge_alpha) and self.ridge_alpha >= 0),
+            "ridge_alpha",
+            f"must be >= 0 (or null: chosen), got {self.ridge_alpha}",
+        )
 
 
 @dataclass(frozen=True)

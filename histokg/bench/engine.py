@@ -7,7 +7,8 @@ registry, :class:`~histokg.train.engine.JointModule` with the KG prior W per bat
 warm-up + cosine schedule, gradient clipping, :class:`~histokg.train.data.ShardedBatchSampler`, and the
 :class:`~histokg.train.callbacks.NonFiniteLoss` callback. Every loss gets the same model, data, panel,
 budget (fixed epochs, no early stopping: no held-out slide ever chooses a checkpoint) and seeds. With
-several cached views per spot, each (epoch, spot) draws one view (feature-level augmentation).
+several cached views per spot, each (epoch, spot) draws one view (feature-level augmentation, drawn by
+:func:`histokg.train.data.feature_views` as ``histokg train`` with ``model.feature_views`` draws it).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def train_heads(
     from histokg.losses import build_loss, loss_registry
     from histokg.models import DualEncoder
     from histokg.train import distributed as dist_utils
-    from histokg.train.data import ShardedBatchSampler
+    from histokg.train.data import ShardedBatchSampler, feature_views
     from histokg.train.optim import build_optimizer, build_scheduler
     from histokg.train.precision import Precision
 
@@ -164,13 +165,12 @@ def train_heads(
         )
         if value is not None
     }
-    gen = torch.Generator().manual_seed(seed)
     loop = LoopState()
     model.train()
     for epoch in range(cfg.epochs):
         loop.epoch, loop.batch_in_epoch = epoch, 0
         sampler.set_epoch(epoch)
-        view_of = torch.randint(views, (n,), generator=gen) if views > 1 else torch.zeros(n, dtype=torch.long)
+        view_of = feature_views(seed, epoch, n, views)  # as histokg train's model.feature_views
         run_epoch(None, parts, loop, feature_batches(inputs, sampler, view_of, tensors))
     model.eval()
     return joint, {

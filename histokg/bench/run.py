@@ -238,21 +238,40 @@ class Bench:
             joint, facts = train_heads(inputs, spec, heads, seed)
             train_s = time.perf_counter() - start
             ref_img, ref_expr = joint.embed(train_feats[0], expr_train)
+            k, alpha, chosen = self.prediction_params(data, ref_img, ref_expr)
             for slide in data.fold.test:
                 img, expr = joint.embed(test_feats[slide][0], expr_test[slide])
-                knn = knn_predictor(img, ref_expr, cfg.eval.k, cfg.eval.temperature)
-                ridge = ridge_predictor(ref_img, img, lambda m: cfg.eval.ridge_alpha)
+                knn = knn_predictor(img, ref_expr, k, cfg.eval.temperature)
+                ridge = ridge_predictor(ref_img, img, lambda m, a=alpha: a)
                 blend = lambda v, a=knn, b=ridge: (a(v) + b(v)) / 2  # noqa: E731
                 metrics = self.scores(data, slide, {"": knn, "ridge:": ridge, "blend:": blend})
                 metrics.update(retrieval_scores(img, expr, cfg.eval.recall_k))
                 metrics.update(interval_scores(ref_img, ref_expr, data.groups, img, data.targets, slide,
-                                               k=cfg.eval.k, temperature=cfg.eval.temperature))  # fmt: skip
-                extra = {"loss": to_dict(spec), "train": {**facts, "seconds": round(train_s, 3)}}
+                                               k=k, temperature=cfg.eval.temperature))  # fmt: skip
+                extra = {"loss": to_dict(spec), "train": {**facts, "seconds": round(train_s, 3)},
+                         "prediction": {"k": k, "alpha": alpha, "chosen": chosen}}  # fmt: skip
                 if auroc is not None:
                     extra["prior_auroc"] = {"train": auroc.get("train", {}).get("combined"),
                                             "test": auroc.get(slide, {}).get("combined")}  # fmt: skip
                 self._row(data, method, kind, seed, slide, metrics, extra)
             self.clock.add(f"{kind} {method}", time.perf_counter() - start)
+
+    def prediction_params(self, data: FoldData, ref_img: np.ndarray, ref_expr: np.ndarray):
+        """kNN ``k`` and ridge ``alpha`` of a trained model: as configured, or chosen on the training sections
+        alone (:func:`histokg.tl.predict.choose_params`, what histokg predict and evaluate do by default)."""
+        from histokg.tl.predict import choose_params
+
+        k, alpha = self.cfg.eval.k, self.cfg.eval.ridge_alpha
+        if k is not None and alpha is not None:
+            return k, alpha, None
+        data.ledger.fitted("kNN k and ridge alpha (inner leave-one-training-slide-out)", data.groups)
+        values = data.targets.train_values["panel"]
+        chosen = choose_params(ref_img, ref_expr, values, data.groups, temperature=self.cfg.eval.temperature)
+        return (
+            chosen["k"] if k is None else k,
+            chosen["alpha"] if alpha is None else alpha,
+            {"k": chosen["k"], "alpha": chosen["alpha"]},
+        )
 
     def ablations(self, data: FoldData) -> None:
         cfg = self.cfg
@@ -374,6 +393,13 @@ def enforced(ledger) -> str:
     )
 
 
+def chosen(value) -> str:
+    """A prediction parameter as the protocol states it."""
+    if value is None:
+        return "chosen per run on the training sections, each predicted from the others"
+    return f"{value:g}"
+
+
 def protocol(cfg: BenchConfig) -> dict[str, str]:
     n = cfg.panel.n_top
     return {
@@ -392,9 +418,9 @@ def protocol(cfg: BenchConfig) -> dict[str, str]:
         "panels": f"panel: the model's {cfg.panel.n_genes} genes (scanpy's Seurat-flavour highly variable genes of the training slides, the expression tower's input); "
         f"mean{cfg.panel.n_mean}: the {cfg.panel.n_mean} highest mean log1p CP10k genes of the training slides (TRIPLEX-style). "
         f"HEG-{n}/HVG-{n}: the top {n} genes of a panel by mean / variance on the training slides",
-        "prediction": f"losses: kNN retrieval (k={cfg.eval.k}, softmax(cos / {cfg.eval.temperature:g}) of the training spots' "
-        f"expression embeddings) from the held-out image embeddings; 'ridge:' Ridge(alpha={cfg.eval.ridge_alpha:g}) on the "
-        "trained image embeddings. Baselines: mean = the training mean (constant: Pearson 0); naive_ridge = 26 colour/texture "
+        "prediction": f"losses: kNN retrieval (k={chosen(cfg.eval.k)}, softmax(cos / {cfg.eval.temperature:g}) of the training spots' "
+        f"expression embeddings) from the held-out image embeddings; 'ridge:' Ridge(alpha={chosen(cfg.eval.ridge_alpha)}) on the "
+        "trained image embeddings; 'blend:' their mean. Baselines: mean = the training mean (constant: Pearson 0); naive_ridge = 26 colour/texture "
         "features, standardised, Ridge(alpha = 100 / (26 x genes)); frozen_pca_ridge = HEST-Benchmark probe: standardised "
         f"frozen features -> PCA-{cfg.eval.pca_dim} -> Ridge(alpha = 100 / ({cfg.eval.pca_dim} x genes)) (with intercept); "
         "frozen_knn = kNN on standardised frozen features",

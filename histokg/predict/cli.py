@@ -71,7 +71,19 @@ _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="knn over the reference's expression embeddings, ridge on its image embeddings, or their mean "
     "(blend: the best of the three in histokg bench, docs/benchmarks.md).",
 )
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="kNN neighbours.")
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="kNN neighbours (default: chosen on the reference, each of its slides predicted from the others).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Ridge penalty (default: chosen on the reference as -k is).",
+)
 @click.option(
     "--smooth",
     type=click.FloatRange(0, 1),
@@ -122,7 +134,8 @@ def predict_cmd(
     pitch_um: float,
     min_tissue: float,
     method: str,
-    k: int,
+    k: int | None,
+    alpha: float | None,
     smooth: float,
     level: float,
     n_pathways: int,
@@ -154,6 +167,7 @@ def predict_cmd(
         min_tissue=min_tissue,
         method=method,
         k=k,
+        alpha=alpha,
         smooth=smooth,
         level=level,
         n_pathways=n_pathways,

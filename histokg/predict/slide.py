@@ -61,9 +61,11 @@ class PredictConfig:
     pitch_um: float = 100.0  # pseudo-spot centre-to-centre distance
     min_tissue: float = 0.5  # tissue fraction a tile or spot (its bounding square) needs
     method: str = "blend"  # knn | ridge | blend (their mean: best in histokg bench, docs/benchmarks.md)
-    k: int = 10
+    # kNN neighbours and ridge penalty; None: chosen on the reference, each of its slides predicted from the
+    # others (histokg.tl.predict.choose_params; measured best in histokg bench, docs/benchmarks.md)
+    k: int | None = None
     temperature: float = 0.1
-    alpha: float = 1.0  # ridge
+    alpha: float | None = None  # ridge
     smooth: float = 0.5  # weight of the spatial neighbours' mean (0: none; 0.5 best in histokg bench)
     level: float = 0.9  # coverage of the reported interval
     n_pathways: int = 50  # the most variable pathway entities of the reference (0: none)
@@ -144,6 +146,14 @@ def predict_slide(
         raise InputError(f"slide {slide}: nothing on tissue to predict")
     tl.embed(obs, model, expression=False, batch_size=cfg.batch_size, device=device)
     genes = list(model.genes)
+    chosen = None
+    if cfg.k is None or cfg.alpha is None:  # chosen once for the slide, on the reference alone
+        chosen = tl.predict.reference_params(reference, genes=genes, temperature=cfg.temperature)
+        cfg = dataclasses.replace(
+            cfg,
+            k=chosen["k"] if cfg.k is None else cfg.k,
+            alpha=chosen["alpha"] if cfg.alpha is None else cfg.alpha,
+        )
     methods = ("knn", "ridge", "blend") if cfg.method == "blend" else (cfg.method,)
     for method in methods:
         tl.predict_expression(
@@ -172,6 +182,7 @@ def predict_slide(
     info[Key.histokg.predict] = {
         "observations": cfg.spots,
         "config": dataclasses.asdict(cfg),
+        "chosen": chosen or {},
         "slide": str(Path(slide).resolve()),
         "interval_scale": z,
         "kg_bundle": str(bundle) if bundle else "",

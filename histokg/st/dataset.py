@@ -80,8 +80,12 @@ class SpotPatchDataset(Dataset):
         return self._handles[lib]
 
     def set_epoch(self, epoch: int) -> None:
-        """With ``aug_seed``, augmentation depends only on (seed, epoch, index): resumable and worker-proof."""
+        """With ``aug_seed``, augmentation depends only on (seed, epoch, index): resumable and worker-proof.
+        ``extra`` values with a ``set_epoch`` of their own (:class:`histokg.train.data.ViewedFeatures`) follow."""
         self.epoch = epoch
+        for values in self.extra.values():
+            if hasattr(values, "set_epoch"):
+                values.set_epoch(epoch)
 
     def read_image(self, index: int) -> np.ndarray:
         if self.patches is not None:

@@ -78,8 +78,8 @@ def predict_expression(
     *,
     method: str = "knn",
     genes: Sequence[str] | None = None,
-    k: int = 10,
-    alpha: float = 1.0,
+    k: int | None = None,
+    alpha: float | None = None,
     temperature: float = 0.1,
     use_rep: str = keys.IMAGE,
     ref_rep: str | None = None,
@@ -108,7 +108,9 @@ def predict_expression(
     default ``use_rep + "_expr"``, what :func:`histokg.tl.embed` writes beside ``use_rep``),
     cosine, ``k`` neighbours, softmax(sim / ``temperature``) weights. ``method="ridge"``: ``Ridge(alpha)``
     from ``reference.obsm[use_rep]`` to the reference's expression (raw counts in ``layers[layer]``).
-    ``method="blend"``: the mean of the two. ``smooth`` > 0: each spot's prediction becomes
+    ``method="blend"``: the mean of the two. ``k`` or ``alpha`` None (the default): chosen on the
+    reference alone, each of its slides predicted from the others (:func:`choose_params`; the choice and
+    its scores go into the record). ``smooth`` > 0: each spot's prediction becomes
     ``(1 - smooth) * its own + smooth * the mean of its spatial neighbours'`` on the squidpy spot graph of
     ``adata`` (:func:`histokg.tl.spatial_graph`, built per library if ``obsp`` has none;
     :func:`smooth_values`). ``genes`` defaults to the panel in ``reference.uns["histokg"]["params"]["genes"]``, else all genes
@@ -116,7 +118,7 @@ def predict_expression(
     """
     if method not in METHODS:
         raise InputError(f"predict_expression: method={method!r} is not one of {', '.join(METHODS)}")
-    if k < 1:
+    if k is not None and k < 1:
         raise InputError(f"predict_expression: k must be >= 1, got {k}")
     if not 0.0 <= smooth <= 1.0:
         raise InputError(f"predict_expression: smooth must be in [0, 1], got {smooth}")
@@ -135,6 +137,11 @@ def predict_expression(
     ref_values = panel_log1p(reference, genes, layer=layer, what="reference")
     params: dict = {}
     parts = []
+    if (k is None and method != "ridge") or (alpha is None and method != "knn"):
+        choice = reference_params(reference, use_rep, ref_rep, ref_values, temperature=temperature)
+        k = choice["k"] if k is None else k
+        alpha = choice["alpha"] if alpha is None else alpha
+        params["chosen"] = choice
     if method in ("knn", "blend"):
         ref_emb = _embedding(reference, ref_rep, "reference")
         _same_width(query_emb, ref_emb, use_rep, ref_rep)
@@ -380,9 +387,7 @@ def interval_scale(
     spread."""
     if method not in METHODS:
         raise InputError(f"interval_scale: method={method!r} is not one of {', '.join(METHODS)}")
-    groups = np.asarray(groups)
-    if len(np.unique(groups)) < 2:
-        groups = np.arange(len(groups)) * 3 // max(len(groups), 1)
+    groups = inner_groups(groups)
     ratios = []
     for g in np.unique(groups):
         held = groups == g
@@ -398,6 +403,121 @@ def interval_scale(
     if not ratios:
         raise InputError("interval_scale: the reference needs at least two slides or three spots")
     return float(np.quantile(np.concatenate(ratios), level))
+
+
+#: What :func:`choose_params` tries: kNN neighbours and ridge penalties.
+K_GRID = (5, 10, 20, 40, 80, 160)
+ALPHA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+_CV_QUERIES = 2000  # held-out spots scored per inner fold (a random subset of larger libraries)
+
+
+def reference_params(
+    reference: ad.AnnData,
+    use_rep: str = keys.IMAGE,
+    ref_rep: str | None = None,
+    values: np.ndarray | None = None,
+    *,
+    genes: Sequence[str] | None = None,
+    layer: str | None = Key.layers.counts,
+    temperature: float = 0.1,
+) -> dict:
+    """:func:`choose_params` on a reference AnnData: its image embeddings ``obsm[use_rep]``, expression
+    embeddings ``obsm[ref_rep]`` (default ``use_rep + "_expr"``), log1p CP10k ``values`` of the panel
+    (computed from ``layer`` when not given) and its slides (``obs["library_id"]``)."""
+    ref_rep = ref_rep or keys.expr_key(use_rep)
+    if values is None:
+        genes = [str(g) for g in genes] if genes is not None else panel_genes(reference)
+        values = panel_log1p(reference, genes, layer=layer, what="reference")
+    image = _embedding(reference, use_rep, "reference")
+    expr = _embedding(reference, ref_rep, "reference")
+    choice = choose_params(image, expr, values, _library_ids(reference), temperature=temperature)
+    log.info(
+        "prediction parameters chosen on the reference (%s): k=%d, alpha=%g",
+        choice["chosen_by"],
+        choice["k"],
+        choice["alpha"],
+    )
+    return choice
+
+
+def _library_ids(adata: ad.AnnData) -> np.ndarray:
+    if Key.obs.library_id in adata.obs:
+        return adata.obs[Key.obs.library_id].astype(str).to_numpy()
+    return np.zeros(adata.n_obs, dtype=int)
+
+
+def inner_groups(groups: Sequence | np.ndarray) -> np.ndarray:
+    """The inner folds of a reference: its slides (``groups``), or with a single slide three contiguous
+    blocks of its spots."""
+    groups = np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        return np.arange(len(groups)) * 3 // max(len(groups), 1)
+    return groups
+
+
+def choose_params(
+    image: np.ndarray,
+    expr: np.ndarray,
+    values: np.ndarray,
+    groups: Sequence | np.ndarray,
+    *,
+    temperature: float = 0.1,
+    ks: Sequence[int] = K_GRID,
+    alphas: Sequence[float] = ALPHA_GRID,
+) -> dict:
+    """The kNN ``k`` and ridge ``alpha`` that predict the reference best from itself: each reference slide
+    (``groups``, :func:`inner_groups`) is predicted from the others, with the grid's every ``k`` (query
+    ``image`` embeddings against the others' ``expr`` embeddings) and every ``alpha`` (Ridge on the others'
+    ``image`` embeddings); the score is the mean over held-out slides of the mean Pearson per gene of
+    ``values``. Nothing but the reference is seen. Returns ``{"k", "alpha", "k_scores", "alpha_scores",
+    "chosen_by"}``; ties go to the smaller ``k`` and the larger ``alpha`` (the simpler model)."""
+    from histokg.metrics import knn_search, pearson_per_gene
+
+    image = np.asarray(image, np.float32)
+    expr = np.asarray(expr, np.float32)
+    values = np.asarray(values, np.float32)
+    labels = inner_groups(groups)
+    folds = [g for g in np.unique(labels) if 0 < (labels == g).sum() < len(labels)]
+    if not folds:
+        raise InputError("choose_params: the reference needs at least two slides or three spots")
+    ks = sorted({int(k) for k in ks})
+    alphas = sorted({float(a) for a in alphas})
+    k_scores = np.zeros(len(ks))
+    a_scores = np.zeros(len(alphas))
+    rng = np.random.default_rng(0)
+    for g in folds:
+        held = np.flatnonzero(labels == g)
+        if len(held) > _CV_QUERIES:
+            held = np.sort(rng.choice(held, _CV_QUERIES, replace=False))
+        rest = labels != g
+        truth = values[held]
+        ref_values = values[rest]
+        kmax = min(max(ks), int(rest.sum()))
+        sims, idx = knn_search(image[held], expr[rest], kmax)
+        for i, k in enumerate(ks):
+            top = sims[:, : min(k, kmax)] / temperature
+            w = np.exp(top - top.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            pred = np.einsum("qk,qkg->qg", w, ref_values[idx[:, : min(k, kmax)]])
+            k_scores[i] += _mean_r(pearson_per_gene(pred, truth)) / len(folds)
+        for i, a in enumerate(alphas):
+            pred = _ridge(image[held], image[rest], ref_values, alpha=a)
+            a_scores[i] += _mean_r(pearson_per_gene(pred, truth)) / len(folds)
+    best_k = ks[int(np.flatnonzero(k_scores == k_scores.max())[0])]
+    best_a = alphas[int(np.flatnonzero(a_scores == a_scores.max())[-1])]
+    return {
+        "k": int(best_k),
+        "alpha": float(best_a),
+        "k_scores": {str(k): round(float(v), 4) for k, v in zip(ks, k_scores, strict=True)},
+        "alpha_scores": {f"{a:g}": round(float(v), 4) for a, v in zip(alphas, a_scores, strict=True)},
+        "chosen_by": f"leave-one-reference-slide-out over {len(folds)} inner folds (mean Pearson per gene)",
+    }
+
+
+def _mean_r(r: np.ndarray) -> float:
+    r = np.asarray(r, np.float64)
+    r = r[np.isfinite(r)]
+    return float(r.mean()) if r.size else 0.0
 
 
 def _knn(query: np.ndarray, ref: np.ndarray, values: np.ndarray, *, k: int, temperature: float) -> np.ndarray:

@@ -30,6 +30,38 @@ from histokg.train.config import DataConfig
 log = logging.getLogger(__name__)
 
 
+def feature_views(seed: int, epoch: int, n: int, views: int) -> torch.Tensor:
+    """Which cached view each of ``n`` training spots reads in ``epoch`` (0 for all with one view).
+
+    Depends only on (seed, epoch), so a run resumed mid-epoch reads the same views; ``histokg train``
+    (:class:`ViewedFeatures`) and ``histokg bench`` (:func:`histokg.bench.engine.train_heads`) both draw here."""
+    if views == 1:
+        return torch.zeros(n, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randint(views, (n,), generator=gen)
+
+
+class ViewedFeatures:
+    """Cached features of several views per spot, (views, n, d), read as one (n, d) array per epoch: row ``i``
+    is spot ``i``'s view :func:`feature_views` drew for the epoch (:meth:`set_epoch`)."""
+
+    def __init__(self, features: np.ndarray, seed: int):
+        if features.ndim != 3:
+            raise ValueError(f"ViewedFeatures: expected (views, spots, dims), got shape {features.shape}")
+        self.features = features
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view_of = feature_views(self.seed, epoch, self.features.shape[1], self.features.shape[0]).numpy()
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+    def __getitem__(self, index):
+        return self.features[self.view_of[index], index]
+
+
 def load_spots(cfg: DataConfig) -> ad.AnnData:
     """All spots of the configured study or .h5ad files (one AnnData, several libraries)."""
     if cfg.study and cfg.h5ad:

@@ -35,7 +35,7 @@ from histokg.train.callbacks import CallbackList, LoopState, TrainingError, defa
 from histokg.train.checkpoint import restore_state, run_state, with_absolute_paths
 from histokg.train.config import TrainConfig
 from histokg.train.curves import plot_curves
-from histokg.train.data import ShardedBatchSampler, collate, prepare_data
+from histokg.train.data import ShardedBatchSampler, ViewedFeatures, collate, prepare_data
 from histokg.train.engine import JointModule, StepParts, run_epoch, seed_everything
 from histokg.train.logs import MetricLogger, write_summary
 from histokg.train.optim import build_optimizer, build_scheduler
@@ -198,10 +198,11 @@ class Trainer:
                 split.dataset.cfg,
                 cache=cache,
                 extras=extras,
+                views=views,
                 batch_size=64,
                 dataset=split.dataset,
             )
-            for split in (self.train, self.val)
+            for split, views in ((self.train, self.cfg.model.feature_views), (self.val, 1))
         ]
 
     def _feed_features(self, found: list) -> None:
@@ -211,8 +212,10 @@ class Trainer:
         if extras is not None:
             extras.fit(raw_extras(found[0].extras, extras.names))
         for split, feats in zip((self.train, self.val), found, strict=True):
-            head_input = feats.tower[0] if extras is None else extras.append(feats.tower[0], feats.extras)
-            split.dataset.extra[Batch.features] = head_input
+            head_input = feats.tower if extras is None else extras.append(feats.tower, feats.extras)
+            split.dataset.extra[Batch.features] = (
+                ViewedFeatures(head_input, self.cfg.seed) if len(head_input) > 1 else head_input[0]
+            )
             split.dataset.load_images = False
             split.dataset.patches = None
 
