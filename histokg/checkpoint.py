@@ -100,6 +100,7 @@ class LoadedModel:
             Key.params.genes: list(self.genes),
             Key.params.train_slides: self.meta.get("train_slides", []),
             Key.params.val_slides: self.meta.get("val_slides", []),
+            Key.params.validation_chose: self.meta.get("validation_chose", True),
             Key.params.image_extras: list(self.config.image_extras),
         }
 

@@ -104,6 +104,9 @@ def evaluate_embedded(
         raise InputError(f"evaluate: libraries {unknown} are not in the data ({libs})")
     warnings = []
     seen = sorted(set(heldout_libs) & set(model.get(Key.params.val_slides) or []))
+    chose = model.get(Key.params.validation_chose)  # a bool read back from .h5ad may be numpy's
+    if chose is not None and not bool(chose):  # a last.pt that ran its fixed epochs: no slide chose it
+        seen = []
     if seen:
         warnings.append(
             f"held-out slide(s) {seen} chose the checkpoint (validation slides for early stopping): "
@@ -148,6 +151,7 @@ def embedded_model(adata: ad.AnnData, checkpoint: str | Path | None = None) -> d
             Key.params.checkpoint_sha256,
             Key.params.train_slides,
             Key.params.val_slides,
+            Key.params.validation_chose,
         )
     }
     model = {
@@ -174,6 +178,7 @@ def embedded_model(adata: ad.AnnData, checkpoint: str | Path | None = None) -> d
             checkpoint_sha256=sha,
             train_slides=list(meta.get("train_slides", [])),
             val_slides=list(meta.get("val_slides", [])),
+            validation_chose=meta.get("validation_chose", True),
         )
     return model
 

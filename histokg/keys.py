@@ -174,7 +174,8 @@ class Key:
         embed_dim = "embed_dim"
         genes = "genes"  # the model's gene panel
         train_slides = "train_slides"
-        val_slides = "val_slides"  # slides that chose the checkpoint (early stopping)
+        val_slides = "val_slides"  # slides that validated the run (early stopping, best.pt)
+        validation_chose = "validation_chose"  # whether val_slides chose this checkpoint (absent: assume so)
         image_extras = "image_extras"  # extra image-head inputs (model.image_extras), e.g. ["naive"]
 
     class prediction:

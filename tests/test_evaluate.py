@@ -231,3 +231,20 @@ def test_plots_return_figures_draw_into_a_given_ax_and_show_only_when_asked(
     pl.pearson_hist(r, show=True)
     assert shown == [True]
     plt.close("all")
+
+
+@pytest.mark.parametrize("chose, warned", [(True, True), (np.False_, False), (None, True)])
+def test_validation_slide_warning_follows_whether_validation_chose_the_checkpoint(
+    study, tmp_path, chose, warned
+):
+    """A held-out slide that validated the run warns only if it chose the checkpoint (best.pt, an
+    early-stopped last.pt); a last.pt that ran its fixed epochs does not. Older files (no flag) warn."""
+    from histokg.heldout import evaluate_embedded
+
+    adata = with_embeddings(study.copy(), informative=True, seed=3)
+    params = adata.uns["histokg"]["params"]
+    params.update(train_slides=["S1", "S2"], val_slides=["S3"])
+    if chose is not None:
+        params["validation_chose"] = chose  # as read back from an .h5ad: numpy's bool
+    results = evaluate_embedded(adata, tmp_path / "eval", heldout_libs=["S3"], k=5, alpha=1.0)
+    assert bool(results["warnings"]) is warned

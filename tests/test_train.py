@@ -280,6 +280,9 @@ def test_training_writes_logs_and_learns_infonce(synth_study, tmp_path):
     best = max(h["recall@5"] for h in result.history)
     chance = result.history[-1]["chance_recall@5"]
     assert best > 3 * chance, (best, chance)
+    # no early stopping: last.pt ran its fixed epochs, no slide chose it; best.pt was chosen
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["meta"]["validation_chose"] is False
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["meta"]["validation_chose"] is True
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +333,10 @@ def test_bf16_autocast_grad_accumulation_and_early_stopping(synth_study, tmp_pat
     )  # nothing can improve by 0.5 recall: stop after epoch 2
     assert result.steps == 2 * (236 // 16 // 2)
     assert all(np.isfinite(h["recall@5"]) for h in result.history)
+    # the validation slide ended this run: its last.pt is as much its choice as best.pt
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert load_checkpoint(ckpts / "last.pt")["meta"]["validation_chose"] is True
+    assert load_checkpoint(ckpts / "best.pt")["meta"]["validation_chose"] is True
 
 
 @pytest.mark.slow

@@ -9,11 +9,13 @@ The :class:`~histokg.train.trainer.Trainer` calls the hooks of one :class:`Callb
 - ``on_epoch_end(trainer, loop)`` after that epoch is logged; ``loop.stop = True`` ends training;
 - ``on_interrupt(trainer, loop)`` when the run is interrupted (KeyboardInterrupt), before it propagates.
 
-The default list (:func:`default_callbacks`): :class:`Checkpointing` (last/best, every
-``checkpoint_every`` steps and at each epoch end, and on an interrupt), :class:`NonFiniteLoss`,
-:class:`EarlyStopping`. Tests add :class:`FaultInjection` (a killed run, a diverging loss) with
-:func:`inject_faults`. Checkpointing saves the best
-checkpoint when ``loop.improved``, which EarlyStopping sets in ``on_validation_end``.
+The default list (:func:`default_callbacks`): :class:`NonFiniteLoss`, :class:`EarlyStopping`,
+:class:`Checkpointing` (last/best, every ``checkpoint_every`` steps and at each epoch end, and on an
+interrupt). Tests add :class:`FaultInjection` (a killed run, a diverging loss) with
+:func:`inject_faults`. Checkpointing saves the best checkpoint when ``loop.improved``, which
+EarlyStopping sets in ``on_validation_end``; it runs after EarlyStopping, so the epoch-end checkpoint
+knows whether the validation slides ended the run (``meta["validation_chose"]``: true for best.pt and
+for the last.pt of an early-stopped run, false for a last.pt that ran its fixed epochs).
 """
 
 from __future__ import annotations
@@ -217,9 +219,9 @@ class Checkpointing(TrainingCallback):
     def on_epoch_end(self, trainer, loop):
         if trainer.info.is_main:
             state = trainer.state(loop)
-            save_checkpoint(trainer.last_path, state)
+            save_checkpoint(trainer.last_path, validation_chose(state, loop.stopped_early))
             if loop.improved:
-                save_checkpoint(trainer.best_path, state)
+                save_checkpoint(trainer.best_path, validation_chose(state, True))
         self._remember(trainer, loop)
 
     def on_interrupt(self, trainer, loop):
@@ -255,15 +257,22 @@ class Checkpointing(TrainingCallback):
         }
 
 
+def validation_chose(state: dict, chose: bool) -> dict:
+    """``state`` with ``meta["validation_chose"]``: whether the validation slides chose this checkpoint
+    (best.pt, or the end of an early-stopped run), so that evaluating on them is optimistic."""
+    return {**state, "meta": {**state["meta"], "validation_chose": bool(chose)}}
+
+
 def default_callbacks(trainer: Trainer) -> CallbackList:
-    """Checkpoints, the non-finite-loss stop and early stopping, as ``trainer.cfg`` says."""
+    """The non-finite-loss stop, early stopping and checkpoints, as ``trainer.cfg`` says (early stopping
+    decides before the epoch-end checkpoint is written, which records whether it did)."""
     cfg = trainer.cfg
     return CallbackList(
         [
-            Checkpointing(cfg.checkpoint_every),
             NonFiniteLoss(),
             EarlyStopping(
                 cfg.early_stopping.metric, cfg.early_stopping.patience, cfg.early_stopping.min_delta
             ),
+            Checkpointing(cfg.checkpoint_every),
         ]
     )
