@@ -108,10 +108,10 @@ TINY = [
     "ablations.uniformity_lam=[0.1]",
     "ablations.kg_models=[kg2e]",
     "ablations.expression_prior=[kg_uniformity]",
-    "ablations.expression_prior=[kg_uniformity]",
     "ablations.expr_input_kg=[infonce]",
+    "ablations.expr_input_kg_shuffled=[infonce]",
     "ablations.image_inputs=[naive+context]",
-    "ablations.image_input_losses=[infonce]",
+    "ablations.image_input_losses=[kg_uniformity]",
 ]
 
 
@@ -168,9 +168,14 @@ def test_bench_end_to_end_on_a_tiny_legacy_folder(legacy_study, tmp_path, capsys
         "kg_uniformity[lam=0.1]",
         "kg_soft[kg=kg2e]",
         "kg_uniformity[W=expression]",
-        "infonce[+naive+context]",
+        "kg_uniformity[+naive+context]",
+        "kg_uniformity[+naive+context][W=expression]",  # the image-input row's no-KG twin
+        "infonce[expr=kg shuffled]",  # expr=kg's control: the KG's gene sets over permuted genes
         "frozen_ridge_cv[+naive+context]",
     } <= methods
+    by_method = {(r["method"], r["slide"], r["seed"]): r["metrics"] for r in results["runs"]}
+    key = ("T1", 0)
+    assert by_method[("infonce[expr=kg]", *key)] != by_method[("infonce[expr=kg shuffled]", *key)]
     control = results["folds"][0]["prior"]["auroc"]["expression/control"]
     assert 0.5 < control["train"]["combined"] <= 1.0
     assert any(m.startswith("kg_soft[-") for m in methods)  # each kernel off in turn

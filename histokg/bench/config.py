@@ -39,6 +39,7 @@ class HeadsConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     init_temperature: float = 0.07
+    batches: str = "mixed"  # or within_slide: every batch from one training section (optim.batches)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -97,6 +98,9 @@ class AblationConfig:
     beta: tuple[float, ...] = ()  # kg_negatives prior strength sweep
     kg_models: tuple[str, ...] = ()  # kg_soft with a bundle of each KG model (transe, rotate, complex, kg2e)
     expr_input_kg: tuple[str, ...] = ()  # losses trained with KG activations as the expression tower's input
+    # the control of expr_input_kg: the same gene sets (sizes, overlaps, scoring) over a fixed random permutation
+    # of the panel's genes, so the input has the KG's shape but none of its knowledge of which genes go together
+    expr_input_kg_shuffled: tuple[str, ...] = ()
     untuned_prior: bool = False  # kg_soft with the configured (untuned) prior
     expression_prior: tuple[
         str, ...
@@ -116,6 +120,7 @@ class AblationConfig:
         for key, registry in (
             ("kg_models", model_registry),
             ("expr_input_kg", loss_registry),
+            ("expr_input_kg_shuffled", loss_registry),
             ("expression_prior", loss_registry),
             ("image_input_losses", loss_registry),
         ):

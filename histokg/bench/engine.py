@@ -40,6 +40,7 @@ class RunInputs:
     g_mean: np.ndarray | None = None  # (n_train, d_kg) KG2E Gaussians (kg_gaussian)
     g_var: np.ndarray | None = None
     prior: object | None = None  # histokg.priors.KGPrior for W
+    groups: np.ndarray | None = None  # (n_train,) training section of each spot (heads.batches: within_slide)
 
 
 def model_config(cfg: HeadsConfig):
@@ -71,6 +72,7 @@ def optim_config(cfg: HeadsConfig):
         min_lr_ratio=cfg.min_lr_ratio,
         grad_clip=cfg.grad_clip,
         amp="off",
+        batches=cfg.batches,
     )
 
 
@@ -141,7 +143,12 @@ def train_heads(
     loss = build_loss(loss_spec.name, cfg.embed_dim, prior_dim, **dict(loss_spec.kwargs)).to(device)
     joint = JointModule(model, loss, inputs.prior, dist_utils.DistInfo())
     optimizer = build_optimizer(model, loss, optim)
-    sampler = ShardedBatchSampler(n, min(cfg.batch_size, n), seed)
+    if cfg.batches == "within_slide" and inputs.groups is None:
+        raise ConfigError(
+            "heads.batches: within_slide needs the training section of each spot (RunInputs.groups)"
+        )
+    groups = inputs.groups if cfg.batches == "within_slide" else None
+    sampler = ShardedBatchSampler(n, min(cfg.batch_size, n), seed, groups=groups)
     scheduler = build_scheduler(optimizer, sampler.batches_per_epoch * cfg.epochs, optim)
     budget = _Budget()
     parts = StepParts(

@@ -181,13 +181,19 @@ class FoldBuilder:
                     entry["g_mean"], entry["g_var"] = prior.spot_gaussians(train_counts)
                 kg["priors"][(model, which)] = entry
         main = kg["priors"][(cfg.kg.model, "tuned")]["prior"]
-        if cfg.ablations.expr_input_kg:
-            acts = main.activations(train_counts)
-            data.ledger.fitted("KG activations' standardisation (expression input)", libs)
+        inputs = {"": None} if cfg.ablations.expr_input_kg else {}
+        if cfg.ablations.expr_input_kg_shuffled:  # one fixed permutation of the panel's genes
+            inputs["shuffled_"] = np.random.default_rng(0).permutation(len(genes))
+        for prefix, perm in inputs.items():
+            cols = slice(None) if perm is None else perm
+            acts = main.activations(train_counts[:, cols])
+            data.ledger.fitted(
+                f"KG activations' standardisation (expression input{' shuffled' * bool(prefix)})", libs
+            )
             mu, sd = acts.mean(0), acts.std(0) + 1e-6
-            kg["acts_train"] = ((acts - mu) / sd).astype(np.float32)
-            kg["acts_test"] = {
-                s: ((main.activations(counts_of(a, genes)) - mu) / sd).astype(np.float32)
+            kg[f"{prefix}acts_train"] = ((acts - mu) / sd).astype(np.float32)
+            kg[f"{prefix}acts_test"] = {
+                s: ((main.activations(counts_of(a, genes)[:, cols]) - mu) / sd).astype(np.float32)
                 for s, a in tests.items()
             }
         # quality: W of every prior in use, on the training slides and on each held-out slide

@@ -206,7 +206,7 @@ class Bench:
 
         cfg = self.cfg
         cls = LOSSES[spec.name]
-        needs_kg = cls.needs_prior or cls.needs_gaussians or expr_input == "kg"
+        needs_kg = cls.needs_prior or cls.needs_gaussians or expr_input != "genes"
         if needs_kg and not data.kg_inputs:
             return
         key = kg_key or (
@@ -214,8 +214,15 @@ class Bench:
             "tuned",
         )
         entry = data.kg_inputs.get("priors", {}).get(key, {})
-        expr_train = data.expr_inputs if expr_input == "genes" else data.kg_inputs["acts_train"]
-        expr_test = data.test_expr_inputs if expr_input == "genes" else data.kg_inputs["acts_test"]
+        if expr_input == "genes":
+            expr_train, expr_test = data.expr_inputs, data.test_expr_inputs
+        else:  # "kg" or "kg_shuffled" (its control): gene-set activations, the heads see a "kg" input
+            prefix = "shuffled_" if expr_input == "kg_shuffled" else ""
+            expr_train, expr_test = (
+                data.kg_inputs[f"{prefix}acts_train"],
+                data.kg_inputs[f"{prefix}acts_test"],
+            )
+            expr_input = "kg"
         train_feats, test_feats = image_inputs(data, image_input)
         inputs = RunInputs(
             features=train_feats,
@@ -224,6 +231,7 @@ class Bench:
             g_mean=entry.get("g_mean") if cls.needs_gaussians else None,
             g_var=entry.get("g_var") if cls.needs_gaussians else None,
             prior=entry.get("prior"),
+            groups=data.groups,
         )
         heads = (
             cfg.heads
@@ -323,10 +331,18 @@ class Bench:
         for name in ab.expr_input_kg:
             spec = next((c for c in cfg.losses if c.name == name), Component(name))
             self.run_loss(data, spec, f"{name}[expr=kg]", "ablation", expr_input="kg")
+        for name in ab.expr_input_kg_shuffled:
+            spec = next((c for c in cfg.losses if c.name == name), Component(name))
+            self.run_loss(data, spec, f"{name}[expr=kg shuffled]", "ablation", expr_input="kg_shuffled")
         for inputs in ab.image_inputs:
             for name in ab.image_input_losses:
                 spec = next((c for c in cfg.losses if c.name == name), Component(name))
                 self.run_loss(data, spec, f"{name}[+{inputs}]", "ablation", image_input=inputs)
+                if name in ab.expression_prior:  # the same inputs with W from expression: its no-KG twin
+                    self.run_loss(
+                        data, spec, f"{name}[+{inputs}][W=expression]", "ablation",
+                        kg_key=("expression", "control"), image_input=inputs,
+                    )  # fmt: skip
 
     # ------------------------------------------------------------------ main
     def run(self) -> dict[str, Any]:
