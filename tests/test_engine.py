@@ -19,11 +19,11 @@ from histokg.train.trainer import Trainer
 HEADS = HeadsConfig(embed_dim=32, expr_hidden=(64,), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2)
 
 
-def _trainer_cfg(study, out, image_extras=(), feature_views=1):
+def _trainer_cfg(study, out, image_extras=(), feature_views=1, heads=HEADS):
     from histokg.train.config import DataConfig
 
     cfg = train_config(
-        HEADS,
+        heads,
         data=DataConfig(study=str(study), patch_px=32, n_genes=64, val_slides=("S3",)),
         out_dir=str(out),
         seed=0,
@@ -42,13 +42,14 @@ def _trainer_cfg(study, out, image_extras=(), feature_views=1):
 
 
 @pytest.mark.parametrize(
-    "image_extras, views",
-    [((), 1), (("naive",), 1), (("naive",), 3)],
-    ids=["frozen", "frozen+naive", "frozen+naive, 3 views"],
+    "image_extras, views, batches",
+    [((), 1, "mixed"), (("naive",), 1, "mixed"), (("naive",), 3, "mixed"), ((), 1, "within_slide")],
+    ids=["frozen", "frozen+naive", "frozen+naive, 3 views", "frozen, batches within slides"],
 )
 def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_weights(
-    synth_study, tmp_path, monkeypatch, image_extras, views
+    synth_study, tmp_path, monkeypatch, image_extras, views, batches
 ):
+    heads = dataclasses.replace(HEADS, batches=batches)
     owners: list[str] = []
     step = engine.optimizer_step
 
@@ -57,7 +58,7 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
         step(parts, loop)
 
     monkeypatch.setattr(engine, "optimizer_step", counting_step)
-    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run", image_extras, views))
+    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run", image_extras, views, heads))
     result = trainer.fit()
     n_train = owners.count("train")
     assert n_train == result.steps > 0
@@ -71,8 +72,9 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
     assert feats.shape[0] == views
     if views > 1:  # the views differ (rotations of the patches), so the draw matters
         assert not np.array_equal(feats[0], feats[1])
-    inputs = RunInputs(features=feats, expr_inputs=trainer.train.expr_inputs)
-    joint, facts = train_heads(inputs, Component("infonce"), HEADS, seed=0)
+    slides = trainer.train.adata.obs["library_id"].astype(str).to_numpy()
+    inputs = RunInputs(features=feats, expr_inputs=trainer.train.expr_inputs, groups=slides)
+    joint, facts = train_heads(inputs, Component("infonce"), heads, seed=0)
     assert owners.count("bench") == facts["steps"] == result.steps
 
     ours = trainer.model.state_dict()
@@ -101,3 +103,31 @@ def test_a_non_finite_loss_stops_the_bench_with_one_line(monkeypatch):
     inputs.expr_inputs[3, 0] = np.nan
     with pytest.raises(TrainingError, match=r"loss became nan at step 1 .*training stopped\. lower optim.lr"):
         train_heads(inputs, Component("infonce"), dataclasses.replace(HEADS, epochs=1), seed=0)
+
+
+def test_batches_within_slides_hold_one_slide_each_and_shard_like_one_process():
+    """optim.batches: within_slide: every batch from one slide, every slide's spots used in whole
+    batches, a new draw each epoch; N ranks see together what one process sees (as mixed batches do)."""
+    from histokg.train.data import ShardedBatchSampler
+
+    groups = np.repeat(["A", "B", "C"], [50, 37, 20])
+    one = ShardedBatchSampler(len(groups), 16, seed=3, groups=groups)
+    assert one.batches_per_epoch == 50 // 16 + 37 // 16 + 20 // 16 == len(list(one))
+    batches = list(one)
+    assert all(len(set(groups[b])) == 1 and len(b) == 16 for b in batches)
+    assert len({i for b in batches for i in b}) == 16 * len(batches)  # no spot twice in an epoch
+    assert {groups[b[0]] for b in batches} == {"A", "B", "C"}
+    one.set_epoch(1)
+    epoch1 = list(one)
+    assert epoch1 != batches
+    one.set_epoch(1, start_batch=2)  # a run resumed mid-epoch continues with the same batches
+    assert list(one) == epoch1[2:] and len(one) == len(epoch1) - 2
+    two = [ShardedBatchSampler(len(groups), 8, seed=3, rank=r, world_size=2, groups=groups) for r in (0, 1)]
+    for s in (one, *two):
+        s.set_epoch(0)
+    for whole, a, b in zip(one, *two, strict=True):
+        assert whole == a + b
+    mixed = ShardedBatchSampler(len(groups), 16, seed=3)
+    assert any(len(set(groups[b])) > 1 for b in mixed)
+    with pytest.raises(Exception, match="within_slide"):
+        ShardedBatchSampler(len(groups), 64, seed=3, groups=groups)

@@ -38,6 +38,9 @@ class DataConfig:
         check(not shared, "val_slides", f"{shared} are also in exclude_slides")
 
 
+BATCHINGS = ("mixed", "within_slide")  # optim.batches
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     epochs: int = 10
@@ -50,8 +53,12 @@ class OptimConfig:
     min_lr_ratio: float = 0.05  # cosine decays to lr x this
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU), bf16, fp16, off
+    # mixed: batches drawn from all training spots; within_slide: each batch from one slide, so a spot's
+    # negatives are spots of its own section (batch-aware contrast: section identity cannot win the loss)
+    batches: str = "mixed"
 
     def __post_init__(self) -> None:
+        check(self.batches in BATCHINGS, "batches", f"{self.batches!r} is not one of {', '.join(BATCHINGS)}")
         for key in ("epochs", "batch_size", "grad_accum"):
             value = getattr(self, key)
             check(value >= 1, key, f"must be >= 1, got {value}")

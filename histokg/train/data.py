@@ -221,30 +221,57 @@ class ShardedBatchSampler(Sampler[list[int]]):
     ``perm[g * B * world : (g + 1) * B * world]`` and rank ``r`` takes its ``r``-th slice of ``B``.
     So N ranks with batch B see, together, exactly the batches one process with batch N*B sees.
     ``start_batch`` skips batches already done when resuming mid-epoch.
+
+    With ``groups`` (one slide index per spot: ``optim.batches: within_slide``) every global batch holds
+    spots of one slide, so a spot's negatives come from its own section and the contrast cannot be won by
+    telling sections apart (a batch effect). Each epoch shuffles every slide's spots, cuts them into
+    global batches (a slide's remainder sits the epoch out) and shuffles the order of the batches.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+        groups: Sequence[int] | np.ndarray | None = None,
+    ):  # fmt: skip
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start_batch = 0, 0
+        self.groups = None if groups is None else np.asarray(groups)
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"groups has {len(self.groups)} entries for {n} spots")
         if self.batches_per_epoch == 0:
+            within = " of any one slide (optim.batches: within_slide)" if self.groups is not None else ""
             raise ConfigError(
-                f"optim.batch_size {batch_size} x {world_size} processes exceeds the {n} training spots"
+                f"optim.batch_size {batch_size} x {world_size} processes exceeds the {n} training spots{within}"
             )
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.n // (self.batch_size * self.world_size)
+        global_batch = self.batch_size * self.world_size
+        if self.groups is None:
+            return self.n // global_batch
+        return int(sum(c // global_batch for c in np.unique(self.groups, return_counts=True)[1]))
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def __iter__(self):
+    def _global_batches(self) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=gen).tolist()
         global_batch = self.batch_size * self.world_size
-        for g in range(self.start_batch, self.batches_per_epoch):
-            chunk = perm[g * global_batch : (g + 1) * global_batch]
+        if self.groups is None:
+            perm = torch.randperm(self.n, generator=gen).tolist()
+            return [perm[g * global_batch : (g + 1) * global_batch] for g in range(self.batches_per_epoch)]
+        batches = []
+        for group in np.unique(self.groups):
+            members = np.flatnonzero(self.groups == group)
+            members = members[torch.randperm(len(members), generator=gen).numpy()].tolist()
+            batches += [
+                members[i : i + global_batch] for i in range(0, len(members) - global_batch + 1, global_batch)
+            ]
+        order = torch.randperm(len(batches), generator=gen).tolist()
+        return [batches[i] for i in order]
+
+    def __iter__(self):
+        for chunk in self._global_batches()[self.start_batch :]:
             yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def __len__(self) -> int:

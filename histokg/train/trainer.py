@@ -26,7 +26,7 @@ from histokg.config import save_config
 from histokg.errors import ConfigError
 from histokg.features import Extractor, FeatureCache, spot_features
 from histokg.io import atomic_open, output_lock
-from histokg.keys import Batch
+from histokg.keys import Batch, Key
 from histokg.losses import build_loss, loss_registry
 from histokg.models import DualEncoder
 from histokg.patch_stats import extra_functions, raw_extras
@@ -149,9 +149,13 @@ class Trainer:
     def _setup_loader(self) -> None:
         """The sharded batch sampler and loader of the training split; steps per epoch."""
         cfg = self.cfg
+        groups = None
+        if cfg.optim.batches == "within_slide":  # each batch from one training slide
+            groups = self.train.adata.obs[Key.obs.library_id].astype(str).to_numpy()
         self.sampler = ShardedBatchSampler(
-            len(self.train.dataset), cfg.optim.batch_size, cfg.seed, self.info.rank, self.info.world_size
-        )
+            len(self.train.dataset), cfg.optim.batch_size, cfg.seed, self.info.rank, self.info.world_size,
+            groups=groups,
+        )  # fmt: skip
         self.loader = DataLoader(
             self.train.dataset,
             batch_sampler=self.sampler,
