@@ -10,10 +10,11 @@ web app's uploads).
   file, a seed's random initialisation, the tower inside a checkpoint) key the cache by what they are.
 - :func:`spot_features`: the features of every spot (or tile) of an AnnData, in ``obs`` order, for
   ``views`` dihedral views (view 0 = the patch as read; 1-3 rotations by 90 degrees; 4-7 the same after
-  a horizontal flip), plus any ``extras`` (per-patch functions such as
+  a horizontal flip; with ``stain_jitter`` > 0 views 1-7 are also stain-jittered, :func:`hed_jitter`), plus
+  any ``extras`` (per-patch functions such as
   :func:`histokg.patch_stats.naive_features`) computed from the same patches in the same pass.
 - :class:`FeatureCache`: safetensors files, one per section and kind, content-addressed by the
-  extractor's identity, the patch geometry (um and px), the views, the slide file (resolved path, size,
+  extractor's identity, the patch geometry (um and px), the views (and their stain jitter), the slide file (resolved path, size,
   modification time, MPP) and the spots (ids and centres); written atomically. A changed input never
   reuses stale features, and the file's own list of spot ids is checked on every read.
 """
@@ -46,7 +47,7 @@ from histokg.st.pairing import PairingConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "Extractor", "FeatureCache", "SpotFeatures", "dihedral", "spot_features"]
+__all__ = ["BACKENDS", "Extractor", "FeatureCache", "SpotFeatures", "dihedral", "hed_jitter", "spot_features"]
 
 # A function of one (H, W, 3) uint8 patch returning a 1-d float vector, computed beside the tower.
 PatchFunction = Callable[[np.ndarray], np.ndarray]
@@ -56,6 +57,29 @@ def dihedral(patch: np.ndarray, view: int) -> np.ndarray:
     """View ``view`` (0-7) of an (H, W, 3) patch: rotation by 90 * (view % 4) degrees, flipped for view >= 4."""
     out = patch[:, ::-1] if view >= 4 else patch
     return np.ascontiguousarray(np.rot90(out, k=view % 4, axes=(0, 1)))
+
+
+def hed_jitter(patch: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A stain-augmented copy of an (H, W, 3) uint8 patch (HED jitter, as Tellez et al. 2018 describe it):
+    the patch's haematoxylin, eosin and DAB optical densities (scikit-image's colour deconvolution) are
+    each scaled by U(1 - s, 1 + s) and shifted by U(-s, s) times the channel's mean density, then
+    recomposed into RGB. ``strength`` 0 returns the patch unchanged."""
+    if strength == 0:
+        return patch
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(patch)
+    scale = rng.uniform(1 - strength, 1 + strength, 3)
+    shift = rng.uniform(-strength, strength, 3) * np.abs(hed).mean(axis=(0, 1))
+    rgb = hed2rgb(hed * scale + shift)
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _jitter_rng(spot_id: str, view: int) -> np.random.Generator:
+    """The stain jitter's draw for one spot's view: the same on every run, machine and batch size."""
+    import zlib
+
+    return np.random.default_rng([zlib.crc32(str(spot_id).encode()), view])
 
 
 def tensor_digest(module: nn.Module) -> str:
@@ -305,6 +329,7 @@ def spot_features(
     pairing: PairingConfig,
     *,
     views: int = 1,
+    stain_jitter: float = 0.0,
     cache: FeatureCache | None = None,
     extras: Mapping[str, PatchFunction] | None = None,
     batch_size: int = 32,
@@ -317,12 +342,16 @@ def spot_features(
 
     With a ``cache``, a section whose files exist is read, not computed; computed sections are written.
     ``dataset`` (a :class:`~histokg.st.dataset.SpotPatchDataset` of ``adata``) reuses its open slides and
-    in-memory patches. ``progress(done, total)`` is called after each batch of patches.
+    in-memory patches. ``progress(done, total)`` is called after each batch of patches. ``stain_jitter``
+    (0 <= s < 1) jitters the stain of views 1-7 (:func:`hed_jitter`, one draw per spot and view); view 0,
+    which validation, embedding and the extras use, stays the patch as read.
     """
     from histokg.st.dataset import SpotPatchDataset
 
     if not 1 <= views <= 8:
         raise InputError(f"features: views must be in 1..8, got {views}")
+    if not 0 <= stain_jitter < 1:
+        raise InputError(f"features: stain_jitter must be in [0, 1), got {stain_jitter}")
     extras = dict(extras or {})
     libs = _libraries(adata)
     own = dataset is None
@@ -336,11 +365,22 @@ def spot_features(
     try:
         for lib in dict.fromkeys(libs):  # sections in order of first appearance
             rows = np.flatnonzero(libs == lib)
-            keys = _keys(cache, ds, rows, lib, extractor, pairing, views, extras) if cache else None
+            view_spec = f"views={views}" + (f"|hed_jitter={stain_jitter:g}" if stain_jitter else "")
+            keys = _keys(cache, ds, rows, lib, extractor, pairing, view_spec, extras) if cache else None
             found = cache.read(keys, ds.spot_ids[rows]) if cache else None
             if found is None:
                 found = _compute(
-                    ds, rows, extractor, views, extras, batch_size, num_workers, lib, progress, done
+                    ds,
+                    rows,
+                    extractor,
+                    views,
+                    stain_jitter,
+                    extras,
+                    batch_size,
+                    num_workers,
+                    lib,
+                    progress,
+                    done,
                 )
                 computed.append(lib)
                 if cache:
@@ -434,7 +474,7 @@ def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
             thread.join(timeout=0.05)
 
 
-def _compute(ds, rows, extractor, views, extras, batch_size, num_workers, lib, progress, done):
+def _compute(ds, rows, extractor, views, stain_jitter, extras, batch_size, num_workers, lib, progress, done):
     tower: list[list[np.ndarray]] = [[] for _ in range(views)]
     extra: dict[str, list[np.ndarray]] = {name: [] for name in extras}
     n_batches = -(-len(rows) // batch_size)
@@ -448,8 +488,15 @@ def _compute(ds, rows, extractor, views, extras, batch_size, num_workers, lib, p
     ):
         for name, fn in extras.items():
             extra[name].extend(np.asarray(fn(p), np.float32) for p in patches)
+        ids = ds.spot_ids[rows[seen : seen + len(patches)]]
         for view in range(views):
-            batch = patches if view == 0 else np.stack([dihedral(p, view) for p in patches])
+            if view == 0:
+                batch = patches
+            else:
+                batch = np.stack([
+                    hed_jitter(dihedral(p, view), _jitter_rng(spot, view), stain_jitter)
+                    for p, spot in zip(patches, ids, strict=True)
+                ])  # fmt: skip
             tower[view].append(extractor(batch))
         seen += len(patches)
         if progress is not None:
@@ -475,7 +522,7 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def _keys(cache, ds, rows, lib, extractor, pairing, views, extras) -> dict[str, Path]:
+def _keys(cache, ds, rows, lib, extractor, pairing, view_spec, extras) -> dict[str, Path]:
     slide = _slide_identity(ds, rows, lib)
     geometry = f"{pairing.patch_um}|{pairing.patch_px}" + (
         f"|scan_mpp={pairing.read_mpp}" if pairing.read_mpp else ""
@@ -483,7 +530,7 @@ def _keys(cache, ds, rows, lib, extractor, pairing, views, extras) -> dict[str, 
     safe_lib = "".join(c if c.isalnum() or c in "-_." else "_" for c in lib)[:64]
     out = {
         "tower": cache.folder
-        / f"tower-{safe_lib}-{_key('tower', extractor.identity, geometry, f'views={views}', slide)}.safetensors"
+        / f"tower-{safe_lib}-{_key('tower', extractor.identity, geometry, view_spec, slide)}.safetensors"
     }
     for name in extras:
         out[name] = cache.folder / f"{name}-{safe_lib}-{_key(name, geometry, slide)}.safetensors"

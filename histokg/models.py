@@ -45,6 +45,9 @@ class ModelConfig:
     # then the same mirrored); each epoch every training spot reads one of them (feature-level augmentation,
     # as histokg bench's features.views); validation and embedding read view 0, the patch as it is
     feature_views: int = 1
+    # > 0: cached views 1-7 are also stain-jittered (HED jitter of this strength, histokg.features.hed_jitter;
+    # as histokg bench's features.stain_jitter); needs feature_views > 1
+    feature_stain_jitter: float = 0.0
     expr_input: str = "genes"  # "genes" (log-normalised gene panel) or "kg" (KG activations)
     expr_hidden: tuple[int, ...] = (512,)
     embed_dim: int = 128
@@ -66,6 +69,16 @@ class ModelConfig:
             "feature_views",
             f"{self.feature_views} views need a frozen tower on cached features (model.freeze_image=true, "
             "model.unfreeze_last=0, model.cache_features=true); on patches, data.augment flips and rotates them",
+        )
+        check(
+            0 <= self.feature_stain_jitter < 1,
+            "feature_stain_jitter",
+            f"must be in [0, 1), got {self.feature_stain_jitter}",
+        )
+        check(
+            self.feature_stain_jitter == 0 or self.feature_views > 1,
+            "feature_stain_jitter",
+            "jitters the cached views 1-7: set model.feature_views to 2-8 as well",
         )
         if self.image_extras:
             from histokg.patch_stats import check_extras

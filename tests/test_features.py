@@ -11,7 +11,7 @@ import timm
 import torch
 
 from histokg.errors import InputError
-from histokg.features import Extractor, FeatureCache, dihedral, read_ahead, spot_features
+from histokg.features import Extractor, FeatureCache, dihedral, hed_jitter, read_ahead, spot_features
 from histokg.st.dataset import SpotPatchDataset
 from histokg.st.pairing import PairingConfig
 
@@ -146,3 +146,28 @@ def test_read_ahead_keeps_order_raises_and_stops():
     time.sleep(0.05)
     assert len(produced) == count < 10  # stopped, not running on to the end
     assert not any(t.name == "histokg-read-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+def test_stain_jitter_changes_views_1_to_7_only_reproducibly_and_keys_the_cache(section, tmp_path):
+    """features.stain_jitter / model.feature_stain_jitter: views 1-7 get an HED jitter drawn per spot and
+    view (the same on every run), view 0 (validation, embedding, the extras) stays the patch as read, and
+    the jittered views never come from, or go to, the plain views' cache files."""
+    ds = SpotPatchDataset(section, PAIRING, expression=np.zeros((40, 1)))
+    patch = ds.read_image(0)
+    assert hed_jitter(patch, np.random.default_rng(0), 0.0) is patch
+    a, b = (hed_jitter(patch, np.random.default_rng(seed), 0.3) for seed in (0, 1))
+    assert a.dtype == np.uint8 and a.shape == patch.shape and not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, hed_jitter(patch, np.random.default_rng(0), 0.3))
+    assert np.abs(a.astype(int) - patch).mean() > 1  # a visible change of stain, not a rounding error
+
+    extractor = Extractor.create("test_efficientnet", None, seed=0)
+    cache = FeatureCache(tmp_path / "cache")
+    plain = spot_features(section, extractor, PAIRING, cache=cache, views=3)
+    jittered = spot_features(section, extractor, PAIRING, cache=cache, views=3, stain_jitter=0.3)
+    assert jittered.computed == ["S1"]  # not read from the plain views' file
+    np.testing.assert_array_equal(jittered.tower[0], plain.tower[0])
+    assert not np.allclose(jittered.tower[1:], plain.tower[1:])
+    fresh = spot_features(section, extractor, PAIRING, views=3, stain_jitter=0.3, batch_size=7)
+    np.testing.assert_allclose(fresh.tower, jittered.tower, rtol=1e-5, atol=1e-6)  # any batch size
+    with pytest.raises(InputError, match="stain_jitter"):
+        spot_features(section, extractor, PAIRING, views=3, stain_jitter=1.5)

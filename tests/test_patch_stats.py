@@ -197,3 +197,13 @@ def test_feature_views_need_a_frozen_tower_on_cached_features_and_a_count_in_1_t
     for bad in (0, 9):
         with pytest.raises(ConfigError, match=rf"model\.feature_views: must be in 1\.\.8, got {bad}"):
             load_config(TrainConfig, None, [*FROZEN, f"model.feature_views={bad}"])
+
+
+def test_feature_stain_jitter_needs_views_and_a_strength_below_1():
+    """model.feature_stain_jitter jitters cached views 1-7: refused without them, or out of [0, 1)."""
+    cfg = load_config(TrainConfig, None, [*FROZEN, "model.feature_views=8", "model.feature_stain_jitter=0.1"])
+    assert cfg.model.feature_stain_jitter == 0.1
+    with pytest.raises(ConfigError, match=r"model\.feature_stain_jitter: jitters the cached views 1-7"):
+        load_config(TrainConfig, None, [*FROZEN, "model.feature_stain_jitter=0.1"])
+    with pytest.raises(ConfigError, match=r"model\.feature_stain_jitter: must be in \[0, 1\), got 1\.5"):
+        load_config(TrainConfig, None, [*FROZEN, "model.feature_views=8", "model.feature_stain_jitter=1.5"])

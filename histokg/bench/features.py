@@ -34,6 +34,9 @@ class FeatureConfig:
     patch_um: float = 112.0  # physical patch side (HEST-Benchmark: 112 um at 0.5 um/px = 224 px)
     patch_px: int = 224
     views: int = 1  # dihedral views per spot (1 = as read; 8 = all rotations and flips) for augmentation
+    stain_jitter: float = (
+        0.0  # > 0: views 1-7 also HED-jittered by this strength (histokg.features.hed_jitter)
+    )
     # read every patch as a scan at this um/px would show it (resolution-matched folds: e.g. 3.4, her2st
     # patient A's scan, for patient C's 0.735 um/px sections); None: each slide's own resolution
     read_mpp: float | None = None
@@ -48,6 +51,7 @@ class FeatureConfig:
         from pathways_kg.dataconf import DataConfError, check
 
         check(1 <= self.views <= 8, "views", f"must be in 1..8, got {self.views}")
+        check(0 <= self.stain_jitter < 1, "stain_jitter", f"must be in [0, 1), got {self.stain_jitter}")
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(

@@ -111,7 +111,8 @@ class Bench:
         self.features_backend = extractor.backend
         for sid, adata in tqdm(self.sections.items(), desc="frozen features", unit="section"):
             found = spot_features(
-                adata, extractor, pairing, views=fcfg.views, cache=cache, extras=extra_functions(("naive",)),
+                adata, extractor, pairing, views=fcfg.views, stain_jitter=fcfg.stain_jitter, cache=cache,
+                extras=extra_functions(("naive",)),
                 batch_size=fcfg.batch_size,
             )  # fmt: skip
             self.feats[sid] = (found.tower, found.extras[NAIVE])

@@ -203,6 +203,7 @@ class Trainer:
                 cache=cache,
                 extras=extras,
                 views=views,
+                stain_jitter=self.cfg.model.feature_stain_jitter if views > 1 else 0.0,
                 batch_size=64,
                 dataset=split.dataset,
             )
