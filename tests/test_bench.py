@@ -15,7 +15,7 @@ from histokg.bench.config import BenchConfig
 from histokg.bench.data import load_sections, make_folds
 from histokg.cli import main
 from histokg.config import load_config
-from histokg.errors import InputError
+from histokg.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 PITCH_PX = 100  # 200 um legacy-ST pitch at 2 um/px
@@ -289,6 +289,13 @@ def test_bench_configs_load():
     for path in sorted((REPO / "configs" / "bench").glob("*.yaml")):
         cfg = load_config(BenchConfig, path)
         assert cfg.seeds >= 1, path
+    her2st = REPO / "configs" / "bench" / "her2st.yaml"
+    cfg = load_config(BenchConfig, her2st, ["features.stain_jitter=0.2", "heads.batches=within_slide"])
+    assert cfg.features.stain_jitter == 0.2 and cfg.heads.batches == "within_slide"
+    with pytest.raises(ConfigError, match=r"features\.stain_jitter: jitters views 1-7"):
+        load_config(BenchConfig, her2st, ["features.stain_jitter=0.2", "features.views=1"])
+    with pytest.raises(ConfigError, match=r"heads\.batches: 'by_patient' is not one of mixed, within_slide"):
+        load_config(BenchConfig, her2st, ["heads.batches=by_patient"])
 
 
 def test_bench_without_kg_genes_runs_the_rest_and_says_why(tmp_path, capsys):

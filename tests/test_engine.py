@@ -131,3 +131,13 @@ def test_batches_within_slides_hold_one_slide_each_and_shard_like_one_process():
     assert any(len(set(groups[b])) > 1 for b in mixed)
     with pytest.raises(Exception, match="within_slide"):
         ShardedBatchSampler(len(groups), 64, seed=3, groups=groups)
+
+
+def test_a_slide_smaller_than_a_batch_is_named_not_silently_left_out(caplog):
+    from histokg.train.data import ShardedBatchSampler
+
+    groups = np.repeat(["A", "B", "C"], [50, 37, 20])
+    with caplog.at_level("WARNING"):
+        sampler = ShardedBatchSampler(len(groups), 32, seed=0, groups=groups)
+    assert "C (20 spots) hold fewer spots than one batch (32 x 1 processes) and never train" in caplog.text
+    assert all(groups[b[0]] != "C" for b in sampler)

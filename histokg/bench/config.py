@@ -46,6 +46,9 @@ class HeadsConfig:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
         check(self.expr_input in ("genes", "kg"), "expr_input", f"{self.expr_input!r} is not 'genes' or 'kg'")
+        from histokg.train.config import BATCHINGS
+
+        check(self.batches in BATCHINGS, "batches", f"{self.batches!r} is not one of {', '.join(BATCHINGS)}")
         check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr}")
 
 

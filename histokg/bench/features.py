@@ -52,6 +52,11 @@ class FeatureConfig:
 
         check(1 <= self.views <= 8, "views", f"must be in 1..8, got {self.views}")
         check(0 <= self.stain_jitter < 1, "stain_jitter", f"must be in [0, 1), got {self.stain_jitter}")
+        check(
+            self.stain_jitter == 0 or self.views > 1,
+            "stain_jitter",
+            "jitters views 1-7: set features.views to 2-8 as well",
+        )
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(

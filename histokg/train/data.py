@@ -238,6 +238,17 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.groups = None if groups is None else np.asarray(groups)
         if self.groups is not None and len(self.groups) != n:
             raise ValueError(f"groups has {len(self.groups)} entries for {n} spots")
+        if self.groups is not None:
+            names, counts = np.unique(self.groups, return_counts=True)
+            small = [
+                f"{g} ({c} spots)" for g, c in zip(names, counts, strict=True) if c < batch_size * world_size
+            ]
+            if small and len(small) < len(names):
+                log.warning(
+                    "optim.batches: within_slide: %s hold fewer spots than one batch (%d x %d processes) and "
+                    "never train; lower optim.batch_size or use mixed batches",
+                    ", ".join(map(str, small)), batch_size, world_size,
+                )  # fmt: skip
         if self.batches_per_epoch == 0:
             within = " of any one slide (optim.batches: within_slide)" if self.groups is not None else ""
             raise ConfigError(
