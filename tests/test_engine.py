@@ -19,7 +19,7 @@ from histokg.train.trainer import Trainer
 HEADS = HeadsConfig(embed_dim=32, expr_hidden=(64,), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2)
 
 
-def _trainer_cfg(study, out, image_extras=(), feature_views=1, heads=HEADS):
+def _trainer_cfg(study, out, image_extras=(), feature_views=1, heads=HEADS, stain_jitter=0.0):
     from histokg.train.config import DataConfig
 
     cfg = train_config(
@@ -37,17 +37,30 @@ def _trainer_cfg(study, out, image_extras=(), feature_views=1, heads=HEADS):
             image_weights=None,
             image_extras=image_extras,
             feature_views=feature_views,
+            feature_stain_jitter=stain_jitter,
         ),
     )
 
 
 @pytest.mark.parametrize(
-    "image_extras, views, batches",
-    [((), 1, "mixed"), (("naive",), 1, "mixed"), (("naive",), 3, "mixed"), ((), 1, "within_slide")],
-    ids=["frozen", "frozen+naive", "frozen+naive, 3 views", "frozen, batches within slides"],
+    "image_extras, views, batches, jitter",
+    [
+        ((), 1, "mixed", 0.0),
+        (("naive",), 1, "mixed", 0.0),
+        (("naive",), 3, "mixed", 0.0),
+        ((), 1, "within_slide", 0.0),
+        ((), 3, "mixed", 0.2),
+    ],
+    ids=[
+        "frozen",
+        "frozen+naive",
+        "frozen+naive, 3 views",
+        "frozen, batches within slides",
+        "3 stain-jittered views",
+    ],
 )
 def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_weights(
-    synth_study, tmp_path, monkeypatch, image_extras, views, batches
+    synth_study, tmp_path, monkeypatch, image_extras, views, batches, jitter
 ):
     heads = dataclasses.replace(HEADS, batches=batches)
     owners: list[str] = []
@@ -58,7 +71,7 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
         step(parts, loop)
 
     monkeypatch.setattr(engine, "optimizer_step", counting_step)
-    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run", image_extras, views, heads))
+    trainer = Trainer(_trainer_cfg(synth_study, tmp_path / "run", image_extras, views, heads, jitter))
     result = trainer.fit()
     n_train = owners.count("train")
     assert n_train == result.steps > 0
@@ -72,6 +85,16 @@ def test_train_on_cached_features_and_the_bench_run_the_one_loop_to_the_same_wei
     assert feats.shape[0] == views
     if views > 1:  # the views differ (rotations of the patches), so the draw matters
         assert not np.array_equal(feats[0], feats[1])
+    if jitter:  # the trainer cached the stain-jittered views the bench computes with features.stain_jitter
+        from histokg.features import Extractor, spot_features
+
+        tower = Extractor.of_model(trainer.model)
+        cfg = trainer.train.dataset.cfg
+        again = spot_features(trainer.train.adata, tower, cfg, views=views, stain_jitter=jitter)
+        np.testing.assert_allclose(again.tower, feats, rtol=1e-4, atol=1e-5)
+        plain = spot_features(trainer.train.adata, tower, cfg, views=views)
+        np.testing.assert_allclose(plain.tower[0], feats[0], rtol=1e-4, atol=1e-5)
+        assert not np.allclose(plain.tower[1:], feats[1:], atol=1e-3)
     slides = trainer.train.adata.obs["library_id"].astype(str).to_numpy()
     inputs = RunInputs(features=feats, expr_inputs=trainer.train.expr_inputs, groups=slides)
     joint, facts = train_heads(inputs, Component("infonce"), heads, seed=0)
