@@ -118,11 +118,14 @@ def saved_model_config(meta: dict, source: str) -> tuple[ModelConfig, PairingCon
         model_cfg = from_dict(ModelConfig, config.get("model"), "model")
     except ConfigError as exc:
         raise InputError(f"{source}: its saved config is not valid ({exc})") from None
-    geometry = {key: data[key] for key in ("patch_um", "patch_px") if key in data}
+    geometry = {
+        key: data[key] for key in ("patch_um", "patch_px", "stain_norm", "stain_target") if key in data
+    }
     try:  # PairingConfig checks the geometry against histokg.budget
         pairing = from_dict(PairingConfig, geometry, "data")
     except ConfigError as exc:
         shown = f"{geometry.get('patch_um')} um at {geometry.get('patch_px')} px"
+        shown += f", stain {geometry.get('stain_norm', 'none')}"
         raise InputError(f"{source}: its saved patch geometry ({shown}) is not valid ({exc})") from None
     return replace(model_cfg, image_weights=None), pairing
 

@@ -14,9 +14,10 @@ web app's uploads).
   any ``extras`` (per-patch functions such as
   :func:`histokg.patch_stats.naive_features`) computed from the same patches in the same pass.
 - :class:`FeatureCache`: safetensors files, one per section and kind, content-addressed by the
-  extractor's identity, the patch geometry (um and px), the views (and their stain jitter), the slide file (resolved path, size,
-  modification time, MPP) and the spots (ids and centres); written atomically. A changed input never
-  reuses stale features, and the file's own list of spot ids is checked on every read.
+  extractor's identity, the patch geometry (um and px, a scan resolution, a stain normalisation), the
+  views (and their stain jitter), the slide file (resolved path, size, modification time, MPP) and the
+  spots (ids and centres); written atomically. A changed input never reuses stale features, and the
+  file's own list of spot ids is checked on every read.
 """
 
 from __future__ import annotations
@@ -524,8 +525,10 @@ def _key(*parts: str) -> str:
 
 def _keys(cache, ds, rows, lib, extractor, pairing, view_spec, extras) -> dict[str, Path]:
     slide = _slide_identity(ds, rows, lib)
-    geometry = f"{pairing.patch_um}|{pairing.patch_px}" + (
-        f"|scan_mpp={pairing.read_mpp}" if pairing.read_mpp else ""
+    geometry = (
+        f"{pairing.patch_um}|{pairing.patch_px}"
+        + (f"|scan_mpp={pairing.read_mpp}" if pairing.read_mpp else "")
+        + pairing.stain_spec
     )
     safe_lib = "".join(c if c.isalnum() or c in "-_." else "_" for c in lib)[:64]
     out = {

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from histokg.patch_stats import N_NAIVE, NAIVE, naive_features
+from histokg.wsi.stain import DEFAULT_TARGET
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class FeatureConfig:
     # read every patch as a scan at this um/px would show it (resolution-matched folds: e.g. 3.4, her2st
     # patient A's scan, for patient C's 0.735 um/px sections); None: each slide's own resolution
     read_mpp: float | None = None
+    # stain normalisation of every patch before the tower and the colour/texture numbers (none or reinhard:
+    # each slide's tissue statistics onto stain_target; histokg.wsi.stain), as histokg train's data.stain_norm
+    stain_norm: str = "none"
+    stain_target: tuple[float, ...] = DEFAULT_TARGET
     batch_size: int = 32
     device: str = "auto"
     # the frozen tower's forward pass: auto (ONNX Runtime on the CPU, else PyTorch), torch or onnx
@@ -48,6 +53,7 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         from histokg import budget
         from histokg.features import BACKENDS
+        from histokg.st.pairing import check_stain
         from pathways_kg.dataconf import DataConfError, check
 
         check(1 <= self.views <= 8, "views", f"must be in 1..8, got {self.views}")
@@ -58,6 +64,7 @@ class FeatureConfig:
             "jitters views 1-7: set features.views to 2-8 as well",
         )
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
+        check_stain(self.stain_norm, self.stain_target, check)
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(
             self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"

@@ -105,7 +105,13 @@ class Bench:
             model_dir=self.cache / "onnx",
         )
         cache = FeatureCache(self.cache / "features")
-        pairing = PairingConfig(patch_um=fcfg.patch_um, patch_px=fcfg.patch_px, read_mpp=fcfg.read_mpp)
+        pairing = PairingConfig(
+            patch_um=fcfg.patch_um,
+            patch_px=fcfg.patch_px,
+            read_mpp=fcfg.read_mpp,
+            stain_norm=fcfg.stain_norm,
+            stain_target=fcfg.stain_target,
+        )
         self.feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.features_computed = []
         self.features_backend = extractor.backend

@@ -91,9 +91,15 @@ class SpotPatchDataset(Dataset):
         if self.patches is not None:
             return self.patches[index]
         lib = self.libraries[index]
-        patch, _ = self.slide(lib).read_physical(
+        slide = self.slide(lib)
+        patch, _ = slide.read_physical(
             tuple(self.xy[index]), self.cfg.patch_um, self.cfg.patch_px, scan_mpp=self.cfg.read_mpp
         )
+        target = self.cfg.stain
+        if target is not None:  # data.stain_norm: the slide's tissue statistics onto the target's
+            from histokg.wsi.stain import reinhard, stats_of
+
+            patch = reinhard(patch, stats_of(slide), target)
         return patch
 
     def __getitem__(self, index: int) -> dict:

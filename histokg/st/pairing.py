@@ -22,6 +22,7 @@ from histokg.keys import Key
 from histokg.st.contract import bool_flag, check_spots, check_spots_in_image
 from histokg.wsi.mask import MaskConfig, detect_tissue
 from histokg.wsi.slide import Slide, open_slide
+from histokg.wsi.stain import DEFAULT_TARGET, STAIN_NORMS, StainStats
 from histokg.wsi.tiling import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -37,15 +38,41 @@ class PairingConfig:
     # read every patch as a scan at this um/px would show it (e.g. 3.4 to match a low-resolution
     # section); None: the slide's own resolution
     read_mpp: float | None = None
+    # stain normalisation of every patch (histokg.wsi.stain): none, or reinhard onto stain_target (CIELAB
+    # mean L, a, b then std L, a, b; the default is the OpenSlide test slide CMU-1-Small-Region's tissue)
+    stain_norm: str = "none"
+    stain_target: tuple[float, ...] = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
-        from pathways_kg.dataconf import DataConfError
+        from pathways_kg.dataconf import DataConfError, check
 
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
+        check_stain(self.stain_norm, self.stain_target, check)
+
+    @property
+    def stain(self) -> StainStats | None:
+        """The stain target when patches are normalised, else None."""
+        return StainStats.of(self.stain_target) if self.stain_norm == "reinhard" else None
+
+    @property
+    def stain_spec(self) -> str:
+        """What the stain normalisation is, as the feature cache keys it ("" when off)."""
+        if self.stain_norm == "none":
+            return ""
+        return f"|stain={self.stain_norm}:" + ",".join(f"{v:g}" for v in self.stain_target)
 
     @property
     def target_mpp(self) -> float:
         return self.patch_um / self.patch_px
+
+
+def check_stain(norm: str, target, check) -> None:
+    """``stain_norm`` and ``stain_target`` as a config holds them; ``check(ok, field, message)`` raises."""
+    check(norm in STAIN_NORMS, "stain_norm", f"must be one of {', '.join(STAIN_NORMS)}, got {norm!r}")
+    try:
+        StainStats.of(target)
+    except InputError as exc:
+        check(False, "stain_target", str(exc).split(": ", 1)[1])
 
 
 def slide_paths(
@@ -184,6 +211,7 @@ def pair_spots(
     params[Key.histokg.pairing] = {
         **asdict(cfg),
         "mask": asdict(cfg.mask),
+        "stain_target": list(cfg.stain_target),
         "target_mpp": cfg.target_mpp,
         "slides": {k: str(v.resolve()) for k, v in paths.items()},
     }

@@ -9,7 +9,9 @@ from histokg import budget
 from histokg.config import Component, check
 from histokg.models import ModelConfig
 from histokg.priors import PriorConfig
+from histokg.st.pairing import check_stain
 from histokg.st.transforms import AugmentConfig
+from histokg.wsi.stain import DEFAULT_TARGET
 from pathways_kg.dataconf import DataConfError
 
 
@@ -25,6 +27,12 @@ class DataConfig:
     genes: str | None = None  # or an explicit panel: a file with one gene per line
     patch_um: float = 112.0
     patch_px: int = 224
+    # stain normalisation of every patch (histokg.wsi.stain): none, or reinhard (each slide's tissue colour
+    # statistics in CIELAB moved onto stain_target: mean L, a, b then std L, a, b; the default target is
+    # the OpenSlide test slide CMU-1-Small-Region's tissue). Recorded in the checkpoint: embedding and
+    # prediction normalise new slides the same way
+    stain_norm: str = "none"
+    stain_target: tuple[float, ...] = DEFAULT_TARGET
     in_tissue_only: bool = True
     cache_patches: bool = True  # read each spot's patch once into memory (small studies)
     num_workers: int = 0
@@ -33,6 +41,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check(self.n_genes >= 1, "n_genes", f"must be >= 1, got {self.n_genes}")
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
+        check_stain(self.stain_norm, self.stain_target, check)
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         shared = sorted(set(self.val_slides) & set(self.exclude_slides))
         check(not shared, "val_slides", f"{shared} are also in exclude_slides")

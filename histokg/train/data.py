@@ -339,7 +339,12 @@ def prepare_data(cfg, loss_cls, *, needs_bundle: bool, images: bool = True) -> R
         from histokg.priors import KGPrior
 
         prior = KGPrior.from_bundle(cfg.prior.bundle, list(spots.var_names), cfg.prior)
-    pairing = PairingConfig(patch_um=cfg.data.patch_um, patch_px=cfg.data.patch_px)
+    pairing = PairingConfig(
+        patch_um=cfg.data.patch_um,
+        patch_px=cfg.data.patch_px,
+        stain_norm=cfg.data.stain_norm,
+        stain_target=cfg.data.stain_target,
+    )
     common = dict(
         prior=prior,
         expr_input=cfg.model.expr_input,
