@@ -109,22 +109,23 @@ def check_backend(name: str) -> str:
 class _UInt8Tower(nn.Module):
     """The backbone with its input normalisation in front: uint8 (N, H, W, 3) in (the graph ORT runs)."""
 
-    def __init__(self, backbone: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, backbone: nn.Module, mean: torch.Tensor, std: torch.Tensor, stages=()):
         super().__init__()
-        self.backbone, self.mean, self.std = backbone, mean, std
+        self.backbone, self.mean, self.std, self.stages = backbone, mean, std, tuple(stages)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        from histokg.models import normalise
+        from histokg.models import normalise, pooled_features
 
         x = patches.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        return self.backbone(normalise(x, self.mean, self.std))
+        return pooled_features(self.backbone, normalise(x, self.mean, self.std), self.stages)
 
 
 class Extractor:
     """A backbone and its input normalisation: uint8 patches in, pooled features out.
 
     ``dtype`` is the autocast dtype of the forward pass (the trainer's mixed precision on a GPU; None:
-    float32); it is part of the identity. Features always come back as float32 numpy arrays.
+    float32); it is part of the identity. ``stages``: intermediate stages whose spatially averaged
+    activations follow the pooled features (:func:`histokg.models.pooled_features`); part of the identity. Features always come back as float32 numpy arrays.
 
     ``backend`` runs the forward pass: ``torch``, or ``onnx`` (ONNX Runtime on the CPU: the tower exported
     once per identity and input size, cached in ``model_dir``, by default
@@ -145,16 +146,18 @@ class Extractor:
         dtype: torch.dtype | None = None,
         backend: str = "torch",
         model_dir: str | Path | None = None,
+        stages: tuple[int, ...] = (),
     ):
-        from histokg.models import input_stats
+        from histokg.models import input_stats, stage_widths
 
         self.backbone = backbone
+        self.stages = tuple(stages)
         self.architecture = architecture
         self.device = torch.device(device)
         self.dtype = dtype
         mean, std = input_stats(backbone)
         self.mean, self.std = mean.to(self.device), std.to(self.device)
-        self.num_features = int(backbone.num_features)
+        self.num_features = int(backbone.num_features) + sum(stage_widths(backbone, self.stages))
         self.model_dir = Path(model_dir) if model_dir else None
         self.backend = self._choose(check_backend(backend))
         self._sessions: dict[tuple[int, int], object] = {}  # (H, W) -> ORT session, or None: PyTorch
@@ -170,6 +173,7 @@ class Extractor:
         seed: int = 0,
         backend: str = "auto",
         model_dir: str | Path | None = None,
+        stages: tuple[int, ...] = (),
     ) -> Extractor:
         """A frozen backbone of ``architecture`` with ``weights`` (a named set, a local file, or None for a
         random initialisation drawn from ``seed``). Built on a forked RNG, so that creating it draws nothing
@@ -190,6 +194,7 @@ class Extractor:
             dtype=dtype,
             backend=backend,
             model_dir=model_dir,
+            stages=stages,
         )
 
     @classmethod
@@ -203,7 +208,8 @@ class Extractor:
         model_dir: str | Path | None = None,
     ) -> Extractor:
         """The backbone of a :class:`~histokg.models.DualEncoder` (shared, not copied). PyTorch by default:
-        a model in training changes its weights; inference passes ``backend="auto"``."""
+        a model in training changes its weights; inference passes ``backend="auto"``. The model's
+        ``feature_stages`` come with it."""
         device = device or next(model.parameters()).device
         return cls(
             model.image.backbone,
@@ -212,6 +218,7 @@ class Extractor:
             dtype=dtype,
             backend=backend,
             model_dir=model_dir,
+            stages=model.cfg.feature_stages,
         )
 
     def _choose(self, backend: str) -> str:
@@ -242,7 +249,8 @@ class Extractor:
     def identity(self) -> str:
         """Architecture and weights, as the cache key names them (computed once: a frozen tower)."""
         amp = f"|autocast={self.dtype}" if self.dtype is not None else ""
-        return f"{self.architecture}|sha256:{tensor_digest(self.backbone)}{amp}"
+        stages = f"|stages={','.join(map(str, self.stages))}" if self.stages else ""
+        return f"{self.architecture}|sha256:{tensor_digest(self.backbone)}{amp}{stages}"
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Features (N, d) float32 of uint8 patches (N, H, W, 3); the backbone runs in eval mode."""
@@ -273,7 +281,11 @@ class Extractor:
             self.backbone.eval()
             try:
                 session, path = onnx_session(
-                    _UInt8Tower(self.backbone, self.mean, self.std), self.identity, size, folder, self._torch
+                    _UInt8Tower(self.backbone, self.mean, self.std, self.stages),
+                    self.identity,
+                    size,
+                    folder,
+                    self._torch,
                 )
                 where = str(path or "in memory")
                 (log.debug if where in _ANNOUNCED else log.info)(
@@ -295,7 +307,7 @@ class Extractor:
 
     @torch.no_grad()
     def _torch(self, patches: np.ndarray) -> np.ndarray:
-        from histokg.models import normalise
+        from histokg.models import normalise, pooled_features
 
         was_training = self.backbone.training
         self.backbone.eval()
@@ -303,7 +315,7 @@ class Extractor:
             x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device)
             x = normalise(x.permute(0, 3, 1, 2).float().div_(255.0), self.mean, self.std)
             with self.autocast():
-                out = self.backbone(x)
+                out = pooled_features(self.backbone, x, self.stages)
         finally:
             self.backbone.train(was_training)
         return out.float().cpu().numpy()

@@ -48,6 +48,10 @@ class ModelConfig:
     # > 0: cached views 1-7 are also stain-jittered (HED jitter of this strength, histokg.features.hed_jitter;
     # as histokg bench's features.stain_jitter); needs feature_views > 1
     feature_stain_jitter: float = 0.0
+    # intermediate stages of the tower whose activations, averaged over space, follow its pooled features
+    # (indices into timm's feature_info: 0 = the earliest; e.g. [2, 3] for tf_efficientnet_lite0's 40- and
+    # 112-channel stages); needs a frozen tower on cached features; as histokg bench's features.stages
+    feature_stages: tuple[int, ...] = ()
     expr_input: str = "genes"  # "genes" (log-normalised gene panel) or "kg" (KG activations)
     expr_hidden: tuple[int, ...] = (512,)
     embed_dim: int = 128
@@ -79,6 +83,19 @@ class ModelConfig:
             self.feature_stain_jitter == 0 or self.feature_views > 1,
             "feature_stain_jitter",
             "jitters the cached views 1-7: set model.feature_views to 2-8 as well",
+        )
+        check(
+            not self.feature_stages
+            or (self.freeze_image and self.unfreeze_last == 0 and self.cache_features),
+            "feature_stages",
+            f"{list(self.feature_stages)} needs a frozen tower on cached features (model.freeze_image=true, "
+            "model.unfreeze_last=0, model.cache_features=true)",
+        )
+        check(
+            len(set(self.feature_stages)) == len(self.feature_stages)
+            and all(i >= 0 for i in self.feature_stages),
+            "feature_stages",
+            f"must be distinct stage indices >= 0, got {list(self.feature_stages)}",
         )
         if self.image_extras:
             from histokg.patch_stats import check_extras
@@ -184,6 +201,32 @@ def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
     return [m for m in backbone.children() if any(True for _ in m.parameters())]
 
 
+def stage_widths(backbone: nn.Module, stages: Sequence[int]) -> list[int]:
+    """Channels of the intermediate ``stages`` of a timm backbone (indices into its ``feature_info``);
+    an InputError names the architecture and its stages when one does not exist."""
+    info = getattr(backbone, "feature_info", None)
+    name = str(getattr(backbone, "pretrained_cfg", {}).get("architecture", type(backbone).__name__))
+    if stages and (not info or not hasattr(backbone, "forward_intermediates")):
+        raise InputError(f"feature_stages: {name} does not expose intermediate stages")
+    chans = [int(f["num_chs"]) for f in info] if info else []
+    bad = [i for i in stages if not 0 <= i < len(chans)]
+    if bad:
+        raise InputError(
+            f"feature_stages: {name} has stages 0..{len(chans) - 1} (channels {chans}), got {list(stages)}"
+        )
+    return [chans[i] for i in stages]
+
+
+def pooled_features(backbone: nn.Module, x: torch.Tensor, stages: Sequence[int] = ()) -> torch.Tensor:
+    """The backbone's pooled features of normalised images ``x``, followed by the spatial mean of each of
+    its intermediate ``stages`` (:func:`stage_widths`): (N, num_features + sum of their widths)."""
+    if not stages:
+        return backbone(x)
+    final, inter = backbone.forward_intermediates(x, indices=sorted(stages))
+    by_index = dict(zip(sorted(stages), inter, strict=True))
+    return torch.cat([backbone.forward_head(final), *(by_index[i].mean(dim=(2, 3)) for i in stages)], dim=1)
+
+
 def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -261,8 +304,9 @@ class ImageTower(nn.Module):
             backbone = create_backbone(cfg.image_encoder)
             if cfg.image_weights:
                 load_backbone_weights(backbone, cfg.image_weights, cfg.image_encoder)
-            num_features = int(backbone.num_features)
+            num_features = int(backbone.num_features) + sum(stage_widths(backbone, cfg.feature_stages))
             self.attach_backbone(backbone, cfg)
+        self.stages = tuple(cfg.feature_stages)
         self.num_features = int(num_features)
         self.extras = ImageExtras(cfg.image_extras) if cfg.image_extras else None
         width = self.extras.width if self.extras is not None else 0
@@ -291,8 +335,8 @@ class ImageTower(nn.Module):
         if self.frozen:
             self.backbone.eval()  # frozen BatchNorm statistics stay put
             with torch.no_grad():
-                return self.backbone(x)
-        return self.backbone(x)
+                return pooled_features(self.backbone, x, self.stages)
+        return pooled_features(self.backbone, x, self.stages)
 
     def forward(
         self, images: torch.Tensor | None = None, features: torch.Tensor | None = None

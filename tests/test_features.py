@@ -171,3 +171,93 @@ def test_stain_jitter_changes_views_1_to_7_only_reproducibly_and_keys_the_cache(
     np.testing.assert_allclose(fresh.tower, jittered.tower, rtol=1e-5, atol=1e-6)  # any batch size
     with pytest.raises(InputError, match="stain_jitter"):
         spot_features(section, extractor, PAIRING, views=3, stain_jitter=1.5)
+
+
+def test_feature_stages_append_pooled_intermediate_stages_in_every_path(section, tmp_path):
+    """model.feature_stages / features.stages: the tower's pooled features, then the spatial mean of each
+    chosen intermediate stage, the same in PyTorch, ONNX Runtime, the cache, tl.embed and the model."""
+    from histokg.checkpoint import LoadedModel
+    from histokg.config import load_config
+    from histokg.errors import ConfigError
+    from histokg.models import DualEncoder, ModelConfig
+    from histokg.priors import PriorConfig
+    from histokg.tl import embed
+    from histokg.train.config import TrainConfig
+
+    plain = Extractor.create("test_efficientnet", None, backend="torch")
+    staged = Extractor.create("test_efficientnet", None, backend="torch", stages=(3, 1))
+    assert staged.num_features == 256 + 48 + 24 and staged.identity != plain.identity
+    ds = SpotPatchDataset(section, PAIRING, expression=np.zeros((40, 1)))
+    patches = np.stack([ds.read_image(i) for i in range(4)])
+    got = staged(patches)
+    np.testing.assert_allclose(got[:, :256], plain(patches), rtol=1e-5, atol=1e-6)
+    x = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        _, inter = staged.backbone.forward_intermediates((x - staged.mean) / staged.std, indices=[1, 3])
+    np.testing.assert_allclose(got[:, 256:304], inter[1].mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[:, 304:], inter[0].mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+    onnx = Extractor.create(
+        "test_efficientnet", None, backend="onnx", stages=(3, 1), model_dir=tmp_path / "m"
+    )
+    assert onnx.backend == "onnx"
+    np.testing.assert_allclose(onnx(patches), got, atol=1e-4)
+
+    # a model on cached staged features embeds new patches through the same function
+    cfg = ModelConfig(
+        image_encoder="test_efficientnet", embed_dim=16, expr_hidden=(16,), freeze_image=True,
+        cache_features=True, feature_stages=(3, 1),
+    )  # fmt: skip
+    model = DualEncoder(cfg, 5).eval()
+    assert model.image.head[0].in_features == 328
+    loaded = LoadedModel(model, cfg, PAIRING, [str(g) for g in section.var_names[:5]], "infonce", PriorConfig(),
+                         tmp_path / "x.pt", "0" * 64, {})  # fmt: skip
+    embedded = embed(section, loaded, cache_dir=tmp_path / "cache", copy=True).obsm["X_histokg"]
+    with torch.no_grad():
+        want = model.encode_image(x).numpy()
+    np.testing.assert_allclose(embedded[:4], want, rtol=1e-4, atol=1e-4)
+
+    with pytest.raises(
+        InputError,
+        match=r"test_efficientnet has stages 0\.\.4 \(channels \[16, 24, 32, 48, 64\]\), got \[7\]",
+    ):
+        Extractor.create("test_efficientnet", None, stages=(7,))
+    with pytest.raises(
+        ConfigError, match=r"model\.feature_stages: \[2\] needs a frozen tower on cached features"
+    ):
+        load_config(TrainConfig, None, ["model.feature_stages=[2]"])
+    with pytest.raises(ConfigError, match=r"model\.feature_stages: must be distinct stage indices"):
+        load_config(
+            TrainConfig,
+            None,
+            ["model.freeze_image=true", "model.cache_features=true", "model.feature_stages=[2,2]"],
+        )
+
+
+def test_histokg_train_with_feature_stages_writes_a_checkpoint_that_embeds(
+    synth_study, synth_adata, tmp_path
+):
+    from histokg.checkpoint import load_model
+    from histokg.config import load_config
+    from histokg.tl import embed
+    from histokg.train.config import TrainConfig
+    from histokg.train.trainer import Trainer
+
+    overrides = [
+        f"data.study={synth_study}", "data.patch_px=32", "data.n_genes=32", "data.val_slides=[S3]",
+        "model.image_encoder=test_efficientnet", "model.image_weights=null", "model.embed_dim=16",
+        "model.freeze_image=true", "model.cache_features=true", "model.feature_stages=[2,4]",
+        "optim.epochs=1", "optim.batch_size=32", "loss.name=infonce", f"out_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    trainer = Trainer(load_config(TrainConfig, None, overrides))
+    trainer.fit()
+    loaded = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert loaded.config.feature_stages == (2, 4)
+    assert loaded.model.image.head[0].in_features == 256 + 32 + 64
+    val = synth_adata[synth_adata.obs["library_id"].astype(str).to_numpy() == "S3"].copy()
+    out = embed(val, loaded, copy=True)
+    # the validation features the trainer cached were computed by the same staged tower
+    trainer.model.eval()
+    with torch.no_grad():
+        head = trainer.model.image(features=torch.as_tensor(trainer.val.dataset.extra["features"][:5]))
+        want = torch.nn.functional.normalize(head, dim=-1).numpy()  # embeddings are unit vectors
+    np.testing.assert_allclose(out.obsm["X_histokg"][:5], want, rtol=1e-4, atol=1e-4)

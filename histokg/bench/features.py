@@ -45,6 +45,9 @@ class FeatureConfig:
     # each slide's tissue statistics onto stain_target; histokg.wsi.stain), as histokg train's data.stain_norm
     stain_norm: str = "none"
     stain_target: tuple[float, ...] = DEFAULT_TARGET
+    # intermediate stages of the tower, spatially averaged, appended to its pooled features (indices into
+    # timm's feature_info; histokg train's model.feature_stages)
+    stages: tuple[int, ...] = ()
     batch_size: int = 32
     device: str = "auto"
     # the frozen tower's forward pass: auto (ONNX Runtime on the CPU, else PyTorch), torch or onnx
@@ -65,6 +68,11 @@ class FeatureConfig:
         )
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
         check_stain(self.stain_norm, self.stain_target, check)
+        check(
+            len(set(self.stages)) == len(self.stages) and all(i >= 0 for i in self.stages),
+            "stages",
+            f"must be distinct stage indices >= 0, got {list(self.stages)}",
+        )
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(
             self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"

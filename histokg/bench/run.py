@@ -103,6 +103,7 @@ class Bench:
             device=feature_device(fcfg.device),
             backend=fcfg.backend,
             model_dir=self.cache / "onnx",
+            stages=fcfg.stages,
         )
         cache = FeatureCache(self.cache / "features")
         pairing = PairingConfig(

@@ -124,6 +124,7 @@ class Trainer:
                 dtype=self.precision.dtype,
                 seed=cfg.seed,
                 model_dir=self.out / "feature_cache" / "onnx",
+                stages=cfg.model.feature_stages,
             )
             found = self._cache_features(extractor)
             self.model = DualEncoder(cfg.model, n_expr, image_features=extractor.num_features)
