@@ -162,6 +162,18 @@ class KGPrior:
         by_type = collections.Counter(type_of(s) for s in set_ids)
         logger.info("scoring %s directly (median overlap %d genes)", dict(by_type), int(np.median(overlaps)))
 
+    def gene_set_incidence(self, genes: Sequence[str], min_genes: int = 2) -> tuple[np.ndarray, list[str]]:
+        """The directly scored gene sets (pathways, cell-type marker sets) restricted to ``genes``: a 0/1
+        matrix (sets x genes) of the sets holding at least ``min_genes`` of them, and the sets' ids."""
+        member = (self._set_matrix > 0).astype(np.float32).tocsc()  # data genes x sets
+        rows = [self._gene_index.get(str(g), -1) for g in genes]
+        out = np.zeros((member.shape[1], len(rows)), np.float32)
+        for j, row in enumerate(rows):
+            if row >= 0:
+                out[:, j] = member[row].toarray().ravel()
+        keep = out.sum(axis=1) >= min_genes
+        return out[keep], [s for s, k in zip(self._direct_ids, keep, strict=True) if k]
+
     def _build_propagation(self, graph: Graph) -> None:
         """Column order of the activations and the three propagation stages."""
         defined = set(self._direct_ids)

@@ -296,6 +296,19 @@ def test_bench_configs_load():
         load_config(BenchConfig, her2st, ["features.stain_jitter=0.2", "features.views=1"])
     with pytest.raises(ConfigError, match=r"heads\.batches: 'by_patient' is not one of mixed, within_slide"):
         load_config(BenchConfig, her2st, ["heads.batches=by_patient"])
+    settings = ["features.stain_norm=reinhard", "features.stages=[2,3,4]", "heads.gene_set_reg=1.0"]
+    cfg = load_config(BenchConfig, her2st, settings)
+    assert (cfg.features.stain_norm, cfg.features.stages, cfg.heads.gene_set_reg) == (
+        "reinhard",
+        (2, 3, 4),
+        1.0,
+    )
+    with pytest.raises(
+        ConfigError, match=r"features\.stages: must be distinct stage indices >= 0, got \[2, 2\]"
+    ):
+        load_config(BenchConfig, her2st, ["features.stages=[2,2]"])
+    with pytest.raises(ConfigError, match=r"heads\.gene_set_reg: must be a finite number >= 0, got -1"):
+        load_config(BenchConfig, her2st, ["heads.gene_set_reg=-1"])
 
 
 def test_bench_without_kg_genes_runs_the_rest_and_says_why(tmp_path, capsys):

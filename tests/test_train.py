@@ -414,3 +414,56 @@ def test_interrupt_saves_the_last_step_and_resume_matches_the_full_run(synth_stu
     assert a["step"] == b["step"] and a["meta"]["history"] == b["meta"]["history"]
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_gene_set_penalty_is_the_spread_of_each_sets_gene_weights():
+    """optim.gene_set_reg's term: mean over (set, member gene) of |w_g - mean of the set's w|^2."""
+    from histokg.train.engine import gene_set_penalty
+
+    rng = np.random.default_rng(0)
+    weight = torch.as_tensor(rng.normal(size=(8, 6)), dtype=torch.float64)
+    sets = torch.tensor([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 1], [1, 0, 0, 0, 1, 0]], dtype=torch.float64)
+    pairs = []
+    for s in sets:
+        members = weight[:, s.bool()]
+        centre = members.mean(dim=1, keepdim=True)
+        pairs += list((members - centre).pow(2).sum(dim=0))
+    want = torch.stack(pairs).mean()
+    torch.testing.assert_close(gene_set_penalty(weight, sets), want)
+    same = weight.clone()
+    same[:, [1, 2, 3, 5, 4]] = same[:, [0]]  # every set's genes share one column: no spread
+    assert float(gene_set_penalty(same, sets)) == pytest.approx(0, abs=1e-12)
+
+
+def test_gene_set_reg_needs_genes_as_the_expression_input_and_a_bundle(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim\.gene_set_reg: must be a finite number >= 0, got -1"):
+        load_config(TrainConfig, None, ["optim.gene_set_reg=-1"])
+    with pytest.raises(ConfigError, match=r"prior\.bundle: optim\.gene_set_reg needs a KG bundle"):
+        load_config(TrainConfig, None, ["optim.gene_set_reg=0.1"])
+    with pytest.raises(ConfigError, match=r"optim\.gene_set_reg: .* needs model\.expr_input genes"):
+        load_config(
+            TrainConfig, None, ["optim.gene_set_reg=0.1", "model.expr_input=kg", f"prior.bundle={tmp_path}"]
+        )
+
+
+@pytest.mark.slow
+def test_gene_set_reg_pulls_the_gene_weights_of_each_kg_set_together(synth_study, kg2e_bundle, tmp_path):
+    from histokg.train.engine import gene_set_penalty
+    from histokg.train.trainer import Trainer
+
+    spreads = {}
+    for reg in (0.0, 10.0):
+        cfg = tiny_cfg(
+            synth_study, tmp_path / f"reg{reg}", f"optim.gene_set_reg={reg}", f"prior.bundle={kg2e_bundle}",
+            "loss.name=infonce", "optim.lr=0.05", "optim.warmup_steps=0",
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        trainer.fit()
+        from histokg.priors import KGPrior
+
+        prior = KGPrior.from_bundle(kg2e_bundle, list(trainer.train.adata.var_names), cfg.prior)
+        sets, ids = prior.gene_set_incidence(trainer.genes)
+        assert len(ids) == len(sets) > 0 and sets.sum(axis=1).min() >= 2
+        weight = trainer.model.expr.net[0].weight.detach()
+        spreads[reg] = float(gene_set_penalty(weight, torch.as_tensor(sets)))
+    assert spreads[10.0] < 0.5 * spreads[0.0], spreads

@@ -40,6 +40,9 @@ class HeadsConfig:
     grad_clip: float = 1.0
     init_temperature: float = 0.07
     batches: str = "mixed"  # or within_slide: every batch from one training section (optim.batches)
+    # > 0: the KG-regularised expression tower (histokg train's optim.gene_set_reg): first-layer weights of
+    # genes sharing a KG gene set pulled towards the set's mean
+    gene_set_reg: float = 0.0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -50,6 +53,11 @@ class HeadsConfig:
 
         check(self.batches in BATCHINGS, "batches", f"{self.batches!r} is not one of {', '.join(BATCHINGS)}")
         check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(
+            math.isfinite(self.gene_set_reg) and self.gene_set_reg >= 0,
+            "gene_set_reg",
+            f"must be a finite number >= 0, got {self.gene_set_reg}",
+        )
 
 
 @dataclass(frozen=True)

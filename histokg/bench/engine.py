@@ -41,6 +41,7 @@ class RunInputs:
     g_var: np.ndarray | None = None
     prior: object | None = None  # histokg.priors.KGPrior for W
     groups: np.ndarray | None = None  # (n_train,) training section of each spot (heads.batches: within_slide)
+    genes: list[str] | None = None  # the expression tower's input genes (heads.gene_set_reg), None: not genes
 
 
 def model_config(cfg: HeadsConfig):
@@ -73,6 +74,7 @@ def optim_config(cfg: HeadsConfig):
         grad_clip=cfg.grad_clip,
         amp="off",
         batches=cfg.batches,
+        gene_set_reg=cfg.gene_set_reg,
     )
 
 
@@ -141,7 +143,16 @@ def train_heads(
     model = DualEncoder(model_config(cfg), inputs.expr_inputs.shape[1], image_features=d).to(device)
     prior_dim = inputs.g_mean.shape[1] if cls.needs_gaussians else None
     loss = build_loss(loss_spec.name, cfg.embed_dim, prior_dim, **dict(loss_spec.kwargs)).to(device)
-    joint = JointModule(model, loss, inputs.prior, dist_utils.DistInfo())
+    gene_sets = None
+    if cfg.gene_set_reg > 0:
+        if inputs.prior is None or inputs.genes is None:
+            raise ConfigError(
+                "heads.gene_set_reg needs the KG prior's gene sets and an expression input of genes"
+            )
+        gene_sets = inputs.prior.gene_set_incidence(inputs.genes)[0]
+    joint = JointModule(
+        model, loss, inputs.prior, dist_utils.DistInfo(), gene_sets=gene_sets, gene_set_reg=cfg.gene_set_reg
+    )
     optimizer = build_optimizer(model, loss, optim)
     if cfg.batches == "within_slide" and inputs.groups is None:
         raise ConfigError(

@@ -238,13 +238,15 @@ class Bench:
             kg=entry.get("packed") if cls.needs_prior else None,
             g_mean=entry.get("g_mean") if cls.needs_gaussians else None,
             g_var=entry.get("g_var") if cls.needs_gaussians else None,
-            prior=entry.get("prior"),
+            prior=entry.get("prior")
+            or data.kg_inputs.get("priors", {}).get((cfg.kg.model, "tuned"), {}).get("prior"),
             groups=data.groups,
+            genes=list(data.targets.panels["panel"].genes) if expr_input == "genes" else None,
         )
         heads = (
             cfg.heads
             if expr_input == cfg.heads.expr_input
-            else dataclasses.replace(cfg.heads, expr_input=expr_input)
+            else dataclasses.replace(cfg.heads, expr_input=expr_input, gene_set_reg=0.0)
         )
         auroc = data.prior_info.get("auroc", {}).get(f"{key[0]}/{key[1]}") if cls.needs_prior else None
         data.ledger.fitted(f"{method}: heads ({heads.epochs} fixed epochs, no early stopping)", data.groups)

@@ -65,8 +65,17 @@ class OptimConfig:
     # mixed: batches drawn from all training spots; within_slide: each batch from one slide, so a spot's
     # negatives are spots of its own section (batch-aware contrast: section identity cannot win the loss)
     batches: str = "mixed"
+    # > 0: a KG-regularised expression tower. Its first layer's weights of genes that share a KG gene set
+    # (pathway or cell-type markers) are pulled towards the set's mean, with this weight (genes of one
+    # pathway share structure; histokg.train.engine.gene_set_penalty). Needs prior.bundle and expr_input genes
+    gene_set_reg: float = 0.0
 
     def __post_init__(self) -> None:
+        check(
+            math.isfinite(self.gene_set_reg) and self.gene_set_reg >= 0,
+            "gene_set_reg",
+            f"must be a finite number >= 0, got {self.gene_set_reg}",
+        )
         check(self.batches in BATCHINGS, "batches", f"{self.batches!r} is not one of {', '.join(BATCHINGS)}")
         for key in ("epochs", "batch_size", "grad_accum"):
             value = getattr(self, key)
@@ -119,6 +128,17 @@ class TrainConfig:
             unknown_name_message("loss", self.loss.name, loss_registry.names, plural="losses"),
         )
         loss = loss_registry.lookup(self.loss.name)
+        check(
+            self.optim.gene_set_reg == 0 or self.model.expr_input == "genes",
+            "optim.gene_set_reg",
+            "regularises the expression tower's gene weights: it needs model.expr_input genes",
+        )
+        if self.optim.gene_set_reg > 0:
+            check(
+                bool(self.prior.bundle),
+                "prior.bundle",
+                "optim.gene_set_reg needs a KG bundle (its gene sets); set prior.bundle",
+            )
         if loss.needs_prior or loss.needs_gaussians or self.model.expr_input == "kg":
             check(
                 bool(self.prior.bundle),

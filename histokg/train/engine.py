@@ -28,18 +28,57 @@ from histokg.train import distributed as dist_utils
 from histokg.train.callbacks import CallbackList, LoopState
 from histokg.train.precision import Precision
 
-__all__ = ["JointModule", "StepParts", "run_epoch", "seed_everything"]
+__all__ = ["JointModule", "StepParts", "gene_set_penalty", "run_epoch", "seed_everything"]
+
+
+def gene_set_penalty(weight: torch.Tensor, incidence: torch.Tensor) -> torch.Tensor:
+    """Mean over (gene set, member gene) pairs of the squared distance between the gene's column of
+    ``weight`` (hidden x genes: the expression tower's first layer) and its set's mean column.
+    ``incidence`` is the 0/1 (sets x genes) matrix of :meth:`histokg.priors.KGPrior.gene_set_incidence`.
+
+    With n_s genes in set s and d_g sets holding gene g:
+    sum_s sum_{g in s} |w_g - c_s|^2 = sum_g d_g |w_g|^2 - sum_s n_s |c_s|^2, c_s = (sum_{g in s} w_g) / n_s.
+    """
+    sizes = incidence.sum(dim=1)
+    degree = incidence.sum(dim=0)
+    sums = weight @ incidence.T  # hidden x sets
+    total = (degree * weight.pow(2).sum(dim=0)).sum() - (sums.pow(2).sum(dim=0) / sizes).sum()
+    return total.clamp_min(0) / sizes.sum()
 
 
 class JointModule(nn.Module):
-    """Model + loss in one module so that DDP sees every trainable parameter in ``forward``."""
+    """Model + loss in one module so that DDP sees every trainable parameter in ``forward``.
 
-    def __init__(self, model: nn.Module, loss: nn.Module, prior, info: dist_utils.DistInfo):
+    ``gene_sets`` (a 0/1 sets x panel-genes matrix) with ``gene_set_reg`` > 0 adds the term
+    ``gene_set_reg`` x :func:`gene_set_penalty` of the expression tower's first layer to the loss
+    (``optim.gene_set_reg``; the term is reported as ``gene_set_reg``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        prior,
+        info: dist_utils.DistInfo,
+        *,
+        gene_sets: np.ndarray | None = None,
+        gene_set_reg: float = 0.0,
+    ):
         super().__init__()
         self.model = model
         self.loss = loss
         self.prior = prior
         self.info = info
+        self.gene_set_reg = float(gene_set_reg)
+        if self.gene_set_reg > 0:
+            if gene_sets is None or len(gene_sets) == 0:
+                from histokg.errors import ConfigError
+
+                raise ConfigError(
+                    "optim.gene_set_reg: no KG gene set holds two or more of the expression tower's genes"
+                )
+            device = next(model.parameters()).device
+            sets = torch.as_tensor(gene_sets, dtype=torch.float32, device=device)
+            self.register_buffer("gene_sets", sets, persistent=False)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """The loss's named terms for ``batch`` (``"loss"`` is the total)."""
@@ -53,7 +92,12 @@ class JointModule(nn.Module):
         if Batch.gauss_mean in batch:
             inputs.gauss_mean = dist_utils.gather_no_grad(batch[Batch.gauss_mean], self.info)
             inputs.gauss_var = dist_utils.gather_no_grad(batch[Batch.gauss_var], self.info)
-        return self.loss(inputs)
+        terms = self.loss(inputs)
+        if self.gene_set_reg > 0:
+            first = self.model.expr.net[0].weight  # hidden x genes
+            reg = self.gene_set_reg * gene_set_penalty(first.float(), self.gene_sets)
+            terms = {**terms, "gene_set_reg": reg.detach(), "loss": terms["loss"] + reg}
+        return terms
 
     def embed(
         self, features: np.ndarray, expr_inputs: np.ndarray, *, autocast=nullcontext

@@ -80,9 +80,14 @@ class Trainer:
 
     @property
     def needs_bundle(self) -> bool:
-        """The loss or the expression tower's input needs the KG bundle."""
+        """The loss, the expression tower's input or its gene-set regulariser needs the KG bundle."""
         cls = self.loss_cls
-        return cls.needs_prior or cls.needs_gaussians or self.cfg.model.expr_input == "kg"
+        return (
+            cls.needs_prior
+            or cls.needs_gaussians
+            or self.cfg.model.expr_input == "kg"
+            or self.cfg.optim.gene_set_reg > 0
+        )
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -139,7 +144,15 @@ class Trainer:
         self.loss = build_loss(cfg.loss.name, cfg.model.embed_dim, prior_dim, **cfg.loss.kwargs).to(
             self.device
         )
-        self.joint = JointModule(self.model, self.loss, self.prior, self.info)
+        reg = cfg.optim.gene_set_reg
+        self.joint = JointModule(
+            self.model,
+            self.loss,
+            self.prior,
+            self.info,
+            gene_sets=self.prior.gene_set_incidence(self.genes)[0] if reg > 0 else None,
+            gene_set_reg=reg,
+        )
         if self.info.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.joint, device_ids=[self.device.index] if self.device.type == "cuda" else None
