@@ -119,7 +119,9 @@ def saved_model_config(meta: dict, source: str) -> tuple[ModelConfig, PairingCon
     except ConfigError as exc:
         raise InputError(f"{source}: its saved config is not valid ({exc})") from None
     geometry = {
-        key: data[key] for key in ("patch_um", "patch_px", "stain_norm", "stain_target") if key in data
+        key: data[key]
+        for key in ("patch_um", "patch_px", "stain_norm", "stain_target", "read_mpp")
+        if key in data
     }
     try:  # PairingConfig checks the geometry against histokg.budget
         pairing = from_dict(PairingConfig, geometry, "data")

@@ -109,12 +109,16 @@ def test_configs_refuse_bad_stain_settings_naming_the_field():
         load_config(TrainConfig, None, ["data.stain_norm=macenko"])
     with pytest.raises(ConfigError, match=r"data\.stain_target: expected six finite numbers"):
         load_config(TrainConfig, None, ["data.stain_target=[50,10]"])
+    with pytest.raises(
+        ConfigError, match=r"data\.read_mpp: must be None or a scan resolution in 0\.05\.\.50"
+    ):
+        load_config(TrainConfig, None, ["data.read_mpp=0"])
     with pytest.raises(ConfigError, match=r"features\.stain_norm: must be one of none, reinhard"):
         load_config(BenchConfig, None, ["features.stain_norm=Reinhardt"])
 
 
 def test_a_checkpoint_records_the_normalisation_and_inference_reads_it(synth_study, tmp_path):
-    """histokg train with data.stain_norm: the checkpoint's pairing (what tl.embed, predict and the index
+    """histokg train with data.stain_norm and data.read_mpp: the checkpoint's pairing (what tl.embed, predict and the index
     read new slides with) is the one training read its patches with."""
     from histokg.checkpoint import load_model
     from histokg.train.trainer import Trainer
@@ -125,6 +129,7 @@ def test_a_checkpoint_records_the_normalisation_and_inference_reads_it(synth_stu
         "data.n_genes=32",
         "data.val_slides=[S3]",
         "data.stain_norm=reinhard",
+        "data.read_mpp=2.0",
         "model.image_encoder=test_efficientnet",
         "model.image_weights=null",
         "model.embed_dim=16",
@@ -138,6 +143,6 @@ def test_a_checkpoint_records_the_normalisation_and_inference_reads_it(synth_stu
     trainer = Trainer(load_config(TrainConfig, None, overrides))
     trainer.fit()
     loaded = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert loaded.pairing.stain_norm == "reinhard"
+    assert loaded.pairing.stain_norm == "reinhard" and loaded.pairing.read_mpp == 2.0
     assert loaded.pairing == trainer.train.dataset.cfg
     assert loaded.pairing.stain.as_tuple() == DEFAULT_TARGET

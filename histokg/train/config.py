@@ -33,6 +33,10 @@ class DataConfig:
     # prediction normalise new slides the same way
     stain_norm: str = "none"
     stain_target: tuple[float, ...] = DEFAULT_TARGET
+    # read every patch as a scan at this um/px would show it (resolution matching: e.g. 3.4 to train for
+    # low-resolution scans such as her2st patient A's); None: each slide's own resolution. Recorded in the
+    # checkpoint, so new slides are read the same way
+    read_mpp: float | None = None
     in_tissue_only: bool = True
     cache_patches: bool = True  # read each spot's patch once into memory (small studies)
     num_workers: int = 0
@@ -42,6 +46,11 @@ class DataConfig:
         check(self.n_genes >= 1, "n_genes", f"must be >= 1, got {self.n_genes}")
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
         check_stain(self.stain_norm, self.stain_target, check)
+        check(
+            self.read_mpp is None or 0.05 <= self.read_mpp <= 50,
+            "read_mpp",
+            f"must be None or a scan resolution in 0.05..50 um/px, got {self.read_mpp}",
+        )
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         shared = sorted(set(self.val_slides) & set(self.exclude_slides))
         check(not shared, "val_slides", f"{shared} are also in exclude_slides")

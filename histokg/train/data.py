@@ -344,6 +344,7 @@ def prepare_data(cfg, loss_cls, *, needs_bundle: bool, images: bool = True) -> R
         patch_px=cfg.data.patch_px,
         stain_norm=cfg.data.stain_norm,
         stain_target=cfg.data.stain_target,
+        read_mpp=cfg.data.read_mpp,
     )
     common = dict(
         prior=prior,
