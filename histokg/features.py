@@ -125,7 +125,8 @@ class Extractor:
 
     ``dtype`` is the autocast dtype of the forward pass (the trainer's mixed precision on a GPU; None:
     float32); it is part of the identity. ``stages``: intermediate stages whose spatially averaged
-    activations follow the pooled features (:func:`histokg.models.pooled_features`); part of the identity. Features always come back as float32 numpy arrays.
+    activations follow the pooled features (:func:`histokg.models.pooled_features`); part of the
+    identity. Features always come back as float32 numpy arrays.
 
     ``backend`` runs the forward pass: ``torch``, or ``onnx`` (ONNX Runtime on the CPU: the tower exported
     once per identity and input size, cached in ``model_dir``, by default

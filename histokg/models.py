@@ -91,12 +91,7 @@ class ModelConfig:
             f"{list(self.feature_stages)} needs a frozen tower on cached features (model.freeze_image=true, "
             "model.unfreeze_last=0, model.cache_features=true)",
         )
-        check(
-            len(set(self.feature_stages)) == len(self.feature_stages)
-            and all(i >= 0 for i in self.feature_stages),
-            "feature_stages",
-            f"must be distinct stage indices >= 0, got {list(self.feature_stages)}",
-        )
+        check_stages(self.feature_stages, check, "feature_stages")
         if self.image_extras:
             from histokg.patch_stats import check_extras
 
@@ -199,6 +194,16 @@ def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
                 out.append(mod)
         return out
     return [m for m in backbone.children() if any(True for _ in m.parameters())]
+
+
+def check_stages(stages: Sequence[int], check, field: str) -> None:
+    """Intermediate-stage indices as a config holds them (``model.feature_stages``, the bench's
+    ``features.stages``): distinct and >= 0; ``check(ok, field, message)`` raises."""
+    check(
+        len(set(stages)) == len(stages) and all(i >= 0 for i in stages),
+        field,
+        f"must be distinct stage indices >= 0, got {list(stages)}",
+    )
 
 
 def stage_widths(backbone: nn.Module, stages: Sequence[int]) -> list[int]:

@@ -165,12 +165,11 @@ class KGPrior:
     def gene_set_incidence(self, genes: Sequence[str], min_genes: int = 2) -> tuple[np.ndarray, list[str]]:
         """The directly scored gene sets (pathways, cell-type marker sets) restricted to ``genes``: a 0/1
         matrix (sets x genes) of the sets holding at least ``min_genes`` of them, and the sets' ids."""
-        member = (self._set_matrix > 0).astype(np.float32).tocsc()  # data genes x sets
-        rows = [self._gene_index.get(str(g), -1) for g in genes]
+        member = (self._set_matrix > 0).astype(np.float32).tocsr()  # data genes x sets
+        rows = np.array([self._gene_index.get(str(g), -1) for g in genes], dtype=np.int64)
+        known = rows >= 0
         out = np.zeros((member.shape[1], len(rows)), np.float32)
-        for j, row in enumerate(rows):
-            if row >= 0:
-                out[:, j] = member[row].toarray().ravel()
+        out[:, known] = member[rows[known]].toarray().T
         keep = out.sum(axis=1) >= min_genes
         return out[keep], [s for s, k in zip(self._direct_ids, keep, strict=True) if k]
 

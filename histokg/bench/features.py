@@ -56,7 +56,8 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         from histokg import budget
         from histokg.features import BACKENDS
-        from histokg.st.pairing import check_stain
+        from histokg.models import check_stages
+        from histokg.st.pairing import check_reading
         from pathways_kg.dataconf import DataConfError, check
 
         check(1 <= self.views <= 8, "views", f"must be in 1..8, got {self.views}")
@@ -67,20 +68,11 @@ class FeatureConfig:
             "jitters views 1-7: set features.views to 2-8 as well",
         )
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
-        check_stain(self.stain_norm, self.stain_target, check)
-        check(
-            len(set(self.stages)) == len(self.stages) and all(i >= 0 for i in self.stages),
-            "stages",
-            f"must be distinct stage indices >= 0, got {list(self.stages)}",
-        )
+        check_reading(self.stain_norm, self.stain_target, self.read_mpp, check)
+        check_stages(self.stages, check, "stages")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(
             self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
-        )
-        check(
-            self.read_mpp is None or 0.05 <= self.read_mpp <= 50,
-            "read_mpp",
-            f"must be None or a scan resolution in 0.05..50 um/px, got {self.read_mpp}",
         )
 
 

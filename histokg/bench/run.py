@@ -238,8 +238,7 @@ class Bench:
             kg=entry.get("packed") if cls.needs_prior else None,
             g_mean=entry.get("g_mean") if cls.needs_gaussians else None,
             g_var=entry.get("g_var") if cls.needs_gaussians else None,
-            prior=entry.get("prior")
-            or data.kg_inputs.get("priors", {}).get((cfg.kg.model, "tuned"), {}).get("prior"),
+            prior=entry.get("prior"),
             groups=data.groups,
             genes=list(data.targets.panels["panel"].genes) if expr_input == "genes" else None,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import anndata as ad
@@ -22,7 +23,7 @@ from histokg.keys import Key
 from histokg.st.contract import bool_flag, check_spots, check_spots_in_image
 from histokg.wsi.mask import MaskConfig, detect_tissue
 from histokg.wsi.slide import Slide, open_slide
-from histokg.wsi.stain import DEFAULT_TARGET, STAIN_NORMS, StainStats
+from histokg.wsi.stain import DEFAULT_TARGET, STAIN_NORMS, StainStats, target_problem
 from histokg.wsi.tiling import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,9 @@ class PairingConfig:
         from pathways_kg.dataconf import DataConfError, check
 
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
-        check_stain(self.stain_norm, self.stain_target, check)
+        check_reading(self.stain_norm, self.stain_target, self.read_mpp, check)
 
-    @property
+    @cached_property
     def stain(self) -> StainStats | None:
         """The stain target when patches are normalised, else None."""
         return StainStats.of(self.stain_target) if self.stain_norm == "reinhard" else None
@@ -66,13 +67,18 @@ class PairingConfig:
         return self.patch_um / self.patch_px
 
 
-def check_stain(norm: str, target, check) -> None:
-    """``stain_norm`` and ``stain_target`` as a config holds them; ``check(ok, field, message)`` raises."""
+def check_reading(norm: str, target, read_mpp: float | None, check) -> None:
+    """How patches are read, as a config holds it (``stain_norm``, ``stain_target``, ``read_mpp``: the
+    fields of :class:`PairingConfig` that histokg train's ``data`` and the bench's ``features`` repeat);
+    ``check(ok, field, message)`` raises."""
     check(norm in STAIN_NORMS, "stain_norm", f"must be one of {', '.join(STAIN_NORMS)}, got {norm!r}")
-    try:
-        StainStats.of(target)
-    except InputError as exc:
-        check(False, "stain_target", str(exc).split(": ", 1)[1])
+    problem = target_problem(target)
+    check(problem is None, "stain_target", problem)
+    check(
+        read_mpp is None or 0.05 <= read_mpp <= 50,
+        "read_mpp",
+        f"must be None or a scan resolution in 0.05..50 um/px, got {read_mpp}",
+    )
 
 
 def slide_paths(

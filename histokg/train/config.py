@@ -9,7 +9,7 @@ from histokg import budget
 from histokg.config import Component, check
 from histokg.models import ModelConfig
 from histokg.priors import PriorConfig
-from histokg.st.pairing import check_stain
+from histokg.st.pairing import check_reading
 from histokg.st.transforms import AugmentConfig
 from histokg.wsi.stain import DEFAULT_TARGET
 from pathways_kg.dataconf import DataConfError
@@ -45,12 +45,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check(self.n_genes >= 1, "n_genes", f"must be >= 1, got {self.n_genes}")
         budget.check_patch(self.patch_um, self.patch_px, error=DataConfError)
-        check_stain(self.stain_norm, self.stain_target, check)
-        check(
-            self.read_mpp is None or 0.05 <= self.read_mpp <= 50,
-            "read_mpp",
-            f"must be None or a scan resolution in 0.05..50 um/px, got {self.read_mpp}",
-        )
+        check_reading(self.stain_norm, self.stain_target, self.read_mpp, check)
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         shared = sorted(set(self.val_slides) & set(self.exclude_slides))
         check(not shared, "val_slides", f"{shared} are also in exclude_slides")

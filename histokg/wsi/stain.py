@@ -43,22 +43,28 @@ class StainStats:
     @classmethod
     def of(cls, values: Sequence[float], what: str = "stain_target") -> StainStats:
         """From six numbers: mean L, a, b then standard deviation L, a, b; errors name ``what``."""
-        try:
-            vals = [float(v) for v in values] if isinstance(values, Sequence) else []
-        except (TypeError, ValueError):
-            vals = []
-        if len(vals) != 6 or not all(math.isfinite(v) for v in vals):
-            raise InputError(
-                f"{what}: expected six finite numbers (CIELAB mean L, a, b, then std L, a, b), got {values!r}"
-            )
-        if not 0 <= vals[0] <= 100 or min(vals[3:]) <= 0:
-            raise InputError(
-                f"{what}: mean L must be in 0..100 and every standard deviation > 0, got {values!r}"
-            )
+        problem = target_problem(values)
+        if problem:
+            raise InputError(f"{what}: {problem}")
+        vals = [float(v) for v in values]
         return cls(tuple(vals[:3]), tuple(vals[3:]))  # type: ignore[arg-type]
 
     def as_tuple(self) -> tuple[float, ...]:
         return (*self.mean, *self.std)
+
+
+def target_problem(values) -> str | None:
+    """What is wrong with six numbers meant as a stain target (CIELAB mean L, a, b then std L, a, b), or
+    None when they are one."""
+    try:
+        vals = [float(v) for v in values] if isinstance(values, Sequence) else []
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != 6 or not all(math.isfinite(v) for v in vals):
+        return f"expected six finite numbers (CIELAB mean L, a, b, then std L, a, b), got {values!r}"
+    if not 0 <= vals[0] <= 100 or min(vals[3:]) <= 0:
+        return f"mean L must be in 0..100 and every standard deviation > 0, got {values!r}"
+    return None
 
 
 def lab_stats(rgb: np.ndarray, mask: np.ndarray | None = None) -> StainStats:
