@@ -1,18 +1,22 @@
-"""Frozen image-tower throughput on the CPU: eager PyTorch vs channels_last vs ONNX Runtime, in one process.
+"""Frozen image-tower throughput on the CPU: eager PyTorch vs channels_last vs the exported tower in ONNX
+Runtime and OpenVINO, whole batches and micro-batches, in one process.
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/frozen_features.py [--arch tf_efficientnet_lite0] [--px 224]
      [--batch 32] [--rounds 3] [--weights imagenet:tf_efficientnet_lite0] [--no-load] [--no-slide]
 GPU: the same with ``--device cuda --batch 256`` (eager fp32, channels_last and bf16 autocast in PyTorch;
      part 4 of benchmarks/gpu/run.sh).
 
-1. The same uint8 batch through (a) the Extractor's PyTorch path (eager, NCHW), (b) the same backbone and
-   input in channels_last memory format, (c) the Extractor's ONNX Runtime backend (histokg.runtime: threads
-   from the affinity mask, no spinning). Best of ``--rounds`` interleaved rounds after a warm-up; prints
-   images/s, the ratio to eager and the max |difference| to eager's features.
+1. The same uint8 batch through (a) eager PyTorch, the whole batch in one forward pass (NCHW: the
+   baseline), (b) the same backbone and input in channels_last memory format, (c) the Extractor with each
+   backend (``torch``, ``onnx``: ONNX Runtime, ``openvino``), once with the whole batch in one pass and
+   once as it runs by default, in micro-batches of :func:`histokg.runtime.cpu_micro_batch` patches. Best
+   of ``--rounds`` interleaved rounds after a warm-up; prints images/s, the ratio to the baseline and
+   the max |difference| to its features.
 2. The same beside a fixed competing load (``--load`` busy-loop processes): ONNX Runtime with its default
-   session options (threads = its own default, busy-wait spinning on) against histokg's, and eager
-   PyTorch; prints each one's slowdown (loaded time / idle time) and the share of its rate the load keeps
-   while each runs (what spinning threads take from a neighbour on a shared machine).
+   session options (threads = its own default, busy-wait spinning on) against histokg's ONNX Runtime and
+   OpenVINO settings, and eager PyTorch; prints each one's slowdown (loaded time / idle time) and the
+   share of its rate the load keeps while each runs (what spinning threads take from a neighbour on a
+   shared machine).
 3. Whole slide (CMU-1-Small-Region.svs and her2st C2 from the shared data, C2 both as a converted pyramid
    and as its plain JPEG, whose decoding then counts): tissue tiles at the patch geometry through
    ``spot_features`` (slide in, features out: reading, decoding, batching, the tower) against the bare
@@ -36,7 +40,7 @@ import numpy as np
 import torch
 
 from histokg.features import Extractor
-from histokg.runtime import INPUT, session_options, usable_cpus
+from histokg.runtime import INPUT, load_runner, session_options, usable_cpus
 
 
 def busy_loop(counter) -> None:
@@ -86,29 +90,38 @@ def ort_histokg_session(path: str):
     return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
 
 
-def section_backends(extractor: Extractor, batch: np.ndarray, rounds: int, bf16: Extractor | None) -> None:
-    eager = lambda: extractor._torch(batch)  # noqa: E731
-    fns = {"eager": eager, "channels_last": channels_last_fn(extractor, batch)}
-    if extractor.backend == "onnx":
-        fns["onnxruntime"] = lambda: extractor(batch)
+def section_backends(extractors: dict[str, Extractor], batch: np.ndarray, rounds: int, bf16) -> None:
+    first = next(iter(extractors.values()))
+    eager = lambda: first._torch(batch)  # noqa: E731
+    fns = {"eager (baseline)": eager, "channels_last": channels_last_fn(first, batch)}
+    for name, ex in extractors.items():
+        whole = copy.copy(ex)
+        whole.micro_batch = 0
+        fns[f"{name} whole batch"] = lambda whole=whole: whole(batch)
+        if ex.micro_batch and ex.device.type == "cpu":
+            fns[f"{name} micro {ex.micro_batch}"] = lambda ex=ex: ex(batch)
     if bf16 is not None:
         fns["bf16 autocast"] = lambda: bf16._torch(batch)
     ref = eager()
     diffs = {name: float(np.abs(fn() - ref).max()) for name, fn in fns.items()}
     best = best_time(fns, rounds)
     n = len(batch)
+    base = best["eager (baseline)"]
     print(f"\n1. same batch ({n} x {batch.shape[1]} px), best of {rounds} rounds")
-    print(f"{'backend':<16}{'img/s':>10}{'vs eager':>10}{'max |diff|':>14}")
+    print(f"{'backend':<24}{'img/s':>10}{'vs eager':>10}{'max |diff|':>14}")
     for name in fns:
-        print(f"{name:<16}{n / best[name]:>10.1f}{best['eager'] / best[name]:>10.2f}{diffs[name]:>14.2e}")
+        print(f"{name:<24}{n / best[name]:>10.1f}{base / best[name]:>10.2f}{diffs[name]:>14.2e}")
 
 
 def section_load(extractor: Extractor, batch: np.ndarray, rounds: int, n_load: int, path: str) -> None:
     default, tuned = ort_default_session(path), ort_histokg_session(path)
+    openvino = load_runner(path, "openvino")
+    step = extractor.micro_batch or len(batch)
     fns = {
         "eager torch": lambda: extractor._torch(batch),
         "ORT defaults": lambda: default.run(None, {INPUT: batch}),
         "ORT histokg": lambda: tuned.run(None, {INPUT: batch}),
+        "OpenVINO histokg": lambda: [openvino(batch[i : i + step]) for i in range(0, len(batch), step)],
     }
     idle = best_time(fns, rounds)
     counters = [mp.Value("q", 0, lock=False) for _ in range(n_load)]
@@ -136,10 +149,10 @@ def section_load(extractor: Extractor, batch: np.ndarray, rounds: int, n_load: i
             p.join()
     n = len(batch)
     print(f"\n2. beside {n_load} busy-loop process(es) (ORT defaults: its own thread count, spinning on)")
-    print(f"{'runner':<16}{'idle img/s':>12}{'loaded img/s':>14}{'slowdown':>10}{'load keeps':>12}")
+    print(f"{'runner':<18}{'idle img/s':>12}{'loaded img/s':>14}{'slowdown':>10}{'load keeps':>12}")
     for name in fns:
         print(
-            f"{name:<16}{n / idle[name]:>12.1f}{n / loaded[name]:>14.1f}{loaded[name] / idle[name]:>10.2f}"
+            f"{name:<18}{n / idle[name]:>12.1f}{n / loaded[name]:>14.1f}{loaded[name] / idle[name]:>10.2f}"
             f"{other[name]:>11.0%}"
         )
     print("(load keeps: the busy loop's rate while the runner runs, over its rate with the runner idle)")
@@ -208,8 +221,8 @@ def main() -> None:
     parser.add_argument(
         "--device",
         default="cpu",
-        help="cpu (eager, channels_last, ONNX Runtime) or cuda (eager fp32, channels_last, bf16 autocast; "
-        "no ONNX Runtime and no competing-load section: those are about CPU threads)",
+        help="cpu (eager, channels_last, ONNX Runtime, OpenVINO) or cuda (eager fp32, channels_last, bf16 autocast; "
+        "no exported towers and no competing-load section: those are about CPU threads)",
     )
     args = parser.parse_args()
     gpu = args.device != "cpu"
@@ -221,10 +234,15 @@ def main() -> None:
     batch = np.random.default_rng(0).integers(0, 256, (args.batch, args.px, args.px, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        backend = "torch" if gpu else "onnx"
         weights = args.weights or None
-        extractor = Extractor.create(args.arch, weights, device=args.device, backend=backend, model_dir=tmp)
-        extractor(batch[:1])
+        backends = ["torch"] if gpu else ["torch", "onnx", "openvino"]
+        extractors = {
+            name: Extractor.create(args.arch, weights, device=args.device, backend=name, model_dir=tmp)
+            for name in backends
+        }
+        for ex in extractors.values():
+            ex(batch[:1])
+        extractor = extractors[backends[-1]]
         bf16 = None
         if gpu:
             bf16 = Extractor.create(
@@ -232,10 +250,10 @@ def main() -> None:
             )
             print(f"device {torch.cuda.get_device_name(args.device)}")
         print(
-            f"{args.arch} ({args.weights or 'random init'}, {extractor.backend}): export + probe + session "
+            f"{args.arch} ({args.weights or 'random init'}, {', '.join(backends)}): export + probe + sessions "
             f"{time.perf_counter() - start:.1f} s"
         )
-        section_backends(extractor, batch, args.rounds, bf16)
+        section_backends(extractors, batch, args.rounds, bf16)
         if not args.no_load and not gpu:
             (path,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp) for f in fs if f.endswith(".onnx")]
             section_load(extractor, batch, args.rounds, args.load, path)

@@ -4,9 +4,10 @@ Run: PYTHONPATH=. .venv/bin/python benchmarks/slide_memory.py [--slide PATH:MPP]
 
 Each job runs in its own process; its peak resident set size comes from ``os.wait4`` (``ru_maxrss``).
 The baseline is the same job on a 3072-px crop of the same JPEG (27 MiB decoded; tissue tiles for
-several full batches, since ONNX Runtime's arena grows until the second full batch), so the difference
-is what the section's size costs beyond the interpreter, torch, ONNX Runtime, the tower and its
-activations. The ratio printed is conservative: (peak - baseline + the crop's decoded size) / decoded. Decoded size = width x height x 3 bytes (level 0 held as RGB).
+several full batches, since an engine's memory arena may grow until the second full batch), so the
+difference is what the section's size costs beyond the interpreter, torch, the inference engine (the
+default backend: OpenVINO), the tower and its activations. The ratio printed is conservative:
+(peak - baseline + the crop's decoded size) / decoded. Decoded size = width x height x 3 bytes (level 0 held as RGB).
 
 Jobs:
 - ``convert``: ``histokg.wsi.convert`` (the ``histokg convert`` command) to a pyramidal TIFF.
@@ -50,7 +51,7 @@ def child(job: str, slide: str, mpp: float, out_dir: str, batch: int) -> None:
 
     pairing = PairingConfig()
     extractor = Extractor.create(
-        "tf_efficientnet_lite0", "imagenet:tf_efficientnet_lite0", backend="onnx", model_dir=out_dir
+        "tf_efficientnet_lite0", "imagenet:tf_efficientnet_lite0", backend="auto", model_dir=out_dir
     )
     adata = tile_adata(slide, pairing, mpp=mpp)
     spot_features(adata, extractor, pairing, batch_size=batch)

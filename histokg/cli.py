@@ -71,17 +71,18 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "torch", "onnx"]),
+    type=click.Choice(["auto", "torch", "onnx", "openvino"]),
     default=None,
     envvar="HISTOKG_FEATURE_BACKEND",
-    help="Frozen image towers on the CPU: ONNX Runtime (onnx), PyTorch (torch), or auto (ONNX Runtime "
-    "where it can run) [env HISTOKG_FEATURE_BACKEND; default auto].",
+    help="Frozen image towers on the CPU: exported to ONNX and run by OpenVINO (openvino) or ONNX Runtime "
+    "(onnx), or PyTorch (torch); auto: OpenVINO, else ONNX Runtime, where they can run "
+    "[env HISTOKG_FEATURE_BACKEND; default auto].",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Intra-op threads of torch and ONNX Runtime (default: the CPUs this process may use).",
+    help="Intra-op threads of torch, OpenVINO and ONNX Runtime (default: the CPUs this process may use).",
 )
 @click.version_option(package_name="histokg")
 def cli(verbose: int, quiet: bool, backend: str | None, threads: int | None) -> None:

@@ -23,7 +23,6 @@ web app's uploads).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -93,11 +92,15 @@ def tensor_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-#: Feature backends: ``auto`` (ONNX Runtime for a float32 tower on the CPU, else PyTorch), ``torch``, ``onnx``.
-BACKENDS = ("auto", "torch", "onnx")
+#: Feature backends: ``auto`` (on the CPU, a float32 tower exported to ONNX and run by OpenVINO where it is
+#: installed, else by ONNX Runtime; PyTorch otherwise), ``torch``, ``onnx`` (ONNX Runtime), ``openvino``.
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+#: The engine of each exported backend, in the order ``auto`` tries them, and its name in messages.
+ENGINE_OF = {"openvino": "openvino", "onnx": "onnxruntime"}
+ENGINE_NAME = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
 #: Environment variable that decides ``auto`` (``torch`` or ``onnx``) for every extractor of a process.
 BACKEND_ENV = "HISTOKG_FEATURE_BACKEND"
-_ANNOUNCED: set[str] = set()
+_ANNOUNCED: set[tuple[str, str]] = set()
 
 
 def check_backend(name: str) -> str:
@@ -128,14 +131,19 @@ class Extractor:
     activations follow the pooled features (:func:`histokg.models.pooled_features`); part of the
     identity. Features always come back as float32 numpy arrays.
 
-    ``backend`` runs the forward pass: ``torch``, or ``onnx`` (ONNX Runtime on the CPU: the tower exported
-    once per identity and input size, cached in ``model_dir``, by default
-    :func:`histokg.runtime.default_model_dir`; see :mod:`histokg.runtime`), or ``auto``: ONNX Runtime for
-    a float32 tower on the CPU, PyTorch otherwise, unless ``$HISTOKG_FEATURE_BACKEND`` says ``torch`` or
-    ``onnx``. Where ONNX cannot serve (a GPU, autocast, no onnxruntime, a failed export or run) PyTorch
+    ``backend`` runs the forward pass: ``torch``; ``onnx`` or ``openvino`` (on the CPU, the tower exported
+    to ONNX once per identity and input size, cached in ``model_dir``, by default
+    :func:`histokg.runtime.default_model_dir`, and run by ONNX Runtime or OpenVINO; see
+    :mod:`histokg.runtime`); or ``auto``: for a float32 tower on the CPU, OpenVINO where it is installed,
+    else ONNX Runtime; PyTorch otherwise; ``$HISTOKG_FEATURE_BACKEND`` decides ``auto`` when set. Where an
+    exported tower cannot serve (a GPU, autocast, no engine installed, a failed export or run) PyTorch
     does, and a warning line says why. The backend is not part of :attr:`identity` (nor of the feature
-    cache's key): both compute the same function, within 1e-4 (tests/test_onnx_backend.py), as thread
+    cache's key): all compute the same function, within 1e-4 (tests/test_onnx_backend.py), as thread
     counts or CPU kernels already differ; :attr:`backend` says which ran and the cache records it.
+
+    On the CPU, batches pass through the tower ``micro_batch`` patches at a time (None:
+    :func:`histokg.runtime.cpu_micro_batch`; 0: whole), whatever the backend: the caller's batch size is
+    about reading; this one is about the CPU's caches.
     """
 
     def __init__(
@@ -148,8 +156,10 @@ class Extractor:
         backend: str = "torch",
         model_dir: str | Path | None = None,
         stages: tuple[int, ...] = (),
+        micro_batch: int | None = None,
     ):
         from histokg.models import input_stats, stage_widths
+        from histokg.runtime import cpu_micro_batch
 
         self.backbone = backbone
         self.stages = tuple(stages)
@@ -160,8 +170,11 @@ class Extractor:
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         self.num_features = int(backbone.num_features) + sum(stage_widths(backbone, self.stages))
         self.model_dir = Path(model_dir) if model_dir else None
+        self.micro_batch = cpu_micro_batch() if micro_batch is None else int(micro_batch)
         self.backend = self._choose(check_backend(backend))
-        self._sessions: dict[tuple[int, int], object] = {}  # (H, W) -> ORT session, or None: PyTorch
+        self._runners: dict[
+            tuple[int, int], object
+        ] = {}  # (H, W) -> exported tower's Runner, or None: PyTorch
 
     @classmethod
     def create(
@@ -175,6 +188,7 @@ class Extractor:
         backend: str = "auto",
         model_dir: str | Path | None = None,
         stages: tuple[int, ...] = (),
+        micro_batch: int | None = None,
     ) -> Extractor:
         """A frozen backbone of ``architecture`` with ``weights`` (a named set, a local file, or None for a
         random initialisation drawn from ``seed``). Built on a forked RNG, so that creating it draws nothing
@@ -196,6 +210,7 @@ class Extractor:
             backend=backend,
             model_dir=model_dir,
             stages=stages,
+            micro_batch=micro_batch,
         )
 
     @classmethod
@@ -223,8 +238,11 @@ class Extractor:
         )
 
     def _choose(self, backend: str) -> str:
-        """The backend that will run: ``torch`` or ``onnx`` (a line in the log when ``onnx`` cannot)."""
-        explicit = backend == "onnx"
+        """The backend that will run: ``torch``, ``openvino`` or ``onnx`` (a line in the log where an exported
+        tower cannot)."""
+        from histokg.runtime import engine_installed
+
+        explicit = backend != "auto"
         if backend == "auto":
             env = os.environ.get(BACKEND_ENV, "auto")
             backend, explicit = check_backend(env), env != "auto"
@@ -234,12 +252,15 @@ class Extractor:
             why = f"the tower is on {self.device}"  # on a GPU PyTorch is the fast path: said when asked
         elif self.dtype is not None:
             why = f"the forward pass autocasts to {self.dtype}"
-        elif importlib.util.find_spec("onnxruntime") is None:
-            why, explicit = "onnxruntime is not installed", True  # a missing dependency is always said
         else:
-            return "onnx"
+            wanted = list(ENGINE_OF) if backend == "auto" else [backend]
+            for name in wanted:
+                if engine_installed(ENGINE_OF[name]):
+                    return name
+            missing = " and ".join(ENGINE_OF[name] for name in wanted)
+            why, explicit = f"{missing} {'is' if len(wanted) == 1 else 'are'} not installed", True
         (log.warning if explicit else log.debug)(
-            "features: ONNX Runtime not used for %s (%s); PyTorch runs it", self.architecture, why
+            "features: no exported tower for %s (%s); PyTorch runs it", self.architecture, why
         )
         return "torch"
 
@@ -256,55 +277,65 @@ class Extractor:
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Features (N, d) float32 of uint8 patches (N, H, W, 3); the backbone runs in eval mode."""
         patches = np.ascontiguousarray(patches)
-        session = self._session(patches) if self.backend == "onnx" else None
-        if session is not None:
-            from histokg.runtime import INPUT
+        step = self.micro_batch if self.device.type == "cpu" and self.micro_batch > 0 else len(patches)
+        if len(patches) <= step:
+            return self._forward(patches)
+        return np.concatenate([self._forward(patches[i : i + step]) for i in range(0, len(patches), step)])
 
+    def _forward(self, patches: np.ndarray) -> np.ndarray:
+        runner = self._runner(patches) if self.backend != "torch" else None
+        if runner is not None:
             try:
-                return session.run(None, {INPUT: patches})[0].astype(np.float32, copy=False)
-            except Exception as exc:  # ORT's own error types
+                return np.asarray(runner(patches), dtype=np.float32)
+            except Exception as exc:  # the engines' own error types
                 log.warning(
-                    "features: ONNX Runtime failed on %s (%s); PyTorch runs it", self.architecture, exc
+                    "features: %s failed on %s (%s); PyTorch runs it",
+                    ENGINE_NAME[runner.engine],
+                    self.architecture,
+                    exc,
                 )
-                self._sessions[patches.shape[1:3]] = None
+                self._runners[patches.shape[1:3]] = None
         return self._torch(patches)
 
-    def _session(self, patches: np.ndarray):
-        """The ORT session for this input size (exported or loaded once), or None: PyTorch."""
+    def _runner(self, patches: np.ndarray):
+        """The exported tower for this input size (exported or loaded once), or None: PyTorch."""
         if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[-1] != 3:
             return None
         size = patches.shape[1:3]
-        if size not in self._sessions:
-            from histokg.runtime import default_model_dir, onnx_session
+        if size not in self._runners:
+            from histokg.runtime import default_model_dir, exported_tower
 
             folder = self.model_dir or default_model_dir()
+            engine = ENGINE_OF[self.backend]
             was_training = self.backbone.training
             self.backbone.eval()
             try:
-                session, path = onnx_session(
+                runner, path = exported_tower(
                     _UInt8Tower(self.backbone, self.mean, self.std, self.stages),
                     self.identity,
                     size,
                     folder,
                     self._torch,
+                    engine,
                 )
                 where = str(path or "in memory")
-                (log.debug if where in _ANNOUNCED else log.info)(
-                    "features: %s runs in ONNX Runtime (%s)", self.architecture, where
+                (log.debug if (where, engine) in _ANNOUNCED else log.info)(
+                    "features: %s runs in %s (%s)", self.architecture, ENGINE_NAME[engine], where
                 )
-                _ANNOUNCED.add(where)  # once per process: tiled slides make an extractor per chunk
-            except Exception as exc:  # export, graph check or session creation
+                _ANNOUNCED.add((where, engine))  # once per process: tiled slides make an extractor per chunk
+            except Exception as exc:  # export, graph check or engine
                 log.warning(
-                    "features: %s could not run in ONNX Runtime (%s: %s); PyTorch runs it",
+                    "features: %s could not run in %s (%s: %s); PyTorch runs it",
                     self.architecture,
+                    ENGINE_NAME[engine],
                     type(exc).__name__,
                     str(exc).splitlines()[0] if str(exc) else "",
                 )
-                session = None
+                runner = None
             finally:
                 self.backbone.train(was_training)
-            self._sessions[size] = session
-        return self._sessions[size]
+            self._runners[size] = runner
+        return self._runners[size]
 
     @torch.no_grad()
     def _torch(self, patches: np.ndarray) -> np.ndarray:
@@ -356,7 +387,8 @@ def spot_features(
 
     With a ``cache``, a section whose files exist is read, not computed; computed sections are written.
     ``dataset`` (a :class:`~histokg.st.dataset.SpotPatchDataset` of ``adata``) reuses its open slides and
-    in-memory patches. ``progress(done, total)`` is called after each batch of patches. ``stain_jitter``
+    in-memory patches. ``progress(done, total)`` is called after each chunk of patches read (a batch; on
+    the CPU, a micro-batch, so that the tower starts on the first few patches). ``stain_jitter``
     (0 <= s < 1) jitters the stain of views 1-7 (:func:`hed_jitter`, one draw per spot and view); view 0,
     which validation, embedding and the extras use, stays the patch as read.
     """
@@ -425,7 +457,7 @@ class _Patches(torch.utils.data.Dataset):
         return self.ds.read_image(int(self.rows[i]))
 
 
-def _batches(ds, rows: np.ndarray, batch_size: int, num_workers: int) -> Iterator[np.ndarray]:
+def _batches(ds, rows: np.ndarray, batch_size: int, num_workers: int, depth: int = 2) -> Iterator[np.ndarray]:
     if num_workers > 0:
         loader = torch.utils.data.DataLoader(
             _Patches(ds, rows),
@@ -439,7 +471,7 @@ def _batches(ds, rows: np.ndarray, batch_size: int, num_workers: int) -> Iterato
         np.stack([ds.read_image(int(i)) for i in rows[start : start + batch_size]])
         for start in range(0, len(rows), batch_size)
     )
-    yield from read_ahead(batches)
+    yield from read_ahead(batches, depth)
 
 
 def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
@@ -491,11 +523,14 @@ def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
 def _compute(ds, rows, extractor, views, stain_jitter, extras, batch_size, num_workers, lib, progress, done):
     tower: list[list[np.ndarray]] = [[] for _ in range(views)]
     extra: dict[str, list[np.ndarray]] = {name: [] for name in extras}
-    n_batches = -(-len(rows) // batch_size)
+    step = batch_size
+    if extractor.device.type == "cpu" and 0 < extractor.micro_batch < batch_size and num_workers == 0:
+        step = extractor.micro_batch  # read as the tower runs: it starts on the first few patches
+    depth = 2 * -(-batch_size // step)  # up to two batches read ahead, whatever the step
     seen = 0
     for patches in tqdm(
-        _batches(ds, rows, batch_size, num_workers),
-        total=n_batches,
+        _batches(ds, rows, step, num_workers, depth),
+        total=-(-len(rows) // step),
         desc=f"features {lib}",
         unit="batch",
         leave=False,

@@ -1,26 +1,34 @@
-"""CPU inference at the hardware's speed: thread counts, and frozen towers run by ONNX Runtime.
+"""CPU inference at the hardware's speed: thread counts, micro-batches, and frozen towers exported to ONNX
+and run by OpenVINO or ONNX Runtime.
 
 - :func:`usable_cpus`: the CPUs this process may run on (``os.sched_getaffinity``: taskset, cgroup cpusets,
   Slurm and container limits), not ``os.cpu_count()`` (the machine's).
 - :func:`configure_threads`: torch's intra-op threads, by default :func:`usable_cpus` (the CLI calls it once,
-  ``histokg bench`` with its ``threads``). :func:`session_options` gives ONNX Runtime the same count
-  (torch's, capped by the usable CPUs), one inter-op thread and no busy-wait spinning, so a shared
-  machine slows down gracefully instead of collapsing under threads that spin for work.
-- :func:`onnx_session`: a module exported once per (weights identity, input size) with a dynamic batch
-  dimension, checked against PyTorch on a probe batch, and cached content-addressed in a folder (one
-  sub-folder per identity hash; files written atomically, so two processes exporting the same tower
-  both leave a whole file). :class:`histokg.features.Extractor` is its one user.
+  ``histokg bench`` with its ``threads``). :func:`session_options` and :func:`openvino_config` give ONNX
+  Runtime and OpenVINO the same count (torch's, capped by the usable CPUs); ONNX Runtime gets one
+  inter-op thread and no busy-wait spinning, OpenVINO one stream and no pinning, so a shared machine
+  slows down gracefully instead of collapsing under threads that spin for work.
+- :func:`cpu_micro_batch`: how many patches go through a tower at once on the CPU (small batches keep
+  activations in the caches).
+- :func:`exported_tower`: a module exported once per (weights identity, input size) with a dynamic batch
+  dimension, cached content-addressed in a folder (one sub-folder per identity hash; files written
+  atomically, so two processes exporting the same tower both leave a whole file), loaded by one of
+  :data:`ENGINES` and checked against PyTorch on a probe batch. :class:`histokg.features.Extractor` is
+  its one user.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,15 +36,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from histokg.errors import InputError
 from histokg.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ENGINES",
     "ORT_TOLERANCE",
+    "Runner",
     "configure_threads",
+    "cpu_micro_batch",
     "default_model_dir",
-    "onnx_session",
+    "exported_tower",
+    "load_runner",
+    "openvino_config",
     "ort_threads",
     "session_options",
     "usable_cpus",
@@ -46,6 +60,15 @@ OPSET = 17
 #: Largest |ORT - PyTorch| accepted on the probe batch, absolute plus relative to the features' scale.
 ORT_TOLERANCE = 1e-3
 INPUT, OUTPUT = "patches", "features"
+#: Engines that run an exported tower on the CPU, fastest first on the development machine
+#: (benchmarks/frozen_features.py), and the module each needs.
+ENGINES = ("openvino", "onnxruntime")
+ENGINE_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+#: Patches per forward pass on the CPU: small batches keep a depthwise-convolution tower's activations in
+#: the caches (EfficientNet-Lite0 at 224 px against batch 32: eager PyTorch about 2x the images/s, ONNX
+#: Runtime and OpenVINO about 1.2x; ResNet-50 and ViT-S/16 within 5 %). ``$HISTOKG_CPU_MICRO_BATCH`` overrides it (0: the whole batch).
+CPU_MICRO_BATCH = 4
+MICRO_BATCH_ENV = "HISTOKG_CPU_MICRO_BATCH"
 
 
 def usable_cpus() -> int:
@@ -54,6 +77,21 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # macOS and Windows have no affinity mask
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_micro_batch() -> int:
+    """Patches per forward pass on the CPU: ``$HISTOKG_CPU_MICRO_BATCH`` or :data:`CPU_MICRO_BATCH`
+    (0: no splitting)."""
+    raw = os.environ.get(MICRO_BATCH_ENV, "").strip()
+    if not raw:
+        return CPU_MICRO_BATCH
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InputError(f"${MICRO_BATCH_ENV}: {raw!r} is not a whole number >= 0")
+    return value
 
 
 def configure_threads(threads: int | None = None) -> int:
@@ -131,12 +169,68 @@ def export_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-@lru_cache(maxsize=8)
-def _cached_session(path: str, mtime_ns: int, threads: int):
-    """One session per file, version and thread count in a process (tiled slides make many extractors)."""
-    import onnxruntime as ort
+@dataclass(frozen=True)
+class Runner:
+    """An exported tower loaded by one engine: uint8 patches (N, H, W, 3) in, features (N, d) out."""
 
-    return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+    engine: str
+    run: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        return self.run(patches)
+
+
+def engine_installed(engine: str) -> bool:
+    return importlib.util.find_spec(ENGINE_MODULES[engine]) is not None
+
+
+def openvino_config(threads: int | None = None) -> dict:
+    """OpenVINO's CPU settings: ``threads`` inference threads (None: :func:`ort_threads`), one stream,
+    float32 arithmetic (on CPUs with bf16 or AMX it would otherwise compute in bf16 and miss the parity
+    with PyTorch), no pinning of threads to cores (a shared machine's scheduler places them)."""
+    return {
+        "INFERENCE_NUM_THREADS": threads or ort_threads(),
+        "NUM_STREAMS": 1,
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "ENABLE_CPU_PINNING": False,
+    }
+
+
+@lru_cache(maxsize=1)
+def _openvino_core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def load_runner(source: str | bytes, engine: str, threads: int | None = None) -> Runner:
+    """The exported graph ``source`` (a file path or ONNX bytes) loaded by ``engine``."""
+    threads = threads or ort_threads()
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+        return Runner(engine, lambda x: session.run(None, {INPUT: x})[0])
+    if engine == "openvino":
+        core = _openvino_core()
+        model = core.read_model(source if isinstance(source, str) else io.BytesIO(source))
+        compiled = core.compile_model(model, "CPU", openvino_config(threads))
+        lock = threading.Lock()  # the compiled model's one infer request: a cached runner is shared
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with lock:  # share_outputs=False: a copy, not the request's reused output buffer
+                return compiled(x, share_inputs=True, share_outputs=False)[0]
+
+        return Runner(engine, run)
+    raise ValueError(f"unknown engine {engine!r} (valid: {', '.join(ENGINES)})")
+
+
+@lru_cache(maxsize=8)
+def _cached_runner(path: str, mtime_ns: int, threads: int, engine: str) -> Runner:
+    """One runner per file, version, thread count and engine in a process (tiled slides make many
+    extractors)."""
+    return load_runner(path, engine, threads)
 
 
 def probe_batch(size: tuple[int, int], n: int = 2) -> np.ndarray:
@@ -146,46 +240,48 @@ def probe_batch(size: tuple[int, int], n: int = 2) -> np.ndarray:
     return np.clip(base + rng.integers(-60, 60, (n, *size, 3)), 0, 255).astype(np.uint8)
 
 
-def onnx_session(
+def exported_tower(
     module: nn.Module,
     identity: str,
     size: tuple[int, int],
     folder: str | Path,
     reference: Callable[[np.ndarray], np.ndarray],
-):
-    """An ORT CPU session of ``module`` (uint8 (N, H, W, 3) -> features) at input ``size``.
+    engine: str = "onnxruntime",
+) -> tuple[Runner, Path | None]:
+    """``module`` (uint8 (N, H, W, 3) -> features) at input ``size``, exported to ONNX and run by ``engine``.
 
-    A cached file in ``folder`` is loaded; else the module is exported, compared with ``reference`` (the
-    PyTorch path) on :func:`probe_batch` (a difference above :data:`ORT_TOLERANCE` raises) and written
-    atomically with a ``meta.json`` beside it. An unwritable folder is logged and the session kept in
-    memory. Export and session errors propagate: the caller falls back to PyTorch and says so.
+    A cached file in ``folder`` is loaded; else the module is exported, and the file is written atomically
+    with a ``meta.json`` beside it. Each runner is compared with ``reference`` (the PyTorch path) on
+    :func:`probe_batch` when it is made: a difference above :data:`ORT_TOLERANCE` raises. An unwritable
+    folder is logged and the graph kept in memory. Export and engine errors propagate: the caller falls
+    back to PyTorch and says so. Returns the runner and the file (None: in memory).
     """
-    import onnxruntime as ort
-
     path = model_path(folder, identity, size)
     threads = ort_threads()
+    runner = source = None
     if path.is_file():
         try:
-            return _cached_session(str(path), path.stat().st_mtime_ns, threads), path
-        except Exception as exc:  # a file ORT cannot read: export it again (replaced atomically)
+            runner, source = _cached_runner(str(path), path.stat().st_mtime_ns, threads, engine), path
+        except Exception as exc:  # a file the engine cannot read: export it again (replaced atomically)
             log.warning("ONNX tower %s cannot be loaded (%s); exporting it again", path, exc)
     probe = probe_batch(size)
-    data = export_onnx(module, torch.from_numpy(probe))
-    session = ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
-    want = reference(probe)
-    got = session.run(None, {INPUT: probe})[0]
-    diff = float(np.abs(got - want).max())
-    scale = float(np.abs(want).max())
+    if runner is None:
+        data = export_onnx(module, torch.from_numpy(probe))
+        runner = load_runner(data, engine, threads)
+        source = _write_tower(path, data, identity, size)
+        if source is not None:
+            log.info("exported the tower to %s", path)
+    diff = float(np.abs(runner(probe) - reference(probe)).max())
+    scale = float(np.abs(reference(probe)).max())
     if not diff <= ORT_TOLERANCE * (1.0 + scale):
-        raise RuntimeError(f"the exported tower differs from PyTorch by {diff:.3g} on a probe batch")
-    meta = {
-        "identity": identity,
-        "input": [None, *size, 3],
-        "opset": OPSET,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "probe_max_abs_diff": diff,
-    }
+        raise RuntimeError(f"{engine} differs from PyTorch by {diff:.3g} on a probe batch")
+    log.debug("%s runs %s (probe max |difference to torch| %.2g)", engine, source or "in memory", diff)
+    return runner, source
+
+
+def _write_tower(path: Path, data: bytes, identity: str, size: tuple[int, int]) -> Path | None:
+    """Write an exported graph and its ``meta.json``; None (logged) where the folder cannot be written."""
+    meta = {"identity": identity, "input": [None, *size, 3], "opset": OPSET, "torch": torch.__version__}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path.with_suffix(".json"), meta)  # first: a cached tower always has its meta beside it
@@ -193,9 +289,8 @@ def onnx_session(
             tmp.write_bytes(data)
     except OSError as exc:
         log.warning("ONNX tower not cached (%s cannot be written: %s); kept in memory", path, exc)
-        return session, None
-    log.info("exported the tower to %s (probe max |ORT - torch| %.2g)", path, diff)
-    return session, path
+        return None
+    return path
 
 
 def read_meta(path: Path) -> dict:

@@ -50,7 +50,8 @@ class FeatureConfig:
     stages: tuple[int, ...] = ()
     batch_size: int = 32
     device: str = "auto"
-    # the frozen tower's forward pass: auto (ONNX Runtime on the CPU, else PyTorch), torch or onnx
+    # the frozen tower's forward pass: auto (on the CPU OpenVINO, else ONNX Runtime; else PyTorch), torch,
+    # onnx (ONNX Runtime) or openvino
     backend: str = "auto"
 
     def __post_init__(self) -> None:
