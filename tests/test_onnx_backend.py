@@ -309,3 +309,16 @@ def test_one_openvino_tower_serves_threads_at_once(tmp_path):
         got = list(pool.map(tower, inputs))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_an_unwritable_model_folder_keeps_the_tower_in_memory(backend, tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the model folder should be")
+    tower = Extractor.create("test_efficientnet", None, backend=backend, model_dir=blocker / "onnx")
+    x = _patches()
+    with caplog.at_level(logging.WARNING, logger="histokg"):
+        got = tower(x)
+    assert tower._runners[(32, 32)] is not None  # the exported graph runs from memory
+    assert np.abs(got - tower._torch(x)).max() <= TOL
+    assert "not cached" in caplog.text and "PyTorch runs it" not in caplog.text
