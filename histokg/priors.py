@@ -87,6 +87,10 @@ class PriorConfig:
     # weight of one more kernel, on the spots' whole activation profiles (every activated entity,
     # each z-scored across the spots encoded together), next to the per-family KG kernels
     activation_weight: float = 0.0
+    # over which spots :meth:`KGPrior.encode` standardises (zmean's gene statistics, the activation
+    # kernel's z-scores): "all" spots encoded together, or each "section" on its own (encode's groups),
+    # which removes a section's or patient's overall shift in expression before spots are compared
+    standardise: str = "all"
 
     def __post_init__(self) -> None:
         # the families under their registered names (an unknown one is refused when the prior is built)
@@ -310,8 +314,22 @@ class KGPrior:
             ).astype(np.float32)
         return reps
 
-    def encode(self, data: Any) -> torch.Tensor:
-        """All families' representations packed into one float32 tensor (n_spots, D) for the trainer."""
+    def encode(self, data: Any, groups: Sequence[Any] | np.ndarray | None = None) -> torch.Tensor:
+        """All families' representations packed into one float32 tensor (n_spots, D) for the trainer.
+
+        ``groups`` (one label per spot, e.g. its section) matter with ``standardise="section"``: each
+        group is then encoded on its own. Without them every spot is one group.
+        """
+        if self.cfg.standardise == "section" and groups is not None:
+            X = self._matrix(data)
+            labels = np.asarray(groups)
+            if labels.shape != (X.shape[0],):
+                raise PriorError(f"groups: {labels.shape[0]} labels for {X.shape[0]} spots")
+            out = torch.empty((X.shape[0], self.packed_dim), dtype=torch.float32)
+            for label in dict.fromkeys(labels.tolist()):
+                rows = np.flatnonzero(labels == label)
+                out[torch.from_numpy(rows)] = self.encode(X[rows])
+            return out
         reps = self.spot_representations(data)
         return torch.from_numpy(np.concatenate([reps[f] for f in self.kernels], axis=1))
 
@@ -436,6 +454,8 @@ def _check_config(cfg: PriorConfig) -> None:
         FAMILY_NAMES.lookup(family, where="prior.alpha")
         if value < 0:
             raise ConfigError(f"prior.alpha.{family}: weights must be >= 0, got {value}")
+    if cfg.standardise not in ("all", "section"):
+        raise ConfigError(f"prior.standardise: {cfg.standardise!r} is not one of 'all', 'section'")
     if cfg.score not in ("rank", "mean", "zmean"):
         raise ConfigError(f"prior.score: {cfg.score!r} is not one of 'rank', 'mean', 'zmean'")
     if not cfg.activation_weight >= 0:

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from histokg.errors import ConfigError
 from histokg.priors import ACTIVATION_KERNEL, KGPrior, PriorConfig
@@ -75,3 +76,52 @@ def test_new_options_are_checked(bundle_dir):
         KGPrior.from_bundle(bundle_dir, GENES, PriorConfig(score="zcore"))
     with pytest.raises(ConfigError, match="activation_weight"):
         KGPrior.from_bundle(bundle_dir, GENES, dataclasses.replace(PriorConfig(), activation_weight=-1.0))
+
+
+def test_section_standardisation_removes_a_section_shift(bundle_dir):
+    """standardise="section": each section is standardised on its own, so a section whose genes are all
+    shifted (a batch effect) encodes like the same spots alone; "all" mixes the sections' statistics."""
+    from histokg.priors import PriorError
+
+    X, group = _counts(40)
+    rng = np.random.default_rng(3)
+    shifted = X + rng.poisson(2.0, size=(1, X.shape[1]))  # every spot of section B gains the same genes
+    both = np.vstack([X, shifted])
+    sections = np.array(["A"] * len(X) + ["B"] * len(X))
+    cfg = PriorConfig(score="zmean", activation_weight=1.0, standardise="section")
+    per_section = KGPrior.from_bundle(bundle_dir, GENES, cfg)
+    got = per_section.encode(sp.csr_matrix(both), groups=sections).numpy()
+    np.testing.assert_allclose(got[: len(X)], per_section.encode(sp.csr_matrix(X)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(got[len(X) :], per_section.encode(sp.csr_matrix(shifted)).numpy(), atol=1e-5)
+    # the planted groups stay apart within section B, and B's spots pair with A's of the same group
+    W = per_section.pair_weights_from_packed(torch.from_numpy(got)).numpy()
+    g2 = np.concatenate([group, group])
+    same_group = g2[:, None] == g2[None, :]
+    cross = sections[:, None] != sections[None, :]
+    assert W[cross & same_group].mean() > W[cross & ~same_group].mean()
+    # without groups every spot is one section; "all" standardises over both sections together
+    np.testing.assert_allclose(
+        per_section.encode(both).numpy(), _plain(bundle_dir).encode(both).numpy(), atol=1e-6
+    )
+    assert not np.allclose(_plain(bundle_dir).encode(both, groups=sections).numpy(), got, atol=1e-3)
+    with pytest.raises(PriorError, match="groups: 3 labels for 80 spots"):
+        per_section.encode(both, groups=["A", "B", "A"])
+    with pytest.raises(ConfigError, match="prior.standardise: 'slide'"):
+        KGPrior.from_bundle(bundle_dir, GENES, PriorConfig(standardise="slide"))
+
+
+def _plain(bundle_dir) -> KGPrior:
+    return KGPrior.from_bundle(bundle_dir, GENES, PriorConfig(score="zmean", activation_weight=1.0))
+
+
+def test_the_expression_control_centres_per_section_when_the_prior_does():
+    from histokg.bench.prior import ExpressionKernel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 5)).astype(np.float32)
+    shifted = np.vstack([x, x + 3.0])
+    libs = np.array(["A"] * 10 + ["B"] * 10)
+    per_section = ExpressionKernel(shifted.mean(0), per_section=True).encode(shifted, libs)
+    np.testing.assert_allclose(per_section[:10], per_section[10:], atol=1e-5)  # the shift is gone
+    overall = ExpressionKernel(shifted.mean(0)).encode(shifted, libs)
+    assert np.abs(overall[:10] - overall[10:]).max() > 0.1

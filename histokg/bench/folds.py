@@ -176,7 +176,7 @@ class FoldBuilder:
                 if not wanted:
                     continue
                 prior = KGPrior.from_bundle(bundle, genes, pcfg)
-                entry = {"prior": prior, "packed": prior.encode(train_counts).numpy()}
+                entry = {"prior": prior, "packed": prior.encode(train_counts, groups=libs).numpy()}
                 if prior.bundle.storage == "gaussian":
                     entry["g_mean"], entry["g_var"] = prior.spot_gaussians(train_counts)
                 kg["priors"][(model, which)] = entry
@@ -223,13 +223,14 @@ class FoldBuilder:
 
             x = log1p_of(train_ad, panel500)
             data.ledger.fitted("expression-similarity prior (centring)", libs)
-            kernel = ExpressionKernel(x.mean(axis=0), tau=cfg.kg.prior.tau)
-            kg["priors"][("expression", "control")] = {"prior": kernel, "packed": kernel.encode(x)}
+            per_section = cfg.kg.prior.standardise == "section"  # the twin of the KG prior's setting
+            kernel = ExpressionKernel(x.mean(axis=0), tau=cfg.kg.prior.tau, per_section=per_section)
+            kg["priors"][("expression", "control")] = {"prior": kernel, "packed": kernel.encode(x, libs)}
             if labels is not None:  # the AUROC of this very W (centred by the training mean)
                 from histokg.bench.prior import pair_auroc
 
                 def kernel_auroc(values: np.ndarray, lib: np.ndarray, lab: np.ndarray) -> float:
-                    z = kernel.encode(values)
+                    z = kernel.encode(values, lib)
                     aurocs = [
                         pair_auroc(z[lib == n] @ z[lib == n].T, lab[lib == n]) for n in sorted(set(lib))
                     ]

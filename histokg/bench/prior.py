@@ -133,9 +133,10 @@ def prior_quality(prior: KGPrior, counts, libs: np.ndarray, labels: np.ndarray) 
     """AUROC of W (``"combined"``) and of each kernel's S^r for same-label pairs, mean over slides.
 
     ``counts`` (spots x the prior's genes) are encoded together, as the trainer encodes a training
-    split; pairs are taken within each slide (``libs``).
+    split (each slide on its own with ``standardise="section"``); pairs are taken within each slide
+    (``libs``).
     """
-    packed = prior.encode(counts)
+    packed = prior.encode(counts, groups=libs)
     parts = prior.unpack(packed)
     scores: dict[str, list[float]] = {k: [] for k in ("combined", *prior.kernels)}
     for name in sorted(set(libs)):
@@ -228,20 +229,31 @@ class ExpressionKernel:
     """A control prior without the KG: ``W_ij = exp((cos(x_i, x_j) - 1) / tau)`` on expression profiles.
 
     ``x`` = log1p CP10k over the training slides' most variable genes, centred by the training mean
-    (what :func:`expression_quality` calls the centred cosine). Same interface as the KG prior for the
-    trainer's :class:`~histokg.train.trainer.JointModule` (``pair_weights_from_packed``), so a KG loss can
-    run with it: if a loss gains as much from this W, the gain is expression similarity, not the KG.
+    (what :func:`expression_quality` calls the centred cosine), or, with ``per_section``, by the mean of
+    each spot's own section (the twin of the KG prior's ``standardise="section"``). Same interface as
+    the KG prior for the trainer's :class:`~histokg.train.trainer.JointModule`
+    (``pair_weights_from_packed``), so a KG loss can run with it: if a loss gains as much from this W,
+    the gain is expression similarity, not the KG.
     """
 
     kernels = ("expression",)
 
-    def __init__(self, mean: np.ndarray, tau: float = 0.5):
+    def __init__(self, mean: np.ndarray, tau: float = 0.5, per_section: bool = False):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.tau = float(tau)
+        self.per_section = bool(per_section)
         self.alpha = {"expression": 1.0}
 
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        x = np.asarray(values, dtype=np.float32) - self.mean
+    def encode(self, values: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(values, dtype=np.float32)
+        if self.per_section and groups is not None:
+            labels = np.asarray(groups)
+            x = x.copy()
+            for label in dict.fromkeys(labels.tolist()):
+                rows = labels == label
+                x[rows] -= x[rows].mean(axis=0)
+        else:
+            x = x - self.mean
         return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def pair_weights_from_packed(self, packed):

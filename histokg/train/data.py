@@ -190,7 +190,8 @@ def build_split(
     else:
         raise ConfigError(f"model.expr_input: {expr_input!r} is not 'genes' or 'kg'")
     if needs_prior:
-        extra[Batch.kg] = prior.encode(counts).cpu().numpy().astype(np.float32)
+        sections = adata.obs[Key.obs.library_id].astype(str).to_numpy()  # prior.standardise="section"
+        extra[Batch.kg] = prior.encode(counts, groups=sections).cpu().numpy().astype(np.float32)
     if needs_gaussians:
         mean, var = prior.spot_gaussians(counts)
         extra[Batch.gauss_mean] = np.asarray(mean, np.float32)
