@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from histokg.features import Extractor
-from histokg.runtime import INPUT, load_runner, session_options, usable_cpus
+from histokg.runtime import INPUT, load_runner, usable_cpus
 
 
 def busy_loop(counter) -> None:
@@ -84,12 +84,6 @@ def ort_default_session(path: str):
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
-def ort_histokg_session(path: str):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
-
-
 def section_backends(extractors: dict[str, Extractor], batch: np.ndarray, rounds: int, bf16) -> None:
     first = next(iter(extractors.values()))
     eager = lambda: first._torch(batch)  # noqa: E731
@@ -98,7 +92,7 @@ def section_backends(extractors: dict[str, Extractor], batch: np.ndarray, rounds
         whole = copy.copy(ex)
         whole.micro_batch = 0
         fns[f"{name} whole batch"] = lambda whole=whole: whole(batch)
-        if ex.micro_batch and ex.device.type == "cpu":
+        if ex.pass_size:
             fns[f"{name} micro {ex.micro_batch}"] = lambda ex=ex: ex(batch)
     if bf16 is not None:
         fns["bf16 autocast"] = lambda: bf16._torch(batch)
@@ -114,13 +108,13 @@ def section_backends(extractors: dict[str, Extractor], batch: np.ndarray, rounds
 
 
 def section_load(extractor: Extractor, batch: np.ndarray, rounds: int, n_load: int, path: str) -> None:
-    default, tuned = ort_default_session(path), ort_histokg_session(path)
+    default, tuned = ort_default_session(path), load_runner(path, "onnxruntime")
     openvino = load_runner(path, "openvino")
     step = extractor.micro_batch or len(batch)
     fns = {
         "eager torch": lambda: extractor._torch(batch),
         "ORT defaults": lambda: default.run(None, {INPUT: batch}),
-        "ORT histokg": lambda: tuned.run(None, {INPUT: batch}),
+        "ORT histokg": lambda: tuned(batch),
         "OpenVINO histokg": lambda: [openvino(batch[i : i + step]) for i in range(0, len(batch), step)],
     }
     idle = best_time(fns, rounds)

@@ -172,9 +172,8 @@ class Extractor:
         self.model_dir = Path(model_dir) if model_dir else None
         self.micro_batch = cpu_micro_batch() if micro_batch is None else int(micro_batch)
         self.backend = self._choose(check_backend(backend))
-        self._runners: dict[
-            tuple[int, int], object
-        ] = {}  # (H, W) -> exported tower's Runner, or None: PyTorch
+        # (H, W) -> the exported tower's Runner, or None: PyTorch
+        self._runners: dict[tuple[int, int], object] = {}
 
     @classmethod
     def create(
@@ -277,10 +276,15 @@ class Extractor:
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Features (N, d) float32 of uint8 patches (N, H, W, 3); the backbone runs in eval mode."""
         patches = np.ascontiguousarray(patches)
-        step = self.micro_batch if self.device.type == "cpu" and self.micro_batch > 0 else len(patches)
+        step = self.pass_size or len(patches)
         if len(patches) <= step:
             return self._forward(patches)
         return np.concatenate([self._forward(patches[i : i + step]) for i in range(0, len(patches), step)])
+
+    @property
+    def pass_size(self) -> int:
+        """Patches per forward pass: :attr:`micro_batch` on the CPU; 0 (the whole batch) on a GPU."""
+        return max(self.micro_batch, 0) if self.device.type == "cpu" else 0
 
     def _forward(self, patches: np.ndarray) -> np.ndarray:
         runner = self._runner(patches) if self.backend != "torch" else None
@@ -524,8 +528,8 @@ def _compute(ds, rows, extractor, views, stain_jitter, extras, batch_size, num_w
     tower: list[list[np.ndarray]] = [[] for _ in range(views)]
     extra: dict[str, list[np.ndarray]] = {name: [] for name in extras}
     step = batch_size
-    if extractor.device.type == "cpu" and 0 < extractor.micro_batch < batch_size and num_workers == 0:
-        step = extractor.micro_batch  # read as the tower runs: it starts on the first few patches
+    if 0 < extractor.pass_size < batch_size and num_workers == 0:
+        step = extractor.pass_size  # read as the tower runs: it starts on the first few patches
     depth = 2 * -(-batch_size // step)  # up to two batches read ahead, whatever the step
     seen = 0
     for patches in tqdm(

@@ -139,6 +139,14 @@ def test_a_second_extractor_reuses_the_exported_tower(tmp_path, monkeypatch, cap
         np.testing.assert_array_equal(second(x), want)
     assert second._runners[(32, 32)] is not None and not caplog.records
     assert _onnx_files(tmp_path) == files
+    # the cached file was compared with PyTorch when the second extractor loaded it; a third does not
+    # repeat the probe (nor does the second for another micro-batch)
+    third = Extractor.create("test_efficientnet", None, backend="onnx", model_dir=tmp_path)
+    probes = []
+    torch_path = third._torch
+    monkeypatch.setattr(third, "_torch", lambda p: probes.append(len(p)) or torch_path(p))
+    np.testing.assert_array_equal(third(x), want)
+    assert probes == [] and third._runners[(32, 32)] is second._runners[(32, 32)]
     # other weights are another tower
     other = Extractor.create("test_efficientnet", None, seed=1, backend="onnx", model_dir=tmp_path)
     with caplog.at_level(logging.WARNING, logger="histokg"):
