@@ -191,12 +191,13 @@ def test_a_failing_session_falls_back_to_torch_and_says_so(onnx_extractor, caplo
     assert onnx_extractor._runners[(32, 32)] is None
 
 
-def test_a_damaged_cached_tower_is_exported_again(tmp_path, caplog):
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_a_damaged_cached_tower_is_exported_again(backend, tmp_path, caplog):
     x = _patches()
-    want = Extractor.create("test_efficientnet", None, backend="onnx", model_dir=tmp_path)(x)
+    want = Extractor.create("test_efficientnet", None, backend=backend, model_dir=tmp_path)(x)
     (path,) = tmp_path.rglob("*.onnx")
     path.write_bytes(b"not an onnx graph")
-    tower = Extractor.create("test_efficientnet", None, backend="onnx", model_dir=tmp_path)
+    tower = Extractor.create("test_efficientnet", None, backend=backend, model_dir=tmp_path)
     with caplog.at_level(logging.WARNING, logger="histokg"):
         np.testing.assert_allclose(tower(x), want, atol=TOL)
     assert "cannot be loaded" in caplog.text and tower._runners[(32, 32)] is not None
